@@ -1,0 +1,112 @@
+# drvrun — build, test and install.
+#
+#   make            build build/drvrun
+#   make check      run every test suite (installs missing packages first)
+#   make demo       run the main job in the real-kernel guest
+#   make install    PREFIX=/usr/local DESTDIR=
+#   make deps       install the Debian packages drvrun needs (root)
+#   make check SANITIZE=1   the same tests on an ASan+UBSan build
+
+PREFIX  ?= /usr/local
+DESTDIR ?=
+BINDIR   = $(PREFIX)/bin
+DATADIR  = $(PREFIX)/share/drvrun
+
+ifeq ($(SANITIZE),1)
+BUILD   ?= build/san
+SANFLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+else
+BUILD   ?= build
+SANFLAGS =
+endif
+
+PKGS     = lua5.4 libkmod mount libcurl libarchive libcrypto
+CC      ?= cc
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror $(SANFLAGS) \
+           $(shell pkg-config --cflags $(PKGS) 2>/dev/null) \
+           -DDRV_LIBDIR='"$(DATADIR)/lua"' -DDRV_RECIPEDIR='"$(DATADIR)/recipes"'
+LDFLAGS += $(SANFLAGS) -Wl,-E
+LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
+
+HOST_SRC = $(wildcard host/*.c)
+HOST_OBJ = $(HOST_SRC:host/%.c=$(BUILD)/obj/%.o)
+DRVRUN   = $(BUILD)/drvrun
+
+# Debian packages: build, run and test. `make deps` installs what is missing.
+DEB_BUILD = build-essential pkg-config liblua5.4-dev libkmod-dev libmount-dev \
+            libcurl4-openssl-dev libarchive-dev libssl-dev
+DEB_TEST  = lua5.4 lua-busted lua-check python3 kmod util-linux cpio \
+            busybox-static qemu-system-x86 linux-image-amd64 linux-headers-amd64
+DEB_ALL   = $(DEB_BUILD) $(DEB_TEST)
+
+.PHONY: all check demo install deps deps-ok clean lint fixtures \
+        check-c check-lint check-host check-guest
+
+all: $(DRVRUN)
+
+$(DRVRUN): $(HOST_OBJ)
+	$(CC) $(LDFLAGS) -o $@ $(HOST_OBJ) $(LDLIBS)
+
+$(BUILD)/obj/%.o: host/%.c host/drv.h | $(BUILD)/obj
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/obj:
+	mkdir -p $@
+
+deps:
+	@tools/deps install $(DEB_ALL)
+
+deps-ok:
+	@tools/deps ensure $(DEB_ALL)
+
+# ---- tests ---------------------------------------------------------------
+# Every suite writes "PASSED FAILED" into $(RESULTS)/<suite>; tools/summary
+# adds them up and prints the closing "N passed, N failed" line.
+RESULTS = $(BUILD)/results
+BUSTED  = $(DRVRUN) /usr/bin/busted --output=spec/support/counting.lua
+
+check: deps-ok
+	@$(MAKE) --no-print-directory all fixtures
+	@rm -rf $(RESULTS); mkdir -p $(RESULTS)
+	@$(MAKE) --no-print-directory -k check-c check-lint check-host check-guest; \
+	 tools/summary $(RESULTS) check-c check-lint check-host check-guest
+
+check-c: $(BUILD)/test_host
+	$(BUILD)/test_host $(RESULTS)/check-c
+
+$(BUILD)/test_host: tests/test_host.c $(filter-out $(BUILD)/obj/main.o,$(HOST_OBJ))
+	$(CC) $(CFLAGS) -Ihost $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+check-lint:
+	@tools/run-counted $(RESULTS)/check-lint luacheck --quiet lib/lua spec $(wildcard recipes)
+
+check-host: $(DRVRUN)
+	DRVRUN=$(abspath $(DRVRUN)) DRVRUN_RESULTS=$(RESULTS)/check-host \
+	  $(BUSTED) spec/host
+
+check-guest: $(DRVRUN) fixtures
+	spec/vm/run --out $(abspath $(RESULTS)) -- env DRVRUN=$(abspath $(DRVRUN)) \
+	  DRVRUN_RESULTS=$(abspath $(RESULTS))/check-guest $(BUSTED) spec/guest
+
+fixtures:
+	@if [ -f spec/fixtures/Makefile ]; then $(MAKE) --no-print-directory -C spec/fixtures; fi
+
+lint: check-lint
+
+# ---- the main job ----------------------------------------------------------
+demo: deps-ok
+	@$(MAKE) --no-print-directory all fixtures
+	tools/demo
+
+# ---- install ---------------------------------------------------------------
+install: $(DRVRUN)
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)/lua/drv $(DESTDIR)$(DATADIR)/recipes
+	install -m 0755 $(DRVRUN) $(DESTDIR)$(BINDIR)/drvrun
+	install -m 0644 lib/lua/drv/*.lua $(DESTDIR)$(DATADIR)/lua/drv/
+	if ls recipes/*.lua >/dev/null 2>&1; then \
+	  install -m 0644 recipes/*.lua $(DESTDIR)$(DATADIR)/recipes/; fi
+
+clean:
+	rm -rf build
+	@if [ -f spec/fixtures/Makefile ]; then $(MAKE) --no-print-directory -C spec/fixtures clean; fi

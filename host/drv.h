@@ -1,0 +1,43 @@
+/* drv.h - helpers shared by the drvrun host and its Lua modules. */
+#ifndef DRV_H
+#define DRV_H
+
+#include <lua.h>
+#include <lauxlib.h>
+
+#define DRV_VERSION "0.1.0"
+
+/* Push nil, a message built from fmt, and err; return 3 (the liolib failure shape). */
+int drv_fail(lua_State *L, int err, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/* Push nil, "what: strerror(errno)", errno; return 3. Reads errno first. */
+int drv_errno_fail(lua_State *L, const char *what);
+
+/* Push true; return 1. */
+int drv_ok(lua_State *L);
+
+/* Create (once) the metatable tname with methods reachable through __index
+ * and the metamethods in meta; leaves nothing on the stack. */
+void drv_newclass(lua_State *L, const char *tname, const luaL_Reg *methods,
+		  const luaL_Reg *meta);
+
+/* Optional field helpers for option tables at index idx (absolute). */
+const char *drv_optfield_string(lua_State *L, int idx, const char *key, const char *def);
+lua_Integer drv_optfield_integer(lua_State *L, int idx, const char *key, lua_Integer def);
+lua_Number drv_optfield_number(lua_State *L, int idx, const char *key, lua_Number def);
+int drv_optfield_boolean(lua_State *L, int idx, const char *key, int def);
+
+/* Check that argument arg is a table or none/nil; return its absolute index or 0. */
+int drv_opttable(lua_State *L, int arg);
+
+/* luaopen functions of the C modules, preloaded by main.c. */
+int luaopen_drv_kmod(lua_State *L);
+int luaopen_drv_mount(lua_State *L);
+int luaopen_drv_fetch(lua_State *L);
+int luaopen_drv_proc(lua_State *L);
+int luaopen_drv_fs(lua_State *L);
+int luaopen_drv_sys(lua_State *L);
+int luaopen_drv_archive(lua_State *L);
+
+#endif

@@ -1,0 +1,456 @@
+/* main.c - the drvrun host: a Lua 5.4 interpreter with the drv.* modules.
+ *
+ * Shaped like lua.c: everything runs under lua_pcall with a message handler
+ * that adds a traceback, and one report() prints failures. */
+#include <errno.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <lualib.h>
+
+#include "drv.h"
+
+#ifndef DRV_LIBDIR
+#define DRV_LIBDIR "/usr/local/share/drvrun/lua"
+#endif
+#ifndef DRV_RECIPEDIR
+#define DRV_RECIPEDIR "/usr/local/share/drvrun/recipes"
+#endif
+
+enum { EXIT_OK = 0, EXIT_SCRIPT = 1, EXIT_USAGE = 2 };
+
+static const char *progname = "drvrun";
+
+static const char usage_text[] =
+	"usage: drvrun [options] [SCRIPT [ARGS...]]\n"
+	"\n"
+	"Run a Lua 5.4 script or a driver recipe with the drv.* modules.\n"
+	"A script that returns a recipe table is run through the recipe lifecycle;\n"
+	"ARGS of the form KEY=VALUE set recipe options.\n"
+	"\n"
+	"options:\n"
+	"  -e CODE              run CODE (may be repeated)\n"
+	"  -l MODULE            require MODULE into the global MODULE (may be repeated)\n"
+	"  --plan               print what a recipe would do; change nothing\n"
+	"  --log-level LEVEL    error, warn, info (default) or debug\n"
+	"  --log-format FORMAT  text (default) or json (one object a line)\n"
+	"  -v, --version        print the version and exit\n"
+	"  -h, --help           print this help and exit\n"
+	"  --                   stop handling options\n"
+	"  -                    read the script from standard input\n"
+	"\n"
+	"environment:\n"
+	"  DRVRUN_PATH          extra Lua module directories, separated by ':'\n"
+	"  DRVRUN_LOG_LEVEL, DRVRUN_LOG_FORMAT   defaults for the options above\n"
+	"\n"
+	"exit status: 0 success, 1 the script or recipe failed, 2 usage error or\n"
+	"a script that does not load; a recipe interrupted by a signal exits 0\n"
+	"after a clean stop.\n"
+	"\n"
+	"examples:\n"
+	"  drvrun recipes/ubuntu-ofed.lua                  install the OFED stack\n"
+	"  drvrun --plan recipes/ubuntu-ofed.lua KVER=6.1.0-56-amd64\n"
+	"  drvrun -e 'print(require(\"drv.sys\").uname().release)'\n"
+	"  drvrun $(command -v busted) spec/             run specs on the real bindings\n";
+
+struct options {
+	int plan;
+	int script;	   /* argv index of the script, 0 if none */
+	int inline_code;   /* -e or -l given */
+	const char *log_level;
+	const char *log_format;
+};
+
+static void print_message(const char *msg)
+{
+	fprintf(stderr, "%s: %s\n", progname, msg);
+	fflush(stderr);
+}
+
+/* Print the error on the stack: its first line, then the rest (the traceback). */
+static int report(lua_State *L, int status)
+{
+	const char *msg;
+
+	if (status == LUA_OK)
+		return status;
+	msg = lua_tostring(L, -1);
+	if (!msg)
+		msg = lua_pushfstring(L, "(error object is a %s value)",
+				      luaL_typename(L, -1));
+	print_message(msg);
+	lua_pop(L, 1);
+	return status;
+}
+
+/* Message handler: keep the message, append a traceback. */
+static int msghandler(lua_State *L)
+{
+	const char *msg = lua_tostring(L, 1);
+
+	if (msg == NULL) {
+		if (luaL_callmeta(L, 1, "__tostring") &&
+		    lua_type(L, -1) == LUA_TSTRING)
+			return 1;
+		msg = lua_pushfstring(L, "(error object is a %s value)",
+				      luaL_typename(L, 1));
+	}
+	luaL_traceback(L, L, msg, 1);
+	return 1;
+}
+
+static int docall(lua_State *L, int narg, int nres)
+{
+	int status;
+	int base = lua_gettop(L) - narg;
+
+	lua_pushcfunction(L, msghandler);
+	lua_insert(L, base);
+	status = lua_pcall(L, narg, nres, base);
+	lua_remove(L, base);
+	return status;
+}
+
+static int file_exists(const char *path)
+{
+	struct stat st;
+
+	return stat(path, &st) == 0;
+}
+
+/* Directory of the running executable, without a trailing slash. */
+static const char *exe_dir(char *buf, size_t size)
+{
+	ssize_t n = readlink("/proc/self/exe", buf, size - 1);
+
+	if (n < 0)
+		return NULL;
+	buf[n] = '\0';
+	return dirname(buf);
+}
+
+/* First of DIR/../REL (source tree or installed prefix) that holds a "drv"
+ * directory, else the compiled-in fallback. */
+static const char *find_dir(char *out, size_t size, const char *const rels[],
+			    const char *probe, const char *fallback)
+{
+	char exe[PATH_MAX], cand[PATH_MAX + 64];
+	const char *dir = exe_dir(exe, sizeof(exe));
+
+	for (int i = 0; dir && rels[i]; i++) {
+		snprintf(cand, sizeof(cand), "%s/%s/%s", dir, rels[i], probe);
+		if (!file_exists(cand))
+			continue;
+		snprintf(cand, sizeof(cand), "%s/%s", dir, rels[i]);
+		if (realpath(cand, out))
+			return out;
+	}
+	snprintf(out, size, "%s", fallback);
+	return out;
+}
+
+static void add_path(luaL_Buffer *b, const char *dir)
+{
+	luaL_addstring(b, dir);
+	luaL_addstring(b, "/?.lua;");
+	luaL_addstring(b, dir);
+	luaL_addstring(b, "/?/init.lua;");
+}
+
+/* package.path = DRVRUN_PATH dirs, then the drvrun library, then Lua's default. */
+static void set_path(lua_State *L, const char *libdir)
+{
+	const char *extra = getenv("DRVRUN_PATH");
+	luaL_Buffer b;
+
+	lua_getglobal(L, "package");
+	luaL_buffinit(L, &b);
+	if (extra && *extra) {
+		char *copy = strdup(extra), *save = NULL;
+
+		for (char *d = strtok_r(copy, ":", &save); d; d = strtok_r(NULL, ":", &save))
+			add_path(&b, d);
+		free(copy);
+	}
+	add_path(&b, libdir);
+	lua_getfield(L, -2, "path");
+	luaL_addvalue(&b);
+	luaL_pushresult(&b);
+	lua_setfield(L, -2, "path");
+	lua_pop(L, 1);
+}
+
+static void preload(lua_State *L)
+{
+	static const luaL_Reg modules[] = {
+		{ "drv.kmod", luaopen_drv_kmod },
+		{ "drv.mount", luaopen_drv_mount },
+		{ "drv.fetch", luaopen_drv_fetch },
+		{ "drv.proc", luaopen_drv_proc },
+		{ "drv.fs", luaopen_drv_fs },
+		{ "drv.sys", luaopen_drv_sys },
+		{ "drv.archive", luaopen_drv_archive },
+		{ NULL, NULL }
+	};
+
+	luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+	luaL_setfuncs(L, modules, 0);
+	lua_pop(L, 1);
+}
+
+static void setfield_string(lua_State *L, const char *key, const char *value)
+{
+	lua_pushstring(L, value);
+	lua_setfield(L, -2, key);
+}
+
+/* package.loaded["drv.config"]: what the command line and build decided. */
+static void set_config(lua_State *L, const struct options *o, const char *libdir,
+		       const char *recipedir)
+{
+	luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+	lua_newtable(L);
+	setfield_string(L, "version", DRV_VERSION);
+	setfield_string(L, "libdir", libdir);
+	setfield_string(L, "recipedir", recipedir);
+	setfield_string(L, "log_level", o->log_level);
+	setfield_string(L, "log_format", o->log_format);
+	lua_pushboolean(L, o->plan);
+	lua_setfield(L, -2, "plan");
+	lua_setfield(L, -2, "drv.config");
+	lua_pop(L, 1);
+}
+
+/* Global 'arg' like lua.c: script at 0, its arguments at 1.., the rest below 0. */
+static void create_arg(lua_State *L, char **argv, int argc, int script)
+{
+	lua_createtable(L, argc - script, script + 1);
+	for (int i = 0; i < argc; i++) {
+		lua_pushstring(L, argv[i]);
+		lua_rawseti(L, -2, i - script);
+	}
+	lua_setglobal(L, "arg");
+}
+
+static int usage_error(const char *fmt, const char *what)
+{
+	fprintf(stderr, "%s: ", progname);
+	fprintf(stderr, fmt, what);
+	fprintf(stderr, "\nTry '%s --help' for the options.\n", progname);
+	return -1;
+}
+
+static int valid_choice(const char *v, const char *const choices[])
+{
+	for (int i = 0; choices[i]; i++)
+		if (strcmp(v, choices[i]) == 0)
+			return 1;
+	return 0;
+}
+
+/* Parse options; return 0 to go on, 1 when done (help/version), -1 on error. */
+static int parse_args(int argc, char **argv, struct options *o)
+{
+	static const char *const levels[] = { "error", "warn", "info", "debug", NULL };
+	static const char *const formats[] = { "text", "json", NULL };
+	int i;
+
+	for (i = 1; i < argc; i++) {
+		const char *a = argv[i];
+
+		if (a[0] != '-' || strcmp(a, "-") == 0)
+			break;
+		if (strcmp(a, "--") == 0) {
+			i++;
+			break;
+		}
+		if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+			fputs(usage_text, stdout);
+			return 1;
+		}
+		if (strcmp(a, "-v") == 0 || strcmp(a, "--version") == 0) {
+			printf("drvrun %s (%s)\n", DRV_VERSION, LUA_RELEASE);
+			return 1;
+		}
+		if (strcmp(a, "--plan") == 0) {
+			o->plan = 1;
+			continue;
+		}
+		if (strcmp(a, "-e") == 0 || strcmp(a, "-l") == 0 ||
+		    strcmp(a, "--log-level") == 0 || strcmp(a, "--log-format") == 0) {
+			if (++i >= argc)
+				return usage_error("option '%s' needs an argument", a);
+			if (strcmp(a, "--log-level") == 0) {
+				if (!valid_choice(argv[i], levels))
+					return usage_error("unknown log level '%s' (error, warn, info or debug)", argv[i]);
+				o->log_level = argv[i];
+			} else if (strcmp(a, "--log-format") == 0) {
+				if (!valid_choice(argv[i], formats))
+					return usage_error("unknown log format '%s' (text or json)", argv[i]);
+				o->log_format = argv[i];
+			}
+			else
+				o->inline_code = 1; /* -e and -l run later, in order */
+			continue;
+		}
+		return usage_error("unknown option '%s'", a);
+	}
+	o->script = i < argc ? i : 0;
+	return 0;
+}
+
+static int run_chunk(lua_State *L, int status)
+{
+	if (status == LUA_OK)
+		status = docall(L, 0, 0);
+	return report(L, status);
+}
+
+static int require_global(lua_State *L, const char *name)
+{
+	int status;
+
+	lua_getglobal(L, "require");
+	lua_pushstring(L, name);
+	status = docall(L, 1, 1);
+	if (status == LUA_OK)
+		lua_setglobal(L, name);
+	return report(L, status);
+}
+
+/* Run -e and -l in command-line order; exit code or 0. */
+static int run_inline(lua_State *L, char **argv, int last)
+{
+	for (int i = 1; i < last; i++) {
+		int status;
+
+		if (strcmp(argv[i], "-e") == 0) {
+			status = luaL_loadbuffer(L, argv[i + 1], strlen(argv[i + 1]), "=(command line)");
+			if (status != LUA_OK)
+				return report(L, status), EXIT_USAGE;
+			if (run_chunk(L, status) != LUA_OK)
+				return EXIT_SCRIPT;
+			i++;
+		} else if (strcmp(argv[i], "-l") == 0) {
+			if (require_global(L, argv[++i]) != LUA_OK)
+				return EXIT_SCRIPT;
+		} else if (strcmp(argv[i], "--log-level") == 0 ||
+			   strcmp(argv[i], "--log-format") == 0) {
+			i++;
+		}
+	}
+	return EXIT_OK;
+}
+
+/* A script that returns a table is a recipe: hand it to drv.recipe.main. */
+static int run_recipe(lua_State *L, const char *script)
+{
+	int status;
+
+	lua_getglobal(L, "require");
+	lua_pushliteral(L, "drv.recipe");
+	status = docall(L, 1, 1);
+	if (status != LUA_OK)
+		return report(L, status), EXIT_SCRIPT;
+	lua_getfield(L, -1, "main");
+	lua_remove(L, -2);
+	lua_insert(L, -2);	/* main, recipe */
+	lua_pushstring(L, script);
+	lua_getglobal(L, "arg");
+	status = docall(L, 3, 1);
+	if (status != LUA_OK)
+		return report(L, status), EXIT_SCRIPT;
+	return (int)luaL_optinteger(L, -1, EXIT_OK);
+}
+
+static int run_script(lua_State *L, char **argv, int script)
+{
+	const char *fname = argv[script];
+	int status;
+
+	if (strcmp(fname, "-") == 0)
+		fname = NULL;
+	status = luaL_loadfile(L, fname);
+	if (status != LUA_OK) {
+		report(L, status);
+		return EXIT_USAGE;
+	}
+	status = docall(L, 0, 1);
+	if (status != LUA_OK) {
+		report(L, status);
+		return EXIT_SCRIPT;
+	}
+	if (lua_istable(L, -1))
+		return run_recipe(L, fname ? fname : "stdin");
+	lua_pop(L, 1);
+	return EXIT_OK;
+}
+
+static int pmain(lua_State *L)
+{
+	int argc = (int)lua_tointeger(L, 1);
+	char **argv = (char **)lua_touserdata(L, 2);
+	struct options *o = (struct options *)lua_touserdata(L, 3);
+	static const char *const librels[] = { "../lib/lua", "../share/drvrun/lua", NULL };
+	static const char *const reciperels[] = { "../recipes", "../share/drvrun/recipes", NULL };
+	char libdir[PATH_MAX], recipedir[PATH_MAX];
+	int code;
+
+	luaL_checkversion(L);
+	luaL_openlibs(L);
+	preload(L);
+	find_dir(libdir, sizeof(libdir), librels, "drv", DRV_LIBDIR);
+	find_dir(recipedir, sizeof(recipedir), reciperels, ".", DRV_RECIPEDIR);
+	set_path(L, libdir);
+	set_config(L, o, libdir, recipedir);
+	create_arg(L, argv, argc, o->script ? o->script : argc - 1);
+	code = run_inline(L, argv, o->script ? o->script : argc);
+	if (code == EXIT_OK && o->script)
+		code = run_script(L, argv, o->script);
+	else if (code == EXIT_OK && !o->script && !o->inline_code) {
+		fputs(usage_text, stderr);
+		code = EXIT_USAGE;
+	}
+	lua_pushinteger(L, code);
+	return 1;
+}
+
+static const char *env_or(const char *name, const char *def)
+{
+	const char *v = getenv(name);
+
+	return v && *v ? v : def;
+}
+
+int main(int argc, char **argv)
+{
+	struct options o = { 0 };
+	lua_State *L;
+	int code, status;
+
+	o.log_level = env_or("DRVRUN_LOG_LEVEL", "info");
+	o.log_format = env_or("DRVRUN_LOG_FORMAT", "text");
+	status = parse_args(argc, argv, &o);
+	if (status != 0)
+		return status > 0 ? EXIT_OK : EXIT_USAGE;
+	L = luaL_newstate();
+	if (L == NULL) {
+		print_message("cannot create Lua state: not enough memory");
+		return EXIT_SCRIPT;
+	}
+	lua_pushcfunction(L, pmain);
+	lua_pushinteger(L, argc);
+	lua_pushlightuserdata(L, argv);
+	lua_pushlightuserdata(L, &o);
+	status = lua_pcall(L, 3, 1, 0);
+	code = status == LUA_OK ? (int)lua_tointeger(L, -1) : EXIT_SCRIPT;
+	if (status != LUA_OK)
+		report(L, status);
+	lua_close(L);
+	return code;
+}

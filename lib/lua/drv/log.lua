@@ -1,0 +1,101 @@
+--- drv.log: one line per event, for people (`text`) or for log collectors (`json`).
+--
+-- Level and format come from `drvrun --log-level/--log-format` (or
+-- DRVRUN_LOG_LEVEL/DRVRUN_LOG_FORMAT). Lines go to stderr, so a recipe's
+-- stdout stays free for what it prints on purpose (a plan, a table).
+--
+-- @usage
+-- local log = require "drv.log"
+-- log.info("loaded %s", name)
+-- log.event("info", "phase done", { phase = "build", seconds = 1.5 })
+local M = {}
+
+local config = require "drv.config"
+local io, os, table = io, os, table
+local pairs, tostring, type, select = pairs, tostring, type, select
+
+local LEVELS = { error = 1, warn = 2, info = 3, debug = 4 }
+
+M.level = config.log_level or "info"
+M.format = config.log_format or "text"
+M.out = io.stderr
+
+--- Set the level ("error", "warn", "info", "debug").
+function M.set_level(level)
+  if not LEVELS[level] then
+    error(("unknown log level '%s' (error, warn, info or debug)"):format(tostring(level)), 2)
+  end
+  M.level = level
+end
+
+--- True when messages at `level` are printed.
+function M.enabled(level)
+  return LEVELS[level] <= LEVELS[M.level]
+end
+
+local ESCAPES = { ['"'] = '\\"', ['\\'] = '\\\\', ['\n'] = '\\n', ['\r'] = '\\r', ['\t'] = '\\t' }
+
+local function json_string(s)
+  return '"' .. s:gsub('[%c"\\]', function(c)
+    return ESCAPES[c] or ("\\u%04x"):format(c:byte())
+  end) .. '"'
+end
+
+local function json_value(v)
+  local t = type(v)
+  if t == "number" or t == "boolean" then return tostring(v) end
+  return json_string(tostring(v))
+end
+
+local function sorted_keys(t)
+  local keys = {}
+  for k in pairs(t) do keys[#keys + 1] = k end
+  table.sort(keys)
+  return keys
+end
+
+local function timestamp()
+  return os.date("!%Y-%m-%dT%H:%M:%SZ")
+end
+
+local function format_json(level, msg, fields)
+  local parts = { '"time":' .. json_string(timestamp()), '"level":' .. json_string(level),
+                  '"msg":' .. json_string(msg) }
+  for _, k in pairs(sorted_keys(fields)) do
+    parts[#parts + 1] = json_string(tostring(k)) .. ":" .. json_value(fields[k])
+  end
+  return "{" .. table.concat(parts, ",") .. "}"
+end
+
+local function format_text(level, msg, fields)
+  local parts = { timestamp(), level:upper(), msg }
+  for _, k in pairs(sorted_keys(fields)) do
+    local v = tostring(fields[k])
+    if v:find("[%s\"]") then v = json_string(v) end
+    parts[#parts + 1] = k .. "=" .. v
+  end
+  return table.concat(parts, " ")
+end
+
+--- Log `msg` with structured `fields` (a flat table, may be nil).
+function M.event(level, msg, fields)
+  if not LEVELS[level] then error("unknown log level '" .. tostring(level) .. "'", 2) end
+  if not M.enabled(level) then return end
+  local line = (M.format == "json" and format_json or format_text)(level, msg, fields or {})
+  M.out:write(line, "\n")
+  M.out:flush()
+end
+
+local function logger(level)
+  return function(fmt, ...)
+    local msg = select("#", ...) > 0 and fmt:format(...) or fmt
+    M.event(level, msg)
+  end
+end
+
+M.error = logger("error")
+M.warn = logger("warn")
+M.info = logger("info")
+M.debug = logger("debug")
+
+return M

@@ -1,0 +1,70 @@
+/* test_host.c - unit tests of the host's C helpers, run by `make check`. */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <lualib.h>
+
+#include "drv.h"
+
+static int passed, failed;
+
+#define CHECK(cond) do { \
+	if (cond) { passed++; } else { failed++; \
+		fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); } \
+} while (0)
+
+static int call_fail(lua_State *L)
+{
+	errno = ENOENT;
+	return drv_errno_fail(L, "/nonexistent");
+}
+
+static void test_errno_fail(lua_State *L)
+{
+	lua_pushcfunction(L, call_fail);
+	lua_call(L, 0, 3);
+	CHECK(lua_isnil(L, -3));
+	CHECK(strcmp(lua_tostring(L, -2), "/nonexistent: No such file or directory") == 0);
+	CHECK(lua_tointeger(L, -1) == ENOENT);
+	lua_settop(L, 0);
+}
+
+static int call_optfield(lua_State *L)
+{
+	int t = drv_opttable(L, 1);
+
+	lua_pushinteger(L, drv_optfield_integer(L, t, "n", 7));
+	return 1;
+}
+
+static void test_optfield(lua_State *L)
+{
+	lua_pushcfunction(L, call_optfield);
+	lua_call(L, 0, 1);
+	CHECK(lua_tointeger(L, -1) == 7);
+	lua_settop(L, 0);
+
+	lua_pushcfunction(L, call_optfield);
+	luaL_dostring(L, "return { n = 'x' }");
+	CHECK(lua_pcall(L, 1, 1, 0) != LUA_OK);
+	CHECK(strstr(lua_tostring(L, -1), "field 'n': integer expected, got string") != NULL);
+	lua_settop(L, 0);
+}
+
+int main(int argc, char **argv)
+{
+	lua_State *L = luaL_newstate();
+	FILE *out;
+
+	luaL_openlibs(L);
+	test_errno_fail(L);
+	test_optfield(L);
+	lua_close(L);
+	printf("test_host: %d passed, %d failed\n", passed, failed);
+	if (argc > 1 && (out = fopen(argv[1], "w"))) {
+		fprintf(out, "%d %d\n", passed, failed);
+		fclose(out);
+	}
+	return failed != 0;
+}
