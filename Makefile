@@ -23,10 +23,10 @@ endif
 PKGS     = lua5.4 libkmod mount libcurl libarchive libcrypto
 CC      ?= cc
 CFLAGS  ?= -O2 -g
-CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror $(SANFLAGS) \
+CFLAGS  += -std=c11 -D_GNU_SOURCE -pthread -Wall -Wextra -Werror $(SANFLAGS) \
            $(shell pkg-config --cflags $(PKGS) 2>/dev/null) \
            -DDRV_LIBDIR='"$(DATADIR)/lua"' -DDRV_RECIPEDIR='"$(DATADIR)/recipes"'
-LDFLAGS += $(SANFLAGS) -Wl,-E
+LDFLAGS += $(SANFLAGS) -pthread -Wl,-E
 LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
 
 HOST_SRC = $(wildcard host/*.c)
@@ -72,10 +72,16 @@ check: deps-ok
 	@$(MAKE) --no-print-directory -k check-c check-lint check-host check-guest; \
 	 tools/summary $(RESULTS) check-c check-lint check-host check-guest
 
-check-c: $(BUILD)/test_host
-	$(BUILD)/test_host $(RESULTS)/check-c
+# C unit tests: each tests/test_*.c links the host objects (not main.o) and
+# writes its own "PASSED FAILED" file given as its argument.
+C_TESTS = $(patsubst tests/%.c,$(BUILD)/%,$(wildcard tests/test_*.c))
 
-$(BUILD)/test_host: tests/test_host.c $(filter-out $(BUILD)/obj/main.o,$(HOST_OBJ))
+check-c: $(C_TESTS)
+	@mkdir -p $(RESULTS)/c
+	@rc=0; for t in $(C_TESTS); do $$t $(RESULTS)/c/$${t##*/} || rc=1; done; \
+	 cat $(RESULTS)/c/* | awk '{p+=$$1; f+=$$2} END {print p, f}' > $(RESULTS)/check-c; exit $$rc
+
+$(BUILD)/test_%: tests/test_%.c $(filter-out $(BUILD)/obj/main.o,$(HOST_OBJ))
 	$(CC) $(CFLAGS) -Ihost $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 check-lint:

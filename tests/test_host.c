@@ -46,7 +46,7 @@ static void test_optfield(lua_State *L)
 	lua_settop(L, 0);
 
 	lua_pushcfunction(L, call_optfield);
-	luaL_dostring(L, "return { n = 'x' }");
+	CHECK(luaL_dostring(L, "return { n = 'x' }") == LUA_OK);
 	CHECK(lua_pcall(L, 1, 1, 0) != LUA_OK);
 	CHECK(strstr(lua_tostring(L, -1), "field 'n': integer expected, got string") != NULL);
 	lua_settop(L, 0);
