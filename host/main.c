@@ -368,7 +368,7 @@ static int run_recipe(lua_State *L, const char *script)
 	return (int)luaL_optinteger(L, -1, EXIT_OK);
 }
 
-static int run_script(lua_State *L, char **argv, int script)
+static int run_script(lua_State *L, int argc, char **argv, int script)
 {
 	const char *fname = argv[script];
 	int status;
@@ -380,7 +380,9 @@ static int run_script(lua_State *L, char **argv, int script)
 		report(L, status);
 		return EXIT_USAGE;
 	}
-	status = docall(L, 0, 1);
+	for (int i = script + 1; i < argc; i++)
+		lua_pushstring(L, argv[i]);
+	status = docall(L, argc - script - 1, 1);
 	if (status != LUA_OK) {
 		report(L, status);
 		return EXIT_SCRIPT;
@@ -411,7 +413,7 @@ static int pmain(lua_State *L)
 	create_arg(L, argv, argc, o->script ? o->script : argc - 1);
 	code = run_inline(L, argv, o->script ? o->script : argc);
 	if (code == EXIT_OK && o->script)
-		code = run_script(L, argv, o->script);
+		code = run_script(L, argc, argv, o->script);
 	else if (code == EXIT_OK && !o->script && !o->inline_code) {
 		fputs(usage_text, stderr);
 		code = EXIT_USAGE;

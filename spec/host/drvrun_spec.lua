@@ -1,0 +1,145 @@
+-- The drvrun command line: options, arg, exit codes, error reports, module path.
+local sh = require "spec.support.sh"
+
+describe("drvrun command line", function()
+  it("prints its version with --version and -v", function()
+    for _, opt in ipairs { "--version", "-v" } do
+      local r = sh.drvrun(opt)
+      assert.equal(0, r.status)
+      assert.matches("^drvrun %d+%.%d+%.%d+ %(Lua 5%.4%.%d+%)\n$", r.stdout)
+    end
+  end)
+
+  it("prints help with examples and exits 0", function()
+    local r = sh.drvrun("--help")
+    assert.equal(0, r.status)
+    assert.matches("usage: drvrun %[options%]", r.stdout)
+    assert.matches("examples:", r.stdout)
+    assert.matches("%-%-plan", r.stdout)
+  end)
+
+  it("exits 2 with the usage on stderr when given nothing to run", function()
+    local r = sh.drvrun()
+    assert.equal(2, r.status)
+    assert.matches("usage: drvrun", r.stderr)
+  end)
+
+  it("rejects an unknown option with exit 2 and says where help is", function()
+    local r = sh.drvrun("--frobnicate")
+    assert.equal(2, r.status)
+    assert.matches("unknown option '%-%-frobnicate'", r.stderr)
+    assert.matches("drvrun %-%-help", r.stderr)
+  end)
+
+  it("rejects an option missing its argument", function()
+    local r = sh.drvrun("-e")
+    assert.equal(2, r.status)
+    assert.matches("option '%-e' needs an argument", r.stderr)
+  end)
+
+  it("validates --log-level and --log-format", function()
+    local r = sh.drvrun("--log-level", "loud", "-e", "")
+    assert.equal(2, r.status)
+    assert.matches("unknown log level 'loud'", r.stderr)
+    r = sh.drvrun("--log-format", "xml", "-e", "")
+    assert.equal(2, r.status)
+    assert.matches("unknown log format 'xml'", r.stderr)
+  end)
+
+  it("runs -e and -l in command-line order", function()
+    local r = sh.drvrun("-e", "io.write('a')", "-l", "drv.log", "-e", "io.write(type(_G['drv.log']))")
+    assert.equal(0, r.status, r.stderr)
+    assert.equal("atable", r.stdout)
+  end)
+
+  it("loads every primitive module", function()
+    local r = sh.drvrun("-e", [[for _, m in ipairs{"drv.kmod","drv.mount","drv.fetch","drv.proc",
+      "drv.fs","drv.sys","drv.archive"} do assert(type(require(m)) == "table") end]])
+    assert.equal(0, r.status, r.stderr)
+  end)
+
+  it("sets arg like lua does", function()
+    local script = sh.tmpfile("io.write(arg[-2], '|', arg[0], '|', arg[1], '|', arg[2], '|', #arg, '|', ...)")
+    local r = sh.drvrun("--log-level", "debug", script, "one", "two")
+    assert.equal(0, r.status, r.stderr)
+    assert.equal("--log-level|" .. script .. "|one|two|2|onetwo", r.stdout)
+    os.remove(script)
+  end)
+
+  it("passes the log options to drv.config and drv.log", function()
+    local r = sh.drvrun("--log-level", "debug", "--log-format", "json",
+      "-e", "local c = require 'drv.config' io.write(c.log_level, c.log_format)",
+      "-e", "require('drv.log').debug('x=%d', 1)")
+    assert.equal(0, r.status, r.stderr)
+    assert.equal("debugjson", r.stdout)
+    assert.matches('^{"time":"[^"]+","level":"debug","msg":"x=1"}\n$', r.stderr)
+  end)
+
+  it("exits 2 and names file and line for a script that does not parse", function()
+    local script = sh.tmpfile("local x = 1\nx = = 2\n", ".lua")
+    local r = sh.drvrun(script)
+    assert.equal(2, r.status)
+    assert.equal(("drvrun: %s:2: unexpected symbol near '='\n"):format(script), r.stderr)
+    os.remove(script)
+  end)
+
+  it("exits 2 for a missing script and names it", function()
+    local r = sh.drvrun("/nonexistent/recipe.lua")
+    assert.equal(2, r.status)
+    assert.equal("drvrun: cannot open /nonexistent/recipe.lua: No such file or directory\n", r.stderr)
+  end)
+
+  it("exits 1 for a failing script: one readable line, then the traceback", function()
+    local script = sh.tmpfile("local function f() error('bundle not found') end\nf()\n", ".lua")
+    local r = sh.drvrun(script)
+    assert.equal(1, r.status)
+    local first, rest = r.stderr:match("^([^\n]*)\n(.*)$")
+    assert.equal(("drvrun: %s:1: bundle not found"):format(script), first)
+    assert.matches("^stack traceback:\n", rest)
+    os.remove(script)
+  end)
+
+  it("reports a non-string error object readably", function()
+    local r = sh.drvrun("-e", "error({})")
+    assert.equal(1, r.status)
+    assert.matches("^drvrun: %(error object is a table value%)", r.stderr)
+  end)
+
+  it("exits with the script's os.exit code", function()
+    assert.equal(7, sh.drvrun("-e", "os.exit(7)").status)
+  end)
+
+  it("reads the script from stdin with -", function()
+    local r = sh.run(("echo 'io.write(42)' | %s -"):format(sh.quote(os.getenv("DRVRUN"))))
+    assert.equal(0, r.status, r.stderr)
+    assert.equal("42", r.stdout)
+  end)
+
+  it("finds Lua modules in DRVRUN_PATH first", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    assert(os.execute("mkdir -p " .. dir .. "/drv"))
+    local f = assert(io.open(dir .. "/mymod.lua", "w"))
+    f:write("return { answer = 42 }")
+    f:close()
+    local r = sh.run(("DRVRUN_PATH=/nowhere:%s %s -e 'io.write(require(\"mymod\").answer)'")
+      :format(dir, sh.quote(os.getenv("DRVRUN"))))
+    os.execute("rm -rf " .. dir)
+    assert.equal(0, r.status, r.stderr)
+    assert.equal("42", r.stdout)
+  end)
+
+  it("finds its library next to the binary", function()
+    local r = sh.drvrun("-e", "io.write(require('drv.config').libdir)")
+    assert.equal(0, r.status, r.stderr)
+    assert.matches("/lib/lua$", r.stdout)
+  end)
+
+  it("writes no globals when loading the drv library", function()
+    local r = sh.drvrun("-e", [[
+      local before = {} for k in pairs(_G) do before[k] = true end
+      for _, m in ipairs{"drv.log", "drv.config"} do require(m) end
+      for k in pairs(_G) do assert(before[k], "new global " .. k) end]])
+    assert.equal(0, r.status, r.stderr)
+  end)
+end)
