@@ -1,0 +1,145 @@
+--- drv.options: a recipe's options, from defaults, the environment and KEY=VALUE arguments.
+--
+-- An option is declared as `NAME = { default = v, type = "string"|"boolean"|"integer"|"list",
+-- doc = "what it does", choices = {...}, pattern = "^lua pattern$" }`. A default may be a
+-- function of the options resolved so far, or a string with `${OTHER}` references.
+local M = {}
+
+local TYPES = { string = true, boolean = true, integer = true, list = true }
+local SPEC_KEYS = { default = true, type = true, doc = true, choices = true, pattern = true }
+
+local BOOLEANS = { ["true"] = true, ["1"] = true, yes = true, on = true,
+                   ["false"] = false, ["0"] = false, no = false, off = false, [""] = false }
+
+local function convert(name, spec, raw, origin)
+  local kind = spec.type or "string"
+  local function bad(why)
+    return nil, ("option %s (from %s): %s"):format(name, origin, why)
+  end
+  if type(raw) ~= "string" then
+    if kind == "list" and type(raw) == "table" then return raw end
+    if kind == "boolean" and type(raw) == "boolean" then return raw end
+    if kind == "integer" and math.type(raw) == "integer" then return raw end
+    if kind == "string" and raw == nil then return nil end
+    return bad(("%s expected, got %s"):format(kind, type(raw)))
+  end
+  if kind == "boolean" then
+    local v = BOOLEANS[raw:lower()]
+    if v == nil then return bad(("'%s' is not a boolean (use true or false)"):format(raw)) end
+    return v
+  elseif kind == "integer" then
+    local v = math.tointeger(tonumber(raw))
+    if not v then return bad(("'%s' is not an integer"):format(raw)) end
+    return v
+  elseif kind == "list" then
+    local list = {}
+    for item in raw:gmatch("[^%s,]+") do list[#list + 1] = item end
+    return list
+  end
+  if spec.choices then
+    for _, c in ipairs(spec.choices) do if c == raw then return raw end end
+    return bad(("'%s' is not one of: %s"):format(raw, table.concat(spec.choices, ", ")))
+  end
+  if spec.pattern and not raw:match(spec.pattern) then
+    return bad(("'%s' is malformed (expected %s)"):format(raw, spec.doc or spec.pattern))
+  end
+  return raw
+end
+
+--- Check a recipe's option declarations; raises on a mistake.
+function M.check_specs(specs, level)
+  for name, spec in pairs(specs) do
+    if type(name) ~= "string" or not name:match("^[%u_][%u%d_]*$") then
+      error(("option name '%s' must be UPPER_CASE"):format(tostring(name)), level + 1)
+    end
+    if type(spec) ~= "table" then error(("option %s: table expected"):format(name), level + 1) end
+    for k in pairs(spec) do
+      if not SPEC_KEYS[k] then error(("option %s: unknown field '%s'"):format(name, tostring(k)), level + 1) end
+    end
+    if spec.type and not TYPES[spec.type] then
+      error(("option %s: unknown type '%s'"):format(name, tostring(spec.type)), level + 1)
+    end
+    if not spec.doc then error(("option %s: needs a doc string"):format(name), level + 1) end
+  end
+end
+
+local function interpolate(s, values, name)
+  return (s:gsub("%${([%w_]+)}", function(ref)
+    local v = values[ref]
+    if v == nil then error(("option %s refers to ${%s}, which is not set"):format(name, ref), 0) end
+    return tostring(v)
+  end))
+end
+
+--- Split "KEY=VALUE" arguments; other arguments are returned as positional.
+function M.parse_args(args)
+  local kv, positional = {}, {}
+  for _, a in ipairs(args or {}) do
+    local k, v = a:match("^([%a_][%w_]*)=(.*)$")
+    if k then kv[k] = v else positional[#positional + 1] = a end
+  end
+  return kv, positional
+end
+
+local function sorted_names(specs)
+  local names = {}
+  for n in pairs(specs) do names[#names + 1] = n end
+  table.sort(names)
+  return names
+end
+
+--- Resolve every option: argument, else environment, else default.
+-- @tparam table specs declarations
+-- @tparam table args `{ KEY = "VALUE" }` from the command line
+-- @tparam[opt] function getenv defaults to os.getenv
+-- @treturn[1] table values (also records `values._origin[NAME]`)
+-- @treturn[2] nil, message
+function M.resolve(specs, args, getenv)
+  getenv = getenv or os.getenv
+  for k in pairs(args) do
+    if not specs[k] then
+      return nil, ("unknown option %s (known: %s)"):format(k, table.concat(sorted_names(specs), ", "))
+    end
+  end
+  local values, origin, resolving = {}, {}, {}
+  local function get(name)
+    if origin[name] then return values[name] end
+    if resolving[name] then error(("option %s: its default refers to itself"):format(name), 0) end
+    resolving[name] = true
+    local spec = specs[name]
+    local raw, from = args[name], "argument"
+    if raw == nil then raw, from = getenv(name), "environment" end
+    if raw == nil then
+      raw, from = spec.default, "default"
+      if type(raw) == "function" then
+        raw = raw(setmetatable({}, { __index = function(_, k) return get(k) end }))
+      elseif type(raw) == "string" then
+        raw = interpolate(raw, setmetatable({}, { __index = function(_, k) return specs[k] and get(k) end }), name)
+      end
+    end
+    local v, err = convert(name, spec, raw, from)
+    if err then error(err, 0) end
+    values[name], origin[name] = v, from
+    return v
+  end
+  for _, name in ipairs(sorted_names(specs)) do
+    local ok, err = pcall(get, name)
+    if not ok then return nil, err end
+  end
+  values._origin = origin
+  return values
+end
+
+--- Lines documenting the options, for --help of a recipe and the plan.
+function M.describe(specs, values)
+  local lines = {}
+  for _, name in ipairs(sorted_names(specs)) do
+    local v = values and values[name]
+    if type(v) == "table" then v = table.concat(v, " ") end
+    lines[#lines + 1] = ("  %-34s %s%s"):format(name .. "=" .. tostring(v), specs[name].doc,
+      values and values._origin and (" [" .. values._origin[name] .. "]") or "")
+  end
+  return lines
+end
+
+return M

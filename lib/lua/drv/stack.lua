@@ -1,0 +1,197 @@
+--- drv.stack: swap a kernel module stack for another, safely and quickly.
+--
+-- Policy over drv.kmod's primitives: from the live kernel state compute what
+-- must be unloaded (holders first) for a new stack to take the place of the
+-- loaded one, refuse when something outside the stack uses it (naming it),
+-- then unload and load level by level, each level concurrently, and verify
+-- every loaded srcversion.
+local M = {}
+
+local kmod = require "drv.kmod"
+local fs = require "drv.fs"
+local graph = require "drv.graph"
+local log = require "drv.log"
+local sys = require "drv.sys"
+
+local EBUSY, EIO = 16, 5
+
+--- Live module state: `{ [name] = { refcount = n, holders = {...} } }`.
+function M.snapshot(ctx)
+  local live = {}
+  for _, m in ipairs(ctx:loaded()) do
+    live[m.name] = { refcount = m.refcount, holders = m.holders or {} }
+  end
+  return live
+end
+
+--- Processes that hold a device under `prefix` open: `{ "pid 12 (rping)", ... }`.
+function M.device_users(prefix, proc_root)
+  proc_root = proc_root or "/proc"
+  local users = {}
+  for _, pid in ipairs(fs.dir(proc_root) or {}) do
+    if pid:match("^%d+$") then
+      for _, fd in ipairs(fs.dir(("%s/%s/fd"):format(proc_root, pid)) or {}) do
+        local target = fs.readlink(("%s/%s/fd/%s"):format(proc_root, pid, fd))
+        if target and target:sub(1, #prefix) == prefix then
+          local comm = (fs.read(("%s/%s/comm"):format(proc_root, pid)) or "?"):gsub("%s+$", "")
+          users[#users + 1] = ("pid %s (%s) has %s open"):format(pid, comm, target)
+          break
+        end
+      end
+    end
+  end
+  return users
+end
+
+local function in_set(list)
+  local set = {}
+  for _, n in ipairs(list or {}) do set[n] = true end
+  return set
+end
+
+local function holders_within(live, set, name)
+  local hs = {}
+  for _, h in ipairs(live[name].holders) do
+    if set[h] then hs[#hs + 1] = h end
+  end
+  return hs
+end
+
+--- Plan a reload.
+-- @tparam table stack the new stack: `{ [name] = { dependency names... } }`
+-- @tparam table live `M.snapshot(ctx)`
+-- @tparam[opt] table opts `{ also = { names that may be unloaded with the stack (auxiliary,
+--   peer-memory, storage when allowed) }, devices = "/dev/infiniband/" }`
+-- @treturn table `{ unload = levels (holders first), load = levels (dependencies first),
+--   loaded = { names of the stack loaded now }, blockers = { "message"... } }`
+function M.plan(stack, live, opts)
+  opts = opts or {}
+  local also = in_set(opts.also)
+  local replaced = {}
+  for name in pairs(stack) do
+    if live[name] then replaced[#replaced + 1] = name end
+  end
+  table.sort(replaced)
+  local set = graph.closure(replaced, function(n) return live[n].holders end)
+  local blockers, unload_edges = {}, {}
+  for _, name in ipairs(graph.sorted(set)) do
+    local m = live[name]
+    if not stack[name] and not also[name] then
+      local held = {}
+      for _, r in ipairs(graph.sorted(set)) do
+        for _, h in ipairs(live[r].holders) do if h == name then held[#held + 1] = r end end
+      end
+      blockers[#blockers + 1] = ("%s uses %s and is not part of the stack"):format(name, table.concat(held, ", "))
+    end
+    local others = m.refcount - #m.holders
+    if others > 0 then
+      local msg = ("%s is in use (%d reference%s besides modules)"):format(name, others, others > 1 and "s" or "")
+      local users = M.device_users(opts.devices or "/dev/infiniband/", opts.proc_root)
+      if #users > 0 then msg = msg .. ": " .. table.concat(users, "; ") end
+      blockers[#blockers + 1] = msg
+    end
+    unload_edges[name] = holders_within(live, set, name)
+  end
+  local unload = assert(graph.levels(unload_edges))
+  local load, err = graph.levels(stack)
+  if not load then error("stack: " .. err, 2) end
+  return { unload = unload, load = load, loaded = replaced, blockers = blockers }
+end
+
+local function run_levels(what, levels, fn)
+  for i, names in ipairs(levels) do
+    local t0 = sys.monotonic()
+    local ok, err, errno = fn(names)
+    if not ok then return nil, err, errno, i end
+    log.debug("%s level %d (%s) in %.3f s", what, i, table.concat(names, " "), sys.monotonic() - t0)
+  end
+  return true
+end
+
+--- Unload `levels` (holders first), each level concurrently.
+function M.unload(levels)
+  return run_levels("unloaded", levels, kmod.remove_many)
+end
+
+--- Load `levels`; `paths[name]` is the .ko file, `options[name]` its parameters.
+function M.load(levels, paths, options)
+  options = options or {}
+  return run_levels("loaded", levels, function(names)
+    local items = {}
+    for _, n in ipairs(names) do
+      if not paths[n] then return nil, n .. ": no module file to load", EIO end
+      items[#items + 1] = { name = n, path = paths[n], options = options[n] }
+    end
+    return kmod.insert_many(items)
+  end)
+end
+
+--- Which stack modules are loaded with the srcversion they were built with.
+-- @treturn boolean all match
+-- @treturn table `{ "name: loaded X, built Y"... }` mismatches
+function M.verify(ctx, built)
+  local bad = {}
+  for _, name in ipairs(graph.sorted(built)) do
+    local want = built[name]
+    local st = ctx:state(name)
+    if not st then
+      bad[#bad + 1] = name .. ": not loaded"
+    elseif want and st.srcversion ~= want then
+      bad[#bad + 1] = ("%s: loaded srcversion %s, built %s"):format(name, tostring(st.srcversion), want)
+    end
+  end
+  return #bad == 0, bad
+end
+
+--- Record what is loaded now so it can be loaded back: `{ levels, paths }`.
+-- Call before new modules are installed, while paths still point at the inbox files.
+function M.remember(ctx, names)
+  local deps, paths = {}, {}
+  for _, n in ipairs(names) do
+    local info = ctx:info(n)
+    if info and info.path then
+      paths[n] = info.path
+      deps[n] = info.depends or {}
+    end
+  end
+  return { levels = assert(graph.levels(deps)), paths = paths }
+end
+
+--- Swap: unload `plan.unload`, load the new stack; on a failed load, put the
+-- remembered modules back so the node is never left without its driver.
+-- @treturn[1] true, seconds the stack was down
+-- @treturn[2] nil, message, errno
+function M.swap(plan, paths, options, previous)
+  if #plan.blockers > 0 then
+    return nil, "cannot reload: " .. table.concat(plan.blockers, "; "), EBUSY
+  end
+  local t0 = sys.monotonic()
+  local ok, err, errno = M.unload(plan.unload)
+  if ok then ok, err, errno = M.load(plan.load, paths, options) end
+  if ok then return true, sys.monotonic() - t0 end
+  log.error("reload failed: %s; restoring the previous modules", err)
+  local loaded_new = {}
+  for _, names in ipairs(plan.load) do for _, n in ipairs(names) do loaded_new[#loaded_new + 1] = n end end
+  M.restore(loaded_new, previous)
+  return nil, err, errno
+end
+
+--- Unload whatever of `names` is loaded (holders first) and load `previous` back.
+function M.restore(names, previous)
+  local ctx = kmod.new()
+  local live = M.snapshot(ctx)
+  local edges = {}
+  local set = graph.closure(names, function(n) return live[n] and live[n].holders or {} end)
+  for n in pairs(set) do
+    if live[n] then edges[n] = holders_within(live, set, n) end
+  end
+  local ok, err = M.unload(assert(graph.levels(edges)))
+  if not ok then log.error("restore: %s", err) end
+  if previous then
+    ok, err = M.load(previous.levels, previous.paths)
+    if not ok then log.error("restore: %s", err); return nil, err end
+  end
+  return ok
+end
+
+return M
