@@ -1,0 +1,76 @@
+local options = require "drv.options"
+
+local specs = {
+  VERSION = { default = "5.9", doc = "version" },
+  URL = { default = "https://mirror/ofed-${VERSION}.tgz", doc = "bundle URL" },
+  UNLOAD = { type = "boolean", default = false, doc = "unload storage" },
+  JOBS = { type = "integer", default = 2, doc = "jobs" },
+  MODULES = { type = "list", default = "a b,c", doc = "modules" },
+  MODE = { default = "run", choices = { "run", "build" }, doc = "mode" },
+  SHA = { default = ("0"):rep(64), pattern = "^" .. ("%x"):rep(64) .. "$", doc = "sha256 of the bundle" },
+  ARCH = { default = function() return "x86_64" end, doc = "arch" },
+}
+
+local function env(t) return function(k) return t[k] end end
+
+describe("drv.options.resolve", function()
+  it("takes defaults, expands ${REFS} and converts types", function()
+    local o = assert(options.resolve(specs, {}, env {}))
+    assert.equal("https://mirror/ofed-5.9.tgz", o.URL)
+    assert.is_false(o.UNLOAD)
+    assert.equal(2, o.JOBS)
+    assert.same({ "a", "b", "c" }, o.MODULES)
+    assert.equal("x86_64", o.ARCH)
+    assert.equal("default", o._origin.URL)
+  end)
+
+  it("lets the environment override defaults and arguments override both", function()
+    local o = assert(options.resolve(specs, { VERSION = "6.0" }, env { VERSION = "5.8", UNLOAD = "true" }))
+    assert.equal("6.0", o.VERSION)
+    assert.equal("https://mirror/ofed-6.0.tgz", o.URL)
+    assert.is_true(o.UNLOAD)
+    assert.equal("argument", o._origin.VERSION)
+    assert.equal("environment", o._origin.UNLOAD)
+  end)
+
+  it("names the option, where the value came from and what is expected", function()
+    local cases = {
+      { { UNLOAD = "maybe" }, "option UNLOAD %(from argument%): 'maybe' is not a boolean %(use true or false%)" },
+      { { JOBS = "two" }, "option JOBS %(from argument%): 'two' is not an integer" },
+      { { MODE = "fast" }, "option MODE %(from argument%): 'fast' is not one of: run, build" },
+      { { SHA = "abc" }, "option SHA %(from argument%): 'abc' is malformed %(expected sha256 of the bundle%)" },
+      { { NOPE = "1" }, "unknown option NOPE %(known: ARCH, JOBS, MODE, MODULES, SHA, UNLOAD, URL, VERSION%)" },
+    }
+    for _, c in ipairs(cases) do
+      local o, err = options.resolve(specs, c[1], env {})
+      assert.is_nil(o)
+      assert.matches("^" .. c[2] .. "$", err)
+    end
+  end)
+
+  it("reports a reference to an unset option", function()
+    local o, err = options.resolve({ A = { default = "${B}", doc = "a" } }, {}, env {})
+    assert.is_nil(o)
+    assert.equal("option A refers to ${B}, which is not set", err)
+  end)
+end)
+
+describe("drv.options.parse_args", function()
+  it("splits KEY=VALUE from other arguments", function()
+    local kv, rest = options.parse_args { "A=1", "B=x=y", "stray", "C=" }
+    assert.same({ A = "1", B = "x=y", C = "" }, kv)
+    assert.same({ "stray" }, rest)
+  end)
+end)
+
+describe("drv.options.check_specs", function()
+  it("rejects bad declarations", function()
+    assert.has_error(function() options.check_specs({ lower = { doc = "x" } }, 1) end,
+      "option name 'lower' must be UPPER_CASE")
+    assert.has_error(function() options.check_specs({ A = { doc = "x", typo = 1 } }, 1) end,
+      "option A: unknown field 'typo'")
+    assert.has_error(function() options.check_specs({ A = { type = "float", doc = "x" } }, 1) end,
+      "option A: unknown type 'float'")
+    assert.has_error(function() options.check_specs({ A = {} }, 1) end, "option A: needs a doc string")
+  end)
+end)
