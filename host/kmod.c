@@ -1,8 +1,1014 @@
-/* kmod.c - drv.kmod (placeholder until the module lands). */
+/* kmod.c - drv.kmod: kernel modules through libkmod.
+ *
+ * Lookups (name, alias, path) and insert/remove use libkmod. Live state comes
+ * straight from <sysfs>/module and <proc>/modules, whose roots a context can
+ * move (for tests and for reading another root). insert_many/remove_many run
+ * finit_module(2)/delete_module(2) for one dependency level concurrently, one
+ * thread per module; they never touch libkmod, which is not thread-safe. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/klog.h>
+#include <sys/syscall.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <libkmod.h>
+
 #include "drv.h"
+
+#define CTX_MT "drv.kmod.ctx"
+
+#ifndef MODULE_INIT_COMPRESSED_FILE
+#define MODULE_INIT_COMPRESSED_FILE 4
+#endif
+
+struct kctx {
+	struct kmod_ctx *kmod;	/* NULL once closed */
+	char dirname[PATH_MAX];
+	char sysfs[PATH_MAX];
+	char proc[PATH_MAX];
+};
+
+/* ---- errors ------------------------------------------------------------- */
+
+/* Words for what finit_module/delete_module errnos mean, after kmod's mod_strerror. */
+static const char *kmod_insert_strerror(int err)
+{
+	switch (err) {
+	case ENOEXEC:
+		return "invalid module format (built for another kernel, or not a module)";
+	case ENOENT:
+		return "unknown symbol in module, or unknown parameter";
+	case EINVAL:
+		return "invalid parameters, or a symbol version disagrees with the loaded modules";
+	case EEXIST:
+		return "already loaded";
+	case EPERM:
+		return "operation not permitted (module loading disabled, or not root)";
+	case EKEYREJECTED:
+	case ENOKEY:
+		return "signature rejected (unsigned module with module signature enforcement)";
+	case EBUSY:
+		return "in use";
+	case ENOSYS:
+		return "this kernel does not support loadable modules";
+	default:
+		return strerror(err);
+	}
+}
+
+/* The last kernel log line about module name, for the detail dmesg would give. */
+static void kmod_last_klog(const char *name, char *out, size_t size)
+{
+	int len = klogctl(10 /* SYSLOG_ACTION_SIZE_BUFFER */, NULL, 0);
+	char *buf, *line, *save = NULL;
+	size_t nlen = strlen(name);
+
+	out[0] = '\0';
+	if (len <= 0 || !(buf = malloc((size_t)len + 1)))
+		return;
+	len = klogctl(3 /* SYSLOG_ACTION_READ_ALL */, buf, len);
+	if (len > 0) {
+		buf[len] = '\0';
+		for (line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+			char *msg = strchr(line, ']');
+
+			msg = msg ? msg + 1 : line;
+			while (*msg == ' ')
+				msg++;
+			if (strncmp(msg, name, nlen) == 0 && msg[nlen] == ':')
+				snprintf(out, size, "%s", msg);
+		}
+	}
+	free(buf);
+}
+
+/* Push "name: cause[; kernel says: …]" for an insert failure. */
+static const char *kmod_push_insert_error(lua_State *L, const char *name, int err)
+{
+	char klog[512];
+
+	kmod_last_klog(name, klog, sizeof(klog));
+	if (klog[0] && err != EEXIST && err != EPERM)
+		return lua_pushfstring(L, "%s: %s (kernel: %s)", name, kmod_insert_strerror(err), klog);
+	return lua_pushfstring(L, "%s: %s", name, kmod_insert_strerror(err));
+}
+
+/* ---- live state from sysfs and /proc --------------------------------- */
+
+static void kmod_normalize(char *dst, const char *src, size_t size)
+{
+	size_t i;
+
+	for (i = 0; i + 1 < size && src[i]; i++)
+		dst[i] = src[i] == '-' ? '_' : src[i];
+	dst[i] = '\0';
+}
+
+/* Read a small sysfs attribute, trimmed; 0 or -1 with errno. */
+static int kmod_read_attr(const char *path, char *buf, size_t size)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t n;
+
+	if (fd < 0)
+		return -1;
+	n = read(fd, buf, size - 1);
+	close(fd);
+	if (n < 0)
+		return -1;
+	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == ' '))
+		n--;
+	buf[n] = '\0';
+	return 0;
+}
+
+static int kmod_cmpstr(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Push a sorted array of the names in <sysfs>/module/<name>/holders. */
+static void kmod_push_holders(lua_State *L, const struct kctx *c, const char *name)
+{
+	char path[PATH_MAX * 2];
+	char *names[256];
+	struct dirent *e;
+	int n = 0;
+	DIR *d;
+
+	snprintf(path, sizeof(path), "%s/module/%s/holders", c->sysfs, name);
+	lua_newtable(L);
+	d = opendir(path);
+	if (!d)
+		return;
+	while ((e = readdir(d)) != NULL && n < 256) {
+		if (e->d_name[0] == '.')
+			continue;
+		names[n] = strdup(e->d_name);
+		if (names[n])
+			n++;
+	}
+	closedir(d);
+	qsort(names, (size_t)n, sizeof(char *), kmod_cmpstr);
+	for (int i = 0; i < n; i++) {
+		lua_pushstring(L, names[i]);
+		free(names[i]);
+		lua_rawseti(L, -2, i + 1);
+	}
+}
+
+static void kmod_setattr(lua_State *L, const struct kctx *c, const char *name,
+			 const char *attr, const char *field, int as_int)
+{
+	char path[PATH_MAX * 2], buf[256];
+
+	snprintf(path, sizeof(path), "%s/module/%s/%s", c->sysfs, name, attr);
+	if (kmod_read_attr(path, buf, sizeof(buf)) < 0)
+		return;
+	if (as_int)
+		lua_pushinteger(L, strtoll(buf, NULL, 10));
+	else
+		lua_pushstring(L, buf);
+	lua_setfield(L, -2, field);
+}
+
+/* ---- context ------------------------------------------------------------ */
+
+static struct kctx *kmod_checkctx(lua_State *L, int idx)
+{
+	struct kctx *c = luaL_checkudata(L, idx, CTX_MT);
+
+	luaL_argcheck(L, c->kmod != NULL, idx, "context is closed");
+	return c;
+}
+
+static int kmod_ctx_gc(lua_State *L)
+{
+	struct kctx *c = luaL_checkudata(L, 1, CTX_MT);
+
+	if (c->kmod) {
+		kmod_unref(c->kmod);
+		c->kmod = NULL;
+	}
+	return 0;
+}
+
+static int kmod_ctx_tostring(lua_State *L)
+{
+	struct kctx *c = luaL_checkudata(L, 1, CTX_MT);
+
+	lua_pushfstring(L, "drv.kmod.ctx (%s%s)", c->dirname, c->kmod ? "" : ", closed");
+	return 1;
+}
+
+static void kmod_copy_opt(lua_State *L, int opts, const char *key, const char *def,
+			  char *dst, size_t size)
+{
+	const char *v = drv_optfield_string(L, opts, key, def);
+
+	if (strlen(v) >= size)
+		luaL_argerror(L, opts, lua_pushfstring(L, "field '%s': path too long", key));
+	snprintf(dst, size, "%s", v);
+}
+
+/***
+ * A libkmod context over a modules directory.
+ * @function new
+ * @tparam[opt] table opts `{ dirname = "/lib/modules/<release>" (default: the running kernel's),
+ *   sysfs = "/sys", proc = "/proc" }` (roots for live state)
+ * @treturn[1] ctx userdata
+ * @treturn[2] nil, string message, integer errno
+ * @see kmod_new(3)
+ */
+static int kmod_l_new(lua_State *L)
+{
+	int opts = drv_opttable(L, 1);
+	struct utsname u;
+	char def[PATH_MAX];
+	struct kctx *c;
+	int err;
+
+	uname(&u);
+	snprintf(def, sizeof(def), "/lib/modules/%s", u.release);
+	c = lua_newuserdatauv(L, sizeof(*c), 0);
+	c->kmod = NULL;
+	luaL_setmetatable(L, CTX_MT);
+	kmod_copy_opt(L, opts, "dirname", def, c->dirname, sizeof(c->dirname));
+	kmod_copy_opt(L, opts, "sysfs", "/sys", c->sysfs, sizeof(c->sysfs));
+	kmod_copy_opt(L, opts, "proc", "/proc", c->proc, sizeof(c->proc));
+	if (access(c->dirname, R_OK) < 0)
+		return drv_fail(L, errno, "%s: %s (no modules for this kernel; install them or pass dirname)",
+				c->dirname, strerror(errno));
+	c->kmod = kmod_new(c->dirname, NULL);
+	if (!c->kmod)
+		return drv_fail(L, ENOMEM, "%s: cannot create a libkmod context", c->dirname);
+	err = kmod_load_resources(c->kmod);
+	if (err < 0)
+		return drv_fail(L, -err, "%s: cannot load the module indexes: %s (run depmod)",
+				c->dirname, strerror(-err));
+	return 1;
+}
+
+static int kmod_m_dirname(lua_State *L)
+{
+	lua_pushstring(L, kmod_checkctx(L, 1)->dirname);
+	return 1;
+}
+
+/* Find one module by name or path. NULL with an error pushed (3 values). */
+static struct kmod_module *kmod_find(lua_State *L, struct kctx *c, const char *name)
+{
+	struct kmod_module *mod = NULL;
+	struct kmod_list *list = NULL;
+	int err;
+
+	if (strchr(name, '/')) {
+		err = kmod_module_new_from_path(c->kmod, name, &mod);
+		if (err < 0) {
+			drv_fail(L, -err, "%s: %s", name, strerror(-err));
+			return NULL;
+		}
+		return mod;
+	}
+	err = kmod_module_new_from_lookup(c->kmod, name, &list);
+	if (err < 0 || !list) {
+		drv_fail(L, ENOENT, "%s: module not found in %s (run depmod, or check the name)",
+			 name, c->dirname);
+		return NULL;
+	}
+	mod = kmod_module_get_module(list);
+	kmod_module_unref_list(list);
+	return mod;
+}
+
+/* Set field to the module names in csv, normalized ("pci-hyperv-intf" is pci_hyperv_intf). */
+static void kmod_push_list_field(lua_State *L, const char *field, const char *csv)
+{
+	char *copy = strdup(csv), *tok, *save = NULL, name[256];
+	int n = 0;
+
+	lua_newtable(L);
+	for (tok = copy ? strtok_r(copy, ", ", &save) : NULL; tok; tok = strtok_r(NULL, ", ", &save)) {
+		kmod_normalize(name, tok, sizeof(name));
+		lua_pushstring(L, name);
+		lua_rawseti(L, -2, ++n);
+	}
+	free(copy);
+	lua_setfield(L, -2, field);
+}
+
+/* The parameter entry named by "name:rest" in params (a table at -1), created if new. */
+static void kmod_param(lua_State *L, int params, const char *value, const char *field)
+{
+	const char *colon = strchr(value, ':');
+	int n = (int)lua_rawlen(L, params);
+
+	if (!colon)
+		return;
+	for (int i = 1; i <= n; i++) {
+		lua_rawgeti(L, params, i);
+		lua_getfield(L, -1, "name");
+		if (strncmp(lua_tostring(L, -1), value, (size_t)(colon - value)) == 0 &&
+		    lua_rawlen(L, -1) == (size_t)(colon - value)) {
+			lua_pop(L, 1);
+			lua_pushstring(L, colon + 1);
+			lua_setfield(L, -2, field);
+			lua_pop(L, 1);
+			return;
+		}
+		lua_pop(L, 2);
+	}
+	lua_createtable(L, 0, 3);
+	lua_pushlstring(L, value, (size_t)(colon - value));
+	lua_setfield(L, -2, "name");
+	lua_pushstring(L, colon + 1);
+	lua_setfield(L, -2, field);
+	lua_rawseti(L, params, n + 1);
+}
+
+static void kmod_push_softdeps(lua_State *L, struct kmod_module *mod)
+{
+	struct kmod_list *pre = NULL, *post = NULL, *l;
+	int n;
+
+	if (kmod_module_get_softdeps(mod, &pre, &post) < 0)
+		return;
+	lua_createtable(L, 0, 2);
+	n = 0;
+	lua_newtable(L);
+	kmod_list_foreach(l, pre) {
+		lua_pushstring(L, kmod_module_get_name(kmod_module_get_module(l)));
+		lua_rawseti(L, -2, ++n);
+	}
+	lua_setfield(L, -2, "pre");
+	n = 0;
+	lua_newtable(L);
+	kmod_list_foreach(l, post) {
+		lua_pushstring(L, kmod_module_get_name(kmod_module_get_module(l)));
+		lua_rawseti(L, -2, ++n);
+	}
+	lua_setfield(L, -2, "post");
+	lua_setfield(L, -2, "softdeps");
+	kmod_list_foreach(l, pre)
+		kmod_module_unref(kmod_module_get_module(l));
+	kmod_list_foreach(l, post)
+		kmod_module_unref(kmod_module_get_module(l));
+	kmod_module_unref_list(pre);
+	kmod_module_unref_list(post);
+}
+
+/* Push the info table of mod. */
+static void kmod_push_info(lua_State *L, struct kmod_module *mod)
+{
+	struct kmod_list *info = NULL, *l;
+	const char *path = kmod_module_get_path(mod);
+	int params;
+
+	lua_createtable(L, 0, 12);
+	lua_pushstring(L, kmod_module_get_name(mod));
+	lua_setfield(L, -2, "name");
+	if (path) {
+		lua_pushstring(L, path);
+		lua_setfield(L, -2, "path");
+	}
+	lua_pushboolean(L, path == NULL && kmod_module_get_initstate(mod) == KMOD_MODULE_BUILTIN);
+	lua_setfield(L, -2, "builtin");
+	lua_newtable(L);
+	params = lua_gettop(L);
+	lua_pushvalue(L, params);
+	lua_setfield(L, -3, "parameters");
+	lua_newtable(L);
+	lua_setfield(L, -3, "depends");
+	if (kmod_module_get_info(mod, &info) >= 0) {
+		kmod_list_foreach(l, info) {
+			const char *key = kmod_module_info_get_key(l);
+			const char *value = kmod_module_info_get_value(l);
+
+			if (!value)
+				continue;
+			if (strcmp(key, "parm") == 0)
+				kmod_param(L, params, value, "description");
+			else if (strcmp(key, "parmtype") == 0)
+				kmod_param(L, params, value, "type");
+			else if (strcmp(key, "depends") == 0) {
+				lua_pushvalue(L, params - 1);
+				kmod_push_list_field(L, "depends", value);
+				lua_pop(L, 1);
+			} else if (strcmp(key, "version") == 0 || strcmp(key, "srcversion") == 0 ||
+				   strcmp(key, "vermagic") == 0 || strcmp(key, "license") == 0 ||
+				   strcmp(key, "description") == 0 || strcmp(key, "signer") == 0) {
+				lua_pushstring(L, value);
+				lua_setfield(L, params - 1, key);
+			}
+		}
+		kmod_module_info_free_list(info);
+	}
+	lua_pop(L, 1); /* params */
+	kmod_push_softdeps(L, mod);
+}
+
+/***
+ * What a module is: from its .ko (modinfo) and the modules directory.
+ * @function ctx:info
+ * @tparam string name a module name, alias or .ko path
+ * @treturn[1] table `{ name, path, builtin, version, srcversion, vermagic, license, description,
+ *   depends = {…}, softdeps = { pre = {…}, post = {…} }, parameters = { {name, type, description}… } }`
+ * @treturn[2] nil, "<name>: module not found in <dir> …", ENOENT
+ * @see kmod_module_get_info(3)
+ */
+static int kmod_m_info(lua_State *L)
+{
+	struct kctx *c = kmod_checkctx(L, 1);
+	const char *name = luaL_checkstring(L, 2);
+	struct kmod_module *mod = kmod_find(L, c, name);
+
+	if (!mod)
+		return 3;
+	kmod_push_info(L, mod);
+	kmod_module_unref(mod);
+	return 1;
+}
+
+/***
+ * The module names an alias (or name) resolves to; {} when none.
+ * @function ctx:lookup
+ * @tparam string alias
+ * @treturn table
+ * @see kmod_module_new_from_lookup(3)
+ */
+static int kmod_m_lookup(lua_State *L)
+{
+	struct kctx *c = kmod_checkctx(L, 1);
+	const char *alias = luaL_checkstring(L, 2);
+	struct kmod_list *list = NULL, *l;
+	int n = 0;
+
+	lua_newtable(L);
+	if (kmod_module_new_from_lookup(c->kmod, alias, &list) < 0)
+		return 1;
+	kmod_list_foreach(l, list) {
+		struct kmod_module *mod = kmod_module_get_module(l);
+
+		lua_pushstring(L, kmod_module_get_name(mod));
+		lua_rawseti(L, -2, ++n);
+		kmod_module_unref(mod);
+	}
+	kmod_module_unref_list(list);
+	return 1;
+}
+
+/***
+ * A module's live state, from sysfs.
+ * @function ctx:state
+ * @tparam string name
+ * @treturn[1] table `{ name, initstate = "live"|"coming"|"going"|"builtin", refcount, holders = {…},
+ *   srcversion, version, taint ("" when none), size }`
+ * @treturn[2] nil, "<name>: not loaded", ENOENT
+ */
+static int kmod_m_state(lua_State *L)
+{
+	struct kctx *c = kmod_checkctx(L, 1);
+	const char *arg = luaL_checkstring(L, 2);
+	char name[256], path[PATH_MAX * 2], buf[64];
+
+	kmod_normalize(name, arg, sizeof(name));
+	snprintf(path, sizeof(path), "%s/module/%s/initstate", c->sysfs, name);
+	if (kmod_read_attr(path, buf, sizeof(buf)) < 0) {
+		snprintf(path, sizeof(path), "%s/module/%s", c->sysfs, name);
+		if (access(path, F_OK) < 0)
+			return drv_fail(L, ENOENT, "%s: not loaded", name);
+		snprintf(buf, sizeof(buf), "builtin");
+	}
+	lua_createtable(L, 0, 8);
+	lua_pushstring(L, name);
+	lua_setfield(L, -2, "name");
+	lua_pushstring(L, buf);
+	lua_setfield(L, -2, "initstate");
+	lua_pushinteger(L, 0);
+	lua_setfield(L, -2, "refcount");
+	kmod_setattr(L, c, name, "refcnt", "refcount", 1);
+	kmod_setattr(L, c, name, "srcversion", "srcversion", 0);
+	kmod_setattr(L, c, name, "version", "version", 0);
+	kmod_setattr(L, c, name, "coresize", "size", 1);
+	lua_pushliteral(L, "");
+	lua_setfield(L, -2, "taint");
+	kmod_setattr(L, c, name, "taint", "taint", 0);
+	kmod_push_holders(L, c, name);
+	lua_setfield(L, -2, "holders");
+	return 1;
+}
+
+/* Split "a,b,c," into an array table at the top of the stack. */
+static void kmod_push_csv(lua_State *L, const char *s)
+{
+	int n = 0;
+
+	lua_newtable(L);
+	if (strcmp(s, "-") == 0)
+		return;
+	while (*s) {
+		const char *comma = strchrnul(s, ',');
+
+		if (comma > s) {
+			lua_pushlstring(L, s, (size_t)(comma - s));
+			lua_rawseti(L, -2, ++n);
+		}
+		s = *comma ? comma + 1 : comma;
+	}
+}
+
+/***
+ * The loaded modules, in <proc>/modules order.
+ * @function ctx:loaded
+ * @treturn[1] table `{ { name, size, refcount, holders = {…}, state = "Live" }… }`
+ * @treturn[2] nil, string message, integer errno
+ */
+static int kmod_m_loaded(lua_State *L)
+{
+	struct kctx *c = kmod_checkctx(L, 1);
+	char path[PATH_MAX + 16], line[4096];
+	int n = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/modules", c->proc);
+	f = fopen(path, "re");
+	if (!f)
+		return drv_errno_fail(L, path);
+	lua_newtable(L);
+	while (fgets(line, sizeof(line), f)) {
+		char name[256], holders[3072], state[32];
+		long long size;
+		int refcnt;
+
+		if (sscanf(line, "%255s %lld %d %3071s %31s", name, &size, &refcnt, holders, state) != 5)
+			continue;
+		lua_createtable(L, 0, 5);
+		lua_pushstring(L, name);
+		lua_setfield(L, -2, "name");
+		lua_pushinteger(L, size);
+		lua_setfield(L, -2, "size");
+		lua_pushinteger(L, refcnt);
+		lua_setfield(L, -2, "refcount");
+		kmod_push_csv(L, holders);
+		lua_setfield(L, -2, "holders");
+		lua_pushstring(L, state);
+		lua_setfield(L, -2, "state");
+		lua_rawseti(L, -2, ++n);
+	}
+	fclose(f);
+	return 1;
+}
+
+/* Push "name: in use by a, b", or the refcount when only non-module
+ * references (open devices, processes) hold it. sysfs is the root to read. */
+static const char *kmod_push_busy(lua_State *L, const char *sysfs, const char *name)
+{
+	struct kctx c;
+	char path[PATH_MAX * 2], buf[32];
+	lua_Integer refcnt = 0;
+	luaL_Buffer b;
+	int holders, n;
+
+	snprintf(c.sysfs, sizeof(c.sysfs), "%s", sysfs);
+	snprintf(path, sizeof(path), "%s/module/%s/refcnt", sysfs, name);
+	if (kmod_read_attr(path, buf, sizeof(buf)) == 0)
+		refcnt = strtoll(buf, NULL, 10);
+	kmod_push_holders(L, &c, name);
+	holders = lua_gettop(L);
+	n = (int)lua_rawlen(L, holders);
+	luaL_buffinit(L, &b);
+	if (n == 0) {
+		lua_pushfstring(L, "%s: in use (refcount %d): held by a process or another reference",
+				name, (int)refcnt);
+		luaL_addvalue(&b);
+	} else {
+		luaL_addstring(&b, name);
+		luaL_addstring(&b, ": in use by ");
+		for (int i = 1; i <= n; i++) {
+			lua_rawgeti(L, holders, i);
+			luaL_addvalue(&b);
+			if (i < n)
+				luaL_addstring(&b, ", ");
+		}
+	}
+	luaL_pushresult(&b);
+	lua_remove(L, holders);
+	return lua_tostring(L, -1);
+}
+
+/* Whether the modprobe configuration blacklists mod. */
+static int kmod_blacklisted(struct kctx *c, struct kmod_module *mod)
+{
+	struct kmod_list *in = NULL, *out = NULL;
+	int listed;
+
+	if (kmod_module_new_from_lookup(c->kmod, kmod_module_get_name(mod), &in) < 0 || !in)
+		return 0;
+	listed = kmod_module_apply_filter(c->kmod, KMOD_FILTER_BLACKLIST, in, &out) == 0 && !out;
+	kmod_module_unref_list(in);
+	kmod_module_unref_list(out);
+	return listed;
+}
+
+static int kmod_insert_fail(lua_State *L, struct kmod_module *mod, int err)
+{
+	lua_pushnil(L);
+	kmod_push_insert_error(L, kmod_module_get_name(mod), err);
+	lua_pushinteger(L, err);
+	kmod_module_unref(mod);
+	return 3;
+}
+
+static int kmod_blacklist_fail(lua_State *L, struct kmod_module *mod)
+{
+	lua_pushnil(L);
+	lua_pushfstring(L, "%s: blacklisted by the modprobe configuration "
+			"(pass blacklist = false to load it anyway)", kmod_module_get_name(mod));
+	lua_pushinteger(L, EPERM);
+	kmod_module_unref(mod);
+	return 3;
+}
+
+/***
+ * Insert a module (and, by default, its dependencies, like modprobe).
+ * A module already loaded is success.
+ * @function ctx:insert
+ * @tparam string name module name, alias or .ko path
+ * @tparam[opt] table opts `{ options = "p=1 q=2", blacklist = true, dependencies = true }`
+ * @treturn[1] true
+ * @treturn[2] nil, "<name>: <cause> (kernel: …)", errno
+ * @see kmod_module_probe_insert_module(3)
+ */
+static int kmod_m_insert(lua_State *L)
+{
+	struct kctx *c = kmod_checkctx(L, 1);
+	const char *name = luaL_checkstring(L, 2);
+	int opts = drv_opttable(L, 3);
+	const char *options = drv_optfield_string(L, opts, "options", NULL);
+	int blacklist = drv_optfield_boolean(L, opts, "blacklist", 1);
+	int deps = drv_optfield_boolean(L, opts, "dependencies", 1);
+	struct kmod_module *mod = kmod_find(L, c, name);
+	int err;
+
+	if (!mod)
+		return 3;
+	if (deps) {
+		unsigned flags = KMOD_PROBE_IGNORE_LOADED | (blacklist ? KMOD_PROBE_APPLY_BLACKLIST : 0);
+
+		err = kmod_module_probe_insert_module(mod, flags, options, NULL, NULL, NULL);
+		if (err == KMOD_PROBE_APPLY_BLACKLIST)
+			return kmod_blacklist_fail(L, mod);
+	} else {
+		if (blacklist && !strchr(name, '/') && kmod_blacklisted(c, mod))
+			return kmod_blacklist_fail(L, mod);
+		err = kmod_module_insert_module(mod, 0, options);
+		if (err == -EEXIST)
+			err = 0;
+	}
+	if (err < 0)
+		return kmod_insert_fail(L, mod, -err);
+	kmod_module_unref(mod);
+	return drv_ok(L);
+}
+
+/***
+ * Remove a loaded module (never waits: a module in use is an error naming its users).
+ * @function ctx:remove
+ * @tparam string name
+ * @tparam[opt] table opts `{ force = false }`
+ * @treturn[1] true
+ * @treturn[2] nil, "rdma_cm: in use by rdma_ucm, ib_ipoib", EBUSY; nil, "<name>: not loaded", ENOENT
+ * @see delete_module(2)
+ */
+static int kmod_m_remove(lua_State *L)
+{
+	struct kctx *c = kmod_checkctx(L, 1);
+	const char *arg = luaL_checkstring(L, 2);
+	int opts = drv_opttable(L, 3);
+	int force = drv_optfield_boolean(L, opts, "force", 0);
+	char name[256];
+
+	kmod_normalize(name, arg, sizeof(name));
+	if (syscall(SYS_delete_module, name, O_NONBLOCK | (force ? O_TRUNC : 0)) == 0)
+		return drv_ok(L);
+	switch (errno) {
+	case ENOENT:
+		return drv_fail(L, ENOENT, "%s: not loaded", name);
+	case EWOULDBLOCK:
+	case EBUSY:
+		lua_pushnil(L);
+		kmod_push_busy(L, c->sysfs, name);
+		lua_pushinteger(L, EBUSY);
+		return 3;
+	case EPERM:
+		return drv_fail(L, EPERM, "%s: operation not permitted (module unloading disabled, or not root)",
+				name);
+	case ENOSYS:
+		return drv_fail(L, ENOSYS, "%s: %s", name, kmod_insert_strerror(ENOSYS));
+	default:
+		return drv_fail(L, errno, "%s: %s", name, strerror(errno));
+	}
+}
+
+/***
+ * modinfo of a .ko file anywhere (not only in a modules directory).
+ * @function modinfo
+ * @tparam string path
+ * @treturn[1] table as ctx:info
+ * @treturn[2] nil, string message, integer errno
+ * @see kmod_module_new_from_path(3)
+ */
+static int kmod_l_modinfo(lua_State *L)
+{
+	const char *path = luaL_checkstring(L, 1);
+	struct kmod_ctx *ctx;
+	struct kmod_module *mod = NULL;
+	int err;
+
+	if (access(path, R_OK) < 0)
+		return drv_errno_fail(L, path);
+	ctx = kmod_new("/nonexistent", NULL);
+	if (!ctx)
+		return drv_fail(L, ENOMEM, "%s: cannot create a libkmod context", path);
+	err = kmod_module_new_from_path(ctx, path, &mod);
+	if (err < 0) {
+		kmod_unref(ctx);
+		return drv_fail(L, -err, "%s: %s", path, strerror(-err));
+	}
+	kmod_push_info(L, mod);
+	lua_pushnil(L);
+	lua_setfield(L, -2, "softdeps"); /* configuration-dependent: not a property of the file */
+	kmod_module_unref(mod);
+	kmod_unref(ctx);
+	return 1;
+}
+
+/***
+ * The symbol CRCs a .ko was built against (its __versions section).
+ * @function versions
+ * @tparam string path
+ * @treturn[1] table `{ [symbol] = crc (integer) }`
+ * @treturn[2] nil, string message, integer errno
+ * @see kmod_module_get_versions(3)
+ */
+static int kmod_l_versions(lua_State *L)
+{
+	const char *path = luaL_checkstring(L, 1);
+	struct kmod_list *list = NULL, *l;
+	struct kmod_module *mod = NULL;
+	struct kmod_ctx *ctx;
+	int err;
+
+	if (access(path, R_OK) < 0)
+		return drv_errno_fail(L, path);
+	ctx = kmod_new("/nonexistent", NULL);
+	if (!ctx)
+		return drv_fail(L, ENOMEM, "%s: cannot create a libkmod context", path);
+	err = kmod_module_new_from_path(ctx, path, &mod);
+	if (err >= 0)
+		err = kmod_module_get_versions(mod, &list);
+	if (err < 0) {
+		if (mod)
+			kmod_module_unref(mod);
+		kmod_unref(ctx);
+		return drv_fail(L, -err, "%s: %s", path, strerror(-err));
+	}
+	lua_newtable(L);
+	kmod_list_foreach(l, list) {
+		lua_pushinteger(L, (lua_Integer)kmod_module_version_get_crc(l));
+		lua_setfield(L, -2, kmod_module_version_get_symbol(l));
+	}
+	kmod_module_versions_free_list(list);
+	kmod_module_unref(mod);
+	kmod_unref(ctx);
+	return 1;
+}
+
+/* ---- one dependency level at a time, concurrently ------------------------ */
+
+struct job {
+	const char *name;
+	const char *path;	/* insert: the .ko; remove: NULL */
+	const char *options;
+	int err;		/* 0, or the errno of the call */
+	pthread_t thread;
+	int started;
+};
+
+static int kmod_finit_flags(const char *path)
+{
+	size_t n = strlen(path);
+
+	if ((n > 3 && strcmp(path + n - 3, ".xz") == 0) || (n > 4 && strcmp(path + n - 4, ".zst") == 0) ||
+	    (n > 3 && strcmp(path + n - 3, ".gz") == 0))
+		return MODULE_INIT_COMPRESSED_FILE;
+	return 0;
+}
+
+static void *kmod_insert_job(void *arg)
+{
+	struct job *j = arg;
+	int fd = open(j->path, O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0) {
+		j->err = errno;
+		return NULL;
+	}
+	if (syscall(SYS_finit_module, fd, j->options ? j->options : "", kmod_finit_flags(j->path)) < 0)
+		j->err = errno == EEXIST ? 0 : errno;
+	close(fd);
+	return NULL;
+}
+
+static void *kmod_remove_job(void *arg)
+{
+	struct job *j = arg;
+
+	if (syscall(SYS_delete_module, j->name, O_NONBLOCK) < 0)
+		j->err = errno;
+	return NULL;
+}
+
+static void kmod_run_jobs(struct job *jobs, int n, void *(*fn)(void *))
+{
+	if (n == 1) {
+		fn(&jobs[0]);
+		return;
+	}
+	for (int i = 0; i < n; i++)
+		jobs[i].started = pthread_create(&jobs[i].thread, NULL, fn, &jobs[i]) == 0;
+	for (int i = 0; i < n; i++) {
+		if (jobs[i].started)
+			pthread_join(jobs[i].thread, NULL);
+		else
+			fn(&jobs[i]);
+	}
+}
+
+/* Return the results of jobs: true, or nil, joined message, first errno, failures. */
+static int kmod_jobs_result(lua_State *L, struct job *jobs, int n, int removing, const char *sysfs)
+{
+	int first = 0, failures;
+	luaL_Buffer b;
+
+	lua_newtable(L);
+	failures = lua_gettop(L);
+	for (int i = 0; i < n; i++) {
+		if (!jobs[i].err)
+			continue;
+		if (!first)
+			first = jobs[i].err;
+		if (removing && (jobs[i].err == EWOULDBLOCK || jobs[i].err == EBUSY))
+			kmod_push_busy(L, sysfs, jobs[i].name);
+		else if (removing && jobs[i].err == ENOENT)
+			lua_pushfstring(L, "%s: not loaded", jobs[i].name);
+		else if (removing)
+			lua_pushfstring(L, "%s: %s", jobs[i].name, strerror(jobs[i].err));
+		else if (jobs[i].err == ENOENT && access(jobs[i].path, F_OK) < 0)
+			lua_pushfstring(L, "%s: %s: no such file", jobs[i].name, jobs[i].path);
+		else
+			kmod_push_insert_error(L, jobs[i].name, jobs[i].err);
+		lua_setfield(L, failures, jobs[i].name);
+	}
+	if (!first) {
+		lua_pop(L, 1);
+		return drv_ok(L);
+	}
+	lua_pushnil(L);
+	luaL_buffinit(L, &b);
+	for (int i = 0, k = 0; i < n; i++) {
+		if (!jobs[i].err)
+			continue;
+		if (k++)
+			luaL_addstring(&b, "; ");
+		lua_getfield(L, failures, jobs[i].name);
+		luaL_addvalue(&b);
+	}
+	luaL_pushresult(&b);
+	lua_pushinteger(L, first);
+	lua_pushvalue(L, failures);
+	return 4;
+}
+
+static const char *kmod_item_string(lua_State *L, int item, const char *key, int required, int i)
+{
+	const char *v = NULL;
+	int t = lua_getfield(L, item, key);
+
+	if (t == LUA_TSTRING)
+		v = lua_tostring(L, -1);
+	else if (t != LUA_TNIL || required)
+		luaL_argerror(L, 1, lua_pushfstring(L, "item %d: field '%s': string expected, got %s",
+						     i, key, lua_typename(L, t)));
+	lua_pop(L, 1); /* the item table keeps the string alive */
+	return v;
+}
+
+static struct job *kmod_new_jobs(lua_State *L, int *n)
+{
+	lua_Integer len;
+	struct job *jobs;
+
+	luaL_checktype(L, 1, LUA_TTABLE);
+	len = luaL_len(L, 1);
+	luaL_argcheck(L, len > 0 && len <= 4096, 1, "1 to 4096 items expected");
+	jobs = lua_newuserdatauv(L, sizeof(*jobs) * (size_t)len, 0);
+	memset(jobs, 0, sizeof(*jobs) * (size_t)len);
+	*n = (int)len;
+	return jobs;
+}
+
+/***
+ * Insert one dependency level concurrently: finit_module(2) for each item in
+ * its own thread. No dependency handling: order the levels yourself. A module
+ * already loaded is success.
+ * @function insert_many
+ * @tparam table items `{ { name = "ib_umad", path = "/…/ib_umad.ko", options = "…" }… }`
+ * @treturn[1] true
+ * @treturn[2] nil, "a: …; b: …", first errno, `{ [name] = message }`
+ * @see finit_module(2)
+ */
+static int kmod_l_insert_many(lua_State *L)
+{
+	int n;
+	struct job *jobs = kmod_new_jobs(L, &n);
+
+	for (int i = 0; i < n; i++) {
+		luaL_argcheck(L, lua_rawgeti(L, 1, i + 1) == LUA_TTABLE, 1,
+			      lua_pushfstring(L, "item %d: table expected", i + 1));
+		jobs[i].path = kmod_item_string(L, lua_gettop(L), "path", 1, i + 1);
+		jobs[i].name = kmod_item_string(L, lua_gettop(L), "name", 0, i + 1);
+		jobs[i].options = kmod_item_string(L, lua_gettop(L), "options", 0, i + 1);
+		if (!jobs[i].name)
+			jobs[i].name = jobs[i].path;
+		lua_pop(L, 1);
+	}
+	kmod_run_jobs(jobs, n, kmod_insert_job);
+	return kmod_jobs_result(L, jobs, n, 0, "/sys");
+}
+
+/***
+ * Remove one level concurrently: delete_module(2) for each name in its own thread.
+ * @function remove_many
+ * @tparam table names `{ "rdma_ucm", "mlx5_ib" }`
+ * @treturn[1] true
+ * @treturn[2] nil, "a: in use by …; b: …", first errno, `{ [name] = message }`
+ * @see delete_module(2)
+ */
+static int kmod_l_remove_many(lua_State *L)
+{
+	int n;
+	struct job *jobs = kmod_new_jobs(L, &n);
+
+	for (int i = 0; i < n; i++) {
+		if (lua_rawgeti(L, 1, i + 1) != LUA_TSTRING)
+			luaL_argerror(L, 1, lua_pushfstring(L, "item %d: string expected, got %s",
+							     i + 1, luaL_typename(L, -1)));
+		jobs[i].name = lua_tostring(L, -1);
+		lua_pop(L, 1);
+	}
+	kmod_run_jobs(jobs, n, kmod_remove_job);
+	return kmod_jobs_result(L, jobs, n, 1, "/sys");
+}
+
+static const luaL_Reg kmod_ctx_methods[] = {
+	{ "dirname", kmod_m_dirname },
+	{ "lookup", kmod_m_lookup },
+	{ "info", kmod_m_info },
+	{ "state", kmod_m_state },
+	{ "loaded", kmod_m_loaded },
+	{ "insert", kmod_m_insert },
+	{ "remove", kmod_m_remove },
+	{ "close", kmod_ctx_gc },
+	{ NULL, NULL }
+};
+
+static const luaL_Reg kmod_ctx_meta[] = {
+	{ "__gc", kmod_ctx_gc },
+	{ "__close", kmod_ctx_gc },
+	{ "__tostring", kmod_ctx_tostring },
+	{ NULL, NULL }
+};
+
+static const luaL_Reg kmod_funcs[] = {
+	{ "new", kmod_l_new },
+	{ "modinfo", kmod_l_modinfo },
+	{ "versions", kmod_l_versions },
+	{ "insert_many", kmod_l_insert_many },
+	{ "remove_many", kmod_l_remove_many },
+	{ NULL, NULL }
+};
 
 int luaopen_drv_kmod(lua_State *L)
 {
-	lua_newtable(L);
+	drv_newclass(L, CTX_MT, kmod_ctx_methods, kmod_ctx_meta);
+	luaL_newlib(L, kmod_funcs);
 	return 1;
 }
