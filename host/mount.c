@@ -1,8 +1,484 @@
-/* mount.c - drv.mount (placeholder until the module lands). */
+/* mount.c - drv.mount: mounts through libmount, and queries of
+ * /proc/self/mountinfo. Propagation changes are plain mount(2) calls: there is
+ * nothing for libmount to add to them. libmount never writes /etc/mtab here. */
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <unistd.h>
+
+#include <libmount.h>
+
 #include "drv.h"
+
+#define MOUNTINFO "/proc/self/mountinfo"
+
+/* Run a prepared context's mount or umount; push the result. */
+static int mnt_finish(lua_State *L, struct libmnt_context *cxt, int rc, const char *what,
+		      const char *target)
+{
+	char buf[BUFSIZ] = "";
+	int err;
+
+	if (rc == 0) {
+		mnt_free_context(cxt);
+		return drv_ok(L);
+	}
+	if (rc > 0 || mnt_context_syscall_called(cxt)) {
+		err = mnt_context_get_syscall_errno(cxt);
+		if (err == 0)
+			err = rc > 0 ? rc : EINVAL;
+	} else {
+		err = -rc;
+	}
+	mnt_context_get_excode(cxt, rc, buf, sizeof(buf));
+	mnt_free_context(cxt);
+	if (err <= 0)
+		err = EIO;
+	if (buf[0] && !strstr(buf, strerror(err)))
+		return drv_fail(L, err, "%s %s: %s (%s)", what, target, strerror(err), buf);
+	return drv_fail(L, err, "%s %s: %s", what, target, strerror(err));
+}
+
+static struct libmnt_context *mnt_new(lua_State *L)
+{
+	struct libmnt_context *cxt = mnt_new_context();
+
+	if (!cxt)
+		luaL_error(L, "not enough memory");
+	mnt_context_disable_mtab(cxt, 1);
+	mnt_context_disable_helpers(cxt, 1); /* no /sbin/mount.<type> */
+	return cxt;
+}
+
+static int mnt_do_mount(lua_State *L, const char *source, const char *target,
+			const char *fstype, const char *options)
+{
+	struct libmnt_context *cxt = mnt_new(L);
+
+	if (access(target, F_OK) < 0)
+		return mnt_free_context(cxt), drv_fail(L, errno, "mount %s: %s", target, strerror(errno));
+	if ((source && mnt_context_set_source(cxt, source)) || mnt_context_set_target(cxt, target) ||
+	    (fstype && mnt_context_set_fstype(cxt, fstype)) ||
+	    (options && mnt_context_set_options(cxt, options))) {
+		mnt_free_context(cxt);
+		return drv_fail(L, EINVAL, "mount %s: invalid arguments", target);
+	}
+	return mnt_finish(L, cxt, mnt_context_mount(cxt), "mount", target);
+}
+
+/* options + extra, comma-joined, as a Lua string (kept on the stack). */
+static const char *mnt_join(lua_State *L, const char *a, const char *b)
+{
+	if (a && *a && b && *b)
+		return lua_pushfstring(L, "%s,%s", a, b);
+	return lua_pushstring(L, a && *a ? a : b);
+}
+
+/***
+ * Mount a filesystem.
+ * @function mount
+ * @tparam string source e.g. "tmpfs", "/dev/sdb1"
+ * @tparam string target an existing directory
+ * @tparam string fstype e.g. "tmpfs", "9p"
+ * @tparam[opt] table opts `{ options = "size=1m,mode=0755", readonly = false }`
+ * @treturn[1] true
+ * @treturn[2] nil, "mount <target>: <cause>", errno
+ * @see mnt_context_mount(3)
+ */
+static int mnt_l_mount(lua_State *L)
+{
+	const char *source = luaL_checkstring(L, 1);
+	const char *target = luaL_checkstring(L, 2);
+	const char *fstype = luaL_checkstring(L, 3);
+	int opts = drv_opttable(L, 4);
+	const char *options = drv_optfield_string(L, opts, "options", NULL);
+	int ro = drv_optfield_boolean(L, opts, "readonly", 0);
+
+	return mnt_do_mount(L, source, target, fstype, mnt_join(L, options, ro ? "ro" : NULL));
+}
+
+static int mnt_bind(lua_State *L, int recursive_default)
+{
+	const char *source = luaL_checkstring(L, 1);
+	const char *target = luaL_checkstring(L, 2);
+	int opts = drv_opttable(L, 3);
+	int rec = drv_optfield_boolean(L, opts, "recursive", recursive_default);
+	int ro = drv_optfield_boolean(L, opts, "readonly", 0);
+
+	if (access(source, F_OK) < 0)
+		return drv_fail(L, errno, "mount %s: %s: %s", target, source, strerror(errno));
+	return mnt_do_mount(L, source, target, NULL, mnt_join(L, rec ? "rbind" : "bind", ro ? "ro" : NULL));
+}
+
+/***
+ * Bind-mount source on target (a read-only bind is bound, then remounted read-only).
+ * @function bind
+ * @tparam string source
+ * @tparam string target
+ * @tparam[opt] table opts `{ recursive = false, readonly = false }`
+ * @treturn[1] true
+ * @treturn[2] nil, string message, integer errno
+ * @see mount(2) MS_BIND
+ */
+static int mnt_l_bind(lua_State *L)
+{
+	return mnt_bind(L, 0);
+}
+
+/***
+ * Recursive bind: source with every mount below it. Same as bind with recursive = true.
+ * @function rbind
+ * @see mount(2) MS_BIND|MS_REC
+ */
+static int mnt_l_rbind(lua_State *L)
+{
+	return mnt_bind(L, 1);
+}
+
+/***
+ * Remount read-only or read-write (per mount point, as for a bind mount).
+ * @function remount
+ * @tparam string target
+ * @tparam table opts `{ readonly = true|false }`
+ * @treturn[1] true
+ * @treturn[2] nil, string message, integer errno
+ * @see mount(2) MS_REMOUNT
+ */
+static int mnt_l_remount(lua_State *L)
+{
+	const char *target = luaL_checkstring(L, 1);
+	int opts;
+	int ro;
+
+	luaL_checktype(L, 2, LUA_TTABLE);
+	opts = drv_opttable(L, 2);
+	ro = drv_optfield_boolean(L, opts, "readonly", 1);
+	if (mount(NULL, target, NULL, MS_REMOUNT | MS_BIND | (ro ? MS_RDONLY : 0), NULL) < 0)
+		return drv_fail(L, errno, "remount %s: %s", target, strerror(errno));
+	return drv_ok(L);
+}
+
+/***
+ * Set the propagation of a mount.
+ * @function propagation
+ * @tparam string target a mount point
+ * @tparam string kind "shared", "slave", "private" or "unbindable"
+ * @tparam[opt] table opts `{ recursive = false }`
+ * @treturn[1] true
+ * @treturn[2] nil, "propagation <target>: <cause>", errno
+ * @see mount(2) MS_SHARED
+ */
+static int mnt_l_propagation(lua_State *L)
+{
+	static const char *const kinds[] = { "shared", "slave", "private", "unbindable", NULL };
+	static const unsigned long flags[] = { MS_SHARED, MS_SLAVE, MS_PRIVATE, MS_UNBINDABLE };
+	const char *target = luaL_checkstring(L, 1);
+	int kind = luaL_checkoption(L, 2, NULL, kinds);
+	int opts = drv_opttable(L, 3);
+	int rec = drv_optfield_boolean(L, opts, "recursive", 0);
+
+	if (mount(NULL, target, NULL, flags[kind] | (rec ? MS_REC : 0), NULL) < 0) {
+		int err = errno;
+
+		if (err == EINVAL && access(target, F_OK) == 0)
+			return drv_fail(L, err, "propagation %s: not a mount point", target);
+		return drv_fail(L, err, "propagation %s: %s", target, strerror(err));
+	}
+	return drv_ok(L);
+}
+
+/* ---- mountinfo ------------------------------------------------------------ */
+
+static struct libmnt_table *mnt_table(lua_State *L)
+{
+	struct libmnt_table *tb = mnt_new_table_from_file(MOUNTINFO);
+
+	if (!tb)
+		drv_errno_fail(L, MOUNTINFO);
+	return tb;
+}
+
+static void mnt_setstr(lua_State *L, const char *key, const char *v)
+{
+	if (!v)
+		return;
+	lua_pushstring(L, v);
+	lua_setfield(L, -2, key);
+}
+
+/* "shared", "slave", "private", "unbindable", or e.g. "shared,slave"; plus the peer groups. */
+static void mnt_push_propagation(lua_State *L, struct libmnt_fs *fs)
+{
+	const char *opt = mnt_fs_get_optional_fields(fs);
+	unsigned long flags = 0;
+	char kind[64] = "";
+	const char *p;
+
+	mnt_fs_get_propagation(fs, &flags);
+	if (flags & MS_SHARED)
+		strcat(kind, "shared");
+	if (flags & MS_SLAVE)
+		strcat(kind, kind[0] ? ",slave" : "slave");
+	if (flags & MS_UNBINDABLE)
+		strcat(kind, kind[0] ? ",unbindable" : "unbindable");
+	if (!kind[0])
+		strcat(kind, "private");
+	mnt_setstr(L, "propagation", kind);
+	if (opt && (p = strstr(opt, "shared:"))) {
+		lua_pushinteger(L, strtol(p + 7, NULL, 10));
+		lua_setfield(L, -2, "shared_group");
+	}
+	if (opt && (p = strstr(opt, "master:"))) {
+		lua_pushinteger(L, strtol(p + 7, NULL, 10));
+		lua_setfield(L, -2, "master");
+	}
+}
+
+static void mnt_push_fs(lua_State *L, struct libmnt_fs *fs)
+{
+	lua_createtable(L, 0, 11);
+	lua_pushinteger(L, mnt_fs_get_id(fs));
+	lua_setfield(L, -2, "id");
+	lua_pushinteger(L, mnt_fs_get_parent_id(fs));
+	lua_setfield(L, -2, "parent");
+	mnt_setstr(L, "target", mnt_fs_get_target(fs));
+	mnt_setstr(L, "source", mnt_fs_get_source(fs));
+	mnt_setstr(L, "fstype", mnt_fs_get_fstype(fs));
+	mnt_setstr(L, "root", mnt_fs_get_root(fs));
+	mnt_setstr(L, "options", mnt_fs_get_vfs_options(fs));
+	mnt_setstr(L, "fs_options", mnt_fs_get_fs_options(fs));
+	mnt_push_propagation(L, fs);
+}
+
+/* The canonical form of path (symlinks resolved); path itself when it does not exist. */
+static const char *mnt_canon(const char *path, char *buf)
+{
+	return realpath(path, buf) ? buf : path;
+}
+
+/* The top-most mount exactly at path, or NULL. */
+static struct libmnt_fs *mnt_at(struct libmnt_table *tb, const char *path)
+{
+	struct libmnt_iter *it = mnt_new_iter(MNT_ITER_BACKWARD);
+	struct libmnt_fs *fs, *found = NULL;
+
+	while (it && mnt_table_next_fs(tb, it, &fs) == 0) {
+		if (strcmp(mnt_fs_get_target(fs), path) == 0) {
+			found = fs;
+			break;
+		}
+	}
+	mnt_free_iter(it);
+	return found;
+}
+
+/***
+ * Whether path is a mount point.
+ * @function is_mountpoint
+ * @tparam string path
+ * @treturn boolean
+ */
+static int mnt_l_is_mountpoint(lua_State *L)
+{
+	const char *path = luaL_checkstring(L, 1);
+	char buf[PATH_MAX];
+	struct libmnt_table *tb = mnt_table(L);
+
+	if (!tb)
+		return 3;
+	lua_pushboolean(L, mnt_at(tb, mnt_canon(path, buf)) != NULL);
+	mnt_unref_table(tb);
+	return 1;
+}
+
+/***
+ * The mount at path (the top-most one if several are stacked there).
+ * @function info
+ * @tparam string path
+ * @treturn[1] table `{ id, parent, target, source, fstype, root, options, fs_options,
+ *   propagation = "shared"|"slave"|"private"|"unbindable"|"shared,slave"…, shared_group, master }`
+ * @treturn[2] nil, "<path>: not a mount point", EINVAL
+ */
+static int mnt_l_info(lua_State *L)
+{
+	const char *path = luaL_checkstring(L, 1);
+	char buf[PATH_MAX];
+	struct libmnt_table *tb = mnt_table(L);
+	struct libmnt_fs *fs;
+
+	if (!tb)
+		return 3;
+	fs = mnt_at(tb, mnt_canon(path, buf));
+	if (!fs) {
+		mnt_unref_table(tb);
+		return drv_fail(L, EINVAL, "%s: not a mount point", path);
+	}
+	mnt_push_fs(L, fs);
+	mnt_unref_table(tb);
+	return 1;
+}
+
+/***
+ * The mount that contains path (the filesystem it is on).
+ * @function find
+ * @tparam string path
+ * @treturn[1] table as info
+ * @treturn[2] nil, string message, integer errno
+ */
+static int mnt_l_find(lua_State *L)
+{
+	const char *path = luaL_checkstring(L, 1);
+	char buf[PATH_MAX];
+	struct libmnt_table *tb;
+	struct libmnt_fs *fs;
+
+	if (!realpath(path, buf))
+		return drv_errno_fail(L, path);
+	tb = mnt_table(L);
+	if (!tb)
+		return 3;
+	fs = mnt_table_find_mountpoint(tb, buf, MNT_ITER_BACKWARD);
+	if (!fs) {
+		mnt_unref_table(tb);
+		return drv_fail(L, ENOENT, "%s: no mount contains it", path);
+	}
+	mnt_push_fs(L, fs);
+	mnt_unref_table(tb);
+	return 1;
+}
+
+static int mnt_under(const char *target, const char *base)
+{
+	size_t n = strlen(base);
+
+	if (strcmp(base, "/") == 0)
+		return 1;
+	return strncmp(target, base, n) == 0 && (target[n] == '\0' || target[n] == '/');
+}
+
+/***
+ * Every mount, in mountinfo order; with under, only those at or below it.
+ * @function list
+ * @tparam[opt] string under
+ * @treturn[1] table of info tables
+ * @treturn[2] nil, string message, integer errno
+ */
+static int mnt_l_list(lua_State *L)
+{
+	const char *under = luaL_optstring(L, 1, NULL);
+	char buf[PATH_MAX];
+	struct libmnt_table *tb = mnt_table(L);
+	struct libmnt_iter *it;
+	struct libmnt_fs *fs;
+	int n = 0;
+
+	if (!tb)
+		return 3;
+	if (under)
+		under = mnt_canon(under, buf);
+	it = mnt_new_iter(MNT_ITER_FORWARD);
+	lua_newtable(L);
+	while (it && mnt_table_next_fs(tb, it, &fs) == 0) {
+		if (under && !mnt_under(mnt_fs_get_target(fs), under))
+			continue;
+		mnt_push_fs(L, fs);
+		lua_rawseti(L, -2, ++n);
+	}
+	mnt_free_iter(it);
+	mnt_unref_table(tb);
+	return 1;
+}
+
+/* Unmount one target with libmount. */
+static int mnt_umount_one(lua_State *L, const char *target, int lazy, int force)
+{
+	struct libmnt_context *cxt = mnt_new(L);
+
+	mnt_context_set_target(cxt, target);
+	mnt_context_enable_lazy(cxt, lazy);
+	mnt_context_enable_force(cxt, force);
+	mnt_context_disable_swapmatch(cxt, 1);
+	return mnt_finish(L, cxt, mnt_context_umount(cxt), "umount", target);
+}
+
+/***
+ * Unmount. Recursive unmounts every mount at or below target, deepest first;
+ * lazy detaches now and cleans up when no longer busy (MNT_DETACH).
+ * @function umount
+ * @tparam string target
+ * @tparam[opt] table opts `{ lazy = false, recursive = false, force = false }`
+ * @treturn[1] true
+ * @treturn[2] nil, "umount <target>: <cause>", errno (EINVAL: not a mount point)
+ * @see mnt_context_umount(3), umount2(2)
+ */
+static int mnt_l_umount(lua_State *L)
+{
+	const char *arg = luaL_checkstring(L, 1);
+	int opts = drv_opttable(L, 2);
+	int lazy = drv_optfield_boolean(L, opts, "lazy", 0);
+	int rec = drv_optfield_boolean(L, opts, "recursive", 0);
+	int force = drv_optfield_boolean(L, opts, "force", 0);
+	char buf[PATH_MAX];
+	const char *target = mnt_canon(arg, buf);
+	struct libmnt_table *tb;
+	struct libmnt_iter *it;
+	struct libmnt_fs *fs;
+	int top;
+
+	tb = mnt_table(L);
+	if (!tb)
+		return 3;
+	if (!mnt_at(tb, target)) {
+		mnt_unref_table(tb);
+		return drv_fail(L, EINVAL, "umount %s: not a mount point", arg);
+	}
+	if (!rec || lazy) {
+		/* a lazy unmount detaches the whole tree below target at once */
+		mnt_unref_table(tb);
+		if (lazy && umount2(target, MNT_DETACH | (force ? MNT_FORCE : 0)) < 0)
+			return drv_fail(L, errno, "umount %s: %s", arg, strerror(errno));
+		return lazy ? drv_ok(L) : mnt_umount_one(L, target, 0, force);
+	}
+	/* collect targets below (mountinfo lists children after parents), unmount in reverse */
+	lua_newtable(L);
+	top = lua_gettop(L);
+	it = mnt_new_iter(MNT_ITER_FORWARD);
+	while (it && mnt_table_next_fs(tb, it, &fs) == 0) {
+		if (mnt_under(mnt_fs_get_target(fs), target)) {
+			lua_pushstring(L, mnt_fs_get_target(fs));
+			lua_rawseti(L, top, (lua_Integer)lua_rawlen(L, top) + 1);
+		}
+	}
+	mnt_free_iter(it);
+	mnt_unref_table(tb);
+	for (lua_Integer i = (lua_Integer)lua_rawlen(L, top); i > 0; i--) {
+		lua_rawgeti(L, top, i);
+		if (umount2(lua_tostring(L, -1), force ? MNT_FORCE : 0) < 0)
+			return drv_fail(L, errno, "umount %s: %s", lua_tostring(L, -1), strerror(errno));
+		lua_pop(L, 1);
+	}
+	return drv_ok(L);
+}
+
+static const luaL_Reg mnt_funcs[] = {
+	{ "mount", mnt_l_mount },
+	{ "bind", mnt_l_bind },
+	{ "rbind", mnt_l_rbind },
+	{ "remount", mnt_l_remount },
+	{ "propagation", mnt_l_propagation },
+	{ "umount", mnt_l_umount },
+	{ "is_mountpoint", mnt_l_is_mountpoint },
+	{ "info", mnt_l_info },
+	{ "find", mnt_l_find },
+	{ "list", mnt_l_list },
+	{ NULL, NULL }
+};
 
 int luaopen_drv_mount(lua_State *L)
 {
-	lua_newtable(L);
+	luaL_newlib(L, mnt_funcs);
 	return 1;
 }
