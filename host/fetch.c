@@ -31,7 +31,6 @@ struct transfer {
 	int quiet, tty;
 	int callback_failed;	/* the Lua progress function raised: its error is on the stack */
 	int io_errno;		/* a write to the .part failed */
-	int checked_resume;	/* looked at the status of a resumed request */
 	curl_off_t have;	/* bytes in the .part before this attempt */
 	curl_off_t got;		/* bytes written in this attempt */
 	double started, last_report, last_line;
@@ -150,7 +149,7 @@ static int fetch_xferinfo(void *data, curl_off_t dltotal, curl_off_t dlnow, curl
 
 	(void)ultotal;
 	(void)ulnow;
-	if (now - t->last_report < 0.1)
+	if (now - t->last_report < 0.1 || dlnow == 0)
 		return 0;
 	t->last_report = now;
 	if (t->progress_ref != LUA_NOREF)
@@ -162,29 +161,11 @@ static int fetch_xferinfo(void *data, curl_off_t dltotal, curl_off_t dlnow, curl
 
 /* ---- writing ------------------------------------------------------------ */
 
-static int fetch_restart_part(struct transfer *t)
-{
-	if (ftruncate(t->fd, 0) < 0 || lseek(t->fd, 0, SEEK_SET) < 0)
-		return -1;
-	t->have = 0;
-	return EVP_DigestInit_ex(t->md, EVP_sha256(), NULL) ? 0 : -1;
-}
-
 static size_t fetch_write(char *ptr, size_t size, size_t nmemb, void *data)
 {
 	struct transfer *t = data;
 	size_t len = size * nmemb, off = 0;
 
-	if (t->have > 0 && !t->checked_resume) {
-		long code = 0;
-
-		t->checked_resume = 1;
-		curl_easy_getinfo(t->curl, CURLINFO_RESPONSE_CODE, &code);
-		if (code == 200 && fetch_restart_part(t) < 0) { /* the server ignored Range */
-			t->io_errno = errno;
-			return 0;
-		}
-	}
 	while (off < len) {
 		ssize_t n = write(t->fd, ptr + off, len - off);
 
@@ -215,7 +196,6 @@ static int fetch_open_part(struct transfer *t, const char *part, int resume)
 		return errno = ENOMEM, -1;
 	t->have = 0;
 	t->got = 0;
-	t->checked_resume = 0;
 	if (!resume || stat(part, &st) < 0 || st.st_size == 0) {
 		t->fd = open(part, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 		return t->fd < 0 ? -1 : 0;
@@ -441,8 +421,10 @@ static int fetch_attempts(lua_State *L, struct transfer *t, const char *dest, co
 			return lua_error(L); /* the progress function's error, as raised */
 		}
 		curl_easy_getinfo(t->curl, CURLINFO_RESPONSE_CODE, &code);
-		if (rc == CURLE_HTTP_RETURNED_ERROR && code == 416 && t->have > 0) {
-			unlink(part); /* the .part is not a prefix of this file: start over */
+		if (t->have > 0 && (rc == CURLE_RANGE_ERROR ||
+				    (rc == CURLE_HTTP_RETURNED_ERROR && code == 416))) {
+			/* the server cannot resume, or the .part is not a prefix of this file */
+			unlink(part);
 			attempt--;
 			continue;
 		}
@@ -510,7 +492,7 @@ static int fetch_get(lua_State *L)
 		return drv_fail(L, ENOMEM, "%s: cannot start a transfer", url);
 	}
 	fetch_setopts(t, &o);
-	t->started = fetch_now();
+	t->started = t->last_line = fetch_now();
 	n = fetch_attempts(L, t, dest, part, &o);
 	fetch_release(L, t);
 	return n;
