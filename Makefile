@@ -92,7 +92,8 @@ check-host: $(DRVRUN)
 	  $(BUSTED) spec/host
 
 check-guest: $(DRVRUN) fixtures
-	spec/vm/run --out $(abspath $(RESULTS)) -- env DRVRUN=$(abspath $(DRVRUN)) \
+	spec/vm/run -q --log $(BUILD)/vm/guest.log --out $(abspath $(RESULTS)) -- \
+	  env DRVRUN=$(abspath $(DRVRUN)) \
 	  DRVRUN_RESULTS=$(abspath $(RESULTS))/check-guest $(BUSTED) spec/guest
 
 fixtures:
