@@ -64,7 +64,7 @@ deps-ok:
 # Every suite writes "PASSED FAILED" into $(RESULTS)/<suite>; tools/summary
 # adds them up and prints the closing "N passed, N failed" line.
 RESULTS = $(BUILD)/results
-BUSTED  = $(DRVRUN) /usr/bin/busted --output=spec/support/counting.lua
+BUSTED  = $(DRVRUN) /usr/bin/busted --output=spec/support/counting.lua -Xoutput --plain
 
 check: deps-ok
 	@$(MAKE) --no-print-directory all fixtures

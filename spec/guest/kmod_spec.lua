@@ -1,0 +1,175 @@
+-- drv.kmod and drv.compile against the real kernel of the guest.
+local kmod = require "drv.kmod"
+local compile = require "drv.compile"
+local graph = require "drv.graph"
+local fs = require "drv.fs"
+local sys = require "drv.sys"
+local guest = require "spec.support.guest"
+
+local E = sys.errno
+
+describe("drv.kmod in a real kernel", function()
+  local ctx
+  before_each(function()
+    guest.unload_all()
+    ctx = assert(kmod.new())
+  end)
+  teardown(function() guest.unload_all() end)
+
+  it("runs the kernel whose modules are installed", function()
+    assert.equal("/lib/modules/" .. sys.uname().release, ctx:dirname())
+  end)
+
+  it("loads the inbox mlx5_ib with its dependencies", function()
+    assert.is_nil(guest.proc_line("mlx5_ib"))
+    assert.is_true(ctx:insert("mlx5_ib"))
+    local mods = guest.proc_modules()
+    for _, n in ipairs { "mlx5_ib", "mlx5_core", "ib_uverbs", "ib_core" } do
+      assert.is_table(mods[n], n .. " should be loaded")
+    end
+    assert.same({ "ib_uverbs", "mlx5_ib" }, mods.ib_core.holders)
+    assert.is_true(ctx:insert("mlx5_ib"), "already loaded is success")
+  end)
+
+  it("reads live state: holders, refcount, taint and no srcversion for inbox modules", function()
+    assert(ctx:insert("mlx5_ib"))
+    assert(ctx:insert("rdma_ucm"))
+    local st = assert(ctx:state("ib_core"))
+    assert.equal("live", st.initstate)
+    assert.same(guest.proc_modules().ib_core.holders, st.holders)
+    assert.equal(guest.proc_modules().ib_core.refcount, st.refcount)
+    assert.is_true(st.refcount >= 4)
+    assert.equal("", st.taint)
+    assert.is_nil(st.srcversion)
+    local loaded = {}
+    for _, m in ipairs(ctx:loaded()) do loaded[m.name] = m end
+    assert.same(st.holders, (function() local h = loaded.ib_core.holders table.sort(h) return h end)())
+    local none, err, errno = ctx:state("ib_isert")
+    assert.is_nil(none)
+    assert.equal("ib_isert: not loaded", err)
+    assert.equal(E.ENOENT, errno)
+  end)
+
+  it("refuses to remove a module in use and names its holders", function()
+    assert(ctx:insert("mlx5_ib"))
+    local ok, err, errno = ctx:remove("ib_core")
+    assert.is_nil(ok)
+    assert.equal("ib_core: in use by ib_uverbs, mlx5_ib", err)
+    assert.equal(E.EBUSY, errno)
+    assert.truthy(guest.proc_line("ib_core"))
+  end)
+
+  it("names the process when only an open device holds a module", function()
+    assert(ctx:insert("rdma_ucm"))
+    local holder = assert(require("drv.proc").spawn({ "sh", "-c", "exec sleep 60 < /dev/infiniband/rdma_cm" }))
+    sys.sleep(0.3)
+    local ok, err, errno = ctx:remove("rdma_ucm")
+    assert.is_nil(ok)
+    assert.matches("^rdma_ucm: in use %(refcount 1%)", err)
+    assert.equal(E.EBUSY, errno)
+    local users = require("drv.stack").device_users("/dev/infiniband/")
+    assert.equal(1, #users)
+    assert.matches("%(sleep%) has /dev/infiniband/rdma_cm open", users[1])
+    holder:kill("KILL")
+    holder:wait()
+    assert.is_true(ctx:remove("rdma_ucm"))
+  end)
+
+  it("unloads in holder order", function()
+    assert(ctx:insert("mlx5_ib"))
+    assert(ctx:insert("rdma_ucm"))
+    for _, n in ipairs { "rdma_ucm", "mlx5_ib", "rdma_cm", "mlx5_core", "ib_uverbs", "iw_cm", "ib_cm", "ib_core" } do
+      assert.is_true(ctx:remove(n))
+      assert.is_nil(guest.proc_line(n), n)
+    end
+  end)
+
+  it("loads with parameters and rejects a bad one with a clear error", function()
+    assert.is_true(ctx:insert("mlx5_core", { options = "debug_mask=1" }))
+    assert.equal("1\n", fs.read("/sys/module/mlx5_core/parameters/debug_mask"))
+    assert(ctx:remove("mlx5_core"))
+    local ok, err, errno = ctx:insert("mlx5_core", { options = "prof_sel=notanumber" })
+    assert.is_nil(ok)
+    assert.matches("^mlx5_core: invalid parameters", err)
+    assert.matches("prof_sel", err, nil, true)
+    assert.equal(E.EINVAL, errno)
+    assert.is_nil(guest.proc_line("mlx5_core"))
+  end)
+
+  it("refuses a module that is not for this kernel's format", function()
+    local bogus = fs.tmpdir("bogus") .. "/bogus.ko"
+    assert(fs.write(bogus, ("\0"):rep(4096)))
+    local ok, err, errno = kmod.insert_many({ { name = "bogus", path = bogus } })
+    assert.is_nil(ok)
+    assert.matches("^bogus: invalid module format", err)
+    assert.equal(E.ENOEXEC, errno)
+  end)
+
+  it("loads the fixture stack by levels: dependencies, srcversion, out-of-tree taint", function()
+    local levels = guest.load_fixture_stack()
+    assert.same({ "mlx_compat" }, levels[1])
+    local mods = guest.proc_modules()
+    assert.same({ "ib_cm", "ib_ipoib", "ib_umad", "ib_uverbs", "iw_cm", "mlx5_ib", "rdma_cm", "rdma_ucm" },
+      mods.ib_core.holders)
+    for name, path in pairs(guest.fixture_paths()) do
+      local st = assert(ctx:state(name))
+      assert.equal(assert(kmod.modinfo(path)).srcversion, st.srcversion, name)
+      assert.equal("5.9-0.5.6.0", st.version)
+      assert.matches("O", st.taint)
+    end
+    -- and unloads them by levels, holders first
+    local live = require("drv.stack").snapshot(ctx)
+    local p = require("drv.stack").plan({}, live)
+    assert(#p.blockers == 0)
+    local names = {}
+    for n in pairs(guest.fixture_paths()) do names[#names + 1] = n end
+    local edges = {}
+    for _, n in ipairs(names) do edges[n] = live[n].holders end
+    for _, level in ipairs(assert(graph.levels(edges))) do
+      assert.is_true(kmod.remove_many(level))
+    end
+    for _, n in ipairs(names) do assert.is_nil(guest.proc_line(n)) end
+  end)
+
+  it("reports every failure of a concurrent level", function()
+    local paths = guest.fixture_paths()
+    local ok, err, errno, failures = kmod.insert_many({ { name = "ib_core", path = paths.ib_core },
+                                                        { name = "ib_umad", path = paths.ib_umad } })
+    assert.is_nil(ok)
+    assert.matches("ib_core: unknown symbol", failures.ib_core)
+    assert.matches("ib_umad: unknown symbol", failures.ib_umad)
+    assert.equal(E.ENOENT, errno)
+    assert.matches("; ", err)
+  end)
+end)
+
+describe("drv.compile in a real kernel", function()
+  before_each(function() guest.unload_all() end)
+  teardown(function() guest.unload_all() end)
+
+  it("builds a module and loads it", function()
+    local src = fs.tmpdir("nvbuild")
+    assert(require("drv.proc").run({ "cp", "-a", guest.built .. "/nvidia-root/usr/src/nvidia-550.54.14/nvidia/nvidia.c",
+      guest.built .. "/nvidia-root/usr/src/nvidia-550.54.14/nvidia/nv-p2p.h",
+      guest.built .. "/nvidia-root/usr/src/nvidia-550.54.14/nvidia/Kbuild", src }).status == 0)
+    local built = assert(compile.kbuild { src = src, log = src .. "/build.log" })
+    assert.equal(1, #built.modules)
+    local m = built.modules[1]
+    assert.equal("nvidia", m.name)
+    assert.matches("^" .. sys.uname().release:gsub("%p", "%%%0") .. " ", m.vermagic)
+    assert.truthy(m.srcversion)
+    assert.is_true(kmod.insert_many({ { name = m.name, path = m.path } }))
+    assert.equal(m.srcversion, assert(kmod.new():state("nvidia")).srcversion)
+  end)
+
+  it("fails with the end of the log when the source does not compile", function()
+    local src = fs.tmpdir("badbuild")
+    assert(fs.write(src .. "/Kbuild", "obj-m := bad.o\n"))
+    assert(fs.write(src .. "/bad.c", "this is not C;\n"))
+    local res, err, errno = compile.kbuild { src = src, jobs = 1 }
+    assert.is_nil(res)
+    assert.matches("^build badbuild[^\n]* failed %(make exited 2%); last lines of", err)
+    assert.matches("bad.c", err, nil, true)
+    assert.equal(E.EIO, errno)
+  end)
+end)

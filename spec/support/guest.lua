@@ -1,0 +1,63 @@
+-- Helpers for specs that run in the real-kernel guest (spec/vm/run).
+local kmod = require "drv.kmod"
+local fs = require "drv.fs"
+local graph = require "drv.graph"
+local stack = require "drv.stack"
+
+local M = {}
+
+M.fixtures = (fs.realpath("build/fixtures") or "build/fixtures")
+M.built = M.fixtures .. "/built"
+
+--- The modules loaded now, from /proc/modules: `{ [name] = { refcount, holders } }`.
+function M.proc_modules()
+  local mods = {}
+  for line in io.lines("/proc/modules") do
+    local name, refcount, holders = line:match("^(%S+) %d+ (%d+) (%S+)")
+    local hs = {}
+    for h in holders:gmatch("[^,%-]+") do hs[#hs + 1] = h end
+    table.sort(hs)
+    mods[name] = { refcount = tonumber(refcount), holders = hs }
+  end
+  return mods
+end
+
+--- The /proc/modules line of a module, or nil.
+function M.proc_line(name)
+  for line in io.lines("/proc/modules") do
+    if line:match("^" .. name:gsub("%p", "%%%0") .. " ") then return line end
+  end
+end
+
+M.RDMA = { "mlx_compat", "ib_core", "ib_uverbs", "ib_umad", "ib_cm", "iw_cm", "rdma_cm", "rdma_ucm",
+           "ib_ipoib", "mlx5_core", "mlx5_ib", "nv_peer_mem", "nvidia", "rpcrdma", "ib_isert",
+           "mlxfw", "psample", "pci_hyperv_intf" }
+
+--- Unload every RDMA-related module (inbox or fixture), holders first.
+function M.unload_all()
+  local ok, err = stack.restore(M.RDMA, nil)
+  assert(ok ~= nil or err == nil, err)
+  for _, n in ipairs(M.RDMA) do
+    assert(not M.proc_line(n), n .. " is still loaded")
+  end
+end
+
+--- The built fixture .ko files: `{ [name] = path }`.
+function M.fixture_paths()
+  local paths = {}
+  for _, p in ipairs(fs.glob(M.built .. "/sim-ofed/src/*/*.ko")) do
+    paths[p:match("([^/]+)%.ko$")] = p
+  end
+  return paths
+end
+
+--- Load the fixture OFED stack by dependency levels; returns the levels.
+function M.load_fixture_stack()
+  local deps, paths = {}, M.fixture_paths()
+  for name, path in pairs(paths) do deps[name] = assert(kmod.modinfo(path)).depends end
+  local levels = assert(graph.levels(deps))
+  assert(stack.load(levels, paths))
+  return levels
+end
+
+return M
