@@ -1,0 +1,129 @@
+-- drv.kmod lookups against the installed Debian kernel's /lib/modules (this
+-- machine cannot load modules: loading is specified in spec/guest/kmod_spec.lua).
+local kmod = require "drv.kmod"
+local fs = require "drv.fs"
+local proc = require "drv.proc"
+local E = require("drv.sys").errno
+
+local release = assert(fs.dir("/lib/modules"))[1]
+local dirname = "/lib/modules/" .. release
+
+local function modinfo_field(name, field)
+  local r = assert(proc.run({ "modinfo", "-k", release, "-F", field, name }))
+  return (r.stdout:gsub("\n$", ""))
+end
+
+describe("drv.kmod lookups", function()
+  local ctx
+  before_each(function() ctx = assert(kmod.new { dirname = dirname }) end)
+
+  it("opens a context on a modules directory", function()
+    assert.equal(dirname, ctx:dirname())
+    assert.equal("drv.kmod.ctx (" .. dirname .. ")", tostring(ctx))
+  end)
+
+  it("fails on a missing modules directory with the fix in the message", function()
+    local c, err, errno = kmod.new { dirname = "/nonexistent/modules" }
+    assert.is_nil(c)
+    assert.equal("/nonexistent/modules: No such file or directory (no modules for this kernel; install them or pass "
+                 .. "dirname)", err)
+    assert.equal(E.ENOENT, errno)
+  end)
+
+  it("describes mlx5_ib as modinfo does", function()
+    local i = assert(ctx:info("mlx5_ib"))
+    assert.equal("mlx5_ib", i.name)
+    assert.equal(modinfo_field("mlx5_ib", "filename"), i.path)
+    assert.matches("^" .. release:gsub("%p", "%%%0") .. " ", i.vermagic)
+    local deps = {}
+    for d in modinfo_field("mlx5_ib", "depends"):gmatch("[^,]+") do deps[#deps + 1] = (d:gsub("-", "_")) end
+    assert.same(deps, i.depends)
+    assert.is_nil(i.srcversion, "Debian's inbox modules have no srcversion")
+    assert.is_false(i.builtin)
+    assert.equal(modinfo_field("mlx5_ib", "license"), i.license)
+  end)
+
+  it("lists parameters with type and description", function()
+    local params = {}
+    for _, p in ipairs(assert(ctx:info("mlx5_core")).parameters) do params[p.name] = p end
+    assert.equal("uint", params.debug_mask.type)
+    assert.matches("debug mask", params.debug_mask.description)
+    assert.equal(modinfo_field("mlx5_core", "parmtype"):match("prof_sel:(%w+)"), params.prof_sel.type)
+  end)
+
+  it("normalises dependency names", function()
+    assert.truthy(table.concat(assert(ctx:info("mlx5_core")).depends, ","):find("pci_hyperv_intf", 1, true))
+  end)
+
+  it("resolves an alias to the module", function()
+    local alias = modinfo_field("mlx5_core", "alias"):match("^([^\n]+)")
+    assert.same({ "mlx5_core" }, ctx:lookup(alias))
+    assert.same({}, ctx:lookup("no-such-alias-xyz"))
+  end)
+
+  it("reads soft dependencies", function()
+    local i = assert(ctx:info("mlx5_ib"))
+    assert.is_table(i.softdeps.pre)
+    assert.is_table(i.softdeps.post)
+  end)
+
+  it("describes a .ko by path, and its symbol versions", function()
+    local path = assert(ctx:info("ib_umad")).path
+    local i = assert(kmod.modinfo(path))
+    assert.equal("ib_umad", i.name)
+    assert.same({ "ib_core" }, i.depends)
+    local v = assert(kmod.versions(path))
+    assert.is_number(v.ib_register_client)
+    assert.same({ nil, "/nonexistent.ko: No such file or directory", E.ENOENT }, { kmod.modinfo("/nonexistent.ko") })
+  end)
+
+  it("names an unknown module, the directory and the fix", function()
+    assert.same({ nil, "no_such_module: module not found in " .. dirname .. " (run depmod, or check the name)",
+                  E.ENOENT }, { ctx:info("no_such_module") })
+    assert.same({ nil, "no_such_module: module not found in " .. dirname .. " (run depmod, or check the name)",
+                  E.ENOENT }, { ctx:insert("no_such_module") })
+  end)
+
+  it("reads live state from a sysfs root", function()
+    local root = fs.tmpdir("sysfs")
+    local m = root .. "/module/ib_core"
+    assert(fs.mkdir(m .. "/holders"))
+    for _, h in ipairs { "rdma_cm", "ib_uverbs" } do assert(fs.mkdir(m .. "/holders/" .. h)) end
+    assert(fs.write(m .. "/initstate", "live\n"))
+    assert(fs.write(m .. "/refcnt", "2\n"))
+    assert(fs.write(m .. "/srcversion", "ABC123\n"))
+    assert(fs.write(m .. "/taint", "OE\n"))
+    local c = assert(kmod.new { dirname = dirname, sysfs = root })
+    assert.same({ name = "ib_core", initstate = "live", refcount = 2, holders = { "ib_uverbs", "rdma_cm" },
+                  srcversion = "ABC123", taint = "OE" }, c:state("ib-core"))
+    assert.same({ nil, "mlx5_ib: not loaded", E.ENOENT }, { c:state("mlx5_ib") })
+    fs.remove(root, { recursive = true })
+  end)
+
+  it("parses a proc modules table", function()
+    local root = fs.tmpdir("proc")
+    assert(fs.write(root .. "/modules", "rdma_ucm 40960 0 - Live 0x0\nib_core 450560 2 rdma_ucm,ib_uverbs, Live 0x0 (OE)\n"))
+    local c = assert(kmod.new { dirname = dirname, proc = root })
+    assert.same({ { name = "rdma_ucm", size = 40960, refcount = 0, holders = {}, state = "Live" },
+                  { name = "ib_core", size = 450560, refcount = 2, holders = { "rdma_ucm", "ib_uverbs" }, state = "Live" } },
+                c:loaded())
+    fs.remove(root, { recursive = true })
+  end)
+
+  it("fails to load here with the module and the cause named", function()
+    local ok, err, errno = ctx:insert("ib_umad", { dependencies = false })
+    assert.is_nil(ok)
+    assert.matches("^ib_umad: ", err)
+    assert.is_true(errno == E.EPERM or errno == 38)
+    ok, err = ctx:remove("ib_umad")
+    assert.is_nil(ok)
+    assert.matches("^ib_umad: ", err)
+  end)
+
+  it("closes idempotently", function()
+    ctx:close()
+    ctx:close()
+    assert.matches("closed", tostring(ctx))
+    assert.has_error(function() ctx:info("x") end, "calling 'info' on bad self (context is closed)")
+  end)
+end)
