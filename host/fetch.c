@@ -432,7 +432,8 @@ static int fetch_attempts(lua_State *L, struct transfer *t, const char *dest, co
 			return fetch_done(L, t, dest, part, o, attempt, resumed && t->have > 0);
 		if (!fetch_transient(rc, code) || attempt > o->retries) {
 			fetch_close_fd(t);
-			if (!(o->resume && fetch_transient(rc, code)))
+			/* keep a .part only when a later run can resume from it */
+			if (!(o->resume && fetch_transient(rc, code) && t->have + t->got > 0))
 				unlink(part);
 			lua_pushnil(L);
 			fetch_push_error(L, t, rc, code);

@@ -56,7 +56,8 @@ class Handler(BaseHTTPRequestHandler):
         parts = self.path.strip("/").split("/")
         if parts[0] == "stats":
             with LOCK:
-                return self.send_body(200, json.dumps(SENT).encode(), "application/json")
+                body = json.dumps(SENT).encode()
+            return self.send_body(200, body, "application/json")
         if parts[0] == "status":
             return self.send_body(int(parts[1]), b"status\n")
         if parts[0] == "flaky":
