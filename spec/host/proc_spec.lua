@@ -3,7 +3,9 @@ local fs = require "drv.fs"
 local sys = require "drv.sys"
 local E = sys.errno
 
-local function alive(pid) return fs.exists("/proc/" .. pid) and not (fs.read("/proc/" .. pid .. "/stat") or ""):match("^%d+ %b() Z") end
+local function alive(pid)
+  return fs.exists("/proc/" .. pid) and not (fs.read("/proc/" .. pid .. "/stat") or ""):match("^%d+ %b() Z")
+end
 
 describe("drv.proc.run", function()
   it("captures both streams and the exit status", function()
