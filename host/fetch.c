@@ -113,6 +113,8 @@ static void fetch_report(struct transfer *t, curl_off_t done, curl_off_t total, 
 	}
 	if (!final && now - t->last_line < 5 && quarter == t->last_quarter)
 		return;
+	if (final && t->last_quarter == 4)
+		return; /* the 100% line is out already */
 	t->last_line = now;
 	t->last_quarter = quarter;
 	if (total > 0)

@@ -554,6 +554,10 @@ static void fs_push_stat(lua_State *L, const struct stat *st)
 	lua_setfield(L, -2, "ino");
 	lua_pushinteger(L, (lua_Integer)st->st_nlink);
 	lua_setfield(L, -2, "nlink");
+	if (S_ISCHR(st->st_mode) || S_ISBLK(st->st_mode)) {
+		lua_pushinteger(L, (lua_Integer)st->st_rdev);
+		lua_setfield(L, -2, "rdev");
+	}
 }
 
 static int fs_do_stat(lua_State *L, int follow)
@@ -572,7 +576,7 @@ static int fs_do_stat(lua_State *L, int follow)
  * @function stat
  * @tparam string path
  * @treturn[1] table `{ type = "file"|"directory"|"link"|"socket"|"fifo"|"char"|"block",
- *   size, mode, uid, gid, mtime, dev, ino, nlink }`
+ *   size, mode, uid, gid, mtime, dev, ino, nlink, rdev (devices only) }`
  * @treturn[2] nil, string message, integer errno
  * @see stat(2)
  */

@@ -398,8 +398,9 @@ static int pmain(lua_State *L)
 	int argc = (int)lua_tointeger(L, 1);
 	char **argv = (char **)lua_touserdata(L, 2);
 	struct options *o = (struct options *)lua_touserdata(L, 3);
-	static const char *const librels[] = { "../lib/lua", "../share/drvrun/lua", NULL };
-	static const char *const reciperels[] = { "../recipes", "../share/drvrun/recipes", NULL };
+	/* build/drvrun, build/san/drvrun, or PREFIX/bin/drvrun */
+	static const char *const librels[] = { "../lib/lua", "../../lib/lua", "../share/drvrun/lua", NULL };
+	static const char *const reciperels[] = { "../recipes", "../../recipes", "../share/drvrun/recipes", NULL };
 	char libdir[PATH_MAX], recipedir[PATH_MAX];
 	int code;
 

@@ -46,7 +46,7 @@ return {
     BLACKLIST = { type = "list", default = "mlx5_core mlx5_ib ib_umad ib_uverbs ib_ipoib rdma_cm rdma_ucm ib_core ib_cm",
                   doc = "inbox modules blacklisted on the host while the stack is swapped" },
     BLACKLIST_FILE = { default = "/host/etc/modprobe.d/blacklist-ofed-modules.conf",
-                       doc = "the temporary blacklist (exists only during the reload)" },
+                       doc = "the temporary host blacklist, only during the reload (empty: none)" },
     EXPOSE_PATH = { default = "/run/mellanox/drivers", doc = "where the container root is exposed (rbind)" },
     READY_FILES = { type = "list", default = "/.driver-ready ${EXPOSE_PATH}/.driver-ready",
                     doc = "files written when the driver is ready" },

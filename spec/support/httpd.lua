@@ -12,7 +12,7 @@ function M.start(dir)
   local p = assert(proc.spawn({ "sh", "-c", 'exec python3 "$0" "$1" > "$2"', "spec/support/httpd.py", dir, portfile },
                               { stderr = "inherit" }))
   local port
-  for _ = 1, 200 do
+  for _ = 1, 1200 do -- python starts slowly under software emulation
     port = (fs.read(portfile) or ""):match("^(%d+)\n")
     if port then break end
     require("drv.sys").sleep(0.025)

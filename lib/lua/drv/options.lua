@@ -1,12 +1,13 @@
 --- drv.options: a recipe's options, from defaults, the environment and KEY=VALUE arguments.
 --
 -- An option is declared as `NAME = { default = v, type = "string"|"boolean"|"integer"|"list",
--- doc = "what it does", choices = {...}, pattern = "^lua pattern$" }`. A default may be a
+-- doc = "what it does", choices = {...}, pattern = "^lua pattern$", build = true }`
+-- (`build`: the value changes what is built, so it is part of the build cache key). A default may be a
 -- function of the options resolved so far, or a string with `${OTHER}` references.
 local M = {}
 
 local TYPES = { string = true, boolean = true, integer = true, list = true }
-local SPEC_KEYS = { default = true, type = true, doc = true, choices = true, pattern = true }
+local SPEC_KEYS = { default = true, type = true, doc = true, choices = true, pattern = true, build = true }
 
 local BOOLEANS = { ["true"] = true, ["1"] = true, yes = true, on = true,
                    ["false"] = false, ["0"] = false, no = false, off = false, [""] = false }

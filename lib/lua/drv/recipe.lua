@@ -156,6 +156,7 @@ end
 function Run:extract(path, o)
   local dir = ("%s/%s/work/%s"):format(self.cache, self.kver, (path:match("[^/]+$"):gsub("%.t[agx]z$", "")))
   fs.remove(dir, { recursive = true, missing_ok = true })
+  ok_or_fail(self, "extract", fs.mkdir(dir))
   local res, err = archive.extract(path, dir, o)
   ok_or_fail(self, "extract " .. path, res, err)
   return dir
@@ -197,8 +198,10 @@ local function cache_key(r)
     parts[#parts + 1] = key .. "=" .. (fs.sha256(r.sources[key]) or "?")
   end
   for _, k in ipairs(graph.sorted(r.recipe.options or {})) do
-    local v = r.opt[k]
-    parts[#parts + 1] = k .. "=" .. (type(v) == "table" and table.concat(v, " ") or tostring(v))
+    if r.recipe.options[k].build then
+      local v = r.opt[k]
+      parts[#parts + 1] = k .. "=" .. (type(v) == "table" and table.concat(v, " ") or tostring(v))
+    end
   end
   return table.concat(parts, "\n")
 end
@@ -277,8 +280,29 @@ end
 
 local phase = {}
 
+-- Everything that can be checked before the first change is checked here.
+local function check_blacklist_dir(r)
+  local file = r.blacklist_file
+  if r.opt.BUILD_ONLY or not file or file == "" then return end
+  local dir = file:match("^(.*)/[^/]+$") or "."
+  if not fs.exists(dir) then
+    r:fail("blacklist directory %s does not exist: mount the host's /etc there, or set BLACKLIST_FILE= "
+           .. "(empty) to reload without a blacklist", dir)
+  end
+end
+
+-- Refuse now, before anything changes, when the reload could not happen.
+local function check_blockers(r)
+  if r.opt.BUILD_ONLY then return end
+  local live = stack.snapshot(kmod.new())
+  local plan = stack.plan(r.recipe.stack, live, { also = r.unload_also })
+  if #plan.blockers > 0 then r:fail("cannot reload the driver stack: %s", table.concat(plan.blockers, "; ")) end
+end
+
 function phase.prepare(r)
+  check_blacklist_dir(r)
   if r.recipe.prepare then r.recipe.prepare(r) end
+  check_blockers(r)
 end
 
 function phase.build(r)
@@ -300,15 +324,24 @@ function phase.build(r)
 end
 
 -- Default install: the built modules under ROOT/lib/modules/KVER/updates/<recipe>/, then depmod.
+-- depmod runs only when a file changed: it reads every module of the kernel.
 local function install_modules(r)
   local dir = r:path(("/lib/modules/%s/updates/%s"):format(r.kver, r.recipe.name))
+  local changed = false
   ok_or_fail(r, "install", fs.mkdir(dir))
   for _, m in ipairs(r.built) do
     local dest = dir .. "/" .. m.name .. ".ko"
-    if fs.sha256(dest) ~= m.sha256 then ok_or_fail(r, "install " .. dest, fs.copy(m.path, dest)) end
+    if fs.sha256(dest) ~= m.sha256 then
+      ok_or_fail(r, "install " .. dest, fs.copy(m.path, dest))
+      changed = true
+    end
     m.installed = dest
   end
-  ok_or_fail(r, "depmod", compile.depmod(r.kver, r.root))
+  if changed then
+    ok_or_fail(r, "depmod", compile.depmod(r.kver, r.root))
+  else
+    log.info("install: %s already installed", dir)
+  end
 end
 
 function phase.install(r)
@@ -334,7 +367,7 @@ local function built_srcversions(r)
 end
 
 local function write_blacklist(r, names, file)
-  if not file or #names == 0 then return nil end
+  if not file or file == "" or #names == 0 then return nil end
   local lines = { "# Written by drvrun " .. r.recipe.name .. " while it reloads the driver stack; removed after." }
   for _, n in ipairs(names) do lines[#lines + 1] = "blacklist " .. n end
   local entry = r.journal:record({ kind = "file", path = file })
@@ -367,10 +400,11 @@ function phase.load(r)
   local bl = write_blacklist(r, r.recipe.blacklist and r.recipe.blacklist(r) or {}, r.blacklist_file)
   r.journal:record({ kind = "modules", names = graph.flatten(plan.load), previous = r.previous,
                      restore = r.restore_on_stop })
-  local ok, err, down = stack.swap(plan, paths, r.recipe.module_options and r.recipe.module_options(r), r.previous)
+  local ok, down_or_err = stack.swap(plan, paths, r.recipe.module_options and r.recipe.module_options(r),
+                                     r.previous)
   remove_blacklist(r, bl)
-  if not ok then r:fail("reload: %s", err) end
-  log.info("load: the stack was down for %.3f s", down)
+  if not ok then r:fail("reload: %s", down_or_err) end
+  log.info("load: the stack was down for %.3f s", down_or_err)
   local good, bad = stack.verify(kmod.new(), want)
   if not good then r:fail("verify: %s", table.concat(bad, "; ")) end
   r.reloaded = true
@@ -411,7 +445,7 @@ function phase.ready(r)
   for _, path in ipairs(r.ready_files) do
     ok_or_fail(r, "ready " .. path, fs.write(path, content))
   end
-  log.info("ready: %s", table.concat(r.ready_files, ", "))
+  log.info("ready: %s (%.3f s after start)", table.concat(r.ready_files, ", "), sys.monotonic() - r.started)
 end
 
 local function remove_ready(r)
@@ -501,6 +535,7 @@ end
 --- Run the lifecycle; returns the exit code.
 function M.run(recipe, opt)
   local r = new_run(recipe, opt)
+  r.started = sys.monotonic()
   r.ready_files = opt.READY_FILES
   r.unload_also = recipe.unload_also and recipe.unload_also(r) or {}
   r.blacklist_file = opt.BLACKLIST_FILE

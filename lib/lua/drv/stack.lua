@@ -24,17 +24,26 @@ function M.snapshot(ctx)
   return live
 end
 
---- Processes that hold a device under `prefix` open: `{ "pid 12 (rping)", ... }`.
-function M.device_users(prefix, proc_root)
+--- Processes that hold a device of directory `devdir` open: `{ "pid 12 (rping) has /dev/x open", ... }`.
+-- Devices are matched by number, not by path: a process in another mount
+-- namespace (another container) shows paths that do not resolve here.
+function M.device_users(devdir, proc_root)
   proc_root = proc_root or "/proc"
+  local devices = {}
+  for _, name in ipairs(fs.dir(devdir) or {}) do
+    local st = fs.stat(devdir .. "/" .. name)
+    if st and st.rdev then devices[st.rdev] = (devdir .. "/" .. name):gsub("//+", "/") end
+  end
   local users = {}
+  if not next(devices) then return users end
   for _, pid in ipairs(fs.dir(proc_root) or {}) do
     if pid:match("^%d+$") then
       for _, fd in ipairs(fs.dir(("%s/%s/fd"):format(proc_root, pid)) or {}) do
-        local target = fs.readlink(("%s/%s/fd/%s"):format(proc_root, pid, fd))
-        if target and target:sub(1, #prefix) == prefix then
+        local st = fs.stat(("%s/%s/fd/%s"):format(proc_root, pid, fd))
+        local dev = st and st.rdev and devices[st.rdev]
+        if dev then
           local comm = (fs.read(("%s/%s/comm"):format(proc_root, pid)) or "?"):gsub("%s+$", "")
-          users[#users + 1] = ("pid %s (%s) has %s open"):format(pid, comm, target)
+          users[#users + 1] = ("pid %s (%s) has %s open"):format(pid, comm, dev)
           break
         end
       end
@@ -61,7 +70,7 @@ end
 -- @tparam table stack the new stack: `{ [name] = { dependency names... } }`
 -- @tparam table live `M.snapshot(ctx)`
 -- @tparam[opt] table opts `{ also = { names that may be unloaded with the stack (auxiliary,
---   peer-memory, storage when allowed) }, devices = "/dev/infiniband/" }`
+--   peer-memory, storage when allowed) }, devices = "/dev/infiniband" }`
 -- @treturn table `{ unload = levels (holders first), load = levels (dependencies first),
 --   loaded = { names of the stack loaded now }, blockers = { "message"... } }`
 function M.plan(stack, live, opts)
@@ -86,7 +95,7 @@ function M.plan(stack, live, opts)
     local others = m.refcount - #m.holders
     if others > 0 then
       local msg = ("%s is in use (%d reference%s besides modules)"):format(name, others, others > 1 and "s" or "")
-      local users = M.device_users(opts.devices or "/dev/infiniband/", opts.proc_root)
+      local users = M.device_users(opts.devices or "/dev/infiniband", opts.proc_root)
       if #users > 0 then msg = msg .. ": " .. table.concat(users, "; ") end
       blockers[#blockers + 1] = msg
     end

@@ -1,0 +1,135 @@
+-- recipes/ubuntu-ofed.lua end to end on the guest's real kernel: the simulated
+-- OFED bundle over HTTP on 127.0.0.1 replaces the inbox RDMA stack in use.
+local fs = require "drv.fs"
+local kmod = require "drv.kmod"
+local sys = require "drv.sys"
+local proc = require "drv.proc"
+local guest = require "spec.support.guest"
+local ofed = require "spec.support.ofed"
+
+describe("ubuntu-ofed recipe", function()
+  local env
+  setup(function() env = ofed.setup() end)
+  teardown(function()
+    env.server:stop()
+    guest.unload_all()
+  end)
+
+  it("replaces the inbox stack, exposes the root, says ready, and restores everything on SIGTERM", function()
+    local inbox = ofed.load_inbox()
+    local p, log = ofed.start(env)
+    assert.is_true(ofed.wait_for(ofed.READY[2], p), fs.read(log))
+
+    -- every module of the stack is the built one
+    local ctx = assert(kmod.new())
+    local ready = assert(fs.read(ofed.READY[1]))
+    for _, n in ipairs(ofed.STACK) do
+      local built = assert(kmod.modinfo(("/lib/modules/%s/updates/ubuntu-ofed/%s.ko"):format(sys.uname().release, n)))
+      local st = assert(ctx:state(n), n .. " loaded")
+      assert.equal(built.srcversion, st.srcversion, n)
+      assert.matches("O", st.taint)
+      assert.matches("module=" .. n .. " srcversion=" .. built.srcversion, ready, nil, true)
+    end
+    assert.matches("^recipe=ubuntu%-ofed\nversion=5%.9%-0%.5%.6%.0\nkernel=" .. sys.uname().release:gsub("%p", "%%%0")
+      .. "\nboot_id=" .. sys.boot_id() .. "\n", ready)
+    assert.equal(ready, fs.read(ofed.READY[2]))
+    -- the container root, seen from this (another) mount namespace
+    assert.is_true(require("drv.mount").is_mountpoint(ofed.EXPOSE))
+    assert.is_true(fs.exists(ofed.EXPOSE .. "/usr/src/ofa_kernel/default/Module.symvers"))
+    assert.equal(("x86_64/%s"):format(sys.uname().release), fs.readlink("/usr/src/ofa_kernel/default"))
+    assert.is_false(fs.exists(ofed.BLACKLIST), "the blacklist exists only during the reload")
+    local text = fs.read(log)
+    assert.matches("phase load done in", text)
+    assert.matches("load: the stack was down for", text)
+
+    assert.is_true(sys.kill(p:pid(), "TERM"))
+    local r = assert(p:wait(120))
+    assert.equal(0, r.status, fs.read(log))
+    for _, f in ipairs(ofed.READY) do assert.is_false(fs.exists(f)) end
+    assert.is_false(fs.exists(ofed.EXPOSE .. "/etc"), "the exposed root is unmounted")
+    assert.is_false(fs.exists(ofed.JOURNAL))
+    -- the inbox stack is back: loaded from kernel/, no out-of-tree taint
+    for _, n in ipairs(inbox) do
+      local st = assert(ctx:state(n), n .. " reloaded")
+      assert.equal("", st.taint, n)
+      assert.is_nil(st.srcversion, n)
+    end
+  end)
+
+  it("restarts in well under a second when the built stack is already loaded", function()
+    ofed.load_inbox()
+    env.cache = ofed.fresh_cache()
+    local p, log = ofed.start(env, { "RESTORE_DRIVER_ON_POD_TERMINATION=false" })
+    assert.is_true(ofed.wait_for(ofed.READY[1], p), fs.read(log))
+    sys.kill(p:pid(), "TERM")
+    assert.equal(0, assert(p:wait(120)).status)
+    assert.truthy(guest.proc_line("mlx5_ib"), "the OFED stack stays loaded without restore")
+
+    local t0 = sys.monotonic()
+    local p2, log2 = ofed.start(env)
+    assert.is_true(ofed.wait_for(ofed.READY[1], p2), fs.read(log2))
+    local elapsed = sys.monotonic() - t0
+    local text = fs.read(log2)
+    assert.matches("build: cache hit", text)
+    assert.matches("the built stack is already loaded %(srcversions match%); no reload", text)
+    local after = text:match("ready: [^\n]*%((%d+%.%d+) s after start%)")
+    print(("    warm restart: ready %s s after start (%.3f s including process start)"):format(after, elapsed))
+    assert.is_true(tonumber(after) < 1, "warm restart took " .. after .. " s")
+    sys.kill(p2:pid(), "TERM")
+    assert.equal(0, assert(p2:wait(120)).status)
+    env.cache = nil
+  end)
+
+  it("refuses while a storage module uses the stack, before touching anything", function()
+    local inbox = ofed.load_inbox()
+    assert(assert(kmod.new()):insert("rpcrdma"))
+    local status, text = ofed.run(env)
+    assert.equal(1, status)
+    assert.matches("storage modules are loaded and use the RDMA stack: rpcrdma%. Unload them, or set "
+      .. "UNLOAD_STORAGE_MODULES=true", text)
+    assert.not_matches("phase build", text)
+    ofed.assert_host_as_it_was(inbox)
+  end)
+
+  it("fails on a bundle with the wrong sha256 and leaves the host as it was", function()
+    local inbox = ofed.load_inbox()
+    local status, text = ofed.run(env, { "OFED_SHA256=" .. ("0"):rep(64) })
+    assert.equal(1, status)
+    assert.matches("sha256 mismatch: expected 0+, got " .. env.sha, text)
+    ofed.assert_host_as_it_was(inbox)
+  end)
+
+  it("fails on a bundle that does not build, with the compiler's words, and leaves the host as it was", function()
+    local inbox = ofed.load_inbox()
+    local status, text = ofed.run(env, { "OFED_URL=" .. env.server:url(env.broken), "OFED_SHA256=" .. env.broken_sha })
+    assert.equal(1, status)
+    assert.matches("build [^\n]* failed %(make exited 2%); last lines of", text)
+    assert.matches("mlx5_ib%.c", text)
+    ofed.assert_host_as_it_was(inbox)
+  end)
+
+  it("refuses while a process holds an RDMA device, naming it, and leaves the host as it was", function()
+    local inbox = ofed.load_inbox()
+    local holder = assert(proc.spawn({ "sh", "-c", "exec sleep 120 < /dev/infiniband/rdma_cm" }))
+    sys.sleep(0.3)
+    local status, text = ofed.run(env)
+    holder:kill("KILL")
+    holder:wait()
+    assert.equal(1, status)
+    assert.matches("cannot reload the driver stack: rdma_ucm is in use %(1 reference besides modules%): pid %d+ "
+      .. "%(sleep%) has /dev/infiniband/rdma_cm open", text)
+    ofed.assert_host_as_it_was(inbox)
+  end)
+
+  it("plans without changing anything", function()
+    local inbox = ofed.load_inbox()
+    local r = assert(proc.run({ os.getenv("DRVRUN"), "--plan", "recipes/ubuntu-ofed.lua",
+                                "OFED_SHA256=" .. env.sha }))
+    assert.equal(0, r.status, r.stderr)
+    assert.matches("plan: ubuntu%-ofed 5%.9%-0%.5%.6%.0 for kernel", r.stdout)
+    assert.matches("\nunload 1: ib_umad mlx5_ib rdma_ucm\n", r.stdout)
+    assert.matches("\nload 1: mlx_compat\nload 2: ib_core mlx5_core\n", r.stdout)
+    assert.matches("\nmount: rbind / /run/mellanox/drivers\n", r.stdout)
+    ofed.assert_host_as_it_was(inbox)
+  end)
+end)

@@ -1,0 +1,120 @@
+-- Running recipes/ubuntu-ofed.lua in the guest as a driver container would:
+-- in its own mount namespace, with /run/mellanox/drivers shared with the host.
+local proc = require "drv.proc"
+local fs = require "drv.fs"
+local sys = require "drv.sys"
+local httpd = require "spec.support.httpd"
+local guest = require "spec.support.guest"
+
+local M = {}
+
+M.EXPOSE = "/run/mellanox/drivers"
+M.READY = { "/.driver-ready", M.EXPOSE .. "/.driver-ready" }
+M.BLACKLIST = "/etc/modprobe.d/blacklist-ofed-modules.conf"
+M.JOURNAL = "/run/drvrun/ubuntu-ofed.journal"
+M.STACK = { "mlx_compat", "ib_core", "ib_uverbs", "ib_umad", "ib_cm", "iw_cm", "rdma_cm", "rdma_ucm", "ib_ipoib",
+            "mlx5_core", "mlx5_ib" }
+
+local function sha_of(name)
+  for line in io.lines(guest.fixtures .. "/SHA256SUMS") do
+    local sha, file = line:match("^(%x+)%s+(%S+)$")
+    if file == name then return sha end
+  end
+  error("no checksum for " .. name)
+end
+
+--- The bundles, served over HTTP on 127.0.0.1, and a private copy of the build cache.
+function M.setup()
+  local env = { server = httpd.start(guest.fixtures) }
+  M.index_backup = fs.tmpdir("modindex")
+  assert(proc.run({ "sh", "-c", 'cp -a /lib/modules/"$1"/modules.* "$0"/', M.index_backup,
+                    sys.uname().release }).status == 0)
+  env.bundle = assert(fs.glob(guest.fixtures .. "/sim-ofed-[0-9]*.tgz"))[1]:match("[^/]+$")
+  env.broken = assert(fs.glob(guest.fixtures .. "/sim-ofed-broken-*.tgz"))[1]:match("[^/]+$")
+  env.sha, env.broken_sha = sha_of(env.bundle), sha_of(env.broken)
+  -- the "host" side of the shared path, as with mountPropagation: Bidirectional
+  assert(fs.mkdir(M.EXPOSE))
+  local mount = require "drv.mount"
+  if not mount.is_mountpoint(M.EXPOSE) then
+    assert(mount.bind(M.EXPOSE, M.EXPOSE))
+    assert(mount.propagation(M.EXPOSE, "shared"))
+  end
+  return env
+end
+
+--- A fresh copy of the build cache without the downloaded sources, so the bundle is fetched over HTTP.
+function M.fresh_cache()
+  local cache = fs.tmpdir("cache")
+  assert(proc.run({ "cp", "-a", fs.realpath("build/cache") .. "/ubuntu-ofed", cache }).status == 0)
+  fs.remove(cache .. "/ubuntu-ofed/sources", { recursive = true, missing_ok = true })
+  return cache
+end
+
+--- Start the recipe in its own mount namespace; returns the process and its log path.
+function M.start(env, args)
+  local log = os.tmpname()
+  local argv = { "unshare", "-m", "--propagation", "unchanged", os.getenv("DRVRUN"), "recipes/ubuntu-ofed.lua",
+                 "OFED_URL=" .. env.server:url(env.bundle), "OFED_SHA256=" .. env.sha,
+                 "BLACKLIST_FILE=" .. M.BLACKLIST, "CACHE_DIR=" .. (env.cache or M.fresh_cache()) }
+  for _, a in ipairs(args or {}) do argv[#argv + 1] = a end
+  table.insert(argv, 1, "sh")
+  table.insert(argv, 2, "-c")
+  table.insert(argv, 3, 'exec "$@" > "$0" 2>&1')
+  table.insert(argv, 4, log)
+  local p = assert(proc.spawn(argv))
+  return p, log
+end
+
+--- Run the recipe to completion (for runs that fail or do not wait).
+function M.run(env, args)
+  local p, log = M.start(env, args)
+  local r = assert(p:wait(600))
+  return r.status, fs.read(log) or ""
+end
+
+--- Wait until path exists or the process ends.
+function M.wait_for(path, p, timeout)
+  local deadline = sys.monotonic() + (timeout or 300)
+  while sys.monotonic() < deadline do
+    if fs.exists(path) then return true end
+    if not p:running() then return false end
+    sys.sleep(0.05)
+  end
+  return false
+end
+
+--- State that must be unchanged after a failed run.
+function M.assert_host_as_it_was(before)
+  local mods = guest.proc_modules()
+  for _, n in ipairs(before) do
+    assert(mods[n], n .. " must still be loaded")
+    assert(fs.read("/sys/module/" .. n .. "/taint") == "\n", n .. " must be the inbox module")
+  end
+  for _, f in ipairs(M.READY) do assert(not fs.exists(f), f .. " must not exist") end
+  assert(not fs.exists(M.BLACKLIST), "no blacklist may be left behind")
+  assert(not fs.exists(M.EXPOSE .. "/etc"), "nothing may be mounted at " .. M.EXPOSE)
+end
+
+--- Forget what a recipe installed into this root's /lib/modules (in a real
+-- container that tree is the container's own, not the host's).
+-- The module indexes are put back from a copy taken in setup: depmod reads
+-- every module of the kernel, which takes most of a minute under emulation.
+function M.reset_modules()
+  guest.unload_all()
+  local dir = "/lib/modules/" .. sys.uname().release
+  assert(fs.remove(dir .. "/updates", { recursive = true, missing_ok = true }))
+  assert(proc.run({ "sh", "-c", 'cp -a "$0"/modules.* "$1"/', M.index_backup, dir }).status == 0)
+end
+
+--- Load the inbox stack, in use (rdma_ucm holds rdma_cm, mlx5_ib holds mlx5_core...).
+function M.load_inbox()
+  M.reset_modules()
+  local kmod = require "drv.kmod"
+  local ctx = assert(kmod.new())
+  assert(ctx:insert("mlx5_ib"))
+  assert(ctx:insert("rdma_ucm"))
+  assert(ctx:insert("ib_umad"))
+  return { "mlx5_ib", "mlx5_core", "rdma_ucm", "rdma_cm", "ib_uverbs", "ib_core", "ib_umad" }
+end
+
+return M
