@@ -10,6 +10,7 @@ local ofed = require "spec.support.ofed"
 describe("ubuntu-ofed recipe", function()
   local env
   setup(function() env = ofed.setup() end)
+  after_each(function() ofed.cleanup() end)
   teardown(function()
     env.server:stop()
     guest.unload_all()
@@ -31,7 +32,7 @@ describe("ubuntu-ofed recipe", function()
       assert.matches("module=" .. n .. " srcversion=" .. built.srcversion, ready, nil, true)
     end
     assert.matches("^recipe=ubuntu%-ofed\nversion=5%.9%-0%.5%.6%.0\nkernel=" .. sys.uname().release:gsub("%p", "%%%0")
-      .. "\nboot_id=" .. sys.boot_id() .. "\n", ready)
+      .. "\nboot_id=" .. sys.boot_id():gsub("%p", "%%%0") .. "\n", ready)
     assert.equal(ready, fs.read(ofed.READY[2]))
     -- the container root, seen from this (another) mount namespace
     assert.is_true(require("drv.mount").is_mountpoint(ofed.EXPOSE))

@@ -50,19 +50,36 @@ function M.fresh_cache()
   return cache
 end
 
+M.running = {}
+
 --- Start the recipe in its own mount namespace; returns the process and its log path.
 function M.start(env, args)
+  for _, f in ipairs(M.READY) do assert(not fs.exists(f), "stale ready file " .. f) end
   local log = os.tmpname()
   local argv = { "unshare", "-m", "--propagation", "unchanged", os.getenv("DRVRUN"), "recipes/ubuntu-ofed.lua",
                  "OFED_URL=" .. env.server:url(env.bundle), "OFED_SHA256=" .. env.sha,
-                 "BLACKLIST_FILE=" .. M.BLACKLIST, "CACHE_DIR=" .. (env.cache or M.fresh_cache()) }
+                 "BLACKLIST_FILE=" .. M.BLACKLIST, "CACHE_DIR=" .. (env.cache or M.fresh_cache()),
+                 "LOCK_TIMEOUT=30" }
   for _, a in ipairs(args or {}) do argv[#argv + 1] = a end
   table.insert(argv, 1, "sh")
   table.insert(argv, 2, "-c")
   table.insert(argv, 3, 'exec "$@" > "$0" 2>&1')
   table.insert(argv, 4, log)
   local p = assert(proc.spawn(argv))
+  M.running[#M.running + 1] = p
   return p, log
+end
+
+--- Stop whatever a failed spec left running (TERM, so it cleans up, then KILL).
+function M.cleanup()
+  for _, p in ipairs(M.running) do
+    if p:running() then
+      p:kill("TERM")
+      if not p:wait(60) then p:kill("KILL") p:wait() end
+    end
+  end
+  M.running = {}
+  for _, f in ipairs(M.READY) do fs.remove(f, { missing_ok = true }) end
 end
 
 --- Run the recipe to completion (for runs that fail or do not wait).
