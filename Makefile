@@ -40,7 +40,7 @@ DEB_TEST  = lua5.4 lua-busted lua-check python3 kmod util-linux cpio \
             busybox-static qemu-system-x86 linux-image-amd64 linux-headers-amd64
 DEB_ALL   = $(DEB_BUILD) $(DEB_TEST)
 
-.PHONY: all check demo install deps deps-ok clean lint fixtures \
+.PHONY: all check demo install deps deps-ok clean lint fixtures doc \
         check-c check-lint check-host check-guest
 
 all: $(DRVRUN)
@@ -84,8 +84,12 @@ check-c: $(C_TESTS)
 $(BUILD)/test_%: tests/test_%.c $(filter-out $(BUILD)/obj/main.o,$(HOST_OBJ))
 	$(CC) $(CFLAGS) -Ihost $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-check-lint:
-	@tools/run-counted $(RESULTS)/check-lint luacheck --quiet lib/lua spec $(wildcard recipes)
+check-lint: $(DRVRUN)
+	@tools/run-counted $(RESULTS)/check-lint sh -c 'luacheck --quiet lib/lua spec recipes tools/*.lua && \
+	  $(DRVRUN) tools/apidoc.lua --check doc/api.md'
+
+doc: $(DRVRUN)
+	$(DRVRUN) tools/apidoc.lua > doc/api.md
 
 check-host: $(DRVRUN)
 	DRVRUN=$(abspath $(DRVRUN)) DRVRUN_RESULTS=$(RESULTS)/check-host \
