@@ -36,7 +36,7 @@ DRVRUN   = $(BUILD)/drvrun
 # Debian packages: build, run and test. `make deps` installs what is missing.
 DEB_BUILD = build-essential pkg-config liblua5.4-dev libkmod-dev libmount-dev \
             libcurl4-openssl-dev libarchive-dev libssl-dev
-DEB_TEST  = lua5.4 lua-busted lua-check python3 kmod util-linux cpio \
+DEB_TEST  = lua5.4 lua-busted lua-check python3 openssl kmod util-linux cpio \
             busybox-static qemu-system-x86 linux-image-amd64 linux-headers-amd64
 DEB_ALL   = $(DEB_BUILD) $(DEB_TEST)
 

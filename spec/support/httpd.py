@@ -1,115 +1,232 @@
 #!/usr/bin/env python3
-"""Test HTTP server for drvrun specs: serves a directory on 127.0.0.1.
+"""httpd.py - a small HTTP(S) server for the drv.fetch specs.
 
-Prints the port it listens on as the first line of stdout. Special paths
-(NAME is a file in the served directory):
-  /status/CODE           answers CODE with a short body
-  /flaky/N/NAME          answers 500 the first N times for this path, then NAME
-  /slow/NAME             sends NAME in small chunks with pauses
-  /truncated/NAME        promises NAME's full length, sends half, closes
-  /norange/NAME          ignores Range headers (always 200 with the whole file)
-  /stats                 JSON {path: bytes sent} of everything served so far
-Range requests (206) are honoured elsewhere.
+usage: httpd.py ROOT [--tls CERT KEY]
+
+Binds 127.0.0.1 on a free port and prints the port on stdout's first line and
+its pid on the second. Exits when its parent goes away, so a crashed test run
+leaves nothing behind. Serves files under ROOT, and these special paths
+(NAME is a file under ROOT):
+
+  /NAME                  the file; honours "Range: bytes=A-" and "bytes=A-B" (206, 416)
+  /status/CODE           an empty response with that status
+  /flaky/NAME?fail=N&code=C&retry_after=S
+                         status C (default 500, with "Retry-After: S" if given)
+                         for the first N requests of NAME, then the file
+  /slow/NAME?delay=S&chunk=B   the file, B bytes (default 16) every S seconds (default 0.1)
+  /truncated/NAME?send=B&times=N
+                         the file's full Content-Length, then only B bytes (default
+                         half) and close; with times, only for the first N requests
+                         of NAME, then the file (with Range support)
+  /norange/NAME          the file, always 200: Range is ignored
+  /badrange/NAME         the file; a Range request gets 206 with the whole file
+                         ("Content-Range: bytes 0-LAST/SIZE") whatever it asked for
+  /redirect/N?to=URL     302 to URL (N is any label)
+  /loop/N                302 to itself
+  /stats/NAME            "REQUESTS BYTES\\n": requests for NAME so far (any path
+                         above) and body bytes of NAME written to clients
 """
-import json
 import os
+import ssl
 import sys
 import threading
 import time
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, unquote, urlsplit
 
-ROOT = sys.argv[1] if len(sys.argv) > 1 else "."
-SENT = {}
-HITS = {}
+ROOT = None
 LOCK = threading.Lock()
+STATS = {}   # name -> [requests, bytes]
+FLAKY = {}   # (kind, name) -> failures served so far
+
+
+def count(name, requests=0, nbytes=0):
+    with LOCK:
+        s = STATS.setdefault(name, [0, 0])
+        s[0] += requests
+        s[1] += nbytes
 
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    server_version = "drvrun-httpd/1"
 
     def log_message(self, fmt, *args):
-        pass
+        if os.environ.get("HTTPD_DEBUG"):
+            sys.stderr.write("httpd: " + (fmt % args) + "\n")
 
-    def count(self, n):
-        with LOCK:
-            SENT[self.path] = SENT.get(self.path, 0) + n
-
-    def send_body(self, code, body, ctype="text/plain", extra=None):
+    def empty(self, code, headers=()):
         self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        for k, v in (extra or {}).items():
+        for k, v in headers:
             self.send_header(k, v)
+        self.send_header("Content-Length", "0")
         self.end_headers()
-        self.wfile.write(body)
-        self.count(len(body))
 
-    def read_file(self, name):
-        path = os.path.join(ROOT, os.path.basename(name))
-        try:
-            with open(path, "rb") as f:
-                return f.read()
-        except OSError:
+    def text(self, code, body):
+        data = body.encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def file_path(self, name):
+        path = os.path.realpath(os.path.join(ROOT, name))
+        if not path.startswith(os.path.realpath(ROOT) + os.sep) or not os.path.isfile(path):
             return None
+        return path
+
+    def send_body(self, name, f, length, chunk=1 << 20, delay=0.0):
+        if not delay and not isinstance(self.connection, ssl.SSLSocket):
+            self.wfile.flush()
+            offset = f.tell()
+            while length > 0:
+                n = os.sendfile(self.connection.fileno(), f.fileno(), offset, min(length, 1 << 30))
+                if n == 0:
+                    break
+                count(name, nbytes=n)
+                offset += n
+                length -= n
+            return
+        while length > 0:
+            data = f.read(min(chunk, length))
+            if not data:
+                break
+            self.wfile.write(data)
+            count(name, nbytes=len(data))
+            length -= len(data)
+            if delay:
+                self.wfile.flush()
+                time.sleep(delay)
+
+    def parse_range(self, size):
+        """(start, end) inclusive for a single "bytes=" range, None without one,
+        or "unsatisfiable"."""
+        h = self.headers.get("Range")
+        if not h or not h.startswith("bytes="):
+            return None
+        first, _, last = h[6:].partition("-")
+        if "," in h or not first.isdigit():
+            return None
+        start = int(first)
+        end = int(last) if last.isdigit() else size - 1
+        if start >= size:
+            return "unsatisfiable"
+        return start, min(end, size - 1)
+
+    def serve(self, name, ranges=True, wrong_range=False, **kw):
+        path = self.file_path(name)
+        if path is None:
+            return self.empty(404)
+        size = os.path.getsize(path)
+        rng = self.parse_range(size) if ranges else None
+        if wrong_range:
+            rng = (0, size - 1)
+        if rng == "unsatisfiable":
+            return self.empty(416, [("Content-Range", "bytes */%d" % size)])
+        with open(path, "rb") as f:
+            if rng is None:
+                self.send_response(200)
+                start, length = 0, size
+            else:
+                start, end = rng
+                length = end - start + 1
+                self.send_response(206)
+                self.send_header("Content-Range", "bytes %d-%d/%d" % (start, end, size))
+            self.send_header("Content-Length", str(length))
+            self.send_header("Accept-Ranges", "bytes" if ranges else "none")
+            self.end_headers()
+            f.seek(start)
+            self.send_body(name, f, length, **kw)
+
+    def failures(self, kind, name):
+        """How many times NAME was failed on purpose before; count this one."""
+        with LOCK:
+            n = FLAKY.get((kind, name), 0)
+            FLAKY[(kind, name)] = n + 1
+        return n
 
     def do_GET(self):
-        parts = self.path.strip("/").split("/")
-        if parts[0] == "stats":
-            with LOCK:
-                body = json.dumps(SENT).encode()
-            return self.send_body(200, body, "application/json")
-        if parts[0] == "status":
-            return self.send_body(int(parts[1]), b"status\n")
-        if parts[0] == "flaky":
-            with LOCK:
-                HITS[self.path] = HITS.get(self.path, 0) + 1
-                hit = HITS[self.path]
-            if hit <= int(parts[1]):
-                return self.send_body(500, b"try again\n")
-            parts = parts[2:]
-        mode = parts[0] if parts[0] in ("slow", "truncated", "norange") else None
-        name = parts[-1]
-        data = self.read_file(name)
-        if data is None:
-            return self.send_body(404, b"not found\n")
-        if mode == "slow":
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            for i in range(0, len(data), 1024):
-                self.wfile.write(data[i:i + 1024])
+        url = urlsplit(self.path)
+        q = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        parts = unquote(url.path).lstrip("/").split("/", 1)
+        kind, rest = (parts[0], parts[1]) if len(parts) == 2 else ("", parts[0])
+        try:
+            if kind == "status":
+                return self.empty(int(rest))
+            if kind == "stats":
+                with LOCK:
+                    s = STATS.get(rest, [0, 0])
+                return self.text(200, "%d %d\n" % (s[0], s[1]))
+            if kind == "loop":
+                return self.empty(302, [("Location", url.path)])
+            if kind == "redirect":
+                return self.empty(302, [("Location", q.get("to", "/"))])
+            if kind in ("flaky", "slow", "truncated", "norange", "badrange"):
+                name = rest
+            else:
+                name, kind = unquote(url.path).lstrip("/"), ""
+            count(name, requests=1)
+            if kind == "flaky":
+                if self.failures(kind, name) < int(q.get("fail", "1")):
+                    headers = [("Retry-After", q["retry_after"])] if "retry_after" in q else []
+                    return self.empty(int(q.get("code", "500")), headers)
+                return self.serve(name)
+            if kind == "slow":
+                return self.serve(name, chunk=int(q.get("chunk", "16")),
+                                  delay=float(q.get("delay", "0.1")))
+            if kind == "norange":
+                return self.serve(name, ranges=False)
+            if kind == "badrange":
+                return self.serve(name, wrong_range="Range" in self.headers)
+            if kind == "truncated":
+                if "times" in q and self.failures(kind, name) >= int(q["times"]):
+                    return self.serve(name)
+                path = self.file_path(name)
+                if path is None:
+                    return self.empty(404)
+                size = os.path.getsize(path)
+                send = int(q.get("send", size // 2))
+                self.send_response(200)
+                self.send_header("Content-Length", str(size))
+                self.end_headers()
+                with open(path, "rb") as f:
+                    self.send_body(name, f, send)
                 self.wfile.flush()
-                self.count(len(data[i:i + 1024]))
-                time.sleep(0.2)
-            return None
-        if mode == "truncated":
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data[: len(data) // 2])
-            self.count(len(data) // 2)
+                self.close_connection = True
+                return None
+            return self.serve(name)
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
             self.close_connection = True
             return None
-        rng = self.headers.get("Range")
-        if rng and mode != "norange" and rng.startswith("bytes="):
-            start = int(rng[6:].split("-")[0])
-            if start >= len(data):
-                return self.send_body(416, b"", extra={"Content-Range": "bytes */%d" % len(data)})
-            return self.send_body(206, data[start:], "application/octet-stream",
-                                  {"Content-Range": "bytes %d-%d/%d" % (start, len(data) - 1, len(data))})
-        return self.send_body(200, data, "application/octet-stream")
 
 
-class Server(ThreadingHTTPServer):
-    def handle_error(self, request, client_address):
-        pass  # clients that hang up early are part of the tests
+def watch_parent(ppid):
+    while os.getppid() == ppid:
+        time.sleep(0.5)
+    os._exit(0)
 
 
 def main():
-    server = Server(("127.0.0.1", 0), Handler)
+    global ROOT
+    args = sys.argv[1:]
+    if not args:
+        sys.exit(__doc__)
+    ROOT = args[0]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
-    print(server.server_address[1], flush=True)
-    server.serve_forever()
+    if len(args) == 4 and args[1] == "--tls":
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(args[2], args[3])
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=watch_parent, args=(os.getppid(),), daemon=True).start()
+    sys.stdout.write("%d\n%d\n" % (server.server_address[1], os.getpid()))
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
 
 
 if __name__ == "__main__":

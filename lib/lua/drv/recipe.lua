@@ -173,7 +173,7 @@ local function fetch_sources(r)
     if sha ~= "" and fs.sha256(dest) == sha then
       log.info("source %s: %s already in the cache", key, dest)
     else
-      local res, err = fetch.get(url, dest, { sha256 = sha ~= "" and sha or nil })
+      local res, err = fetch.get(url, dest, { sha256 = sha ~= "" and sha or nil, resume = true })
       ok_or_fail(r, "fetch " .. key, res, err)
     end
     r.sources[key] = dest
