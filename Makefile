@@ -117,7 +117,7 @@ lint: check-lint
 # ---- the main job ----------------------------------------------------------
 demo: deps-ok
 	@$(MAKE) --no-print-directory all fixtures
-	tools/demo
+	@tools/demo
 
 # ---- install ---------------------------------------------------------------
 install: $(DRVRUN)
