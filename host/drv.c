@@ -1,7 +1,9 @@
 /* drv.c - helpers shared by the C modules (see drv.h). */
 #include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "drv.h"
 
@@ -123,4 +125,40 @@ int drv_optfield_boolean(lua_State *L, int idx, const char *key, int def)
 	v = lua_toboolean(L, -1);
 	lua_pop(L, 1);
 	return v;
+}
+
+int drv_checksignal(lua_State *L, int idx)
+{
+	const char *name;
+
+	if (lua_isinteger(L, idx))
+		return (int)lua_tointeger(L, idx);
+	name = luaL_checkstring(L, idx);
+	if (strncmp(name, "SIG", 3) == 0)
+		name += 3;
+	for (int s = 1; s < NSIG; s++) {
+		const char *abbrev = sigabbrev_np(s);
+
+		if (abbrev && strcmp(abbrev, name) == 0)
+			return s;
+	}
+	return luaL_argerror(L, idx, lua_pushfstring(L, "unknown signal '%s'", name));
+}
+
+int drv_write_all(int fd, const void *buf, size_t len)
+{
+	const char *p = buf;
+
+	while (len > 0) {
+		ssize_t n = write(fd, p, len);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
 }

@@ -28,6 +28,12 @@ lua_Integer drv_optfield_integer(lua_State *L, int idx, const char *key, lua_Int
 lua_Number drv_optfield_number(lua_State *L, int idx, const char *key, lua_Number def);
 int drv_optfield_boolean(lua_State *L, int idx, const char *key, int def);
 
+/* Signal at idx: a name ("TERM", "SIGTERM") or a number; raises on an unknown name. */
+int drv_checksignal(lua_State *L, int idx);
+
+/* write(2) all of buf, retrying on EINTR; 0, or -1 with errno. */
+int drv_write_all(int fd, const void *buf, size_t len);
+
 /* Check that argument arg is a table or none/nil; return its absolute index or 0. */
 int drv_opttable(lua_State *L, int arg);
 

@@ -322,29 +322,13 @@ static int fetch_xferinfo(void *ud, curl_off_t dltotal, curl_off_t dlnow,
 
 /* ---- the .part file ---- */
 
-static int part_write(int fd, const char *p, size_t len)
-{
-	while (len > 0) {
-		ssize_t w = write(fd, p, len);
-
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			return -1;
-		}
-		p += w;
-		len -= (size_t)w;
-	}
-	return 0;
-}
-
 /* Write out the buffered bytes: the .part then holds all j->bytes. */
 static int part_flush(struct fetch_job *j)
 {
 	size_t len = j->wlen;
 
 	j->wlen = 0;
-	return part_write(j->fd, j->wbuf, len);
+	return drv_write_all(j->fd, j->wbuf, len);
 }
 
 /* Empty the .part and the digest: the next bytes start the file. */
@@ -518,7 +502,7 @@ static size_t fetch_write(char *p, size_t size, size_t n, void *ud)
 		return CURL_WRITEFUNC_ERROR;
 	}
 	if (len > FETCH_WBUFSIZE) {
-		if (part_write(j->fd, p, len) < 0) {
+		if (drv_write_all(j->fd, p, len) < 0) {
 			j->werr = errno;
 			return CURL_WRITEFUNC_ERROR;
 		}

@@ -47,22 +47,6 @@ static int fs_fsync_dir(const char *dir)
 	return rc;
 }
 
-static int fs_write_all(int fd, const char *data, size_t len)
-{
-	while (len > 0) {
-		ssize_t n = write(fd, data, len);
-
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -1;
-		}
-		data += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
 /* Open a fresh temporary file "<dir>/.<name>.XXXXXX" next to path. */
 static int fs_mktemp_beside(const char *path, char *tmp, size_t size)
 {
@@ -87,7 +71,7 @@ static int fs_atomic_write(const char *path, const char *data, size_t len, mode_
 
 	if (fd < 0)
 		return -1;
-	if (fchmod(fd, mode) < 0 || fs_write_all(fd, data, len) < 0 ||
+	if (fchmod(fd, mode) < 0 || drv_write_all(fd, data, len) < 0 ||
 	    (sync && fsync(fd) < 0))
 		goto fail;
 	if (close(fd) < 0) {
@@ -459,7 +443,7 @@ static int fs_copy_fd(int in, int out)
 				continue;
 			break;
 		}
-		if (fs_write_all(out, buf, (size_t)n) < 0) {
+		if (drv_write_all(out, buf, (size_t)n) < 0) {
 			n = -1;
 			break;
 		}

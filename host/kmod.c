@@ -717,6 +717,26 @@ static int kmod_m_remove(lua_State *L)
 	}
 }
 
+/* A module object for a .ko file in a context of its own (the caller unrefs
+ * both); NULL with the failure pushed (3 values). */
+static struct kmod_module *kmod_open_file(lua_State *L, const char *path, struct kmod_ctx **ctx)
+{
+	struct kmod_module *mod = NULL;
+	int err;
+
+	if (access(path, R_OK) < 0)
+		return drv_errno_fail(L, path), NULL;
+	*ctx = kmod_new("/nonexistent", NULL);
+	if (!*ctx)
+		return drv_fail(L, ENOMEM, "%s: cannot create a libkmod context", path), NULL;
+	err = kmod_module_new_from_path(*ctx, path, &mod);
+	if (err < 0) {
+		kmod_unref(*ctx);
+		return drv_fail(L, -err, "%s: %s", path, strerror(-err)), NULL;
+	}
+	return mod;
+}
+
 /***
  * modinfo of a .ko file anywhere (not only in a modules directory).
  * @function modinfo
@@ -729,19 +749,10 @@ static int kmod_l_modinfo(lua_State *L)
 {
 	const char *path = luaL_checkstring(L, 1);
 	struct kmod_ctx *ctx;
-	struct kmod_module *mod = NULL;
-	int err;
+	struct kmod_module *mod = kmod_open_file(L, path, &ctx);
 
-	if (access(path, R_OK) < 0)
-		return drv_errno_fail(L, path);
-	ctx = kmod_new("/nonexistent", NULL);
-	if (!ctx)
-		return drv_fail(L, ENOMEM, "%s: cannot create a libkmod context", path);
-	err = kmod_module_new_from_path(ctx, path, &mod);
-	if (err < 0) {
-		kmod_unref(ctx);
-		return drv_fail(L, -err, "%s: %s", path, strerror(-err));
-	}
+	if (!mod)
+		return 3;
 	kmod_push_info(L, mod);
 	lua_pushnil(L);
 	lua_setfield(L, -2, "softdeps"); /* configuration-dependent: not a property of the file */
@@ -762,21 +773,15 @@ static int kmod_l_versions(lua_State *L)
 {
 	const char *path = luaL_checkstring(L, 1);
 	struct kmod_list *list = NULL, *l;
-	struct kmod_module *mod = NULL;
 	struct kmod_ctx *ctx;
+	struct kmod_module *mod = kmod_open_file(L, path, &ctx);
 	int err;
 
-	if (access(path, R_OK) < 0)
-		return drv_errno_fail(L, path);
-	ctx = kmod_new("/nonexistent", NULL);
-	if (!ctx)
-		return drv_fail(L, ENOMEM, "%s: cannot create a libkmod context", path);
-	err = kmod_module_new_from_path(ctx, path, &mod);
-	if (err >= 0)
-		err = kmod_module_get_versions(mod, &list);
+	if (!mod)
+		return 3;
+	err = kmod_module_get_versions(mod, &list);
 	if (err < 0) {
-		if (mod)
-			kmod_module_unref(mod);
+		kmod_module_unref(mod);
 		kmod_unref(ctx);
 		return drv_fail(L, -err, "%s: %s", path, strerror(-err));
 	}

@@ -751,22 +751,7 @@ static int proc_m_wait(lua_State *L)
 
 static int proc_signum(lua_State *L, int idx)
 {
-	const char *name;
-
-	if (lua_isnoneornil(L, idx))
-		return SIGTERM;
-	if (lua_isinteger(L, idx))
-		return (int)lua_tointeger(L, idx);
-	name = luaL_checkstring(L, idx);
-	if (strncmp(name, "SIG", 3) == 0)
-		name += 3;
-	for (int s = 1; s < NSIG; s++) {
-		const char *abbrev = sigabbrev_np(s);
-
-		if (abbrev && strcmp(abbrev, name) == 0)
-			return s;
-	}
-	return luaL_argerror(L, idx, lua_pushfstring(L, "unknown signal '%s'", name));
+	return lua_isnoneornil(L, idx) ? SIGTERM : drv_checksignal(L, idx);
 }
 
 /***

@@ -180,24 +180,6 @@ static int sys_isatty(lua_State *L)
 	return 1;
 }
 
-static int sys_signum(lua_State *L, int idx)
-{
-	const char *name;
-
-	if (lua_isinteger(L, idx))
-		return (int)lua_tointeger(L, idx);
-	name = luaL_checkstring(L, idx);
-	if (strncmp(name, "SIG", 3) == 0)
-		name += 3;
-	for (int s = 1; s < NSIG; s++) {
-		const char *abbrev = sigabbrev_np(s);
-
-		if (abbrev && strcmp(abbrev, name) == 0)
-			return s;
-	}
-	return luaL_argerror(L, idx, lua_pushfstring(L, "unknown signal '%s'", name));
-}
-
 /***
  * Send a signal to a process.
  * @function kill
@@ -210,7 +192,7 @@ static int sys_signum(lua_State *L, int idx)
 static int sys_kill(lua_State *L)
 {
 	lua_Integer pid = luaL_checkinteger(L, 1);
-	int sig = sys_signum(L, 2);
+	int sig = drv_checksignal(L, 2);
 
 	if (kill((pid_t)pid, sig) < 0)
 		return drv_fail(L, errno, "kill %d: %s", (int)pid, strerror(errno));
@@ -290,7 +272,7 @@ static int sys_signals(lua_State *L)
 	luaL_argcheck(L, n > 0, 1, "no signals named");
 	for (lua_Integer i = 1; i <= n; i++) {
 		lua_rawgeti(L, 1, i);
-		sigaddset(&w->set, sys_signum(L, lua_gettop(L)));
+		sigaddset(&w->set, drv_checksignal(L, lua_gettop(L)));
 		lua_pop(L, 1);
 	}
 	if (pthread_sigmask(SIG_BLOCK, &w->set, &w->old) != 0)

@@ -6,6 +6,8 @@
 -- function of the options resolved so far, or a string with `${OTHER}` references.
 local M = {}
 
+local sorted_names = require("drv.graph").sorted
+
 local TYPES = { string = true, boolean = true, integer = true, list = true }
 local SPEC_KEYS = { default = true, type = true, doc = true, choices = true, pattern = true, build = true }
 
@@ -82,12 +84,6 @@ function M.parse_args(args)
   return kv, positional
 end
 
-local function sorted_names(specs)
-  local names = {}
-  for n in pairs(specs) do names[#names + 1] = n end
-  table.sort(names)
-  return names
-end
 
 --- Resolve every option: argument, else environment, else default.
 -- @tparam table specs declarations
