@@ -546,8 +546,8 @@ function M.run(recipe, opt)
   local ok, err = pcall(function()
     if not opt.BUILD_ONLY then
       remove_ready(r)
-      recover(r)
       lock(r)
+      recover(r) -- under the lock: another container may be mid-reload
     end
     for _, name in ipairs(phases) do run_phase(r, name) end
   end)
