@@ -521,7 +521,15 @@ local function lock(r)
   r.lock = l
 end
 
+-- The lock covers changes (start and stop), not the wait between them: other
+-- driver containers on the host must be able to reload meanwhile.
+local function unlock(r)
+  if r.lock then r.lock:unlock() end
+  r.lock = nil
+end
+
 local function wait_for_signal(r)
+  unlock(r)
   log.info("waiting for a signal (TERM, INT or HUP) to stop")
   local sig = r.signals:wait()
   log.info("received SIG%s", sig)
@@ -556,8 +564,12 @@ function M.run(recipe, opt)
   elseif opt.WAIT and not opt.BUILD_ONLY then
     wait_for_signal(r)
   end
+  if not opt.BUILD_ONLY and not r.lock and #r.journal.entries > 0 then
+    local lok = pcall(lock, r) -- stop changes the host too; proceed without it rather than not at all
+    if not lok then log.warn("stop: proceeding without the host-wide lock") end
+  end
   local stopped = opt.BUILD_ONLY and true or (ok and not opt.WAIT) or stop(r)
-  if r.lock then r.lock:unlock() end
+  unlock(r)
   r.signals:close()
   if not stopped then return 1 end
   if not ok and getmetatable(err) ~= Cancel then return 1 end
