@@ -124,6 +124,8 @@ install: $(DRVRUN)
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)/lua/drv $(DESTDIR)$(DATADIR)/recipes
 	install -m 0755 $(DRVRUN) $(DESTDIR)$(BINDIR)/drvrun
 	install -m 0644 lib/lua/drv/*.lua $(DESTDIR)$(DATADIR)/lua/drv/
+	install -m 0644 lib/probe.lua $(DESTDIR)$(DATADIR)/probe.lua
+	install -m 0755 docker/entrypoint $(DESTDIR)$(DATADIR)/entrypoint
 	if ls recipes/*.lua >/dev/null 2>&1; then \
 	  install -m 0644 recipes/*.lua $(DESTDIR)$(DATADIR)/recipes/; fi
 
