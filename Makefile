@@ -37,10 +37,11 @@ DRVRUN   = $(BUILD)/drvrun
 DEB_BUILD = build-essential pkg-config liblua5.4-dev libkmod-dev libmount-dev \
             libcurl4-openssl-dev libarchive-dev libssl-dev
 DEB_TEST  = lua5.4 lua-busted lua-check python3 openssl kmod util-linux cpio \
-            busybox-static qemu-system-x86 linux-image-amd64 linux-headers-amd64
+            busybox-static qemu-system-x86 linux-image-amd64 linux-headers-amd64 \
+            nodejs npm
 DEB_ALL   = $(DEB_BUILD) $(DEB_TEST)
 
-.PHONY: all check demo install deps deps-ok clean lint fixtures doc \
+.PHONY: all check demo install deps deps-ok clean lint fixtures doc docker-context \
         check-c check-lint check-host check-guest
 
 all: $(DRVRUN)
@@ -85,13 +86,20 @@ $(BUILD)/test_%: tests/test_%.c $(filter-out $(BUILD)/obj/main.o,$(HOST_OBJ))
 	$(CC) $(CFLAGS) -Ihost $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 check-lint: $(DRVRUN)
-	@tools/run-counted $(RESULTS)/check-lint sh -c 'luacheck --quiet lib/lua spec recipes tools/*.lua && \
+	@tools/run-counted $(RESULTS)/check-lint sh -c 'luacheck --quiet lib/lua lib/probe.lua spec recipes tools/*.lua && \
 	  $(DRVRUN) tools/apidoc.lua --check doc/api.md'
 
 doc: $(DRVRUN)
 	$(DRVRUN) tools/apidoc.lua > doc/api.md
 
-check-host: $(DRVRUN)
+# The image checks (spec/host/images_spec.lua, tools/images.lua) use a linter and
+# a schema validator from npm, pinned in tools/images/package-lock.json.
+NODE_TOOLS = tools/images/node_modules/.stamp
+$(NODE_TOOLS): tools/images/package.json tools/images/package-lock.json
+	cd tools/images && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+check-host: $(DRVRUN) $(NODE_TOOLS)
 	DRVRUN=$(abspath $(DRVRUN)) DRVRUN_RESULTS=$(RESULTS)/check-host \
 	  $(BUSTED) spec/host
 
@@ -129,6 +137,19 @@ install: $(DRVRUN)
 	if ls recipes/*.lua >/dev/null 2>&1; then \
 	  install -m 0644 recipes/*.lua $(DESTDIR)$(DATADIR)/recipes/; fi
 
+# ---- images ----------------------------------------------------------------
+# The build contexts of docker/*/Dockerfile get drvrun's sources, so that the
+# seed's `docker build ... ubuntu/` works from docker/ (see README.md).
+DOCKER_CONTEXTS = docker/ubuntu docker/gpu-direct/ubuntu
+DIST_FILES      = Makefile $(HOST_SRC) host/drv.h lib/probe.lua $(wildcard lib/lua/drv/*.lua) \
+                  $(wildcard recipes/*.lua) docker/entrypoint
+
+docker-context: $(DOCKER_CONTEXTS:%=%/drvrun.tar.gz)
+
+%/drvrun.tar.gz: $(DIST_FILES)
+	tar -czf $@ --owner=0 --group=0 --sort=name --mtime=@0 $(DIST_FILES)
+
 clean:
 	rm -rf build
+	rm -f $(DOCKER_CONTEXTS:%=%/drvrun.tar.gz)
 	@$(MAKE) --no-print-directory -C spec/fixtures clean
