@@ -224,7 +224,7 @@ local function image_env(d)
 end
 
 local function lint_checks(d, file)
-  check(#d.lint == 0, file, "dockerfile-utils: %d problems", #d.lint)
+  checks = checks + 1
   for _, l in ipairs(d.lint) do fail(("%s:%d"):format(file, l.line), "dockerfile-utils %s: %s", l.severity, l.message) end
 end
 
@@ -333,6 +333,25 @@ local function stage_checks(d, file, ctx_dir)
               ".dockerignore leaves %s out of the build context, but %s %s needs it", ins.args[1], ins.keyword, ins.args[1])
       end
     end
+  end
+end
+
+-- The Makefile's DEB_BUILD: what building drvrun needs.
+local function makefile_build_deps()
+  local text = assert(fs.read(SOURCE .. "/Makefile")):gsub("\\\n", " ")
+  return words(text:match("\nDEB_BUILD%s*=([^\n]*)") or "")
+end
+
+-- The build stage installs what the Makefile says building drvrun needs.
+local function build_deps_checks(d, file)
+  local have = {}
+  for _, ins in ipairs(d.stages[1].instructions) do
+    if ins.keyword == "RUN" and ins.text:match("apt%-get install") then
+      for _, w in ipairs(words(ins.text)) do have[w] = true end
+    end
+  end
+  for _, pkg in ipairs(makefile_build_deps()) do
+    check(have[pkg], file, "the build stage does not install %s (the Makefile's DEB_BUILD)", pkg)
   end
 end
 
@@ -445,11 +464,11 @@ end
 
 local function dockerfile_checks(img, d, recipe, install)
   local file = img.dockerfile
-  lint_checks(d, file)
   if #d.stages == 0 then return fail(file, "no FROM") end
   scope_checks(d, file)
   build_arg_checks(img, d, recipe, file)
   stage_checks(d, file, img.root .. "/" .. file:match("^(.*)/[^/]+$"))
+  build_deps_checks(d, file)
   local env = env_checks(img, d, recipe, file)
   run_line_checks(img, recipe, env, file)
   return env, entry_checks(img, d, recipe, env, file, install)
@@ -501,20 +520,27 @@ local function host_side(spec, seed_run, mountpath)
   return mountpath
 end
 
+-- The volumeMount for one of the option's paths (a list option: any of them).
+local function option_mount(pod, c, spec, value)
+  local tried = {}
+  for _, v in ipairs(type(value) == "table" and value or { value }) do
+    local path = spec.parent and parent(v) or v
+    if path and path ~= "" then
+      tried[#tried + 1] = path
+      local vm, host = mount_of(pod, c, path)
+      if vm and vm.mountPath:gsub("/$", "") == path then return vm, host end
+    end
+  end
+  return nil, table.concat(tried, " or ")
+end
+
 local function mount_checks(img, pod, c, opt, file)
   local seed_run = parse_docker(img.seed.run)
   local hosts = {}
   for _, spec in ipairs(img.mounts) do
-    local values = type(opt[spec.option]) == "table" and opt[spec.option] or { opt[spec.option] }
-    local vm, host, path
-    for _, value in ipairs(values) do
-      path = spec.parent and parent(value) or value
-      vm, host = mount_of(pod, c, path)
-      if vm and vm.mountPath:gsub("/$", "") == path then break end
-      vm = nil
-    end
     local what = ("%s (%s)"):format(spec.option, show(opt[spec.option]))
-    if check(vm ~= nil, file, "no volumeMount at %s for %s", show(path), what) then
+    local vm, host = option_mount(pod, c, spec, opt[spec.option])
+    if check(vm ~= nil, file, "no volumeMount at %s for %s", host ~= "" and host or "(no path)", what) then
       local want_host = host_side(spec, seed_run, vm.mountPath)
       check(host ~= nil, file, "the volume at %s is not a hostPath (%s must be on the host)", vm.mountPath, what)
       check(want_host == nil or host == want_host, file, "the volume at %s is hostPath %s; %s wants the host's %s",
@@ -560,17 +586,20 @@ local function probe_checks(img, c, opt, prefix, hostfile, file)
   end
 end
 
+local NFD = "feature.node.kubernetes.io/"
+
+-- Nodes of the image's OS and of one kernel release (labels of Node Feature Discovery).
 local function selector_checks(pod, base_image, file)
   local sel = pod.nodeSelector or {}
   local id, version = base_image:gsub("^.*/", ""):match("^([^:]+):?(.*)$")
+  local sel_id, sel_version = sel[NFD .. "system-os_release.ID"], sel[NFD .. "system-os_release.VERSION_ID"]
   check(sel["kubernetes.io/os"] == "linux", file, "nodeSelector kubernetes.io/os is not linux")
-  check(sel["feature.node.kubernetes.io/system-os_release.ID"] == id
-        and sel["feature.node.kubernetes.io/system-os_release.VERSION_ID"] == version, file,
-        "nodeSelector system-os_release.ID/VERSION_ID is %s/%s; the image's base is %s", show(sel["feature.node.kubernetes.io/system-os_release.ID"]),
-        show(sel["feature.node.kubernetes.io/system-os_release.VERSION_ID"]), base_image)
-  local kver = sel["feature.node.kubernetes.io/kernel-version.full"]
+  check(sel_id == id and sel_version == version, file,
+        "nodeSelector system-os_release.ID/VERSION_ID is %s/%s; the image's base is %s", show(sel_id),
+        show(sel_version), base_image)
+  local kver = sel[NFD .. "kernel-version.full"]
   check(type(kver) == "string" and kver:match("^%d+%.%d+%.%d+") ~= nil, file,
-        "nodeSelector feature.node.kubernetes.io/kernel-version.full is not a kernel release: %s", show(kver))
+        "nodeSelector %skernel-version.full is not a kernel release: %s", NFD, show(kver))
 end
 
 local function container_checks(img, pod, c, env, recipe, file)
@@ -601,8 +630,6 @@ end
 
 local function manifest_checks(img, m, recipe, env, prefix, base_image)
   local file = img.manifest
-  check(#m.errors == 0, file, "%d schema or YAML errors", #m.errors)
-  for _, e in ipairs(m.errors) do fail(file, "kubernetes-models: %s", e) end
   local ds = daemonset(m, file)
   local pod = ds and ds.spec and ds.spec.template and ds.spec.template.spec
   if not pod then return end
@@ -639,7 +666,7 @@ local function cross_checks(seen)
   check(ofed.hosts.EXPOSE_PATH ~= nil and ofed.hosts.EXPOSE_PATH == peer.hosts.OFED_ROOT, file,
         "the OFED root is exposed at the host's %s but the peermem DaemonSet mounts the host's %s",
         show(ofed.hosts.EXPOSE_PATH), show(peer.hosts.OFED_ROOT))
-  local k = "feature.node.kubernetes.io/kernel-version.full"
+  local k = NFD .. "kernel-version.full"
   check(ofed.selector[k] == peer.selector[k], file, "the DaemonSets select different kernels (%s, %s)",
         show(ofed.selector[k]), show(peer.selector[k]))
 end
@@ -675,12 +702,20 @@ local function make_install()
   return dest, true
 end
 
+local function schema_checks(m, file)
+  checks = checks + 1
+  for _, e in ipairs(m.errors) do fail(file, "kubernetes-models: %s", e) end
+end
+
+-- Lint and schemas first: they need no recipe.
 local function check_image(img, files, install, seen)
+  local d, m = files[img.dockerfile], files[img.manifest]
+  if not (d and d.kind == "dockerfile" and m and m.kind == "manifest") then return end
+  lint_checks(d, img.dockerfile)
+  schema_checks(m, img.manifest)
   local recipe, rerr = load_recipe(img.root, img.recipe)
   if not check(recipe ~= nil, ("recipes/%s.lua"):format(img.recipe), "%s (the %s image runs it)",
                tostring(rerr), img.dockerfile) then return end
-  local d, m = files[img.dockerfile], files[img.manifest]
-  if not (d and d.kind == "dockerfile" and m and m.kind == "manifest") then return end
   local env, prefix = dockerfile_checks(img, d, recipe, install)
   seen[img.name] = manifest_checks(img, m, recipe, env or {}, prefix, all_args(d).D_BASE_IMAGE)
 end
