@@ -19,6 +19,8 @@ describe("make install", function()
       assert.is_true(fs.exists(dest .. "/usr/share/drvrun/lua/drv/" .. m .. ".lua"), m)
     end
     assert.is_true(fs.exists(dest .. "/usr/share/drvrun/recipes/ubuntu-ofed.lua"))
+    assert.is_true(fs.exists(dest .. "/usr/share/drvrun/probe.lua"))
+    assert.equal(tonumber("755", 8), fs.stat(dest .. "/usr/share/drvrun/entrypoint").mode)
   end)
 
   it("finds its library and recipes next to itself", function()
@@ -33,5 +35,44 @@ describe("make install", function()
                                 "OFED_SHA256=" .. ("a"):rep(64) }))
     assert.equal(0, r.status, r.stderr)
     assert.matches("plan: ubuntu%-ofed ", r.stdout)
+  end)
+
+  it("runs the installed probe", function()
+    local r = assert(proc.run({ dest .. "/usr/bin/drvrun", dest .. "/usr/share/drvrun/probe.lua", "/nonexistent/.driver-ready" }))
+    assert.equal(1, r.status)
+    assert.equal("probe: not ready: /nonexistent/.driver-ready: No such file or directory\n", r.stderr)
+  end)
+
+  describe("the image entrypoint", function()
+    local envfile
+    before_each(function() envfile = os.tmpname() end)
+    after_each(function() os.remove(envfile) end)
+
+    -- Run the installed entrypoint with the installed drvrun first in PATH.
+    local function entrypoint(env_text, env)
+      assert(fs.write(envfile, env_text))
+      local e = { PATH = dest .. "/usr/bin:" .. os.getenv("PATH"), DRVRUN_IMAGE_ENV = envfile }
+      for k, v in pairs(env or {}) do e[k] = v end
+      return assert(proc.run({ dest .. "/usr/share/drvrun/entrypoint", "--plan",
+                               dest .. "/usr/share/drvrun/recipes/ubuntu-ofed.lua" }, { env = e }))
+    end
+
+    it("exports the defaults the image computed at build time to the recipe", function()
+      local r = entrypoint("# computed at build time\nOFED_SHA256=" .. ("a"):rep(64) .. "\n")
+      assert.equal(0, r.status, r.stderr)
+      assert.matches("OFED_SHA256=" .. ("a"):rep(64) .. " +sha256 of the bundle[^\n]*%[environment%]", r.stdout)
+    end)
+
+    it("leaves what the environment sets alone", function()
+      local r = entrypoint("OFED_SHA256=" .. ("a"):rep(64) .. "\n", { OFED_SHA256 = ("b"):rep(64) })
+      assert.equal(0, r.status, r.stderr)
+      assert.matches("OFED_SHA256=" .. ("b"):rep(64), r.stdout)
+    end)
+
+    it("refuses a line that is not KEY=VALUE", function()
+      local r = entrypoint("OFED SHA256=x\n")
+      assert.equal(2, r.status)
+      assert.equal("drvrun entrypoint: " .. envfile .. ": not KEY=VALUE: OFED SHA256=x\n", r.stderr)
+    end)
   end)
 end)
