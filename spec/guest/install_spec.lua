@@ -1,0 +1,136 @@
+-- The installed layout as the images ship it: `make install DESTDIR=$tmp`, then
+-- the installed drvrun runs the installed OFED recipe chrooted into a container
+-- root, laid out as deploy/ofed-driver.yaml lays out the pod. Its own mount
+-- namespace; the guest's /usr (the image's userspace, under a writable layer as
+-- a container runtime mounts it), /etc (read-only) and /lib/modules (an image
+-- with linux-modules-KVER); the install at /usr/local; and from the "host" (the
+-- guest): /run/mellanox/drivers shared (hostPath, Bidirectional), /run/drvrun
+-- (the host-wide lock and the journal), the build cache at /var/cache/drvrun
+-- and /etc/modprobe.d at /host/etc/modprobe.d. Nothing of the source tree is
+-- visible inside.
+local fs = require "drv.fs"
+local kmod = require "drv.kmod"
+local proc = require "drv.proc"
+local sys = require "drv.sys"
+local probe = require "drv.probe"
+local guest = require "spec.support.guest"
+local ofed = require "spec.support.ofed"
+
+local MARKER = "/.drvrun-container-root"
+local RECIPE = "/usr/local/share/drvrun/recipes/ubuntu-ofed.lua"
+local PROBE = "/usr/local/share/drvrun/probe.lua"
+
+-- Mount the container root's filesystems, then run drvrun chrooted into it.
+-- $1 root, $2 the DESTDIR, $3 the build cache; the rest: drvrun's arguments.
+local CONTAINER = [[
+set -e
+R=$1 DEST=$2 CACHE=$3
+shift 3
+mount --make-private "$(findmnt -n -o TARGET -T "$R")"
+mount --bind "$R" "$R"
+mount --make-private "$R"
+mount -t tmpfs tmpfs "$R/.layer"
+mkdir "$R/.layer/upper" "$R/.layer/work"
+mount -t overlay overlay -o "lowerdir=/usr,upperdir=$R/.layer/upper,workdir=$R/.layer/work" "$R/usr"
+mount --bind "$DEST/usr/local" "$R/usr/local"
+mount --bind /lib/modules "$R/usr/lib/modules"
+mount --bind /etc "$R/etc"
+mount -o remount,bind,ro "$R/etc"
+mount -t proc proc "$R/proc"
+mount -t sysfs sysfs "$R/sys"
+mount --rbind /dev "$R/dev"
+mount -t tmpfs tmpfs "$R/run"
+mount -t tmpfs tmpfs "$R/tmp"
+mkdir -p "$R/run/mellanox/drivers" "$R/run/drvrun"
+mount --bind /run/mellanox/drivers "$R/run/mellanox/drivers"
+mount --bind /run/drvrun "$R/run/drvrun"
+mount --bind "$CACHE" "$R/var/cache/drvrun"
+mount --bind /etc/modprobe.d "$R/host/etc/modprobe.d"
+exec chroot "$R" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin /usr/local/bin/drvrun "$@"
+]]
+
+-- An empty root: mount points, the guest's top-level links (/bin -> usr/bin...), a marker.
+local function make_root()
+  local root = assert(fs.tmpdir("container"))
+  for _, d in ipairs { ".layer", "usr", "etc", "proc", "sys", "dev", "run", "tmp", "var/cache/drvrun", "host/etc/modprobe.d" } do
+    assert(fs.mkdir(root .. "/" .. d))
+  end
+  for _, name in ipairs { "bin", "sbin", "lib", "lib32", "lib64" } do
+    local target = fs.readlink("/" .. name)
+    if target then assert(fs.symlink(target, root .. "/" .. name)) end
+  end
+  assert(fs.write(root .. MARKER, "the container root\n"))
+  return root
+end
+
+local function start_container(root, dest, cache, env)
+  local log = os.tmpname()
+  local argv = { "sh", "-c", 'exec "$@" > "$0" 2>&1', log, "unshare", "-m", "--propagation", "unchanged",
+                 "sh", "-c", CONTAINER, "container", root, dest, cache, RECIPE,
+                 "OFED_URL=" .. env.server:url(env.bundle), "OFED_SHA256=" .. env.sha, "LOCK_TIMEOUT=30" }
+  local p = assert(proc.spawn(argv))
+  ofed.running[#ofed.running + 1] = p
+  return p, log
+end
+
+describe("make install, run as a container root", function()
+  local env, dest, root
+  setup(function()
+    env = ofed.setup()
+    assert(fs.mkdir("/run/drvrun"))
+    dest = assert(fs.tmpdir("install"))
+    local r = assert(proc.run({ "make", "-s", "install", "DESTDIR=" .. dest, "PREFIX=/usr/local" }, { stderr = "stdout" }))
+    assert(r.status == 0, r.stdout)
+    root = make_root()
+  end)
+  after_each(function() ofed.cleanup() end)
+  teardown(function()
+    env.server:stop()
+    guest.unload_all()
+    fs.remove(dest, { recursive = true })
+    fs.remove(root, { recursive = true })
+  end)
+
+  it("reaches ready with the installed drvrun and recipe, is probed live, and stops cleanly", function()
+    local inbox = ofed.load_inbox()
+    local p, log = start_container(root, dest, ofed.fresh_cache(), env)
+    assert.is_true(ofed.wait_for(ofed.READY[2], p), fs.read(log))
+    local text = fs.read(log)
+    assert.matches("blacklist: /host/etc/modprobe.d/blacklist%-ofed%-modules%.conf written", text)
+    assert.matches("phase load done in", text)
+
+    -- the container's root is exposed to the "host", with the install in it
+    assert.is_true(fs.exists(ofed.EXPOSE .. MARKER), "the container root is visible at " .. ofed.EXPOSE)
+    assert.is_true(fs.exists(ofed.EXPOSE .. RECIPE))
+    assert.is_true(fs.exists(ofed.EXPOSE .. "/usr/src/ofa_kernel/default/Module.symvers"))
+    -- the built stack is loaded and the host-visible ready file says so
+    local ok, ready = probe.live(ofed.READY[2])
+    assert.is_true(ok, ready)
+    assert.equal(#ofed.STACK, #ready.modules)
+    local ctx = assert(kmod.new())
+    for _, m in ipairs(ready.modules) do
+      assert.equal(m.srcversion, assert(ctx:state(m.name)).srcversion, m.name)
+    end
+    -- the liveness probe as the kubelet runs it: in the container's namespace and root
+    local r = assert(proc.run({ "nsenter", "-t", tostring(p:pid()), "-m", "-r", "/usr/local/bin/drvrun", PROBE,
+                                ofed.READY[2] }))
+    assert.equal(0, r.status, r.stderr)
+    assert.matches("^probe: ubuntu%-ofed 5%.9%-0%.5%.6%.0 live: 11 modules as /run/mellanox/drivers/%.driver%-ready says\n$",
+                   r.stdout)
+
+    assert.is_true(sys.kill(p:pid(), "TERM"))
+    local res = assert(p:wait(120))
+    assert.equal(0, res.status, fs.read(log))
+    for _, f in ipairs(ofed.READY) do assert.is_false(fs.exists(f), f) end
+    assert.is_false(fs.exists(ofed.EXPOSE .. MARKER), "the exposed root is unmounted")
+    assert.is_false(fs.exists(ofed.JOURNAL))
+    assert.is_false(fs.exists(ofed.BLACKLIST))
+    for _, n in ipairs(inbox) do
+      local st = assert(ctx:state(n), n .. " reloaded")
+      assert.equal("", st.taint, n)
+    end
+    r = assert(proc.run({ dest .. "/usr/local/bin/drvrun", dest .. PROBE, ofed.READY[2] }))
+    assert.equal(1, r.status)
+    assert.matches("^probe: not ready: ", r.stderr)
+  end)
+end)
