@@ -81,13 +81,17 @@ return {
     end
   end,
 
+  -- Modules unloaded with the stack, and why (the log says it when it happens).
   unload_also = function(r)
-    local also = {}
-    for _, list in ipairs { r.opt.AUX_MODULES, r.opt.PEERMEM_MODULES,
-                            r.opt.UNLOAD_STORAGE_MODULES and r.opt.STORAGE_MODULES or {} } do
-      for _, n in ipairs(list) do also[#also + 1] = n end
+    local also, why = {}, {}
+    local function add(list, reason)
+      for _, n in ipairs(list) do also[#also + 1], why[n] = n, reason end
     end
-    return also
+    add(r.opt.AUX_MODULES, "an auxiliary module of the stack")
+    add(r.opt.PEERMEM_MODULES, "a peer-memory client of ib_core, which is being replaced "
+                               .. "(its own container loads it back against the new stack)")
+    if r.opt.UNLOAD_STORAGE_MODULES then add(r.opt.STORAGE_MODULES, "a storage module (UNLOAD_STORAGE_MODULES=true)") end
+    return also, why
   end,
 
   blacklist = function(r) return r.opt.BLACKLIST end,
