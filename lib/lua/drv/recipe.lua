@@ -513,7 +513,8 @@ function phase.load(r)
   end
   local plan = stack.plan(r.stack, stack.snapshot(ctx), { also = r.unload_also })
   if #plan.blockers > 0 then r:fail("cannot reload the driver stack: %s", table.concat(plan.blockers, "; ")) end
-  log.info("load: unload %s", table.concat(graph.flatten(plan.unload), " "))
+  local unload = graph.flatten(plan.unload)
+  log.info("load: unload %s", #unload > 0 and table.concat(unload, " ") or "nothing (none of the stack is loaded)")
   say_why_also(r, plan)
   log.info("load: load %s", table.concat(graph.flatten(plan.load), " "))
   local paths = {}
@@ -564,6 +565,8 @@ end
 function phase.ready(r)
   local content = ready_content(r)
   for _, path in ipairs(r.ready_files) do
+    local dir = path:match("^(.+)/[^/]*$")
+    if dir then ok_or_fail(r, "ready " .. path, fs.mkdir(dir)) end
     ok_or_fail(r, "ready " .. path, fs.write(path, content))
   end
   log.info("ready: %s (%.3f s after start)", table.concat(r.ready_files, ", "), sys.monotonic() - r.started)

@@ -57,23 +57,36 @@ function M.module_files(name, dirs)
   return found
 end
 
+-- Where a module file may be, cheapest first: the modules directories'
+-- indexes, then a walk of each directory.
+local function candidates(ctx, name, dirs)
+  return coroutine.wrap(function()
+    local info = ctx:info(name)
+    if info and info.path then coroutine.yield(info.path) end
+    for _, dir in ipairs(dirs) do
+      local c = fs.exists(dir .. "/modules.dep.bin") and kmod.new { dirname = dir }
+      local i = c and c:info(name)
+      if i and i.path then coroutine.yield(i.path) end
+    end
+    for _, path in ipairs(M.module_files(name, dirs)) do coroutine.yield(path) end
+  end)
+end
+
 --- The file of the loaded module `name`: the one of `ctx`'s modules directory
 -- or below `dirs` whose srcversion is the loaded one.
 -- @treturn[1] string path
 -- @treturn[2] nil, message, errno
 function M.loaded_file(ctx, name, dirs)
+  dirs = dirs or {}
   local live = ctx:state(name)
   if not live then return nil, name .. " is not loaded", 2 end
   if not live.srcversion then return nil, name .. " has no srcversion: its file cannot be told apart", EINVAL end
-  local candidates = M.module_files(name, dirs or {})
-  local info = ctx:info(name)
-  if info and info.path then table.insert(candidates, 1, info.path) end
-  for _, path in ipairs(candidates) do
+  for path in candidates(ctx, name, dirs) do
     local mi = kmod.modinfo(path)
     if mi and mi.srcversion == live.srcversion then return path end
   end
   return nil, ("the file of the loaded %s (srcversion %s) is not in %s"):format(name, live.srcversion,
-    table.concat({ ctx:dirname(), table.unpack(dirs or {}) }, ", ")), 2
+    table.concat({ ctx:dirname(), table.unpack(dirs) }, ", ")), 2
 end
 
 --- Check the CRCs module `path` was built against with what `providers` export.
