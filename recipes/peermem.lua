@@ -20,12 +20,12 @@ local peermem = require "drv.peermem"
 local function is_url(s) return s:match("^%a[%w+.-]*://") ~= nil end
 
 local function find_ofed(r)
-  return peermem.find_ofed(r.opt.OFED_ROOT, r.kver, r.opt.D_ARCH)
+  return peermem.find_ofed(r.opt.OFED_ROOT, r.kver, r.opt.D_ARCH, r:kmod())
 end
 
 -- What the loaded ib_core and nvidia export, from their files.
 local function loaded_exports(r)
-  local ctx, providers = kmod.new(), {}
+  local ctx, providers = r:kmod(), {}
   for name, root in pairs { ib_core = r.opt.OFED_ROOT, nvidia = r.nvidia.root } do
     local ko, err = symvers.loaded_file(ctx, name, peermem.module_dirs(root, r.kver))
     if ko then
@@ -71,7 +71,7 @@ return {
   await = function(r)
     r.ofed = r:wait_for("OFED driver in " .. r.opt.OFED_ROOT, function() return find_ofed(r) end)
     r.nvidia = r:wait_for("NVIDIA driver in " .. table.concat(r.opt.NVIDIA_ROOT, " or "), function()
-      return peermem.find_nvidia(r.opt.NVIDIA_ROOT, r.kver)
+      return peermem.find_nvidia(r.opt.NVIDIA_ROOT, r.kver, r:kmod())
     end)
     log.info("await: OFED headers %s, NVIDIA %s (%s)", r.ofed.ofa_kernel, r.nvidia.version, r.nvidia.ko)
     r:build_input(r.ofed.symvers)

@@ -8,11 +8,10 @@
 --   drvrun recipes/ubuntu-ofed.lua OFED_SHA256=<sha256 of the bundle>
 --   drvrun --plan recipes/ubuntu-ofed.lua
 local distro = require "drv.distro"
-local kmod = require "drv.kmod"
 local fs = require "drv.fs"
 
-local function loaded(names)
-  local ctx, found = kmod.new(), {}
+local function loaded(r, names)
+  local ctx, found = r:kmod(), {}
   for _, n in ipairs(names) do
     if ctx:state(n) then found[#found + 1] = n end
   end
@@ -71,10 +70,14 @@ return {
 
   expose = "${EXPOSE_PATH}",
 
-  -- Refuse before changing anything while storage modules use the stack.
+  -- Refuse before changing anything: no checksum, or storage modules use the stack.
   prepare = function(r)
+    if r.opt.OFED_SHA256 == "" then
+      r:fail("OFED_SHA256 is not set: give the sha256 of %s (sha256sum FILE), as OFED_SHA256=... or in the "
+             .. "environment", r.opt.OFED_URL)
+    end
     if r.opt.UNLOAD_STORAGE_MODULES or r.opt.BUILD_ONLY then return end
-    local busy = loaded(r.opt.STORAGE_MODULES)
+    local busy = loaded(r, r.opt.STORAGE_MODULES)
     if #busy > 0 then
       r:fail("storage modules are loaded and use the RDMA stack: %s. Unload them, or set "
              .. "UNLOAD_STORAGE_MODULES=true to let the reload unload them", table.concat(busy, ", "))

@@ -1,6 +1,6 @@
 --- drv.recipe: load a recipe and run it through the driver-container lifecycle.
 --
--- await -> prepare -> build -> install -> load -> expose -> ready -> (wait for a signal) -> stop
+-- prepare -> await -> build -> install -> load -> expose -> ready -> (wait for a signal) -> stop
 --
 -- Every recipe gets the same guarantees: a host-wide lock around every change
 -- (install to ready, and stop) but not around waiting or building; ready files
@@ -27,8 +27,8 @@ local fs = require "drv.fs"
 local sys = require "drv.sys"
 local log = require "drv.log"
 
-local PHASES = { "await", "prepare", "build", "install", "load", "expose", "ready" }
-local BUILD_PHASES = { "await", "prepare", "build", "install" }
+local PHASES = { "prepare", "await", "build", "install", "load", "expose", "ready" }
+local BUILD_PHASES = { "prepare", "await", "build", "install" }
 
 -- Fields a recipe may have: the types each may be, and whether it is required.
 -- `stack` and `sources` may be functions of the run, for choices made by options.
@@ -194,6 +194,14 @@ end
 local function ok_or_fail(r, what, ok, err)
   if not ok then r:fail("%s: %s", what, err) end
   return ok
+end
+
+--- A libkmod context on the running kernel's modules, or fail saying what to mount.
+function Run:kmod()
+  local ctx, err = kmod.new()
+  if not ctx then self:fail("cannot read the running kernel's modules: %s. Mount the host's /lib/modules "
+                            .. "into the container", err) end
+  return ctx
 end
 
 --- Build with kbuild for this run's kernel; installs headers first when needed.
@@ -399,7 +407,7 @@ end
 -- Refuse now, before anything changes, when the reload could not happen.
 local function check_blockers(r)
   if r.opt.BUILD_ONLY then return end
-  local live = stack.snapshot(kmod.new())
+  local live = stack.snapshot(r:kmod())
   local plan = stack.plan(r.stack, live, { also = r.unload_also })
   if #plan.blockers > 0 then r:fail("cannot reload the driver stack: %s", table.concat(plan.blockers, "; ")) end
 end
@@ -455,7 +463,7 @@ end
 
 function phase.install(r)
   if not r.opt.BUILD_ONLY then
-    local ctx = kmod.new()
+    local ctx = r:kmod()
     local names = {}
     for _, n in ipairs(graph.sorted(r.stack)) do
       if ctx:state(n) then names[#names + 1] = n end
@@ -504,7 +512,7 @@ end
 
 function phase.load(r)
   if r.recipe.before_load then r.recipe.before_load(r) end
-  local ctx = kmod.new()
+  local ctx = r:kmod()
   local want = built_srcversions(r)
   if stack.verify(ctx, want) then
     log.info("load: the built stack is already loaded (srcversions match); no reload")
@@ -527,7 +535,7 @@ function phase.load(r)
   remove_blacklist(r, bl)
   if not ok then r:fail("reload: %s", down_or_err) end
   log.info("load: the stack was down for %.3f s", down_or_err)
-  local good, bad = stack.verify(kmod.new(), want)
+  local good, bad = stack.verify(r:kmod(), want)
   if not good then r:fail("verify: %s", table.concat(bad, "; ")) end
   r.reloaded = true
   if r.recipe.after_load then r.recipe.after_load(r) end
@@ -554,7 +562,7 @@ local function ready_content(r)
     "recipe=" .. r.recipe.name, "version=" .. r.recipe.version, "kernel=" .. r.kver,
     "boot_id=" .. (sys.boot_id() or "unknown"), "time=" .. os.date("!%Y-%m-%dT%H:%M:%SZ"),
   }
-  local ctx = kmod.new()
+  local ctx = r:kmod()
   for _, name in ipairs(graph.flatten(assert(graph.levels(r.stack)))) do
     local st = ctx:state(name)
     lines[#lines + 1] = ("module=%s srcversion=%s"):format(name, st and st.srcversion or "none")
@@ -667,7 +675,7 @@ local function wait_for_signal(r)
       log.info("received SIG%s", sig)
       return true
     end
-    local good, bad = stack.verify(kmod.new(), want)
+    local good, bad = stack.verify(r:kmod(), want)
     if not good then
       log.error("watch: the driver is not loaded as built any more (%s): no longer ready; stopping, so that "
                 .. "the container is restarted and loads it again", table.concat(bad, "; "))
