@@ -58,3 +58,47 @@ describe("recipes", function()
     assert.matches("load 1: mlx_compat", r.stdout, nil, true)
   end)
 end)
+
+describe("a recipe built from a local directory (BUILD_ONLY, for the installed kernel)", function()
+  local kver = assert(fs.dir("/lib/modules"))[1]
+  local dir, src, input, recipe
+
+  setup(function()
+    dir = fs.tmpdir("dirsrc")
+    src, input = dir .. "/src", dir .. "/input.symvers"
+    assert(fs.mkdir(src))
+    assert(fs.write(src .. "/Kbuild", "obj-m := hello.o\n"))
+    assert(fs.write(src .. "/hello.c", '#include <linux/module.h>\nMODULE_LICENSE("GPL");\n'))
+    assert(fs.write(input, "v1\n"))
+    recipe = dir .. "/hello.lua"
+    assert(fs.write(recipe, ([[
+return {
+  name = "hello", version = "1",
+  options = { SRC = { default = "", doc = "source dir" }, INPUT = { default = "", doc = "a build input" } },
+  stack = function() return { hello = {} } end,
+  sources = function(r) return { src = { path = r.opt.SRC } } end,
+  await = function(r) r:build_input(r.opt.INPUT) end,
+  build = function(r) return r:kbuild { src = r:extract(r.sources.src) } end,
+}]])))
+  end)
+
+  local function build()
+    local r = assert(proc.run({ os.getenv("DRVRUN"), recipe, "BUILD_ONLY=true", "KVER=" .. kver, "ROOT=" .. dir .. "/root",
+                                "CACHE_DIR=" .. dir .. "/cache", "SRC=" .. src, "INPUT=" .. input }))
+    assert.equal(0, r.status, r.stderr)
+    return r.stderr
+  end
+
+  it("builds a copy (the directory stays clean), then reuses the build until the sources or inputs change", function()
+    local log = build()
+    assert.matches("build src for " .. kver, log, nil, true)
+    assert.is_true(fs.exists(("%s/root/lib/modules/%s/updates/hello/hello.ko"):format(dir, kver)))
+    assert.same({ "Kbuild", "hello.c" }, (function() local l = fs.dir(src) table.sort(l) return l end)())
+    assert.matches("build: cache hit", build(), nil, true)
+    assert(fs.write(src .. "/hello.c", '#include <linux/module.h>\nMODULE_LICENSE("GPL");\nMODULE_VERSION("2");\n'))
+    assert.is_nil(build():find("cache hit", 1, true), "a changed source file is rebuilt")
+    assert.matches("build: cache hit", build(), nil, true)
+    assert(fs.write(input, "v2\n"))
+    assert.is_nil(build():find("cache hit", 1, true), "a changed build input is rebuilt")
+  end)
+end)
