@@ -761,6 +761,42 @@ static int kmod_l_modinfo(lua_State *L)
 	return 1;
 }
 
+/* { [symbol] = crc } of a .ko: what it needs (__versions) or what it exports. */
+static int kmod_crc_table(lua_State *L, int exported)
+{
+	const char *path = luaL_checkstring(L, 1);
+	struct kmod_list *list = NULL, *l;
+	struct kmod_ctx *ctx;
+	struct kmod_module *mod = kmod_open_file(L, path, &ctx);
+	int err;
+
+	if (!mod)
+		return 3;
+	err = exported ? kmod_module_get_symbols(mod, &list) : kmod_module_get_versions(mod, &list);
+	if (err < 0) {
+		kmod_module_unref(mod);
+		kmod_unref(ctx);
+		return drv_fail(L, -err, "%s: %s", path, strerror(-err));
+	}
+	lua_newtable(L);
+	kmod_list_foreach(l, list) {
+		if (exported) {
+			lua_pushinteger(L, (lua_Integer)kmod_module_symbol_get_crc(l));
+			lua_setfield(L, -2, kmod_module_symbol_get_symbol(l));
+		} else {
+			lua_pushinteger(L, (lua_Integer)kmod_module_version_get_crc(l));
+			lua_setfield(L, -2, kmod_module_version_get_symbol(l));
+		}
+	}
+	if (exported)
+		kmod_module_symbols_free_list(list);
+	else
+		kmod_module_versions_free_list(list);
+	kmod_module_unref(mod);
+	kmod_unref(ctx);
+	return 1;
+}
+
 /***
  * The symbol CRCs a .ko was built against (its __versions section).
  * @function versions
@@ -771,29 +807,20 @@ static int kmod_l_modinfo(lua_State *L)
  */
 static int kmod_l_versions(lua_State *L)
 {
-	const char *path = luaL_checkstring(L, 1);
-	struct kmod_list *list = NULL, *l;
-	struct kmod_ctx *ctx;
-	struct kmod_module *mod = kmod_open_file(L, path, &ctx);
-	int err;
+	return kmod_crc_table(L, 0);
+}
 
-	if (!mod)
-		return 3;
-	err = kmod_module_get_versions(mod, &list);
-	if (err < 0) {
-		kmod_module_unref(mod);
-		kmod_unref(ctx);
-		return drv_fail(L, -err, "%s: %s", path, strerror(-err));
-	}
-	lua_newtable(L);
-	kmod_list_foreach(l, list) {
-		lua_pushinteger(L, (lua_Integer)kmod_module_version_get_crc(l));
-		lua_setfield(L, -2, kmod_module_version_get_symbol(l));
-	}
-	kmod_module_versions_free_list(list);
-	kmod_module_unref(mod);
-	kmod_unref(ctx);
-	return 1;
+/***
+ * The symbols a .ko exports, with their CRCs (0 without CONFIG_MODVERSIONS).
+ * @function symbols
+ * @tparam string path
+ * @treturn[1] table `{ [symbol] = crc (integer) }`
+ * @treturn[2] nil, string message, integer errno
+ * @see kmod_module_get_symbols(3)
+ */
+static int kmod_l_symbols(lua_State *L)
+{
+	return kmod_crc_table(L, 1);
 }
 
 /* ---- one dependency level at a time, concurrently ------------------------ */
@@ -1006,6 +1033,7 @@ static const luaL_Reg kmod_funcs[] = {
 	{ "new", kmod_l_new },
 	{ "modinfo", kmod_l_modinfo },
 	{ "versions", kmod_l_versions },
+	{ "symbols", kmod_l_symbols },
 	{ "insert_many", kmod_l_insert_many },
 	{ "remove_many", kmod_l_remove_many },
 	{ NULL, NULL }

@@ -8,11 +8,10 @@
 --   drvrun recipes/ubuntu-ofed.lua OFED_SHA256=<sha256 of the bundle>
 --   drvrun --plan recipes/ubuntu-ofed.lua
 local distro = require "drv.distro"
-local kmod = require "drv.kmod"
 local fs = require "drv.fs"
 
-local function loaded(names)
-  local ctx, found = kmod.new(), {}
+local function loaded(r, names)
+  local ctx, found = r:kmod(), {}
   for _, n in ipairs(names) do
     if ctx:state(n) then found[#found + 1] = n end
   end
@@ -71,23 +70,31 @@ return {
 
   expose = "${EXPOSE_PATH}",
 
-  -- Refuse before changing anything while storage modules use the stack.
+  -- Refuse before changing anything: no checksum, or storage modules use the stack.
   prepare = function(r)
+    if r.opt.OFED_SHA256 == "" then
+      r:fail("OFED_SHA256 is not set: give the sha256 of %s (sha256sum FILE), as OFED_SHA256=... or in the "
+             .. "environment", r.opt.OFED_URL)
+    end
     if r.opt.UNLOAD_STORAGE_MODULES or r.opt.BUILD_ONLY then return end
-    local busy = loaded(r.opt.STORAGE_MODULES)
+    local busy = loaded(r, r.opt.STORAGE_MODULES)
     if #busy > 0 then
       r:fail("storage modules are loaded and use the RDMA stack: %s. Unload them, or set "
              .. "UNLOAD_STORAGE_MODULES=true to let the reload unload them", table.concat(busy, ", "))
     end
   end,
 
+  -- Modules unloaded with the stack, and why (the log says it when it happens).
   unload_also = function(r)
-    local also = {}
-    for _, list in ipairs { r.opt.AUX_MODULES, r.opt.PEERMEM_MODULES,
-                            r.opt.UNLOAD_STORAGE_MODULES and r.opt.STORAGE_MODULES or {} } do
-      for _, n in ipairs(list) do also[#also + 1] = n end
+    local also, why = {}, {}
+    local function add(list, reason)
+      for _, n in ipairs(list) do also[#also + 1], why[n] = n, reason end
     end
-    return also
+    add(r.opt.AUX_MODULES, "an auxiliary module of the stack")
+    add(r.opt.PEERMEM_MODULES, "a peer-memory client of ib_core, which is being replaced "
+                               .. "(its own container loads it back against the new stack)")
+    if r.opt.UNLOAD_STORAGE_MODULES then add(r.opt.STORAGE_MODULES, "a storage module (UNLOAD_STORAGE_MODULES=true)") end
+    return also, why
   end,
 
   blacklist = function(r) return r.opt.BLACKLIST end,

@@ -77,6 +77,16 @@ describe("drv.kmod lookups", function()
     assert.same({ nil, "/nonexistent.ko: No such file or directory", E.ENOENT }, { kmod.modinfo("/nonexistent.ko") })
   end)
 
+  it("reads the CRCs a .ko exports, which match what its users were built against", function()
+    local exported = assert(kmod.symbols(assert(ctx:info("ib_core")).path))
+    local wanted = assert(kmod.versions(assert(ctx:info("ib_umad")).path))
+    assert.is_true(exported.ib_register_client ~= 0, "the Debian kernel has CONFIG_MODVERSIONS")
+    assert.equal(exported.ib_register_client, wanted.ib_register_client)
+    assert.is_nil(exported.printk, "only its own exports")
+    assert.same({ nil, "/nonexistent.ko: No such file or directory", E.ENOENT }, { kmod.symbols("/nonexistent.ko") })
+    assert.has_error(function() kmod.symbols() end, "bad argument #1 to 'symbols' (string expected, got no value)")
+  end)
+
   it("names an unknown module, the directory and the fix", function()
     assert.same({ nil, "no_such_module: module not found in " .. dirname .. " (run depmod, or check the name)",
                   E.ENOENT }, { ctx:info("no_such_module") })

@@ -48,6 +48,10 @@ describe("drv.options.resolve", function()
     end
   end)
 
+  it("checks the pattern of a value that is set, not of an empty one", function()
+    assert.equal("", assert(options.resolve(specs, { SHA = "" }, env {})).SHA)
+  end)
+
   it("reports a reference to an unset option", function()
     local o, err = options.resolve({ A = { default = "${B}", doc = "a" } }, {}, env {})
     assert.is_nil(o)

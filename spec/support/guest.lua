@@ -30,7 +30,7 @@ function M.proc_line(name)
 end
 
 M.RDMA = { "mlx_compat", "ib_core", "ib_uverbs", "ib_umad", "ib_cm", "iw_cm", "rdma_cm", "rdma_ucm",
-           "ib_ipoib", "mlx5_core", "mlx5_ib", "nv_peer_mem", "nvidia", "rpcrdma", "ib_isert",
+           "ib_ipoib", "mlx5_core", "mlx5_ib", "nv_peer_mem", "nvidia_peermem", "nvidia", "rpcrdma", "ib_isert",
            "mlxfw", "psample", "pci_hyperv_intf" }
 
 --- Unload every RDMA-related module (inbox or fixture), holders first.

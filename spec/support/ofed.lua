@@ -15,7 +15,7 @@ M.JOURNAL = "/run/drvrun/ubuntu-ofed.journal"
 M.STACK = { "mlx_compat", "ib_core", "ib_uverbs", "ib_umad", "ib_cm", "iw_cm", "rdma_cm", "rdma_ucm", "ib_ipoib",
             "mlx5_core", "mlx5_ib" }
 
-local function sha_of(name)
+function M.sha_of(name)
   for line in io.lines(guest.fixtures .. "/SHA256SUMS") do
     local sha, file = line:match("^(%x+)%s+(%S+)$")
     if file == name then return sha end
@@ -31,7 +31,7 @@ function M.setup()
                     sys.uname().release }).status == 0)
   env.bundle = assert(fs.glob(guest.fixtures .. "/sim-ofed-[0-9]*.tgz"))[1]:match("[^/]+$")
   env.broken = assert(fs.glob(guest.fixtures .. "/sim-ofed-broken-*.tgz"))[1]:match("[^/]+$")
-  env.sha, env.broken_sha = sha_of(env.bundle), sha_of(env.broken)
+  env.sha, env.broken_sha = M.sha_of(env.bundle), M.sha_of(env.broken)
   -- the "host" side of the shared path, as with mountPropagation: Bidirectional
   assert(fs.mkdir(M.EXPOSE))
   local mount = require "drv.mount"
@@ -52,22 +52,26 @@ end
 
 M.running = {}
 
---- Start the recipe in its own mount namespace; returns the process and its log path.
-function M.start(env, args)
-  for _, f in ipairs(M.READY) do assert(not fs.exists(f), "stale ready file " .. f) end
+--- Start `recipe` as a driver container would be: in its own mount namespace
+-- (mounts propagate from this one); returns the process and its log path.
+function M.start_recipe(recipe, args)
   local log = os.tmpname()
-  local argv = { "unshare", "-m", "--propagation", "unchanged", os.getenv("DRVRUN"), "recipes/ubuntu-ofed.lua",
-                 "OFED_URL=" .. env.server:url(env.bundle), "OFED_SHA256=" .. env.sha,
-                 "BLACKLIST_FILE=" .. M.BLACKLIST, "CACHE_DIR=" .. (env.cache or M.fresh_cache()),
-                 "LOCK_TIMEOUT=30" }
-  for _, a in ipairs(args or {}) do argv[#argv + 1] = a end
-  table.insert(argv, 1, "sh")
-  table.insert(argv, 2, "-c")
-  table.insert(argv, 3, 'exec "$@" > "$0" 2>&1')
-  table.insert(argv, 4, log)
+  local argv = { "sh", "-c", 'exec "$@" > "$0" 2>&1', log,
+                 "unshare", "-m", "--propagation", "unchanged", os.getenv("DRVRUN"), recipe }
+  for _, a in ipairs(args) do argv[#argv + 1] = a end
   local p = assert(proc.spawn(argv))
   M.running[#M.running + 1] = p
   return p, log
+end
+
+--- Start the OFED recipe; returns the process and its log path.
+function M.start(env, args)
+  for _, f in ipairs(M.READY) do assert(not fs.exists(f), "stale ready file " .. f) end
+  local argv = { "OFED_URL=" .. env.server:url(env.bundle), "OFED_SHA256=" .. env.sha,
+                 "BLACKLIST_FILE=" .. M.BLACKLIST, "CACHE_DIR=" .. (env.cache or M.fresh_cache()),
+                 "LOCK_TIMEOUT=30" }
+  for _, a in ipairs(args or {}) do argv[#argv + 1] = a end
+  return M.start_recipe("recipes/ubuntu-ofed.lua", argv)
 end
 
 --- Stop whatever a failed spec left running (TERM, so it cleans up, then KILL).

@@ -30,8 +30,8 @@ local function last_lines(text, n)
   return table.concat(lines, "\n")
 end
 
---- Every `*.ko` below dir, sorted.
-function M.find_modules(dir)
+--- Every regular file below dir whose name matches `pattern` (default: all), sorted.
+function M.find_files(dir, pattern)
   local found = {}
   local function walk(d)
     for _, name in ipairs(assert(fs.dir(d))) do
@@ -39,7 +39,7 @@ function M.find_modules(dir)
       local st = fs.lstat(path)
       if st and st.type == "directory" then
         walk(path)
-      elseif st and st.type == "file" and name:match("%.ko$") then
+      elseif st and st.type == "file" and (not pattern or name:match(pattern)) then
         found[#found + 1] = path
       end
     end
@@ -49,11 +49,9 @@ function M.find_modules(dir)
   return found
 end
 
-local function describe(path)
-  local info, err, errno = kmod.modinfo(path)
-  if not info then return nil, err, errno end
-  return { name = info.name, path = path, srcversion = info.srcversion,
-           vermagic = info.vermagic, version = info.version, depends = info.depends }
+--- Every `*.ko` below dir, sorted.
+function M.find_modules(dir)
+  return M.find_files(dir, "%.ko$")
 end
 
 local function check_vermagic(mod, kver)
@@ -62,6 +60,22 @@ local function check_vermagic(mod, kver)
     return nil, ("%s: built for kernel %s, not %s"):format(mod.path, tostring(release), kver), ENOEXEC
   end
   return true
+end
+
+--- Describe a built module file, as `kbuild` does for each it built; with
+-- `kver`, fail unless it was built for that kernel.
+-- @treturn[1] table `{ name, path, srcversion, vermagic, version, depends }`
+-- @treturn[2] nil, message, errno
+function M.describe(path, kver)
+  local info, err, errno = kmod.modinfo(path)
+  if not info then return nil, err, errno end
+  local mod = { name = info.name, path = path, srcversion = info.srcversion,
+                vermagic = info.vermagic, version = info.version, depends = info.depends }
+  if kver then
+    local ok, verr, verrno = check_vermagic(mod, kver)
+    if not ok then return nil, verr, verrno end
+  end
+  return mod
 end
 
 local function build_argv(o)
@@ -126,10 +140,8 @@ function M.kbuild(o)
   end
   local modules = {}
   for _, path in ipairs(M.find_modules(o.src)) do
-    local mod, merr, merrno = describe(path)
+    local mod, merr, merrno = M.describe(path, o.kver)
     if not mod then return nil, merr, merrno end
-    local ok, verr, verrno = check_vermagic(mod, o.kver)
-    if not ok then return nil, verr, verrno end
     modules[#modules + 1] = mod
   end
   if #modules == 0 then

@@ -43,7 +43,7 @@ local function convert(name, spec, raw, origin)
     for _, c in ipairs(spec.choices) do if c == raw then return raw end end
     return bad(("'%s' is not one of: %s"):format(raw, table.concat(spec.choices, ", ")))
   end
-  if spec.pattern and not raw:match(spec.pattern) then
+  if spec.pattern and raw ~= "" and not raw:match(spec.pattern) then -- "": not set
     return bad(("'%s' is malformed (expected %s)"):format(raw, spec.doc or spec.pattern))
   end
   return raw

@@ -1,13 +1,15 @@
 --- drv.recipe: load a recipe and run it through the driver-container lifecycle.
 --
--- prepare -> build -> install -> load -> expose -> ready -> (wait for a signal) -> stop
+-- prepare -> await -> build -> install -> load -> expose -> ready -> (wait for a signal) -> stop
 --
--- Every recipe gets the same guarantees: a host-wide lock before the first
--- change; ready files removed at start, written atomically only after every
--- module is verified loaded, removed first on stop; a journal of host changes
--- that stop (or the next run, after a crash) undoes in reverse; signals stop
--- the current phase and run stop; one log line when a phase starts and one
--- when it ends. See doc/recipes.md.
+-- Every recipe gets the same guarantees: a host-wide lock around every change
+-- (install to ready, and stop) but not around waiting or building; ready files
+-- removed at start, written atomically only after every module is verified
+-- loaded, removed first on stop, and removed (the run ends) when the modules
+-- are unloaded behind its back; a journal of host changes that stop (or the
+-- next run, after a crash) undoes in reverse; signals stop the current phase
+-- and run stop; one log line when a phase starts and one when it ends.
+-- See doc/recipes.md.
 local M = {}
 
 local config = require "drv.config"
@@ -25,15 +27,17 @@ local fs = require "drv.fs"
 local sys = require "drv.sys"
 local log = require "drv.log"
 
-local PHASES = { "prepare", "build", "install", "load", "expose", "ready" }
+local PHASES = { "prepare", "await", "build", "install", "load", "expose", "ready" }
+local BUILD_PHASES = { "prepare", "await", "build", "install" }
 
--- Fields a recipe may have: the type each must be, and whether it is required.
+-- Fields a recipe may have: the types each may be, and whether it is required.
+-- `stack` and `sources` may be functions of the run, for choices made by options.
 local FIELDS = {
   name = { "string", true }, version = { "string", true }, description = { "string", false },
-  options = { "table", false }, stack = { "table", true }, sources = { "table", false },
-  prepare = { "function", false }, build = { "function", false }, install = { "function", false },
-  after_load = { "function", false }, stop = { "function", false },
-  unload_also = { "function", false }, blacklist = { "function", false },
+  options = { "table", false }, stack = { "table|function", true }, sources = { "table|function", false },
+  await = { "function", false }, prepare = { "function", false }, build = { "function", false },
+  install = { "function", false }, before_load = { "function", false }, after_load = { "function", false },
+  stop = { "function", false }, unload_also = { "function", false }, blacklist = { "function", false },
   expose = { "string", false }, module_options = { "function", false },
 }
 
@@ -48,6 +52,10 @@ local COMMON = {
   LOCK_FILE = { default = "/run/drvrun/host.lock", doc = "host-wide lock: one driver reload at a time" },
   LOCK_TIMEOUT = { type = "integer", default = 600, doc = "seconds to wait for the host-wide lock" },
   READY_FILES = { type = "list", default = "/.driver-ready", doc = "files written when the driver is ready" },
+  AWAIT_TIMEOUT = { type = "integer", default = 2400,
+                    doc = "seconds to wait for what the recipe needs (other driver containers)" },
+  WATCH_INTERVAL = { type = "integer", default = 10,
+                     doc = "while ready, seconds between checks that the modules are still loaded (0: never)" },
   STOP_TIMEOUT = { type = "integer", default = 120, doc = "seconds stop may take before it gives up" },
   BUILD_TIMEOUT = { type = "integer", default = 3600, doc = "seconds a build may take" },
   BUILD_JOBS = { type = "integer", default = 0, doc = "parallel build jobs (0: one per CPU)" },
@@ -56,6 +64,32 @@ local COMMON = {
 
 local Cancel = {} -- metatable of the error raised when a signal cancels a phase
 
+local function check_stack(modules, level)
+  if type(modules) ~= "table" then error("recipe field 'stack': table expected, got " .. type(modules), level) end
+  for name, deps in pairs(modules) do
+    if type(name) ~= "string" or type(deps) ~= "table" then
+      error("recipe field 'stack': { module = { dependencies... } } expected", level)
+    end
+  end
+  local _, err = graph.levels(modules)
+  if err then error("recipe field 'stack': " .. err, level) end
+end
+
+local function check_sources(sources, level)
+  if type(sources) ~= "table" then error("recipe field 'sources': table expected, got " .. type(sources), level) end
+  for key, src in pairs(sources) do
+    local where = ("recipe field 'sources.%s'"):format(tostring(key))
+    if type(src) ~= "table" then error(where .. ": table expected", level) end
+    if (src.url == nil) == (src.path == nil) then
+      error(where .. ": { url = ..., sha256 = ... } or { path = ... } expected", level)
+    end
+    if src.url ~= nil and (type(src.url) ~= "string" or type(src.sha256) ~= "string") then
+      error(where .. ": url and sha256 must be strings", level)
+    end
+    if src.path ~= nil and type(src.path) ~= "string" then error(where .. ": path must be a string", level) end
+  end
+end
+
 --- Check a recipe table; raises naming the field at fault.
 function M.check(recipe, level)
   level = (level or 1) + 1
@@ -63,20 +97,15 @@ function M.check(recipe, level)
   for key, value in pairs(recipe) do
     local f = FIELDS[key]
     if not f then error(("recipe: unknown field '%s'"):format(tostring(key)), level) end
-    if type(value) ~= f[1] then
-      error(("recipe field '%s': %s expected, got %s"):format(key, f[1], type(value)), level)
+    if not ("|" .. f[1] .. "|"):find("|" .. type(value) .. "|", 1, true) then
+      error(("recipe field '%s': %s expected, got %s"):format(key, f[1]:gsub("|", " or "), type(value)), level)
     end
   end
   for key, f in pairs(FIELDS) do
     if f[2] and recipe[key] == nil then error(("recipe: missing field '%s'"):format(key), level) end
   end
-  for name, deps in pairs(recipe.stack) do
-    if type(name) ~= "string" or type(deps) ~= "table" then
-      error("recipe field 'stack': { module = { dependencies... } } expected", level)
-    end
-  end
-  local _, err = graph.levels(recipe.stack)
-  if err then error("recipe field 'stack': " .. err, level) end
+  if type(recipe.stack) == "table" then check_stack(recipe.stack, level) end
+  if type(recipe.sources) == "table" then check_sources(recipe.sources, level) end
   options.check_specs(recipe.options or {}, level)
   return recipe
 end
@@ -92,12 +121,26 @@ end
 local Run = {}
 Run.__index = Run
 
+-- A field that may be a function of the run (stack, sources): its value for this run.
+local function resolve_field(r, key, check)
+  local v = r.recipe[key]
+  if type(v) == "function" then
+    v = v(r)
+    check(v, 4)
+  end
+  return v
+end
+
 local function new_run(recipe, opt)
-  local r = setmetatable({ recipe = recipe, opt = opt, sources = {}, built = nil }, Run)
+  local r = setmetatable({ recipe = recipe, opt = opt, sources = {}, inputs = {}, built = nil }, Run)
   r.kver = opt.KVER or sys.uname().release
   r.root = opt.ROOT
   r.cache = ("%s/%s"):format(opt.CACHE_DIR, recipe.name)
   r.journal = journal.new(("%s/%s.journal"):format(opt.STATE_DIR, recipe.name))
+  r.stack = resolve_field(r, "stack", check_stack)
+  r.source_specs = resolve_field(r, "sources", check_sources) or {}
+  local also, why = (recipe.unload_also or function() end)(r)
+  r.unload_also, r.unload_why = also or {}, why or {}
   return r
 end
 
@@ -107,13 +150,15 @@ function Run:path(p)
   return self.root .. p
 end
 
+local function cancel(r, sig)
+  r.cancelled = sig
+  error(setmetatable({ signal = sig }, Cancel), 0)
+end
+
 --- Raise a cancel when a signal has arrived.
 function Run:check_cancel()
   local sig = self.signals and self.signals:poll()
-  if sig then
-    self.cancelled = sig
-    error(setmetatable({ signal = sig }, Cancel), 0)
-  end
+  if sig then cancel(self, sig) end
 end
 
 --- Fail the current phase with a message for the operator.
@@ -121,9 +166,42 @@ function Run.fail(_, fmt, ...)
   error(select("#", ...) > 0 and fmt:format(...) or fmt, 0)
 end
 
+local AWAIT_PROGRESS_EVERY = 10 -- seconds between "still waiting" lines
+
+--- Wait until `check()` returns a true value (which is returned), polling every
+-- second, with a progress line every 10 s; fails at `timeout` (default
+-- AWAIT_TIMEOUT) with `what` and the last reason `check` gave (`nil, reason`).
+function Run:wait_for(what, check, timeout)
+  timeout = timeout or self.opt.AWAIT_TIMEOUT
+  local t0 = sys.monotonic()
+  local last_said = t0
+  local value, reason = check()
+  while not value do
+    local waited = sys.monotonic() - t0
+    if waited >= timeout then self:fail("%s: still not there after %d s: %s", what, timeout, reason or "?") end
+    if sys.monotonic() - last_said >= AWAIT_PROGRESS_EVERY then
+      last_said = sys.monotonic()
+      log.info("await: %s: waiting (%.0f s of %d s): %s", what, waited, timeout, reason or "?")
+    end
+    local sig = self.signals and self.signals:wait(math.min(1, timeout - waited))
+    if sig then cancel(self, sig) end
+    value, reason = check()
+  end
+  if sys.monotonic() - t0 >= 1 then log.info("await: %s: there after %.0f s", what, sys.monotonic() - t0) end
+  return value
+end
+
 local function ok_or_fail(r, what, ok, err)
   if not ok then r:fail("%s: %s", what, err) end
   return ok
+end
+
+--- A libkmod context on the running kernel's modules, or fail saying what to mount.
+function Run:kmod()
+  local ctx, err = kmod.new()
+  if not ctx then self:fail("cannot read the running kernel's modules: %s. Mount the host's /lib/modules "
+                            .. "into the container", err) end
+  return ctx
 end
 
 --- Build with kbuild for this run's kernel; installs headers first when needed.
@@ -152,33 +230,57 @@ function Run:ensure_headers(kdir, kver)
   end
 end
 
---- Extract an archive into a fresh directory under the build area; returns the directory.
+--- Extract an archive (or copy a source directory; `o` is then ignored) into a
+-- fresh directory under the build area; returns the directory.
 function Run:extract(path, o)
-  local dir = ("%s/%s/work/%s"):format(self.cache, self.kver, (path:match("[^/]+$"):gsub("%.t[agx]z$", "")))
+  local name = path:gsub("/+$", ""):match("[^/]+$"):gsub("%.tar%.[gx]z$", ""):gsub("%.t[agx]z$", "")
+  local dir = ("%s/%s/work/%s"):format(self.cache, self.kver, name)
   fs.remove(dir, { recursive = true, missing_ok = true })
+  local st = fs.stat(path)
+  if st and st.type == "directory" then
+    ok_or_fail(self, "extract", fs.mkdir(dir:match("^(.*)/")))
+    self:copy_tree(path, dir)
+    return dir
+  end
   ok_or_fail(self, "extract", fs.mkdir(dir))
   local res, err = archive.extract(path, dir, o)
   ok_or_fail(self, "extract " .. path, res, err)
   return dir
 end
 
--- Sources: fetched into the cache, skipped when present with the right checksum.
+local function fetch_source(r, key, src, dir)
+  local url, sha = r:expand(src.url), r:expand(src.sha256)
+  local dest = dir .. "/" .. url:match("([^/?#]+)[^/]*$")
+  if sha ~= "" and fs.sha256(dest) == sha then
+    log.info("source %s: %s already in the cache", key, dest)
+  else
+    local res, err = fetch.get(url, dest, { sha256 = sha ~= "" and sha or nil, resume = true })
+    ok_or_fail(r, "fetch " .. key, res, err)
+  end
+  return dest
+end
+
+-- Sources: fetched into the cache, skipped when present with the right
+-- checksum; a `path` source (a local file or directory) is used where it is.
 local function fetch_sources(r)
   local dir = r.cache .. "/sources"
   ok_or_fail(r, "cache " .. dir, fs.mkdir(dir))
-  for key, src in pairs(r.recipe.sources or {}) do
-    local url = r:expand(src.url)
-    local sha = r:expand(src.sha256)
-    local dest = dir .. "/" .. url:match("([^/?#]+)[^/]*$")
-    if sha ~= "" and fs.sha256(dest) == sha then
-      log.info("source %s: %s already in the cache", key, dest)
+  for key, src in pairs(r.source_specs) do
+    if src.path then
+      local path = r:expand(src.path)
+      if not fs.exists(path) then r:fail("source %s: %s does not exist", key, path) end
+      r.sources[key] = path
     else
-      local res, err = fetch.get(url, dest, { sha256 = sha ~= "" and sha or nil, resume = true })
-      ok_or_fail(r, "fetch " .. key, res, err)
+      r.sources[key] = fetch_source(r, key, src, dir)
     end
-    r.sources[key] = dest
     r:check_cancel()
   end
+end
+
+--- Declare a file or directory the build depends on besides the sources (a
+-- Module.symvers it links against): its content is part of the build cache key.
+function Run:build_input(path)
+  self.inputs[#self.inputs + 1] = path
 end
 
 --- Expand `${OPTION}` references in s.
@@ -192,11 +294,28 @@ end
 
 -- The build cache: one directory per kernel, one entry per build key. The key
 -- is readable text kept in the manifest; its directory is named by a short hash.
+local function short_hash(s) -- FNV-1a, 64 bits: names a directory, not a security check
+  local h = 0xcbf29ce484222325
+  for i = 1, #s do h = (h ~ s:byte(i)) * 0x100000001b3 end
+  return ("%016x"):format(h)
+end
+
+-- What a source's content is, for the cache key: a file's sha256, a directory's
+-- files with theirs.
+local function content_digest(path)
+  local st = fs.stat(path)
+  if not st or st.type ~= "directory" then return fs.sha256(path) or "?" end
+  local lines = {}
+  for _, f in ipairs(compile.find_files(path)) do lines[#lines + 1] = f:sub(#path + 2) .. " " .. (fs.sha256(f) or "?") end
+  return "tree " .. short_hash(table.concat(lines, "\n"))
+end
+
 local function cache_key(r)
   local parts = { r.recipe.name, r.recipe.version, r.kver }
   for _, key in ipairs(graph.sorted(r.sources)) do
-    parts[#parts + 1] = key .. "=" .. (fs.sha256(r.sources[key]) or "?")
+    parts[#parts + 1] = key .. "=" .. content_digest(r.sources[key])
   end
+  for _, path in ipairs(r.inputs) do parts[#parts + 1] = path .. "=" .. content_digest(path) end
   for _, k in ipairs(graph.sorted(r.recipe.options or {})) do
     if r.recipe.options[k].build then
       local v = r.opt[k]
@@ -204,12 +323,6 @@ local function cache_key(r)
     end
   end
   return table.concat(parts, "\n")
-end
-
-local function short_hash(s) -- FNV-1a, 64 bits: names a directory, not a security check
-  local h = 0xcbf29ce484222325
-  for i = 1, #s do h = (h ~ s:byte(i)) * 0x100000001b3 end
-  return ("%016x"):format(h)
 end
 
 local function cache_load(dir, key)
@@ -266,12 +379,12 @@ end
 local function check_built(r, built)
   local have = {}
   for _, m in ipairs(built) do have[m.name] = m end
-  for name in pairs(r.recipe.stack) do
+  for name in pairs(r.stack) do
     if not have[name] then r:fail("build produced no module %s (the recipe's stack names it)", name) end
     local declared = {}
-    for _, d in ipairs(r.recipe.stack[name]) do declared[d] = true end
+    for _, d in ipairs(r.stack[name]) do declared[d] = true end
     for _, d in ipairs(have[name].depends or {}) do
-      if r.recipe.stack[d] and not declared[d] then
+      if r.stack[d] and not declared[d] then
         log.warn("stack: %s depends on %s, which the recipe does not declare", name, d)
       end
     end
@@ -294,9 +407,13 @@ end
 -- Refuse now, before anything changes, when the reload could not happen.
 local function check_blockers(r)
   if r.opt.BUILD_ONLY then return end
-  local live = stack.snapshot(kmod.new())
-  local plan = stack.plan(r.recipe.stack, live, { also = r.unload_also })
+  local live = stack.snapshot(r:kmod())
+  local plan = stack.plan(r.stack, live, { also = r.unload_also })
   if #plan.blockers > 0 then r:fail("cannot reload the driver stack: %s", table.concat(plan.blockers, "; ")) end
+end
+
+function phase.await(r)
+  if r.recipe.await then r.recipe.await(r) end
 end
 
 function phase.prepare(r)
@@ -346,9 +463,9 @@ end
 
 function phase.install(r)
   if not r.opt.BUILD_ONLY then
-    local ctx = kmod.new()
+    local ctx = r:kmod()
     local names = {}
-    for _, n in ipairs(graph.sorted(r.recipe.stack)) do
+    for _, n in ipairs(graph.sorted(r.stack)) do
       if ctx:state(n) then names[#names + 1] = n end
     end
     for _, n in ipairs(r.unload_also or {}) do
@@ -383,17 +500,30 @@ local function remove_blacklist(r, entry)
   log.info("blacklist: %s removed", entry.path)
 end
 
+-- Modules outside the stack unloaded with it, each with the recipe's reason.
+local function say_why_also(r, plan)
+  local stack_set = r.stack
+  for _, name in ipairs(graph.flatten(plan.unload)) do
+    if not stack_set[name] then
+      log.info("load: unloading %s first: %s", name, r.unload_why[name] or "it uses the stack")
+    end
+  end
+end
+
 function phase.load(r)
-  local ctx = kmod.new()
+  if r.recipe.before_load then r.recipe.before_load(r) end
+  local ctx = r:kmod()
   local want = built_srcversions(r)
   if stack.verify(ctx, want) then
     log.info("load: the built stack is already loaded (srcversions match); no reload")
     r.reloaded = false
     return
   end
-  local plan = stack.plan(r.recipe.stack, stack.snapshot(ctx), { also = r.unload_also })
+  local plan = stack.plan(r.stack, stack.snapshot(ctx), { also = r.unload_also })
   if #plan.blockers > 0 then r:fail("cannot reload the driver stack: %s", table.concat(plan.blockers, "; ")) end
-  log.info("load: unload %s", table.concat(graph.flatten(plan.unload), " "))
+  local unload = graph.flatten(plan.unload)
+  log.info("load: unload %s", #unload > 0 and table.concat(unload, " ") or "nothing (none of the stack is loaded)")
+  say_why_also(r, plan)
   log.info("load: load %s", table.concat(graph.flatten(plan.load), " "))
   local paths = {}
   for _, m in ipairs(r.built) do paths[m.name] = m.installed or m.path end
@@ -405,7 +535,7 @@ function phase.load(r)
   remove_blacklist(r, bl)
   if not ok then r:fail("reload: %s", down_or_err) end
   log.info("load: the stack was down for %.3f s", down_or_err)
-  local good, bad = stack.verify(kmod.new(), want)
+  local good, bad = stack.verify(r:kmod(), want)
   if not good then r:fail("verify: %s", table.concat(bad, "; ")) end
   r.reloaded = true
   if r.recipe.after_load then r.recipe.after_load(r) end
@@ -432,8 +562,8 @@ local function ready_content(r)
     "recipe=" .. r.recipe.name, "version=" .. r.recipe.version, "kernel=" .. r.kver,
     "boot_id=" .. (sys.boot_id() or "unknown"), "time=" .. os.date("!%Y-%m-%dT%H:%M:%SZ"),
   }
-  local ctx = kmod.new()
-  for _, name in ipairs(graph.flatten(assert(graph.levels(r.recipe.stack)))) do
+  local ctx = r:kmod()
+  for _, name in ipairs(graph.flatten(assert(graph.levels(r.stack)))) do
     local st = ctx:state(name)
     lines[#lines + 1] = ("module=%s srcversion=%s"):format(name, st and st.srcversion or "none")
   end
@@ -443,6 +573,8 @@ end
 function phase.ready(r)
   local content = ready_content(r)
   for _, path in ipairs(r.ready_files) do
+    local dir = path:match("^(.+)/[^/]*$")
+    if dir then ok_or_fail(r, "ready " .. path, fs.mkdir(dir)) end
     ok_or_fail(r, "ready " .. path, fs.write(path, content))
   end
   log.info("ready: %s (%.3f s after start)", table.concat(r.ready_files, ", "), sys.monotonic() - r.started)
@@ -463,6 +595,7 @@ end)
 
 journal.define("modules", function(e, o)
   if not e.restore then return true end
+  if o.lost then log.warn("stop: the modules changed behind this run's back: leaving them as they are"); return true end
   if o.hurry then log.warn("stop: second signal: not restoring the inbox modules"); return true end
   log.info("stop: unloading %s and loading the previous modules back", table.concat(e.names, " "))
   return stack.restore(e.names, e.previous)
@@ -488,7 +621,7 @@ local function stop(r)
   end
   -- A second signal, or the deadline, hurries the rest: handlers skip slow work.
   local deadline = t0 + r.opt.STOP_TIMEOUT
-  local o = { hurry = false }
+  local o = { hurry = false, lost = r.lost }
   o.skip = function()
     if not o.hurry and (r.signals:poll() or sys.monotonic() > deadline) then
       log.warn("stop: second signal or deadline: skipping the slow parts")
@@ -502,14 +635,6 @@ local function stop(r)
   return ok
 end
 
-local function recover(r)
-  local old = journal.recover(r.journal.path)
-  if not old or #old.entries == 0 then return end
-  log.warn("recovery: undoing %d changes left by an earlier run that did not stop cleanly", #old.entries)
-  local ok, failures = old:undo_all({ hurry = false })
-  if not ok then r:fail("recovery: %s", table.concat(failures, "; ")) end
-end
-
 local function lock(r)
   ok_or_fail(r, "lock", fs.mkdir(r.opt.LOCK_FILE:match("^(.*)/[^/]*$") or "/"))
   local l, err = sys.lock(r.opt.LOCK_FILE, {
@@ -521,18 +646,45 @@ local function lock(r)
   r.lock = l
 end
 
--- The lock covers changes (start and stop), not the wait between them: other
--- driver containers on the host must be able to reload meanwhile.
+-- The lock covers changes, not waiting or building: other driver containers
+-- on the host must be able to reload meanwhile.
 local function unlock(r)
   if r.lock then r.lock:unlock() end
   r.lock = nil
 end
 
-local function wait_for_signal(r)
+local function recover(r)
+  local old = journal.recover(r.journal.path)
+  if not old or #old.entries == 0 then return end
+  lock(r) -- another container may be mid-reload
+  log.warn("recovery: undoing %d changes left by an earlier run that did not stop cleanly", #old.entries)
+  local ok, failures = old:undo_all({ hurry = false })
+  if not ok then r:fail("recovery: %s", table.concat(failures, "; ")) end
   unlock(r)
+end
+
+-- While ready: wait for a signal, checking every WATCH_INTERVAL seconds that
+-- the modules are still the built ones. False when they are not.
+local function wait_for_signal(r)
   log.info("waiting for a signal (TERM, INT or HUP) to stop")
-  local sig = r.signals:wait()
-  log.info("received SIG%s", sig)
+  local interval = r.opt.WATCH_INTERVAL > 0 and r.opt.WATCH_INTERVAL or nil
+  local want = built_srcversions(r)
+  while true do
+    local sig = r.signals:wait(interval)
+    if sig then
+      log.info("received SIG%s", sig)
+      return true
+    end
+    local ctx = kmod.new() -- not r:kmod(): nothing here may raise
+    local good, bad = true, nil
+    if ctx then good, bad = stack.verify(ctx, want) end
+    if not good then
+      log.error("watch: the driver is not loaded as built any more (%s): no longer ready; stopping, so that "
+                .. "the container is restarted and loads it again", table.concat(bad, "; "))
+      r.lost = true
+      return false
+    end
+  end
 end
 
 local function error_text(e)
@@ -545,33 +697,34 @@ function M.run(recipe, opt)
   local r = new_run(recipe, opt)
   r.started = sys.monotonic()
   r.ready_files = opt.READY_FILES
-  r.unload_also = recipe.unload_also and recipe.unload_also(r) or {}
   r.blacklist_file = opt.BLACKLIST_FILE
-  r.restore_on_stop = opt.RESTORE_DRIVER_ON_POD_TERMINATION
+  r.restore_on_stop = opt.RESTORE_DRIVER_ON_POD_TERMINATION ~= false
   r.signals = sys.signals({ "TERM", "INT", "HUP" })
   log.info("%s %s for kernel %s", recipe.name, recipe.version, r.kver)
-  local phases = opt.BUILD_ONLY and { "prepare", "build", "install" } or PHASES
+  local changes_host = not opt.BUILD_ONLY
   local ok, err = pcall(function()
-    if not opt.BUILD_ONLY then
+    if changes_host then
       remove_ready(r)
-      lock(r)
-      recover(r) -- under the lock: another container may be mid-reload
+      recover(r)
     end
-    for _, name in ipairs(phases) do run_phase(r, name) end
+    for _, name in ipairs(changes_host and PHASES or BUILD_PHASES) do
+      if name == "install" and changes_host then lock(r) end
+      run_phase(r, name)
+    end
   end)
-  if not ok then
-    log.error("%s", error_text(err))
-  elseif opt.WAIT and not opt.BUILD_ONLY then
+  if not ok then log.error("%s", error_text(err)) end
+  if ok and opt.WAIT and changes_host then
+    unlock(r)
     wait_for_signal(r)
   end
-  if not opt.BUILD_ONLY and not r.lock and #r.journal.entries > 0 then
+  if changes_host and not r.lock and #r.journal.entries > 0 then
     local lok = pcall(lock, r) -- stop changes the host too; proceed without it rather than not at all
     if not lok then log.warn("stop: proceeding without the host-wide lock") end
   end
-  local stopped = opt.BUILD_ONLY and true or (ok and not opt.WAIT) or stop(r)
+  local stopped = not changes_host or (ok and not opt.WAIT) or stop(r)
   unlock(r)
   r.signals:close()
-  if not stopped then return 1 end
+  if not stopped or r.lost then return 1 end
   if not ok and getmetatable(err) ~= Cancel then return 1 end
   return 0
 end
@@ -580,13 +733,17 @@ end
 function M.plan(recipe, opt, out)
   out = out or io.stdout
   local r = new_run(recipe, opt)
-  r.unload_also = recipe.unload_also and recipe.unload_also(r) or {}
   local function say(fmt, ...) out:write(fmt:format(...), "\n") end
   say("plan: %s %s for kernel %s (nothing is changed)", recipe.name, recipe.version, r.kver)
   say("options:")
   for _, line in ipairs(options.describe(option_specs(recipe), opt)) do say("%s", line) end
-  for _, key in ipairs(graph.sorted(recipe.sources or {})) do
-    say("fetch: %s %s (sha256 %s)", key, r:expand(recipe.sources[key].url), r:expand(recipe.sources[key].sha256))
+  for _, key in ipairs(graph.sorted(r.source_specs)) do
+    local src = r.source_specs[key]
+    if src.path then
+      say("source: %s %s", key, r:expand(src.path))
+    else
+      say("fetch: %s %s (sha256 %s)", key, r:expand(src.url), r:expand(src.sha256))
+    end
   end
   say("build: %s into %s/%s (cached builds are reused)", recipe.name, r.cache, r.kver)
   say("install: %s", r:path(("/lib/modules/%s/updates/%s/"):format(r.kver, recipe.name)))
@@ -597,7 +754,7 @@ function M.plan(recipe, opt, out)
     say("unload: unknown (cannot read the loaded modules: %s)", tostring(live))
     live = {}
   end
-  local p = stack.plan(recipe.stack, live, { also = r.unload_also })
+  local p = stack.plan(r.stack, live, { also = r.unload_also })
   for i, names in ipairs(p.unload) do say("unload %d: %s", i, table.concat(names, " ")) end
   if #p.unload == 0 then say("unload: nothing of the stack is loaded") end
   for i, names in ipairs(p.load) do say("load %d: %s", i, table.concat(names, " ")) end

@@ -1,0 +1,104 @@
+--- drv.peermem: find what a GPUDirect peer-memory client is built and loaded
+-- against: the OFED driver container's root (ready, with ofa_kernel headers and
+-- Module.symvers) and the NVIDIA driver container's root (nv-p2p.h and the
+-- loaded nvidia module's file). Each finder returns `nil, reason` while the
+-- thing is not there yet, so a recipe can wait for it with `r:wait_for`.
+local M = {}
+
+local fs = require "drv.fs"
+local kmod = require "drv.kmod"
+local symvers = require "drv.symvers"
+
+--- What a ready file says: `{ [module] = srcversion }` from its `module=NAME srcversion=X` lines.
+function M.ready_modules(text)
+  local mods = {}
+  for name, sv in text:gmatch("module=(%S+) srcversion=(%S+)") do mods[name] = sv end
+  return mods
+end
+
+--- The ofa_kernel directories to try, in order (as nv_peer_memory's Makefile does).
+function M.ofa_kernel_candidates(root, arch, kver)
+  local base = root .. "/usr/src/ofa_kernel"
+  return { ("%s/%s/%s"):format(base, arch, kver), ("%s/%s"):format(base, kver), base .. "/default" }
+end
+
+--- The modules directories of a driver container's root for `kver`.
+function M.module_dirs(root, kver)
+  return { ("%s/lib/modules/%s"):format(root, kver) }
+end
+
+-- The ib_core loaded is the one the ready file names.
+local function ready_stack(ctx, ready_file, said)
+  local live = ctx:state("ib_core")
+  if not live then return nil, ("ib_core is not loaded, yet %s exists"):format(ready_file) end
+  if said.ib_core and said.ib_core ~= live.srcversion then
+    return nil, ("the loaded ib_core (srcversion %s) is not the one %s names (%s): OFED is being reloaded")
+      :format(tostring(live.srcversion), ready_file, said.ib_core)
+  end
+  return true
+end
+
+--- OFED in `root`, ready, for kernel `kver` on `arch`.
+-- @treturn[1] table `{ root, ready, ofa_kernel (headers dir), symvers (its Module.symvers) }`
+-- @treturn[2] nil, reason
+function M.find_ofed(root, kver, arch, ctx)
+  ctx = ctx or kmod.new()
+  local ready = root .. "/.driver-ready"
+  local text = fs.read(ready)
+  if not text then return nil, ("no %s: the OFED driver container has not said ready"):format(ready) end
+  local ok, why = ready_stack(ctx, ready, M.ready_modules(text))
+  if not ok then return nil, why end
+  local candidates = M.ofa_kernel_candidates(root, arch, kver)
+  for _, dir in ipairs(candidates) do
+    if fs.exists(dir .. "/Module.symvers") then
+      local real = fs.realpath(dir)
+      return { root = root, ready = ready, ofa_kernel = real, symvers = real .. "/Module.symvers" }
+    end
+  end
+  return nil, ("no Module.symvers in %s (OFED_ROOT must be the OFED driver container's root)")
+    :format(table.concat(candidates, ", "))
+end
+
+local function newest(paths)
+  table.sort(paths, function(a, b)
+    local va, vb = a:match("nvidia%-([%d%.]+)"), b:match("nvidia%-([%d%.]+)")
+    local ta, tb = {}, {}
+    for n in (va or ""):gmatch("%d+") do ta[#ta + 1] = tonumber(n) end
+    for n in (vb or ""):gmatch("%d+") do tb[#tb + 1] = tonumber(n) end
+    for i = 1, math.max(#ta, #tb) do
+      if (ta[i] or -1) ~= (tb[i] or -1) then return (ta[i] or -1) < (tb[i] or -1) end
+    end
+    return a < b
+  end)
+  return paths[#paths]
+end
+
+--- The first of `roots` that exists, or nil and a reason naming them all.
+function M.first_root(roots, what)
+  for _, root in ipairs(roots) do
+    if fs.exists(root) then return root end
+  end
+  return nil, ("none of %s exists: mount the %s container's root there"):format(table.concat(roots, ", "), what)
+end
+
+--- NVIDIA in the first of `roots` that exists, its driver loaded, for kernel `kver`.
+-- @treturn[1] table `{ root, version, src (usr/src/nvidia-VERSION), include (the dir of nv-p2p.h),
+--   ko (the loaded nvidia module's file) }`
+-- @treturn[2] nil, reason
+function M.find_nvidia(roots, kver, ctx)
+  ctx = ctx or kmod.new()
+  local root, err = M.first_root(roots, "NVIDIA driver")
+  if not root then return nil, err end
+  local header = newest(fs.glob(root .. "/usr/src/nvidia-*/nvidia/nv-p2p.h") or {})
+  if not header then
+    return nil, ("no %s/usr/src/nvidia-*/nvidia/nv-p2p.h: the NVIDIA driver is not installed there (yet)"):format(root)
+  end
+  if not ctx:state("nvidia") then return nil, "the nvidia module is not loaded (the NVIDIA driver container loads it)" end
+  local ko, kerr = symvers.loaded_file(ctx, "nvidia", M.module_dirs(root, kver))
+  if not ko then return nil, kerr end
+  local include = header:match("^(.*)/[^/]+$")
+  local src = include:match("^(.*)/[^/]+$")
+  return { root = root, version = src:match("nvidia%-([^/]+)$"), src = src, include = include, ko = ko }
+end
+
+return M

@@ -1,0 +1,126 @@
+--- peermem: the GPUDirect peer-memory client, for RDMA straight to GPU memory.
+--
+-- Waits for the OFED driver container (its ready file under OFED_ROOT) and the
+-- NVIDIA driver container (nv-p2p.h and the loaded nvidia module under
+-- NVIDIA_ROOT), builds nv_peer_mem against both (their headers and symbol
+-- sets), checks its symbol CRCs against the loaded ib_core and nvidia, loads
+-- it and says ready. With PEERMEM_MODULE=nvidia_peermem it loads the module the
+-- NVIDIA driver ships instead of building one. On stop: not ready, unloaded.
+--
+--   drvrun recipes/peermem.lua PEERMEM_SOURCE=/usr/src/nv_peer_memory.tar.gz
+--   drvrun recipes/peermem.lua D_NV_PEER_MEM_BRANCH=1.1-0 PEERMEM_SHA256=<sha256 of the archive>
+--   drvrun recipes/peermem.lua PEERMEM_MODULE=nvidia_peermem
+local distro = require "drv.distro"
+local kmod = require "drv.kmod"
+local log = require "drv.log"
+local compile = require "drv.compile"
+local symvers = require "drv.symvers"
+local peermem = require "drv.peermem"
+
+local function is_url(s) return s:match("^%a[%w+.-]*://") ~= nil end
+
+local function find_ofed(r)
+  return peermem.find_ofed(r.opt.OFED_ROOT, r.kver, r.opt.D_ARCH, r:kmod())
+end
+
+-- What the loaded ib_core and nvidia export, from their files.
+local function loaded_exports(r)
+  local ctx, providers = r:kmod(), {}
+  for name, root in pairs { ib_core = r.opt.OFED_ROOT, nvidia = r.nvidia.root } do
+    local ko, err = symvers.loaded_file(ctx, name, peermem.module_dirs(root, r.kver))
+    if ko then
+      providers[name] = assert(kmod.symbols(ko))
+    else
+      log.warn("load: cannot check symbol CRCs against %s: %s (the kernel still checks them)", name, err)
+    end
+  end
+  return providers
+end
+
+return {
+  name = "peermem",
+  version = "1.0",
+  description = "GPUDirect RDMA peer-memory client (nv_peer_mem, or the NVIDIA driver's nvidia_peermem)",
+
+  options = {
+    OFED_ROOT = { default = "/run/mellanox/drivers", doc = "the OFED driver container's root (exposed by it)" },
+    NVIDIA_ROOT = { type = "list", default = "/run/nvidia/driver /run/nvidia/drivers",
+                    doc = "the NVIDIA driver container's root: the first of these that exists" },
+    PEERMEM_MODULE = { default = "nv_peer_mem", choices = { "nv_peer_mem", "nvidia_peermem" },
+                       doc = "build nv_peer_mem, or load the nvidia_peermem module the NVIDIA driver ships" },
+    D_NV_PEER_MEM_BRANCH = { default = "master", doc = "nv_peer_memory tag or branch: names the source archive" },
+    PEERMEM_SOURCE = { default = "https://github.com/Mellanox/nv_peer_memory/archive/${D_NV_PEER_MEM_BRANCH}.tar.gz",
+                       doc = "nv_peer_memory source: an archive URL, a local archive or a local directory" },
+    PEERMEM_SHA256 = { default = "", pattern = "^" .. ("%x"):rep(64) .. "$",
+                       doc = "sha256 of the source archive (required for an http(s) PEERMEM_SOURCE)" },
+    D_ARCH = { default = function() return distro.arch() end, doc = "CPU architecture, e.g. x86_64" },
+    RESTORE_DRIVER_ON_POD_TERMINATION = { type = "boolean", default = true,
+                                          doc = "on stop, unload the peer-memory module" },
+  },
+
+  stack = function(r) return { [r.opt.PEERMEM_MODULE] = {} } end,
+
+  sources = function(r)
+    local src = r.opt.PEERMEM_SOURCE
+    if r.opt.PEERMEM_MODULE ~= "nv_peer_mem" then return {} end
+    if is_url(src) then return { peermem = { url = src, sha256 = "${PEERMEM_SHA256}" } } end
+    return { peermem = { path = src } }
+  end,
+
+  -- Before anything else: OFED ready, NVIDIA's driver loaded with its headers.
+  await = function(r)
+    r.ofed = r:wait_for("OFED driver in " .. r.opt.OFED_ROOT, function() return find_ofed(r) end)
+    r.nvidia = r:wait_for("NVIDIA driver in " .. table.concat(r.opt.NVIDIA_ROOT, " or "), function()
+      return peermem.find_nvidia(r.opt.NVIDIA_ROOT, r.kver, r:kmod())
+    end)
+    log.info("await: OFED headers %s, NVIDIA %s (%s)", r.ofed.ofa_kernel, r.nvidia.version, r.nvidia.ko)
+    r:build_input(r.ofed.symvers)
+    r:build_input(r.nvidia.ko)
+    if r.opt.PEERMEM_MODULE == "nvidia_peermem" then
+      local dirs = peermem.module_dirs(r.nvidia.root, r.kver)
+      r.shipped = symvers.module_files("nvidia_peermem", dirs)[1]
+      if not r.shipped then r:fail("no nvidia-peermem.ko in %s: this NVIDIA driver does not ship it", dirs[1]) end
+      r:build_input(r.shipped)
+    end
+  end,
+
+  prepare = function(r)
+    local src = r.opt.PEERMEM_SOURCE
+    if r.opt.PEERMEM_MODULE == "nv_peer_mem" and src:match("^https?://") and r.opt.PEERMEM_SHA256 == "" then
+      r:fail("PEERMEM_SHA256 is required to download %s: set it to the archive's sha256 (sha256sum FILE), "
+             .. "or set PEERMEM_SOURCE to a local archive or directory", src)
+    end
+  end,
+
+  build = function(r)
+    if r.shipped then
+      local m, err = compile.describe(r.shipped, r.kver)
+      if not m then r:fail("%s", err) end
+      return { modules = { m } }
+    end
+    local src = r:extract(r.sources.peermem, { strip = 1 })
+    local nv_symvers = src .. "/nvidia.symvers"
+    assert(symvers.write(nv_symvers, r.nvidia.ko, assert(kmod.symbols(r.nvidia.ko))))
+    return r:kbuild {
+      src = src,
+      extra_symbols = { r.ofed.symvers, nv_symvers },
+      make_args = { "OFA_KERNEL=" .. r.ofed.ofa_kernel, "NVIDIA=" .. r.nvidia.include, "KVER=" .. r.kver },
+    }
+  end,
+
+  -- Under the host-wide lock, so OFED is not mid-reload: it must still be the
+  -- stack that said ready, and the module must agree with what it exports.
+  before_load = function(r)
+    local _, why = find_ofed(r)
+    if why then r:fail("OFED is not ready any more: %s; not loading a peer-memory client now", why) end
+    local providers = loaded_exports(r)
+    for _, m in ipairs(r.built) do
+      local ok, bad = symvers.check(m.path, providers)
+      if not ok then
+        r:fail("%s does not match the loaded modules: %s. It was built against %s, which is not the Module.symvers "
+               .. "of the loaded stack: make OFED_ROOT the root of the OFED container that loaded it (or restart "
+               .. "that container), then restart this one to rebuild", m.name, table.concat(bad, "; "), r.ofed.symvers)
+      end
+    end
+  end,
+}

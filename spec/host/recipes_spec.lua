@@ -1,0 +1,104 @@
+-- The shipped recipes on this machine, up to where they would need the running
+-- kernel (which only the guest has): options, plans and refusals before any change.
+local proc = require "drv.proc"
+local fs = require "drv.fs"
+
+-- Run a recipe with its state, lock, cache and ready files in a fresh directory.
+local function run(recipe, args)
+  local dir = fs.tmpdir("recipe")
+  local argv = { os.getenv("DRVRUN"), recipe, "STATE_DIR=" .. dir, "LOCK_FILE=" .. dir .. "/lock",
+                 "CACHE_DIR=" .. dir .. "/cache", "READY_FILES=" .. dir .. "/ready", "AWAIT_TIMEOUT=1" }
+  for _, a in ipairs(args or {}) do argv[#argv + 1] = a end
+  local r = assert(proc.run(argv))
+  r.dir = dir
+  return r
+end
+
+describe("recipes", function()
+  it("ubuntu-ofed refuses to run without the bundle's sha256, naming the option and the URL", function()
+    local r = run("recipes/ubuntu-ofed.lua", { "OFED_URL=https://mirror.example/ofed.tgz", "BLACKLIST_FILE=" })
+    assert.equal(1, r.status, r.stderr)
+    assert.matches("OFED_SHA256 is not set: give the sha256 of https://mirror.example/ofed.tgz (sha256sum FILE)",
+                   r.stderr, nil, true)
+    assert.is_nil(r.stderr:find("phase build", 1, true), "nothing fetched")
+    assert.same({}, fs.dir(r.dir), "no ready file, no journal, no cache, no lock")
+  end)
+
+  it("peermem refuses to download its source without a sha256, before waiting for anything", function()
+    local r = run("recipes/peermem.lua", { "D_NV_PEER_MEM_BRANCH=1.0-9" })
+    assert.equal(1, r.status, r.stderr)
+    assert.matches("PEERMEM_SHA256 is required to download https://github.com/Mellanox/nv_peer_memory/archive/"
+                   .. "1.0-9.tar.gz: set it to the archive's sha256", r.stderr, nil, true)
+    assert.is_nil(r.stderr:find("phase await", 1, true))
+  end)
+
+  it("says to mount /lib/modules when the running kernel's modules are not there", function()
+    -- this machine runs a kernel whose modules are not installed, as a container without /lib/modules would
+    local release = require("drv.sys").uname().release
+    assert.is_false(fs.exists("/lib/modules/" .. release))
+    local r = run("recipes/peermem.lua", { "PEERMEM_SOURCE=/nonexistent/src" })
+    assert.equal(1, r.status, r.stderr)
+    assert.matches(("cannot read the running kernel's modules: /lib/modules/%s: No such file or directory (no modules "
+                    .. "for this kernel; install them or pass dirname). Mount the host's /lib/modules into the "
+                    .. "container"):format(release), r.stderr, nil, true)
+  end)
+
+  it("plans peermem in either mode without a checksum or a kernel", function()
+    for mode, fetch in pairs { nv_peer_mem = "fetch: peermem https://", nvidia_peermem = "load 1: nvidia_peermem" } do
+      local r = assert(proc.run({ os.getenv("DRVRUN"), "--plan", "recipes/peermem.lua", "PEERMEM_MODULE=" .. mode }))
+      assert.equal(0, r.status, r.stderr)
+      assert.matches("plan: peermem 1.0", r.stdout, nil, true)
+      assert.matches(fetch, r.stdout, nil, true)
+    end
+  end)
+
+  it("plans ubuntu-ofed without a checksum", function()
+    local r = assert(proc.run({ os.getenv("DRVRUN"), "--plan", "recipes/ubuntu-ofed.lua" }))
+    assert.equal(0, r.status, r.stderr)
+    assert.matches("load 1: mlx_compat", r.stdout, nil, true)
+  end)
+end)
+
+describe("a recipe built from a local directory (BUILD_ONLY, for the installed kernel)", function()
+  local kver = assert(fs.dir("/lib/modules"))[1]
+  local dir, src, input, recipe
+
+  setup(function()
+    dir = fs.tmpdir("dirsrc")
+    src, input = dir .. "/src", dir .. "/input.symvers"
+    assert(fs.mkdir(src))
+    assert(fs.write(src .. "/Kbuild", "obj-m := hello.o\n"))
+    assert(fs.write(src .. "/hello.c", '#include <linux/module.h>\nMODULE_LICENSE("GPL");\n'))
+    assert(fs.write(input, "v1\n"))
+    recipe = dir .. "/hello.lua"
+    assert(fs.write(recipe, ([[
+return {
+  name = "hello", version = "1",
+  options = { SRC = { default = "", doc = "source dir" }, INPUT = { default = "", doc = "a build input" } },
+  stack = function() return { hello = {} } end,
+  sources = function(r) return { src = { path = r.opt.SRC } } end,
+  await = function(r) r:build_input(r.opt.INPUT) end,
+  build = function(r) return r:kbuild { src = r:extract(r.sources.src) } end,
+}]])))
+  end)
+
+  local function build()
+    local r = assert(proc.run({ os.getenv("DRVRUN"), recipe, "BUILD_ONLY=true", "KVER=" .. kver, "ROOT=" .. dir .. "/root",
+                                "CACHE_DIR=" .. dir .. "/cache", "SRC=" .. src, "INPUT=" .. input }))
+    assert.equal(0, r.status, r.stderr)
+    return r.stderr
+  end
+
+  it("builds a copy (the directory stays clean), then reuses the build until the sources or inputs change", function()
+    local log = build()
+    assert.matches("build src for " .. kver, log, nil, true)
+    assert.is_true(fs.exists(("%s/root/lib/modules/%s/updates/hello/hello.ko"):format(dir, kver)))
+    assert.same({ "Kbuild", "hello.c" }, (function() local l = fs.dir(src) table.sort(l) return l end)())
+    assert.matches("build: cache hit", build(), nil, true)
+    assert(fs.write(src .. "/hello.c", '#include <linux/module.h>\nMODULE_LICENSE("GPL");\nMODULE_VERSION("2");\n'))
+    assert.is_nil(build():find("cache hit", 1, true), "a changed source file is rebuilt")
+    assert.matches("build: cache hit", build(), nil, true)
+    assert(fs.write(input, "v2\n"))
+    assert.is_nil(build():find("cache hit", 1, true), "a changed build input is rebuilt")
+  end)
+end)
