@@ -43,7 +43,8 @@ local SEED = {
 --   arg_options: build arguments that are recipe options (ENV NAME=${NAME} passes them on;
 --                a default, when the recipe's is a constant, must be the recipe's)
 --   run_mounts:  the container side of the seed's `docker run -v`, and the option it must be
---   sources:     fetched at image build time (ADD) and handed to the recipe through ENV
+--   sources:     fetched at image build time (ADD, from the recipe's default URL) and handed
+--                to the recipe through ENV (file_url: as a file:// URL; digest: its sha256 in image.env)
 --   mounts:      options that are host paths in the DaemonSet (parent: the option is a file;
 --                host: "seed" = the host side of the seed's -v, "/host" = under /host is the
 --                host's root, else the same path on the host)
@@ -67,10 +68,9 @@ local IMAGES = {
   {
     name = "peermem", seed = SEED.peermem, recipe = "peermem",
     dockerfile = "docker/gpu-direct/ubuntu/Dockerfile", manifest = "deploy/nv-peer-mem.yaml",
-    arg_options = {},
+    arg_options = { "D_NV_PEER_MEM_BRANCH" },
     run_mounts = { ["/run/mellanox/drivers"] = "OFED_ROOT", ["/run/nvidia/drivers"] = "NVIDIA_ROOT" },
-    sources = { { env = "PEERMEM_SOURCE",
-                  url = "https://github.com/Mellanox/nv_peer_memory/archive/${D_NV_PEER_MEM_BRANCH}.tar.gz" } },
+    sources = { { env = "PEERMEM_SOURCE", url_option = "PEERMEM_SOURCE" } },
     mounts = {
       { option = "OFED_ROOT", propagation = "HostToContainer", host = "seed" },
       { option = "NVIDIA_ROOT", propagation = "HostToContainer", host = "seed" },
@@ -375,13 +375,13 @@ local function env_checks(img, d, recipe, file)
     check(raw[k] == "${" .. k .. "}", file, "build argument %s does not reach the recipe: ENV %s=${%s} missing", k, k, k)
   end
   for _, src in ipairs(img.sources) do
-    local url = src.url or (recipe.specs[src.url_option] or {}).default
+    local url = (recipe.specs[src.url_option] or {}).default
     local dest
     for _, ins in ipairs(st.instructions) do
       if ins.keyword == "ADD" and ins.args[1] == url then dest = ins.args[#ins.args] end
     end
-    if check(dest ~= nil, file, "no ADD of %s (%s) into the image", tostring(url), src.url and "the seed's source"
-             or ("recipe %s's %s default"):format(recipe.table.name, src.url_option)) then
+    if check(dest ~= nil, file, "no ADD of %s (recipe %s's %s default) into the image", tostring(url),
+             recipe.table.name, src.url_option) then
       local want = (src.file_url and "file://" or "") .. dest
       check(raw[src.env] == want, file, "ENV %s is %s; the bundle fetched at build time is %s", src.env,
             show(raw[src.env]), want)
@@ -534,9 +534,28 @@ local function option_mount(pod, c, spec, value)
   return nil, table.concat(tried, " or ")
 end
 
+-- Where the entrypoint looks for the host's /lib/modules (DRVRUN_HOST_MODULES).
+local function entrypoint_host_modules()
+  local text = assert(fs.read(SOURCE .. "/docker/entrypoint"))
+  return assert(text:match("DRVRUN_HOST_MODULES:%-([^}]+)}"), "docker/entrypoint: no DRVRUN_HOST_MODULES default")
+end
+
+-- The host's /lib/modules, read-only where the entrypoint looks for it.
+local function host_modules_checks(pod, c, file)
+  local want = entrypoint_host_modules()
+  local vm, host = mount_of(pod, c, want)
+  if check(vm ~= nil and vm.mountPath:gsub("/$", "") == want, file,
+           "no volumeMount at %s (the entrypoint's DRVRUN_HOST_MODULES) for the host's /lib/modules", want) then
+    check(host == "/lib/modules" and vm.readOnly == true, file,
+          "the volume at %s must be the host's /lib/modules, read-only (hostPath %s, readOnly %s)", want,
+          show(host), tostring(vm.readOnly))
+  end
+end
+
 local function mount_checks(img, pod, c, opt, file)
   local seed_run = parse_docker(img.seed.run)
   local hosts = {}
+  host_modules_checks(pod, c, file)
   for _, spec in ipairs(img.mounts) do
     local what = ("%s (%s)"):format(spec.option, show(opt[spec.option]))
     local vm, host = option_mount(pod, c, spec, opt[spec.option])

@@ -1,13 +1,14 @@
 -- The installed layout as the images ship it: `make install DESTDIR=$tmp`, then
--- the installed drvrun runs the installed OFED recipe chrooted into a container
--- root, laid out as deploy/ofed-driver.yaml lays out the pod. Its own mount
--- namespace; the guest's /usr (the image's userspace, under a writable layer as
--- a container runtime mounts it), /etc (read-only) and /lib/modules (an image
--- with linux-modules-KVER); the install at /usr/local; and from the "host" (the
--- guest): /run/mellanox/drivers shared (hostPath, Bidirectional), /run/drvrun
--- (the host-wide lock and the journal), the build cache at /var/cache/drvrun
--- and /etc/modprobe.d at /host/etc/modprobe.d. Nothing of the source tree is
--- visible inside.
+-- the installed entrypoint runs the installed drvrun and OFED recipe chrooted
+-- into a container root, laid out as deploy/ofed-driver.yaml lays out the pod.
+-- Its own mount namespace; the guest's /usr (the image's userspace, under a
+-- writable layer as a container runtime mounts it) without /usr/lib/modules
+-- (an image has no modules of the node's kernel), /etc read-only; the install
+-- at /usr/local; and from the "host" (the guest): /lib/modules read-only at
+-- /host/lib/modules, /run/mellanox/drivers shared (hostPath, Bidirectional),
+-- /run/drvrun (the host-wide lock and the journal), the build cache at
+-- /var/cache/drvrun and /etc/modprobe.d at /host/etc/modprobe.d. Nothing of the
+-- source tree is visible inside.
 local fs = require "drv.fs"
 local kmod = require "drv.kmod"
 local proc = require "drv.proc"
@@ -18,10 +19,11 @@ local ofed = require "spec.support.ofed"
 
 local MARKER = "/.drvrun-container-root"
 local RECIPE = "/usr/local/share/drvrun/recipes/ubuntu-ofed.lua"
+local ENTRYPOINT = "/usr/local/share/drvrun/entrypoint"
 local PROBE = "/usr/local/share/drvrun/probe.lua"
 
 -- Mount the container root's filesystems, then run drvrun chrooted into it.
--- $1 root, $2 the DESTDIR, $3 the build cache; the rest: drvrun's arguments.
+-- $1 root, $2 the DESTDIR, $3 the build cache; the rest: the command (the image's ENTRYPOINT).
 local CONTAINER = [[
 set -e
 R=$1 DEST=$2 CACHE=$3
@@ -33,7 +35,9 @@ mount -t tmpfs tmpfs "$R/.layer"
 mkdir "$R/.layer/upper" "$R/.layer/work"
 mount -t overlay overlay -o "lowerdir=/usr,upperdir=$R/.layer/upper,workdir=$R/.layer/work" "$R/usr"
 mount --bind "$DEST/usr/local" "$R/usr/local"
-mount --bind /lib/modules "$R/usr/lib/modules"
+mount -t tmpfs tmpfs "$R/usr/lib/modules"
+mount --bind /lib/modules "$R/host/lib/modules"
+mount -o remount,bind,ro "$R/host/lib/modules"
 mount --bind /etc "$R/etc"
 mount -o remount,bind,ro "$R/etc"
 mount -t proc proc "$R/proc"
@@ -46,13 +50,14 @@ mount --bind /run/mellanox/drivers "$R/run/mellanox/drivers"
 mount --bind /run/drvrun "$R/run/drvrun"
 mount --bind "$CACHE" "$R/var/cache/drvrun"
 mount --bind /etc/modprobe.d "$R/host/etc/modprobe.d"
-exec chroot "$R" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin /usr/local/bin/drvrun "$@"
+exec chroot "$R" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$@"
 ]]
 
 -- An empty root: mount points, the guest's top-level links (/bin -> usr/bin...), a marker.
 local function make_root()
   local root = assert(fs.tmpdir("container"))
-  for _, d in ipairs { ".layer", "usr", "etc", "proc", "sys", "dev", "run", "tmp", "var/cache/drvrun", "host/etc/modprobe.d" } do
+  for _, d in ipairs { ".layer", "usr", "etc", "proc", "sys", "dev", "run", "tmp", "var/cache/drvrun",
+                       "host/etc/modprobe.d", "host/lib/modules" } do
     assert(fs.mkdir(root .. "/" .. d))
   end
   for _, name in ipairs { "bin", "sbin", "lib", "lib32", "lib64" } do
@@ -66,7 +71,7 @@ end
 local function start_container(root, dest, cache, env)
   local log = os.tmpname()
   local argv = { "sh", "-c", 'exec "$@" > "$0" 2>&1', log, "unshare", "-m", "--propagation", "unchanged",
-                 "sh", "-c", CONTAINER, "container", root, dest, cache, RECIPE,
+                 "sh", "-c", CONTAINER, "container", root, dest, cache, ENTRYPOINT, RECIPE,
                  "OFED_URL=" .. env.server:url(env.bundle), "OFED_SHA256=" .. env.sha, "LOCK_TIMEOUT=30" }
   local p = assert(proc.spawn(argv))
   ofed.running[#ofed.running + 1] = p
@@ -91,11 +96,15 @@ describe("make install, run as a container root", function()
     fs.remove(root, { recursive = true })
   end)
 
-  it("reaches ready with the installed drvrun and recipe, is probed live, and stops cleanly", function()
+  it("reaches ready with the installed entrypoint, drvrun and recipe, is probed live, and stops cleanly", function()
     local inbox = ofed.load_inbox()
+    local kdir = "/lib/modules/" .. sys.uname().release
+    local index = fs.sha256(kdir .. "/modules.dep")
     local p, log = start_container(root, dest, ofed.fresh_cache(), env)
     assert.is_true(ofed.wait_for(ofed.READY[2], p), fs.read(log))
     local text = fs.read(log)
+    assert.matches("drvrun entrypoint: " .. kdir:gsub("%p", "%%%0") .. ": the host's %(/host" .. kdir:gsub("%p", "%%%0")
+                   .. "%) under a layer of the container's own\n", text)
     assert.matches("blacklist: /host/etc/modprobe.d/blacklist%-ofed%-modules%.conf written", text)
     assert.matches("phase load done in", text)
 
@@ -125,6 +134,9 @@ describe("make install, run as a container root", function()
     assert.is_false(fs.exists(ofed.EXPOSE .. MARKER), "the exposed root is unmounted")
     assert.is_false(fs.exists(ofed.JOURNAL))
     assert.is_false(fs.exists(ofed.BLACKLIST))
+    -- what the recipe installed stayed in the container: the host's tree is as it was
+    assert.is_false(fs.exists(kdir .. "/updates/ubuntu-ofed"))
+    assert.equal(index, fs.sha256(kdir .. "/modules.dep"))
     for _, n in ipairs(inbox) do
       local st = assert(ctx:state(n), n .. " reloaded")
       assert.equal("", st.taint, n)

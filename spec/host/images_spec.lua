@@ -70,7 +70,7 @@ describe("tools/images.lua", function()
       edit(root, OFED_DF, "--interval=30s", "--interval=30")
       edit(root, PEER_DF, "\nHEALTHCHECK ", "\nHEALTHCHEK ")
       fails_with(root, { "FAIL docker/ubuntu/Dockerfile:55: dockerfile-utils error: time: missing unit in duration 30",
-                         "FAIL docker/gpu-direct/ubuntu/Dockerfile:46: dockerfile-utils error: Unknown instruction: HEALTHCHEK" })
+                         "FAIL docker/gpu-direct/ubuntu/Dockerfile:48: dockerfile-utils error: Unknown instruction: HEALTHCHEK" })
     end)
 
     it("declare exactly the seed's build arguments", function()
@@ -113,7 +113,7 @@ describe("tools/images.lua", function()
     end)
 
     it("hand the sources fetched at build time to the recipe, and set only recipe options", function()
-      edit(root, PEER_DF, "ENV PEERMEM_SOURCE=/usr/src/nv_peer_memory.tar.gz", "ENV PEERMEM_SOURCE=/usr/src/nv_peer_mem.tgz")
+      edit(root, PEER_DF, "    PEERMEM_SOURCE=/usr/src/nv_peer_memory.tar.gz", "    PEERMEM_SOURCE=/usr/src/nv_peer_mem.tgz")
       edit(root, OFED_DF, "    OFED_URL=file://", "    OFED_ULR=file://")
       fails_with(root, {
         "FAIL docker/gpu-direct/ubuntu/Dockerfile: ENV PEERMEM_SOURCE is /usr/src/nv_peer_mem.tgz; "
@@ -172,7 +172,10 @@ describe("tools/images.lua", function()
     it("fail when a mount path or its propagation drifts", function()
       edit(root, OFED_DS, "mountPath: /run/drvrun\n", "mountPath: /run/drvrun-state\n")
       edit(root, OFED_DS, "              mountPropagation: Bidirectional\n", "")
+      edit(root, PEER_DS, "mountPath: /host/lib/modules\n              readOnly: true\n", "mountPath: /host/lib/modules\n")
       fails_with(root, {
+        "FAIL deploy/nv-peer-mem.yaml: the volume at /host/lib/modules must be the host's /lib/modules, read-only "
+        .. "(hostPath /lib/modules, readOnly nil)",
         "FAIL deploy/ofed-driver.yaml: no volumeMount at /run/drvrun for STATE_DIR (/run/drvrun)",
         "FAIL deploy/ofed-driver.yaml: no volumeMount at /run/drvrun for LOCK_FILE (/run/drvrun/host.lock)",
         "FAIL deploy/ofed-driver.yaml: the volumeMount at /run/mellanox/drivers has mountPropagation None; "
@@ -226,6 +229,21 @@ describe("tools/images.lua", function()
         "FAIL deploy/nv-peer-mem.yaml: the volume at /run/drvrun is hostPath /run/drvrun-peer; STATE_DIR (/run/drvrun) "
         .. "wants the host's /run/drvrun",
         "FAIL deploy/: the host-wide lock is not the same host directory in both DaemonSets (/run/drvrun, /run/drvrun-peer)" })
+    end)
+
+    it("fail when the peermem recipe looks for OFED and NVIDIA elsewhere, or builds another branch", function()
+      local recipe = "recipes/peermem.lua"
+      edit(root, recipe, 'default = "/run/nvidia/driver /run/nvidia/drivers"', 'default = "/run/nvidia/root"')
+      edit(root, recipe, 'OFED_ROOT = { default = "/run/mellanox/drivers"', 'OFED_ROOT = { default = "/run/ofed"')
+      edit(root, recipe, 'D_NV_PEER_MEM_BRANCH = { default = "master"', 'D_NV_PEER_MEM_BRANCH = { default = "1.1-0"')
+      fails_with(root, {
+        "FAIL docker/gpu-direct/ubuntu/Dockerfile: the seed's `docker run -v /run/nvidia/driver:/run/nvidia/drivers` is not "
+        .. "where recipe peermem looks: NVIDIA_ROOT is /run/nvidia/root",
+        "FAIL docker/gpu-direct/ubuntu/Dockerfile: the seed's `docker run -v /run/mellanox/drivers:/run/mellanox/drivers` is "
+        .. "not where recipe peermem looks: OFED_ROOT is /run/ofed",
+        "FAIL deploy/nv-peer-mem.yaml: no volumeMount at /run/nvidia/root for NVIDIA_ROOT (/run/nvidia/root)",
+        "FAIL deploy/nv-peer-mem.yaml: no volumeMount at /run/ofed for OFED_ROOT (/run/ofed)",
+        "FAIL docker/gpu-direct/ubuntu/Dockerfile: ARG D_NV_PEER_MEM_BRANCH defaults to master; recipe peermem's default is 1.1-0" })
     end)
   end)
 end)
