@@ -243,7 +243,8 @@ describe("tools/images.lua", function()
         .. "not where recipe peermem looks: OFED_ROOT is /run/ofed",
         "FAIL deploy/nv-peer-mem.yaml: no volumeMount at /run/nvidia/root for NVIDIA_ROOT (/run/nvidia/root)",
         "FAIL deploy/nv-peer-mem.yaml: no volumeMount at /run/ofed for OFED_ROOT (/run/ofed)",
-        "FAIL docker/gpu-direct/ubuntu/Dockerfile: ARG D_NV_PEER_MEM_BRANCH defaults to master; recipe peermem's default is 1.1-0" })
+        "FAIL docker/gpu-direct/ubuntu/Dockerfile: ARG D_NV_PEER_MEM_BRANCH defaults to master; recipe peermem's default "
+        .. "is 1.1-0" })
     end)
   end)
 end)
