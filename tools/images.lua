@@ -139,17 +139,6 @@ local function parse_docker(cmdline)
 end
 
 -- ---- recipes --------------------------------------------------------------------------
--- Every option of a recipe, the common ones included: drv.recipe's own
--- option_specs (exported, or its upvalue in drv.recipe.main).
-local function option_specs_fn()
-  if recipe_lib.option_specs then return recipe_lib.option_specs end
-  for i = 1, 64 do
-    local name, value = debug.getupvalue(recipe_lib.main, i)
-    if not name then break end
-    if name == "option_specs" then return value end
-  end
-  error("drv.recipe: cannot find option_specs (the common options) in drv.recipe.main")
-end
 
 local function load_recipe(root, name)
   local path = ("%s/recipes/%s.lua"):format(root, name)
@@ -157,7 +146,7 @@ local function load_recipe(root, name)
   if not ok then return nil, ("cannot load it: %s"):format(tostring(recipe)) end
   local valid, err = pcall(recipe_lib.check, recipe)
   if not valid then return nil, tostring(err) end
-  return { table = recipe, specs = option_specs_fn()(recipe), path = path }
+  return { table = recipe, specs = recipe_lib.option_specs(recipe), path = path }
 end
 
 -- The options `names` and the ones their defaults refer to (${NAME}).

@@ -32,15 +32,17 @@ describe("recipes", function()
     assert.is_nil(r.stderr:find("phase await", 1, true))
   end)
 
-  it("says to mount /lib/modules when the running kernel's modules are not there", function()
+  it("installs linux-modules-RELEASE when the running kernel's modules are missing, else says to mount them", function()
     -- this machine runs a kernel whose modules are not installed, as a container without /lib/modules would
     local release = require("drv.sys").uname().release
     assert.is_false(fs.exists("/lib/modules/" .. release))
     local r = run("recipes/peermem.lua", { "PEERMEM_SOURCE=/nonexistent/src" })
     assert.equal(1, r.status, r.stderr)
+    assert.matches(("installing linux-modules-%s"):format(release), r.stderr, nil, true)
     assert.matches(("cannot read the running kernel's modules: /lib/modules/%s: No such file or directory (no modules "
-                    .. "for this kernel; install them or pass dirname). Mount the host's /lib/modules into the "
-                    .. "container"):format(release), r.stderr, nil, true)
+                    .. "for this kernel; install them or pass dirname), and installing linux-modules-%s failed: "
+                    .. "Unable to locate package linux-modules-%s. Mount the host's /lib/modules into the container")
+                   :format(release, release, release), r.stderr, nil, true)
   end)
 
   it("plans peermem in either mode without a checksum or a kernel", function()

@@ -110,12 +110,14 @@ function M.check(recipe, level)
   return recipe
 end
 
-local function option_specs(recipe)
+--- Every option of a recipe, the common ones included: `{ NAME = spec }`.
+function M.option_specs(recipe)
   local specs = {}
   for k, v in pairs(COMMON) do specs[k] = v end
   for k, v in pairs(recipe.options or {}) do specs[k] = v end
   return specs
 end
+local option_specs = M.option_specs
 
 -- The run object handed to phase functions: options, kernel, paths, helpers.
 local Run = {}
@@ -196,11 +198,36 @@ local function ok_or_fail(r, what, ok, err)
   return ok
 end
 
---- A libkmod context on the running kernel's modules, or fail saying what to mount.
+-- Install a Debian/Ubuntu package with apt (refreshing stale package lists
+-- once); returns true, or nil and apt's own words.
+local function apt_install(r, pkg)
+  local function install()
+    return proc.run({ "apt-get", "install", "-y", "--no-install-recommends", pkg },
+                    { stderr = "stdout", timeout = r.opt.BUILD_TIMEOUT })
+  end
+  local res, err = install()
+  if res and res.status ~= 0 and res.stdout:match("Unable to locate package") then
+    proc.run({ "apt-get", "update", "-qq" }, { stderr = "stdout", timeout = r.opt.BUILD_TIMEOUT })
+    res, err = install()
+  end
+  if res and res.status == 0 then return true end
+  return nil, res and res.stdout:match("E: ([^\n]*)") or err or "apt-get failed"
+end
+
+--- A libkmod context on the running kernel's modules. When they are missing
+-- (a container without the host's /lib/modules), install linux-modules-RELEASE
+-- as the original driver containers did, or fail saying what to mount.
 function Run:kmod()
   local ctx, err = kmod.new()
-  if not ctx then self:fail("cannot read the running kernel's modules: %s. Mount the host's /lib/modules "
-                            .. "into the container", err) end
+  if ctx then return ctx end
+  local pkg = "linux-modules-" .. sys.uname().release
+  log.info("the running kernel's modules are missing (%s): installing %s", err, pkg)
+  local ok, apt_err = apt_install(self, pkg)
+  ctx = ok and kmod.new()
+  if not ctx then
+    self:fail("cannot read the running kernel's modules: %s, and installing %s failed: %s. Mount the host's "
+              .. "/lib/modules into the container", err, pkg, apt_err or "no modules after the install")
+  end
   return ctx
 end
 
@@ -222,12 +249,8 @@ function Run:ensure_headers(kdir, kver)
   if fs.exists(kdir .. "/Makefile") then return end
   local pkg = "linux-headers-" .. kver
   log.info("kernel headers for %s missing (%s): installing %s", kver, kdir, pkg)
-  local res, err = proc.run({ "apt-get", "install", "-y", "--no-install-recommends", pkg },
-                            { stderr = "stdout", timeout = self.opt.BUILD_TIMEOUT })
-  if not res or res.status ~= 0 then
-    self:fail("kernel headers for %s not found at %s, and installing %s failed: %s", kver, kdir, pkg,
-      res and res.stdout:match("E: ([^\n]*)") or err or "apt-get failed")
-  end
+  local ok, err = apt_install(self, pkg)
+  if not ok then self:fail("kernel headers for %s not found at %s, and installing %s failed: %s", kver, kdir, pkg, err) end
 end
 
 --- Extract an archive (or copy a source directory; `o` is then ignored) into a
