@@ -40,7 +40,7 @@ DEB_TEST  = lua5.4 lua-busted lua-check python3 openssl kmod util-linux cpio \
             busybox-static qemu-system-x86 linux-image-amd64 linux-headers-amd64
 DEB_ALL   = $(DEB_BUILD) $(DEB_TEST)
 
-.PHONY: all check demo install deps deps-ok clean lint fixtures doc \
+.PHONY: all check demo install deps deps-ok clean lint fixtures doc bench \
         check-c check-lint check-host check-guest
 
 all: $(DRVRUN)
@@ -118,6 +118,16 @@ lint: check-lint
 demo: deps-ok
 	@$(MAKE) --no-print-directory all fixtures
 	@tools/demo
+
+# ---- benchmarks (not part of check) -------------------------------------------
+# make bench: every contender against its baseline in one run; build/bench.json.
+bench: deps-ok
+	@tools/deps ensure curl
+	@$(MAKE) --no-print-directory all fixtures build/floor $(CACHE)/.stamp
+	@env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL $(DRVRUN) bench/main.lua
+
+build/floor: bench/floor.c
+	$(CC) -O2 -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -o $@ $<
 
 # ---- install ---------------------------------------------------------------
 install: $(DRVRUN)
