@@ -85,7 +85,7 @@ $(BUILD)/test_%: tests/test_%.c $(filter-out $(BUILD)/obj/main.o,$(HOST_OBJ))
 	$(CC) $(CFLAGS) -Ihost $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 check-lint: $(DRVRUN)
-	@tools/run-counted $(RESULTS)/check-lint sh -c 'luacheck --quiet lib/lua spec recipes tools/*.lua && \
+	@tools/run-counted $(RESULTS)/check-lint sh -c 'luacheck --quiet lib/lua spec recipes tools/*.lua bench && \
 	  $(DRVRUN) tools/apidoc.lua --check doc/api.md'
 
 doc: $(DRVRUN)
