@@ -26,7 +26,8 @@ CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -pthread -Wall -Wextra -Werror $(SANFLAGS) \
            $(shell pkg-config --cflags $(PKGS) 2>/dev/null) \
            -DDRV_LIBDIR='"$(DATADIR)/lua"' -DDRV_RECIPEDIR='"$(DATADIR)/recipes"'
-LDFLAGS += $(SANFLAGS) -pthread -Wl,-E
+# --as-needed: nothing refers to the libraries of drv.* at link time (host/lazy.h opens them at first use)
+LDFLAGS += $(SANFLAGS) -pthread -Wl,-E -Wl,--as-needed
 LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
 
 HOST_SRC = $(wildcard host/*.c)
