@@ -26,7 +26,8 @@ CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -pthread -Wall -Wextra -Werror $(SANFLAGS) \
            $(shell pkg-config --cflags $(PKGS) 2>/dev/null) \
            -DDRV_LIBDIR='"$(DATADIR)/lua"' -DDRV_RECIPEDIR='"$(DATADIR)/recipes"'
-LDFLAGS += $(SANFLAGS) -pthread -Wl,-E
+# --as-needed: nothing refers to the libraries of drv.* at link time (host/lazy.h opens them at first use)
+LDFLAGS += $(SANFLAGS) -pthread -Wl,-E -Wl,--as-needed
 LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
 
 HOST_SRC = $(wildcard host/*.c)
@@ -41,7 +42,7 @@ DEB_TEST  = lua5.4 lua-busted lua-check python3 openssl kmod util-linux cpio \
             nodejs npm
 DEB_ALL   = $(DEB_BUILD) $(DEB_TEST)
 
-.PHONY: all check demo install deps deps-ok clean lint fixtures doc docker-context \
+.PHONY: all check demo install deps deps-ok clean lint fixtures doc docker-context bench \
         check-c check-lint check-host check-guest
 
 all: $(DRVRUN)
@@ -86,7 +87,7 @@ $(BUILD)/test_%: tests/test_%.c $(filter-out $(BUILD)/obj/main.o,$(HOST_OBJ))
 	$(CC) $(CFLAGS) -Ihost $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 check-lint: $(DRVRUN)
-	@tools/run-counted $(RESULTS)/check-lint sh -c 'luacheck --quiet lib/lua lib/probe.lua spec recipes tools/*.lua && \
+	@tools/run-counted $(RESULTS)/check-lint sh -c 'luacheck --quiet lib/lua lib/probe.lua spec recipes tools/*.lua bench && \
 	  $(DRVRUN) tools/apidoc.lua --check doc/api.md'
 
 doc: $(DRVRUN)
@@ -126,6 +127,16 @@ lint: check-lint
 demo: deps-ok
 	@$(MAKE) --no-print-directory all fixtures
 	@tools/demo
+
+# ---- benchmarks (not part of check) -------------------------------------------
+# make bench: every contender against its baseline in one run; build/bench.json.
+bench: deps-ok
+	@tools/deps ensure curl
+	@$(MAKE) --no-print-directory all fixtures build/floor $(CACHE)/.stamp
+	@env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL $(DRVRUN) bench/main.lua
+
+build/floor: bench/floor.c
+	$(CC) -O2 -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -o $@ $<
 
 # ---- install ---------------------------------------------------------------
 install: $(DRVRUN)

@@ -17,6 +17,7 @@
 #include <archive_entry.h>
 
 #include "drv.h"
+#include "lazy.h"
 
 #define ARCHIVE_MT "drv.archive.reader"
 #define ARCHIVE_BLOCK (64 * 1024)

@@ -32,6 +32,7 @@
 #include <openssl/evp.h>
 
 #include "drv.h"
+#include "lazy.h"
 
 #define FETCH_JOB		"drv.fetch.job"
 #define FETCH_BUFSIZE		(512L * 1024)	/* curl's receive buffer */
@@ -1023,6 +1024,21 @@ static void set_field_integer(lua_State *L, const char *k, lua_Integer v)
 	lua_setfield(L, -2, k);
 }
 
+/* libcurl's global set-up, at the first download rather than at require
+ * (which would load libcurl and its libraries into every run; see lazy.h). */
+static void fetch_global_init(lua_State *L)
+{
+	static int curl_ready;
+	CURLcode rc;
+
+	if (curl_ready)
+		return;
+	rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+	if (rc != CURLE_OK)
+		luaL_error(L, "drv.fetch: curl_global_init: %s", curl_easy_strerror(rc));
+	curl_ready = 1;
+}
+
 /***
  * Download a URL to a file, verified by SHA-256.
  *
@@ -1065,6 +1081,7 @@ static int fetch_get(lua_State *L)
 	luaL_argcheck(L, strlen(dest) == destlen, 2, "string contains a zero byte");
 	lua_settop(L, 3);
 	parse_opts(L, t, &o);
+	fetch_global_init(L);
 	lua_settop(L, 4);			/* 4: progress function, nil or false */
 	lua_pushnil(L);				/* 5: error from a callback */
 	luaL_checkstack(L, 10, "fetch.get");
@@ -1152,15 +1169,6 @@ static const luaL_Reg job_meta[] = {
 
 int luaopen_drv_fetch(lua_State *L)
 {
-	static int curl_ready;
-
-	if (!curl_ready) {
-		CURLcode rc = curl_global_init(CURL_GLOBAL_DEFAULT);
-
-		if (rc != CURLE_OK)
-			return luaL_error(L, "drv.fetch: curl_global_init: %s", curl_easy_strerror(rc));
-		curl_ready = 1;
-	}
 	drv_newclass(L, FETCH_JOB, NULL, job_meta);
 	luaL_newlib(L, fetch_funcs);
 	return 1;

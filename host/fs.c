@@ -14,6 +14,7 @@
 #include <openssl/evp.h>
 
 #include "drv.h"
+#include "lazy.h"
 
 #define FS_CHUNK (1 << 20)
 

@@ -21,6 +21,7 @@
 #include <libkmod.h>
 
 #include "drv.h"
+#include "lazy.h"
 
 #define CTX_MT "drv.kmod.ctx"
 
@@ -29,7 +30,8 @@
 #endif
 
 struct kctx {
-	struct kmod_ctx *kmod;	/* NULL once closed */
+	struct kmod_ctx *kmod;	/* made at the first lookup (kmod_lib); NULL until then and once closed */
+	int closed;
 	char dirname[PATH_MAX];
 	char sysfs[PATH_MAX];
 	char proc[PATH_MAX];
@@ -185,7 +187,7 @@ static struct kctx *kmod_checkctx(lua_State *L, int idx)
 {
 	struct kctx *c = luaL_checkudata(L, idx, CTX_MT);
 
-	luaL_argcheck(L, c->kmod != NULL, idx, "context is closed");
+	luaL_argcheck(L, !c->closed, idx, "context is closed");
 	return c;
 }
 
@@ -197,6 +199,7 @@ static int kmod_ctx_gc(lua_State *L)
 		kmod_unref(c->kmod);
 		c->kmod = NULL;
 	}
+	c->closed = 1;
 	return 0;
 }
 
@@ -204,7 +207,7 @@ static int kmod_ctx_tostring(lua_State *L)
 {
 	struct kctx *c = luaL_checkudata(L, 1, CTX_MT);
 
-	lua_pushfstring(L, "drv.kmod.ctx (%s%s)", c->dirname, c->kmod ? "" : ", closed");
+	lua_pushfstring(L, "drv.kmod.ctx (%s%s)", c->dirname, c->closed ? ", closed" : "");
 	return 1;
 }
 
@@ -219,7 +222,8 @@ static void kmod_copy_opt(lua_State *L, int opts, const char *key, const char *d
 }
 
 /***
- * A libkmod context over a modules directory.
+ * A libkmod context over a modules directory. Its module indexes are loaded
+ * at its first lookup (info, lookup, insert), not here: state and loaded do not need them.
  * @function new
  * @tparam[opt] table opts `{ dirname = "/lib/modules/<release>" (default: the running kernel's),
  *   sysfs = "/sys", proc = "/proc" }` (roots for live state)
@@ -231,14 +235,14 @@ static int kmod_l_new(lua_State *L)
 {
 	int opts = drv_opttable(L, 1);
 	struct utsname u;
-	char def[PATH_MAX];
+	char def[PATH_MAX], index[PATH_MAX + 32];
 	struct kctx *c;
-	int err;
 
 	uname(&u);
 	snprintf(def, sizeof(def), "/lib/modules/%s", u.release);
 	c = lua_newuserdatauv(L, sizeof(*c), 0);
 	c->kmod = NULL;
+	c->closed = 1; /* until it is complete */
 	luaL_setmetatable(L, CTX_MT);
 	kmod_copy_opt(L, opts, "dirname", def, c->dirname, sizeof(c->dirname));
 	kmod_copy_opt(L, opts, "sysfs", "/sys", c->sysfs, sizeof(c->sysfs));
@@ -246,14 +250,36 @@ static int kmod_l_new(lua_State *L)
 	if (access(c->dirname, R_OK) < 0)
 		return drv_fail(L, errno, "%s: %s (no modules for this kernel; install them or pass dirname)",
 				c->dirname, strerror(errno));
-	c->kmod = kmod_new(c->dirname, NULL);
-	if (!c->kmod)
-		return drv_fail(L, ENOMEM, "%s: cannot create a libkmod context", c->dirname);
-	err = kmod_load_resources(c->kmod);
-	if (err < 0)
-		return drv_fail(L, -err, "%s: cannot load the module indexes: %s (run depmod)",
-				c->dirname, strerror(-err));
+	snprintf(index, sizeof(index), "%s/modules.dep.bin", c->dirname);
+	if (access(index, R_OK) < 0)
+		return drv_fail(L, errno, "%s: cannot load the module indexes: %s (run depmod)",
+				c->dirname, strerror(errno));
+	c->closed = 0;
 	return 1;
+}
+
+/* The libkmod context of c, made and its indexes loaded at the first call
+ * that needs them: state() and loaded() read sysfs and /proc only, and a
+ * recipe opens a context in most phases. NULL with the failure pushed (3 values). */
+static struct kmod_ctx *kmod_lib(lua_State *L, struct kctx *c)
+{
+	int err;
+
+	if (c->kmod)
+		return c->kmod;
+	c->kmod = kmod_new(c->dirname, NULL);
+	if (!c->kmod) {
+		drv_fail(L, ENOMEM, "%s: cannot create a libkmod context", c->dirname);
+		return NULL;
+	}
+	err = kmod_load_resources(c->kmod);
+	if (err < 0) {
+		kmod_unref(c->kmod);
+		c->kmod = NULL;
+		drv_fail(L, -err, "%s: cannot load the module indexes: %s (run depmod)", c->dirname, strerror(-err));
+		return NULL;
+	}
+	return c->kmod;
 }
 
 static int kmod_m_dirname(lua_State *L)
@@ -265,19 +291,22 @@ static int kmod_m_dirname(lua_State *L)
 /* Find one module by name or path. NULL with an error pushed (3 values). */
 static struct kmod_module *kmod_find(lua_State *L, struct kctx *c, const char *name)
 {
+	struct kmod_ctx *k = kmod_lib(L, c);
 	struct kmod_module *mod = NULL;
 	struct kmod_list *list = NULL;
 	int err;
 
+	if (!k)
+		return NULL;
 	if (strchr(name, '/')) {
-		err = kmod_module_new_from_path(c->kmod, name, &mod);
+		err = kmod_module_new_from_path(k, name, &mod);
 		if (err < 0) {
 			drv_fail(L, -err, "%s: %s", name, strerror(-err));
 			return NULL;
 		}
 		return mod;
 	}
-	err = kmod_module_new_from_lookup(c->kmod, name, &list);
+	err = kmod_module_new_from_lookup(k, name, &list);
 	if (err < 0 || !list) {
 		drv_fail(L, ENOENT, "%s: module not found in %s (run depmod, or check the name)",
 			 name, c->dirname);
@@ -440,18 +469,22 @@ static int kmod_m_info(lua_State *L)
  * The module names an alias (or name) resolves to; {} when none.
  * @function ctx:lookup
  * @tparam string alias
- * @treturn table
+ * @treturn[1] table
+ * @treturn[2] nil, string message, integer errno (the module indexes cannot be loaded)
  * @see kmod_module_new_from_lookup(3)
  */
 static int kmod_m_lookup(lua_State *L)
 {
 	struct kctx *c = kmod_checkctx(L, 1);
 	const char *alias = luaL_checkstring(L, 2);
+	struct kmod_ctx *k = kmod_lib(L, c);
 	struct kmod_list *list = NULL, *l;
 	int n = 0;
 
+	if (!k)
+		return 3;
 	lua_newtable(L);
-	if (kmod_module_new_from_lookup(c->kmod, alias, &list) < 0)
+	if (kmod_module_new_from_lookup(k, alias, &list) < 0)
 		return 1;
 	kmod_list_foreach(l, list) {
 		struct kmod_module *mod = kmod_module_get_module(l);

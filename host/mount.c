@@ -12,6 +12,7 @@
 #include <libmount.h>
 
 #include "drv.h"
+#include "lazy.h"
 
 #define MOUNTINFO "/proc/self/mountinfo"
 

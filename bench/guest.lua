@@ -1,0 +1,355 @@
+--- bench/guest.lua ROWS_FILE: the real-kernel part of `make bench`, run by
+-- bench/main.lua in the QEMU guest (spec/vm/run). Writes its result rows to
+-- ROWS_FILE (Lua source) and its progress to stderr.
+--
+-- 1. Reload downtime: the simulated OFED stack replaces the loaded inbox RDMA
+--    stack. Four contenders, in rotating order, each from the same state:
+--    drvrun (the recipe, WAIT=false), the seed's shell (bench/seed-reload.sh),
+--    modprobe (bench/modprobe-reload.sh), and the floor (build/floor, one
+--    syscall at a time in the order drvrun's plan gives). The downtime is read
+--    from the kernel's own trace of the syscalls: from the entry of the first
+--    delete_module(2) that succeeded to the return of the last finit_module(2)
+--    that succeeded. Every run is checked: the new stack loaded, as built.
+-- 2. Cold start: empty build cache, bundle over HTTP on 127.0.0.1, build in
+--    the guest, reload, ready; peak RSS of that whole run (bench/recipe-rss.lua).
+-- 3. Warm restart: the built stack loaded, cache present: start to ready file.
+local kmod = require "drv.kmod"
+local stack = require "drv.stack"
+local graph = require "drv.graph"
+local proc = require "drv.proc"
+local sys = require "drv.sys"
+local fs = require "drv.fs"
+local util = require "bench.util"
+local httpd = require "spec.support.httpd"
+
+local OUT = assert(arg[1], "usage: bench/guest.lua ROWS_FILE")
+local REPS = tonumber(os.getenv("BENCH_REPS") or "") or 5
+local ROOT = assert(fs.realpath("."))
+local DRVRUN = ROOT .. "/build/drvrun"
+local FLOOR = ROOT .. "/build/floor"
+local K = sys.uname().release
+local MODDIR = "/lib/modules/" .. K
+local STAGE = ROOT .. "/build/bench/stage/lib/modules/" .. K -- index and .ko files prepared on the host
+local CACHE = ROOT .. "/build/cache"                         -- filled on the host by tools/fill-cache
+local FIXTURES = ROOT .. "/build/fixtures"
+local WORK = "/run/bench"                                    -- guest tmpfs
+local READY = WORK .. "/ready"
+local TRACE = "/sys/kernel/tracing"
+local RECIPE = dofile("recipes/ubuntu-ofed.lua")
+local NEW = RECIPE.stack
+local rows = {}
+local say = util.say
+
+local function put(path, value) -- tracefs files: written in place, not atomically
+  local f = assert(io.open(path, "w"))
+  assert(f:write(value))
+  assert(f:close())
+end
+
+local function bundle()
+  local path = assert(fs.glob(FIXTURES .. "/sim-ofed-[0-9]*.tgz")[1], "no sim-ofed bundle: run make fixtures")
+  local name = path:match("[^/]+$")
+  for line in io.lines(FIXTURES .. "/SHA256SUMS") do
+    local sha, file = line:match("^(%x+)%s+(%S+)$")
+    if file == name then return path, name, sha end
+  end
+  error("no checksum for " .. name)
+end
+local BUNDLE, BUNDLE_NAME, BUNDLE_SHA = bundle()
+
+-- ---- the kernel's trace of the module syscalls ------------------------------
+
+local function trace_setup()
+  if not fs.exists(TRACE .. "/trace") then util.must({ "mount", "-t", "tracefs", "nodev", TRACE }) end
+  if not fs.exists(TRACE .. "/events/syscalls/sys_enter_delete_module") then
+    error("this kernel has no syscall trace events (CONFIG_FTRACE_SYSCALLS)")
+  end
+  put(TRACE .. "/buffer_size_kb", "512")
+  put(TRACE .. "/trace_clock", "mono")
+  for _, call in ipairs({ "delete_module", "finit_module", "init_module" }) do
+    for _, side in ipairs({ "enter", "exit" }) do
+      put(("%s/events/syscalls/sys_%s_%s/enable"):format(TRACE, side, call), "1")
+    end
+  end
+  put(TRACE .. "/tracing_on", "1")
+end
+
+local function trace_clear() put(TRACE .. "/trace", "") end
+
+-- Downtime in the trace: first successful delete_module entry to last successful load return.
+local function trace_downtime()
+  local open, first, last, unloads, loads = {}, nil, nil, 0, 0
+  for line in assert(fs.read(TRACE .. "/trace")):gmatch("[^\n]+") do
+    local tid, ts, what = line:match("%-(%d+)%s+%[%d+%].-%s(%d+%.%d+): (.*)$")
+    if tid then
+      local call = what:match("^sys_([%w_]+_module)%(")
+      local ret_call, ret = what:match("^sys_([%w_]+_module) %-> (0x%x+)")
+      if call then
+        open[tid] = { call = call, t = tonumber(ts) }
+      elseif ret_call and open[tid] and open[tid].call == ret_call then
+        local enter = open[tid]
+        open[tid] = nil
+        if ret == "0x0" and ret_call == "delete_module" then
+          unloads = unloads + 1
+          if not first or enter.t < first then first = enter.t end
+        elseif ret == "0x0" then
+          loads = loads + 1
+          if not last or tonumber(ts) > last then last = tonumber(ts) end
+        end
+      end
+    end
+  end
+  if not first or not last then return nil, ("trace: %d unloads, %d loads"):format(unloads, loads) end
+  return last - first, unloads, loads
+end
+
+-- ---- module states ------------------------------------------------------------
+
+local function loaded_set()
+  local set = {}
+  for _, m in ipairs(assert(kmod.new()):loaded()) do set[m.name] = true end
+  return set
+end
+
+local function manifest_srcversions()
+  local file = assert(fs.glob(CACHE .. "/ubuntu-ofed/" .. K .. "/builds/*/manifest.lua")[1],
+    "no build cache: run tools/fill-cache")
+  local want = {}
+  for _, m in ipairs(assert(loadfile(file, "t", {}))()) do want[m.name] = m.srcversion end
+  return want
+end
+
+-- The inbox stack, loaded and in use as on a node: rdma_ucm holds rdma_cm, mlx5_ib holds mlx5_core...
+local INBOX_TOPS = { "mlx5_ib", "rdma_ucm", "ib_umad" }
+local inbox, previous, everything
+
+local function load_inbox_first()
+  local ctx = assert(kmod.new())
+  local before = loaded_set()
+  for _, m in ipairs(INBOX_TOPS) do assert(ctx:insert(m)) end
+  inbox = {}
+  for name in pairs(loaded_set()) do if not before[name] then inbox[#inbox + 1] = name end end
+  table.sort(inbox)
+  previous = stack.remember(ctx, inbox) -- the inbox files, before the new index points elsewhere
+  everything = {}
+  for name in pairs(NEW) do everything[#everything + 1] = name end
+  for _, name in ipairs(inbox) do if not NEW[name] and name ~= "configfs" then everything[#everything + 1] = name end end
+  say("inbox stack loaded: %s", table.concat(inbox, " "))
+end
+
+-- Back to the inbox stack, whatever is loaded now.
+local function reset_inbox()
+  assert(stack.restore(everything, previous))
+  local ctx = assert(kmod.new())
+  for _, name in ipairs(inbox) do
+    local st = ctx:state(name)
+    assert(st and st.taint == "", name .. " must be the inbox module again")
+  end
+end
+
+-- The new stack as the recipe installs it, with the index depmod made on the host.
+local function install_new_stack()
+  assert(fs.mkdir(MODDIR .. "/updates/ubuntu-ofed"))
+  for _, ko in ipairs(fs.glob(STAGE .. "/updates/ubuntu-ofed/*.ko")) do
+    assert(fs.copy(ko, MODDIR .. "/updates/ubuntu-ofed/" .. ko:match("[^/]+$")))
+  end
+  for _, f in ipairs(fs.glob(STAGE .. "/modules.*")) do
+    if fs.lstat(f).type == "file" then assert(fs.copy(f, MODDIR .. "/" .. f:match("[^/]+$"))) end
+  end
+end
+
+local function new_paths()
+  local paths = {}
+  for name in pairs(NEW) do paths[name] = ("%s/updates/ubuntu-ofed/%s.ko"):format(MODDIR, name) end
+  return paths
+end
+
+-- Modules of the new stack nothing else in it depends on.
+local function tops(edges)
+  local used = {}
+  for _, deps in pairs(edges) do for _, d in ipairs(deps) do used[d] = true end end
+  local list = {}
+  for name in pairs(edges) do if not used[name] then list[#list + 1] = name end end
+  table.sort(list)
+  return list
+end
+
+-- ---- 1. reload downtime -----------------------------------------------------------
+
+local function recipe_args(extra)
+  local args = { "recipes/ubuntu-ofed.lua", "OFED_URL=file://" .. BUNDLE, "OFED_SHA256=" .. BUNDLE_SHA,
+                 "STATE_DIR=" .. WORK .. "/state", "LOCK_FILE=" .. WORK .. "/host.lock",
+                 "BLACKLIST_FILE=/etc/modprobe.d/bench-blacklist-ofed.conf", "EXPOSE_PATH=" .. WORK .. "/expose",
+                 "READY_FILES=" .. READY }
+  for _, a in ipairs(extra) do args[#args + 1] = a end
+  return args
+end
+
+local contenders = {
+  { key = "drvrun", name = "drvrun (recipe reload, by levels)", argv = function(_, cache)
+      fs.remove(WORK .. "/state", { recursive = true, missing_ok = true })
+      local argv = { "unshare", "-m", DRVRUN }
+      for _, a in ipairs(recipe_args({ "WAIT=false", "CACHE_DIR=" .. cache })) do argv[#argv + 1] = a end
+      return argv
+    end },
+  { key = "shell", name = "seed shell (rmmod over holders, modprobe each)", argv = function(plan)
+      return { "sh", "bench/seed-reload.sh", table.concat(plan.loaded, " "), table.concat(graph.flatten(plan.load), " ") }
+    end },
+  { key = "modprobe", name = "modprobe -r each / modprobe tops", argv = function(plan)
+      return { "sh", "bench/modprobe-reload.sh", table.concat(graph.flatten(plan.unload), " "),
+        table.concat(tops(NEW), " ") }
+    end },
+  { key = "floor", name = "floor (sequential syscalls, precomputed)", argv = function(plan)
+      local argv, paths = { FLOOR }, new_paths()
+      for _, n in ipairs(graph.flatten(plan.unload)) do argv[#argv + 1] = "-r"; argv[#argv + 1] = n end
+      for _, n in ipairs(graph.flatten(plan.load)) do argv[#argv + 1] = "-i"; argv[#argv + 1] = paths[n] end
+      return argv
+    end },
+}
+
+local function bench_reload()
+  local cache = WORK .. "/cache"
+  util.must({ "cp", "-a", CACHE, cache })
+  local want = manifest_srcversions()
+  local times = {}
+  for _, c in ipairs(contenders) do times[c.key] = {} end
+  for rep = 1, REPS do
+    for i = 0, #contenders - 1 do
+      local c = contenders[(rep + i - 1) % #contenders + 1]
+      reset_inbox()
+      local plan = stack.plan(NEW, stack.snapshot(assert(kmod.new())))
+      assert(#plan.blockers == 0, table.concat(plan.blockers, "; "))
+      local argv = c.argv(plan, cache)
+      trace_clear()
+      local wall, res = util.time(argv, { stdout = "capture", stderr = "stdout" })
+      local down, unloads, loads = trace_downtime()
+      if res.status ~= 0 or not down then
+        error(("%s failed (exit %s, %s):\n%s"):format(c.key, tostring(res.status), tostring(unloads), res.stdout))
+      end
+      local good, bad = stack.verify(assert(kmod.new()), want)
+      if not good then error(c.key .. " did not load the new stack as built: " .. table.concat(bad, "; ")) end
+      local own = res.stdout:match("the stack was down for ([%d.]+) s")
+      times[c.key][#times[c.key] + 1] = down
+      say("reload %d/%d %-8s down %.3f s (%d unloads, %d loads), process %.3f s%s", rep, REPS, c.key, down,
+        unloads, loads, wall, own and (", drvrun says " .. own .. " s") or "")
+    end
+  end
+  local m = {}
+  for _, c in ipairs(contenders) do
+    m[c.key] = util.median(times[c.key])
+    rows[#rows + 1] = util.info("reload downtime: " .. c.name, m[c.key], "s")
+  end
+  rows[#rows + 1] = util.target("reload: drvrun / floor", m.drvrun, "s", m.floor, m.drvrun / m.floor, "<=", 0.85)
+  rows[#rows + 1] = util.target("reload: shell / drvrun (speed-up)", m.drvrun, "s", m.shell, m.shell / m.drvrun, ">=", 3)
+  rows[#rows + 1] = util.target("reload: modprobe / drvrun (speed-up)", m.drvrun, "s", m.modprobe,
+    m.modprobe / m.drvrun, ">=", 1.5)
+  fs.remove(cache, { recursive = true })
+  fs.remove(WORK .. "/state", { recursive = true, missing_ok = true }) -- the WAIT=false runs' journal
+end
+
+-- ---- 2. and 3. cold start, warm restart ----------------------------------------------
+
+-- Start argv; seconds until the ready file appears, and the process's result after TERM.
+local function start_to_ready(argv, timeout)
+  fs.remove(READY, { missing_ok = true })
+  local t0 = sys.monotonic()
+  local p = assert(proc.spawn(argv, { stdout = "capture", stderr = "stdout" }))
+  local res
+  while not fs.exists(READY) and sys.monotonic() - t0 < timeout do
+    res = p:wait(0.002)
+    if res then break end
+  end
+  local dt = sys.monotonic() - t0
+  if not res then
+    p:kill("TERM")
+    res = assert(p:wait(120))
+  end
+  if not fs.exists(READY) and res.status ~= 0 then
+    error(("%s: not ready (exit %s):\n%s"):format(argv[#argv], tostring(res.status), res.stdout))
+  end
+  return dt, res
+end
+
+local function ready_seconds(res)
+  return tonumber(res.stdout:match("ready: .- %(([%d.]+) s after start%)"))
+end
+
+local function bench_start()
+  -- The cold start builds in a fresh cache at the same path tools/fill-cache
+  -- used on the host, so it produces the same files (kbuild is deterministic),
+  -- which are already installed: install skips depmod (~140 s in this guest).
+  reset_inbox()
+  assert(fs.remove(CACHE .. "/ubuntu-ofed", { recursive = true, missing_ok = true })) -- the guest's overlay only
+  local server = httpd.start(FIXTURES)
+  local rss_file = WORK .. "/rss"
+  local base = { "RESTORE_DRIVER_ON_POD_TERMINATION=false", "CACHE_DIR=" .. CACHE }
+  local argv = { DRVRUN, "bench/recipe-rss.lua", rss_file }
+  for _, a in ipairs(recipe_args(base)) do argv[#argv + 1] = a end
+  for i, a in ipairs(argv) do
+    if a:match("^OFED_URL=") then argv[i] = "OFED_URL=" .. server:url(BUNDLE_NAME) end
+  end
+  say("cold start: fetch over HTTP, build in the guest (minutes under emulation), reload, ready")
+  local cold, res = start_to_ready(argv, 900)
+  server:stop()
+  local depmod = not res.stdout:match("already installed")
+  assert(res.stdout:match("cache hit") == nil, "the cold start hit a cache")
+  local build = res.stdout:match("phase build done in ([%d.]+) s")
+  say("cold start: ready after %.1f s (build phase %s s, depmod %s), exit %s", cold, tostring(build),
+    depmod and "ran" or "skipped", tostring(res.status))
+  local kb = tonumber(fs.read(rss_file) or "")
+  rows[#rows + 1] = kb and util.absolute("peak RSS of an OFED recipe run (cold start)", kb / 1024, "MiB", "<=", 16)
+    or util.missing("peak RSS of an OFED recipe run (cold start)", "MiB", "<= 16 MiB", "not measured")
+
+  local warm, own = {}, {}
+  for rep = 1, REPS do
+    local wargv = { DRVRUN }
+    for _, a in ipairs(recipe_args(base)) do wargv[#wargv + 1] = a end
+    local dt, wres = start_to_ready(wargv, 120)
+    if not wres.stdout:match("already loaded %(srcversions match%); no reload") or wres.status ~= 0 then
+      error("warm restart did not skip the reload (exit " .. tostring(wres.status) .. "):\n" .. wres.stdout)
+    end
+    warm[#warm + 1], own[#own + 1] = dt, ready_seconds(wres) or 0
+    local phases = {}
+    for name, s in wres.stdout:gmatch("phase (%w+) done in ([%d.]+) s") do phases[#phases + 1] = name .. " " .. s end
+    say("warm restart %d/%d: ready after %.3f s (drvrun says %.3f s after its start; %s)", rep, REPS, dt,
+      own[#own], table.concat(phases, ", "))
+  end
+  local w = util.median(warm)
+  rows[#rows + 1] = util.info("cold start (fetch, build, reload, ready; depmod " .. (depmod and "ran" or "skipped")
+    .. ")", cold, "s")
+  rows[#rows + 1] = util.absolute("warm restart: start to ready file", w * 1000, "ms", "<=", 150)
+  rows[#rows + 1] = util.info("warm restart: as drvrun logs it (after its Lua start)", util.median(own) * 1000, "ms")
+  rows[#rows + 1] = util.target("warm restart: cold / warm (speed-up)", w, "s", cold, cold / w, ">=", 50)
+end
+
+-- How much of a warm restart is process start-up alone, in this guest.
+local function bench_guest_startup()
+  local t = { drvrun = {}, lua = {} }
+  for _ = 1, 10 do
+    t.drvrun[#t.drvrun + 1] = util.time({ DRVRUN, "-e", "" })
+    t.lua[#t.lua + 1] = util.time({ "lua5.4", "-e", "" })
+  end
+  rows[#rows + 1] = util.info("guest start-up: drvrun -e ''", util.median(t.drvrun) * 1000, "ms")
+  rows[#rows + 1] = util.info("guest start-up: lua5.4 -e ''", util.median(t.lua) * 1000, "ms")
+end
+
+-- ---- main ---------------------------------------------------------------------------
+
+local t0 = sys.monotonic()
+assert(fs.mkdir(WORK))
+trace_setup()
+load_inbox_first()
+install_new_stack()
+local ok, err = pcall(function()
+  bench_reload()
+  say("reload part done in %.0f s", sys.monotonic() - t0)
+  bench_guest_startup()
+  bench_start()
+end)
+if not ok then
+  say("FAILED: %s", tostring(err))
+  rows[#rows + 1] = util.missing("guest part", nil, nil, tostring(err):match("^[^\n]*"))
+end
+assert(fs.write(OUT, util.serialize(rows)))
+say("guest part done in %.0f s", sys.monotonic() - t0)
+os.exit(ok and 0 or 1)

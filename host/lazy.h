@@ -1,0 +1,181 @@
+/* lazy.h - open the C libraries of drv.* on their first use, not at start-up.
+ *
+ * libcurl, libarchive, libkmod, libmount and libcrypto bring about 45 shared
+ * objects with them. Mapping and relocating all of them at every start made
+ * `drvrun -e ''` take ~7 ms here where lua5.4 takes ~1.5 ms, and ~300 ms
+ * under TCG; a warm restart paid for libcurl and libarchive without using them.
+ *
+ * A module file includes its library's header, then this one: each library
+ * function it calls becomes a call through a pointer that dlsym(3) resolves at
+ * the first call, from the library dlopen(3)ed then (drv_lazy_sym, lazy.c).
+ * Nothing refers to the libraries' symbols at link time any more, so the
+ * linker (--as-needed, the default of Debian's and Ubuntu's toolchains) leaves
+ * them out of the executable's needed list. A library that cannot be opened
+ * ends the process with a message naming it, at the first call.
+ *
+ * Only the functions drvrun calls are listed; a new call to another one is an
+ * undefined reference at link time (with --as-needed) or a normal call. */
+#ifndef DRV_LAZY_H
+#define DRV_LAZY_H
+
+/* The address of symbol name in the library soname, opened on first use. Never NULL. */
+void *drv_lazy_sym(const char *soname, const char *name);
+
+/* The function fn of library soname, as a function designator of fn's type:
+ * resolved once per call site, then read with one atomic load. */
+#define DRV_LAZY(soname, fn) \
+	(*({ \
+		static __typeof__(&fn) drv_lazy_p; \
+		__typeof__(&fn) drv_lazy_f = __atomic_load_n(&drv_lazy_p, __ATOMIC_ACQUIRE); \
+		if (!drv_lazy_f) { \
+			drv_lazy_f = (__typeof__(&fn))drv_lazy_sym(soname, #fn); \
+			__atomic_store_n(&drv_lazy_p, drv_lazy_f, __ATOMIC_RELEASE); \
+		} \
+		drv_lazy_f; \
+	}))
+
+#endif /* DRV_LAZY_H */
+
+/* Per library, once its header is included (this part may be read again). */
+
+#if defined(CURLINC_CURL_H) && !defined(DRV_LAZY_CURL)
+#define DRV_LAZY_CURL "libcurl.so.4"
+#if LIBCURL_VERSION_MAJOR < 7 || LIBCURL_VERSION_MAJOR > 8
+#error "lazy.h: libcurl.so.4 is the library of curl 7 and 8"
+#endif
+/* typecheck-gcc.h wraps these two in checking macros; calls go through the pointer instead. */
+#undef curl_easy_setopt
+#undef curl_easy_getinfo
+#define curl_easy_cleanup	DRV_LAZY(DRV_LAZY_CURL, curl_easy_cleanup)
+#define curl_easy_getinfo	DRV_LAZY(DRV_LAZY_CURL, curl_easy_getinfo)
+#define curl_easy_header	DRV_LAZY(DRV_LAZY_CURL, curl_easy_header)
+#define curl_easy_init		DRV_LAZY(DRV_LAZY_CURL, curl_easy_init)
+#define curl_easy_perform	DRV_LAZY(DRV_LAZY_CURL, curl_easy_perform)
+#define curl_easy_setopt	DRV_LAZY(DRV_LAZY_CURL, curl_easy_setopt)
+#define curl_easy_strerror	DRV_LAZY(DRV_LAZY_CURL, curl_easy_strerror)
+#define curl_free		DRV_LAZY(DRV_LAZY_CURL, curl_free)
+#define curl_global_init	DRV_LAZY(DRV_LAZY_CURL, curl_global_init)
+#define curl_url		DRV_LAZY(DRV_LAZY_CURL, curl_url)
+#define curl_url_cleanup	DRV_LAZY(DRV_LAZY_CURL, curl_url_cleanup)
+#define curl_url_get		DRV_LAZY(DRV_LAZY_CURL, curl_url_get)
+#define curl_url_set		DRV_LAZY(DRV_LAZY_CURL, curl_url_set)
+#define curl_url_strerror	DRV_LAZY(DRV_LAZY_CURL, curl_url_strerror)
+#endif
+
+#if defined(ARCHIVE_H_INCLUDED) && !defined(DRV_LAZY_ARCHIVE)
+#define DRV_LAZY_ARCHIVE "libarchive.so.13"
+#if ARCHIVE_VERSION_NUMBER < 3000000 || ARCHIVE_VERSION_NUMBER >= 4000000
+#error "lazy.h: libarchive.so.13 is the library of libarchive 3"
+#endif
+#define archive_errno				DRV_LAZY(DRV_LAZY_ARCHIVE, archive_errno)
+#define archive_error_string			DRV_LAZY(DRV_LAZY_ARCHIVE, archive_error_string)
+#define archive_read_data_block			DRV_LAZY(DRV_LAZY_ARCHIVE, archive_read_data_block)
+#define archive_read_free			DRV_LAZY(DRV_LAZY_ARCHIVE, archive_read_free)
+#define archive_read_new			DRV_LAZY(DRV_LAZY_ARCHIVE, archive_read_new)
+#define archive_read_next_header		DRV_LAZY(DRV_LAZY_ARCHIVE, archive_read_next_header)
+#define archive_read_open_filename		DRV_LAZY(DRV_LAZY_ARCHIVE, archive_read_open_filename)
+#define archive_read_support_filter_all		DRV_LAZY(DRV_LAZY_ARCHIVE, archive_read_support_filter_all)
+#define archive_read_support_format_all		DRV_LAZY(DRV_LAZY_ARCHIVE, archive_read_support_format_all)
+#define archive_write_close			DRV_LAZY(DRV_LAZY_ARCHIVE, archive_write_close)
+#define archive_write_data_block		DRV_LAZY(DRV_LAZY_ARCHIVE, archive_write_data_block)
+#define archive_write_disk_new			DRV_LAZY(DRV_LAZY_ARCHIVE, archive_write_disk_new)
+#define archive_write_disk_set_options		DRV_LAZY(DRV_LAZY_ARCHIVE, archive_write_disk_set_options)
+#define archive_write_disk_set_standard_lookup	DRV_LAZY(DRV_LAZY_ARCHIVE, archive_write_disk_set_standard_lookup)
+#define archive_write_finish_entry		DRV_LAZY(DRV_LAZY_ARCHIVE, archive_write_finish_entry)
+#define archive_write_free			DRV_LAZY(DRV_LAZY_ARCHIVE, archive_write_free)
+#define archive_write_header			DRV_LAZY(DRV_LAZY_ARCHIVE, archive_write_header)
+#endif
+
+#if defined(ARCHIVE_ENTRY_H_INCLUDED) && !defined(DRV_LAZY_ARCHIVE_ENTRY)
+#define DRV_LAZY_ARCHIVE_ENTRY "libarchive.so.13"
+#define archive_entry_copy_hardlink	DRV_LAZY(DRV_LAZY_ARCHIVE_ENTRY, archive_entry_copy_hardlink)
+#define archive_entry_copy_pathname	DRV_LAZY(DRV_LAZY_ARCHIVE_ENTRY, archive_entry_copy_pathname)
+#define archive_entry_filetype		DRV_LAZY(DRV_LAZY_ARCHIVE_ENTRY, archive_entry_filetype)
+#define archive_entry_hardlink		DRV_LAZY(DRV_LAZY_ARCHIVE_ENTRY, archive_entry_hardlink)
+#define archive_entry_pathname		DRV_LAZY(DRV_LAZY_ARCHIVE_ENTRY, archive_entry_pathname)
+#define archive_entry_perm		DRV_LAZY(DRV_LAZY_ARCHIVE_ENTRY, archive_entry_perm)
+#define archive_entry_set_perm		DRV_LAZY(DRV_LAZY_ARCHIVE_ENTRY, archive_entry_set_perm)
+#define archive_entry_size		DRV_LAZY(DRV_LAZY_ARCHIVE_ENTRY, archive_entry_size)
+#define archive_entry_symlink		DRV_LAZY(DRV_LAZY_ARCHIVE_ENTRY, archive_entry_symlink)
+#endif
+
+#if defined(_LIBKMOD_H_) && !defined(DRV_LAZY_KMOD)
+#define DRV_LAZY_KMOD "libkmod.so.2"
+#define kmod_list_next				DRV_LAZY(DRV_LAZY_KMOD, kmod_list_next)
+#define kmod_load_resources			DRV_LAZY(DRV_LAZY_KMOD, kmod_load_resources)
+#define kmod_module_apply_filter		DRV_LAZY(DRV_LAZY_KMOD, kmod_module_apply_filter)
+#define kmod_module_get_info			DRV_LAZY(DRV_LAZY_KMOD, kmod_module_get_info)
+#define kmod_module_get_initstate		DRV_LAZY(DRV_LAZY_KMOD, kmod_module_get_initstate)
+#define kmod_module_get_module			DRV_LAZY(DRV_LAZY_KMOD, kmod_module_get_module)
+#define kmod_module_get_name			DRV_LAZY(DRV_LAZY_KMOD, kmod_module_get_name)
+#define kmod_module_get_path			DRV_LAZY(DRV_LAZY_KMOD, kmod_module_get_path)
+#define kmod_module_get_softdeps		DRV_LAZY(DRV_LAZY_KMOD, kmod_module_get_softdeps)
+#define kmod_module_get_symbols			DRV_LAZY(DRV_LAZY_KMOD, kmod_module_get_symbols)
+#define kmod_module_get_versions		DRV_LAZY(DRV_LAZY_KMOD, kmod_module_get_versions)
+#define kmod_module_info_free_list		DRV_LAZY(DRV_LAZY_KMOD, kmod_module_info_free_list)
+#define kmod_module_info_get_key		DRV_LAZY(DRV_LAZY_KMOD, kmod_module_info_get_key)
+#define kmod_module_info_get_value		DRV_LAZY(DRV_LAZY_KMOD, kmod_module_info_get_value)
+#define kmod_module_insert_module		DRV_LAZY(DRV_LAZY_KMOD, kmod_module_insert_module)
+#define kmod_module_new_from_lookup		DRV_LAZY(DRV_LAZY_KMOD, kmod_module_new_from_lookup)
+#define kmod_module_new_from_path		DRV_LAZY(DRV_LAZY_KMOD, kmod_module_new_from_path)
+#define kmod_module_probe_insert_module		DRV_LAZY(DRV_LAZY_KMOD, kmod_module_probe_insert_module)
+#define kmod_module_symbol_get_crc		DRV_LAZY(DRV_LAZY_KMOD, kmod_module_symbol_get_crc)
+#define kmod_module_symbol_get_symbol		DRV_LAZY(DRV_LAZY_KMOD, kmod_module_symbol_get_symbol)
+#define kmod_module_symbols_free_list		DRV_LAZY(DRV_LAZY_KMOD, kmod_module_symbols_free_list)
+#define kmod_module_unref			DRV_LAZY(DRV_LAZY_KMOD, kmod_module_unref)
+#define kmod_module_unref_list			DRV_LAZY(DRV_LAZY_KMOD, kmod_module_unref_list)
+#define kmod_module_version_get_crc		DRV_LAZY(DRV_LAZY_KMOD, kmod_module_version_get_crc)
+#define kmod_module_version_get_symbol		DRV_LAZY(DRV_LAZY_KMOD, kmod_module_version_get_symbol)
+#define kmod_module_versions_free_list		DRV_LAZY(DRV_LAZY_KMOD, kmod_module_versions_free_list)
+#define kmod_new				DRV_LAZY(DRV_LAZY_KMOD, kmod_new)
+#define kmod_unref				DRV_LAZY(DRV_LAZY_KMOD, kmod_unref)
+#endif
+
+#if defined(_LIBMOUNT_MOUNT_H) && !defined(DRV_LAZY_MOUNT)
+#define DRV_LAZY_MOUNT "libmount.so.1"
+#define mnt_context_disable_helpers	DRV_LAZY(DRV_LAZY_MOUNT, mnt_context_disable_helpers)
+#define mnt_context_disable_mtab	DRV_LAZY(DRV_LAZY_MOUNT, mnt_context_disable_mtab)
+#define mnt_context_disable_swapmatch	DRV_LAZY(DRV_LAZY_MOUNT, mnt_context_disable_swapmatch)
+#define mnt_context_enable_force	DRV_LAZY(DRV_LAZY_MOUNT, mnt_context_enable_force)
+#define mnt_context_enable_lazy		DRV_LAZY(DRV_LAZY_MOUNT, mnt_context_enable_lazy)
+#define mnt_context_get_excode		DRV_LAZY(DRV_LAZY_MOUNT, mnt_context_get_excode)
+#define mnt_context_get_syscall_errno	DRV_LAZY(DRV_LAZY_MOUNT, mnt_context_get_syscall_errno)
+#define mnt_context_mount		DRV_LAZY(DRV_LAZY_MOUNT, mnt_context_mount)
+#define mnt_context_set_fstype		DRV_LAZY(DRV_LAZY_MOUNT, mnt_context_set_fstype)
+#define mnt_context_set_options		DRV_LAZY(DRV_LAZY_MOUNT, mnt_context_set_options)
+#define mnt_context_set_source		DRV_LAZY(DRV_LAZY_MOUNT, mnt_context_set_source)
+#define mnt_context_set_target		DRV_LAZY(DRV_LAZY_MOUNT, mnt_context_set_target)
+#define mnt_context_syscall_called	DRV_LAZY(DRV_LAZY_MOUNT, mnt_context_syscall_called)
+#define mnt_context_umount		DRV_LAZY(DRV_LAZY_MOUNT, mnt_context_umount)
+#define mnt_free_context		DRV_LAZY(DRV_LAZY_MOUNT, mnt_free_context)
+#define mnt_free_iter			DRV_LAZY(DRV_LAZY_MOUNT, mnt_free_iter)
+#define mnt_fs_get_fs_options		DRV_LAZY(DRV_LAZY_MOUNT, mnt_fs_get_fs_options)
+#define mnt_fs_get_fstype		DRV_LAZY(DRV_LAZY_MOUNT, mnt_fs_get_fstype)
+#define mnt_fs_get_id			DRV_LAZY(DRV_LAZY_MOUNT, mnt_fs_get_id)
+#define mnt_fs_get_optional_fields	DRV_LAZY(DRV_LAZY_MOUNT, mnt_fs_get_optional_fields)
+#define mnt_fs_get_parent_id		DRV_LAZY(DRV_LAZY_MOUNT, mnt_fs_get_parent_id)
+#define mnt_fs_get_propagation		DRV_LAZY(DRV_LAZY_MOUNT, mnt_fs_get_propagation)
+#define mnt_fs_get_root			DRV_LAZY(DRV_LAZY_MOUNT, mnt_fs_get_root)
+#define mnt_fs_get_source		DRV_LAZY(DRV_LAZY_MOUNT, mnt_fs_get_source)
+#define mnt_fs_get_target		DRV_LAZY(DRV_LAZY_MOUNT, mnt_fs_get_target)
+#define mnt_fs_get_vfs_options		DRV_LAZY(DRV_LAZY_MOUNT, mnt_fs_get_vfs_options)
+#define mnt_new_context			DRV_LAZY(DRV_LAZY_MOUNT, mnt_new_context)
+#define mnt_new_iter			DRV_LAZY(DRV_LAZY_MOUNT, mnt_new_iter)
+#define mnt_new_table_from_file		DRV_LAZY(DRV_LAZY_MOUNT, mnt_new_table_from_file)
+#define mnt_table_find_mountpoint	DRV_LAZY(DRV_LAZY_MOUNT, mnt_table_find_mountpoint)
+#define mnt_table_next_fs		DRV_LAZY(DRV_LAZY_MOUNT, mnt_table_next_fs)
+#define mnt_unref_table			DRV_LAZY(DRV_LAZY_MOUNT, mnt_unref_table)
+#endif
+
+#if defined(OPENSSL_EVP_H) && !defined(DRV_LAZY_CRYPTO)
+#define DRV_LAZY_CRYPTO "libcrypto.so.3"
+#if OPENSSL_VERSION_MAJOR != 3
+#error "lazy.h: libcrypto.so.3 is the library of OpenSSL 3"
+#endif
+#define EVP_DigestFinal_ex	DRV_LAZY(DRV_LAZY_CRYPTO, EVP_DigestFinal_ex)
+#define EVP_DigestInit_ex	DRV_LAZY(DRV_LAZY_CRYPTO, EVP_DigestInit_ex)
+#define EVP_DigestUpdate	DRV_LAZY(DRV_LAZY_CRYPTO, EVP_DigestUpdate)
+#define EVP_MD_CTX_free		DRV_LAZY(DRV_LAZY_CRYPTO, EVP_MD_CTX_free)
+#define EVP_MD_CTX_new		DRV_LAZY(DRV_LAZY_CRYPTO, EVP_MD_CTX_new)
+#define EVP_sha256		DRV_LAZY(DRV_LAZY_CRYPTO, EVP_sha256)
+#endif
