@@ -152,7 +152,7 @@ install: $(DRVRUN)
 # The build contexts of docker/*/Dockerfile get drvrun's sources, so that the
 # seed's `docker build ... ubuntu/` works from docker/ (see README.md).
 DOCKER_CONTEXTS = docker/ubuntu docker/gpu-direct/ubuntu
-DIST_FILES      = Makefile $(HOST_SRC) host/drv.h lib/probe.lua $(wildcard lib/lua/drv/*.lua) \
+DIST_FILES      = Makefile $(HOST_SRC) $(wildcard host/*.h) tools/runtime-packages lib/probe.lua $(wildcard lib/lua/drv/*.lua) \
                   $(wildcard recipes/*.lua) docker/entrypoint
 
 docker-context: $(DOCKER_CONTEXTS:%=%/drvrun.tar.gz)

@@ -455,11 +455,12 @@ static int fs_copy_fd(int in, int out)
 
 /***
  * Copy a regular file atomically (temporary file beside dst, then rename).
- * Keeps src's permission bits unless opts.mode is given.
+ * Keeps src's permission bits unless opts.mode is given; `sync = false` skips
+ * the fsync (a tree of many small files, whose caller syncs once or not at all).
  * @function copy
  * @tparam string src
  * @tparam string dst
- * @tparam[opt] table opts `{ mode = n }`
+ * @tparam[opt] table opts `{ mode = n, sync = true }`
  * @treturn[1] true
  * @treturn[2] nil, string message, integer errno
  * @see copy_file_range(2)
@@ -469,6 +470,8 @@ static int fs_copy(lua_State *L)
 	const char *src = luaL_checkstring(L, 1);
 	const char *dst = luaL_checkstring(L, 2);
 	int opts = drv_opttable(L, 3);
+	int sync = drv_optfield_boolean(L, opts, "sync", 1);
+	lua_Integer mode = drv_optfield_integer(L, opts, "mode", -1);
 	char tmp[PATH_MAX];
 	struct stat st;
 	int in, out, err;
@@ -477,7 +480,7 @@ static int fs_copy(lua_State *L)
 	if (in < 0)
 		return fs_fail_path(L, src);
 	if (fstat(in, &st) < 0 || !S_ISREG(st.st_mode)) {
-		err = S_ISREG(st.st_mode) ? errno : EINVAL;
+		err = fstat(in, &st) < 0 ? errno : EINVAL;
 		close(in);
 		return drv_fail(L, err, "%s: %s", src, err == EINVAL ? "not a regular file" : strerror(err));
 	}
@@ -489,8 +492,8 @@ static int fs_copy(lua_State *L)
 		return fs_fail_path(L, dst);
 	}
 	if (fs_copy_fd(in, out) < 0 ||
-	    fchmod(out, (mode_t)drv_optfield_integer(L, opts, "mode", st.st_mode & 07777)) < 0 ||
-	    fsync(out) < 0 || close(out) < 0 || rename(tmp, dst) < 0) {
+	    fchmod(out, mode < 0 ? st.st_mode & 07777 : (mode_t)mode) < 0 ||
+	    (sync && fsync(out) < 0) || close(out) < 0 || rename(tmp, dst) < 0) {
 		err = errno;
 		close(in);
 		close(out);
@@ -533,6 +536,8 @@ static void fs_push_stat(lua_State *L, const struct stat *st)
 	lua_setfield(L, -2, "gid");
 	lua_pushnumber(L, (lua_Number)st->st_mtim.tv_sec + st->st_mtim.tv_nsec / 1e9);
 	lua_setfield(L, -2, "mtime");
+	lua_pushnumber(L, (lua_Number)st->st_ctim.tv_sec + st->st_ctim.tv_nsec / 1e9);
+	lua_setfield(L, -2, "ctime");
 	lua_pushinteger(L, (lua_Integer)st->st_dev);
 	lua_setfield(L, -2, "dev");
 	lua_pushinteger(L, (lua_Integer)st->st_ino);
@@ -561,7 +566,7 @@ static int fs_do_stat(lua_State *L, int follow)
  * @function stat
  * @tparam string path
  * @treturn[1] table `{ type = "file"|"directory"|"link"|"socket"|"fifo"|"char"|"block",
- *   size, mode, uid, gid, mtime, dev, ino, nlink, rdev (devices only) }`
+ *   size, mode, uid, gid, mtime, ctime, dev, ino, nlink, rdev (devices only) }`
  * @treturn[2] nil, string message, integer errno
  * @see stat(2)
  */

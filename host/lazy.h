@@ -168,9 +168,12 @@ void *drv_lazy_sym(const char *soname, const char *name);
 #endif
 
 #if defined(OPENSSL_EVP_H) && !defined(DRV_LAZY_CRYPTO)
+#if defined(OPENSSL_VERSION_MAJOR) && OPENSSL_VERSION_MAJOR == 3
 #define DRV_LAZY_CRYPTO "libcrypto.so.3"
-#if OPENSSL_VERSION_MAJOR != 3
-#error "lazy.h: libcrypto.so.3 is the library of OpenSSL 3"
+#elif OPENSSL_VERSION_NUMBER >= 0x10100000L && OPENSSL_VERSION_NUMBER < 0x30000000L
+#define DRV_LAZY_CRYPTO "libcrypto.so.1.1"	/* Ubuntu 20.04, the images' default base */
+#else
+#error "lazy.h: libcrypto.so.3 (OpenSSL 3) or libcrypto.so.1.1 (OpenSSL 1.1) expected"
 #endif
 #define EVP_DigestFinal_ex	DRV_LAZY(DRV_LAZY_CRYPTO, EVP_DigestFinal_ex)
 #define EVP_DigestInit_ex	DRV_LAZY(DRV_LAZY_CRYPTO, EVP_DigestInit_ex)

@@ -34,6 +34,13 @@ local function edit(root, file, from, to)
   assert(fs.write(path, text:sub(1, at - 1) .. to .. text:sub(at + #from)))
 end
 
+-- The number of the line of root/file where `text` (plain) first occurs.
+local function line_of(root, file, text)
+  local content = assert(fs.read(root .. "/" .. file))
+  local at = assert(content:find(text, 1, true), ("%s does not contain %q"):format(file, text))
+  return select(2, content:sub(1, at):gsub("\n", "")) + 1
+end
+
 -- Run the checker on root; it must fail with every line in `want` (plain text).
 local function fails_with(root, want)
   local status, out = checker(root)
@@ -69,15 +76,19 @@ describe("tools/images.lua", function()
     it("are linted by dockerfile-utils, which names the line", function()
       edit(root, OFED_DF, "--interval=30s", "--interval=30")
       edit(root, PEER_DF, "\nHEALTHCHECK ", "\nHEALTHCHEK ")
-      fails_with(root, { "FAIL docker/ubuntu/Dockerfile:55: dockerfile-utils error: time: missing unit in duration 30",
-                         "FAIL docker/gpu-direct/ubuntu/Dockerfile:48: dockerfile-utils error: Unknown instruction: HEALTHCHEK" })
+      fails_with(root, {
+        ("FAIL %s:%d: dockerfile-utils error: time: missing unit in duration 30"):format(OFED_DF,
+          line_of(root, OFED_DF, "HEALTHCHECK ")),
+        ("FAIL %s:%d: dockerfile-utils error: Unknown instruction: HEALTHCHEK"):format(PEER_DF,
+          line_of(root, PEER_DF, "HEALTHCHEK ")) })
     end)
 
     it("declare exactly the seed's build arguments", function()
       edit(root, OFED_DF, "ARG D_OS=ubuntu20.04", "ARG D_OS_TAG=ubuntu20.04")
       fails_with(root, { "FAIL docker/ubuntu/Dockerfile: build arguments are D_ARCH D_BASE_IMAGE D_OFED_VERSION D_OS_TAG; "
                          .. "the seed's are D_ARCH D_BASE_IMAGE D_OFED_VERSION D_OS",
-                         "FAIL docker/ubuntu/Dockerfile:50: ENV uses ${D_OS}, which this stage does not declare" })
+                         ("FAIL %s:%d: ENV uses ${D_OS}, which this stage does not declare"):format(OFED_DF,
+                           line_of(root, OFED_DF, "\nENV ")) })
     end)
 
     it("keep the seed's defaults, and the base image, D_OS and the node selector agree", function()
@@ -109,7 +120,8 @@ describe("tools/images.lua", function()
       fails_with(root, {
         "FAIL docker/ubuntu/Dockerfile: build argument D_ARCH does not reach the recipe: ENV D_ARCH=${D_ARCH} missing",
         "FAIL docker/ubuntu/Dockerfile: build argument D_ARCH is declared but nothing uses it",
-        "FAIL docker/ubuntu/Dockerfile:41: ADD uses ${D_OFED_VERSION}, which this stage does not declare" })
+        ("FAIL %s:%d: ADD uses ${D_OFED_VERSION}, which this stage does not declare"):format(OFED_DF,
+          line_of(root, OFED_DF, "\nADD https:")) })
     end)
 
     it("hand the sources fetched at build time to the recipe, and set only recipe options", function()
@@ -127,7 +139,8 @@ describe("tools/images.lua", function()
       edit(root, "docker/ubuntu/.dockerignore", "!drvrun.tar.gz\n", "")
       edit(root, OFED_DF, "libcurl4-openssl-dev ", "")
       fails_with(root, {
-        "FAIL docker/ubuntu/Dockerfile:39: the image stage installs libkmod-dev: build dependencies belong to the build stage",
+        ("FAIL %s:%d: the image stage installs libkmod-dev: build dependencies belong to the build stage"):format(OFED_DF,
+          line_of(root, OFED_DF, "\nRUN apt-get update \\\n && apt-get install -y --no-install-recommends $(cat")),
         "FAIL docker/ubuntu/Dockerfile: .dockerignore leaves drvrun.tar.gz out of the build context, but ADD drvrun.tar.gz "
         .. "needs it",
         "FAIL docker/ubuntu/Dockerfile: the build stage does not install libcurl4-openssl-dev (the Makefile's DEB_BUILD)" })

@@ -18,6 +18,7 @@ local journal = require "drv.journal"
 local stack = require "drv.stack"
 local graph = require "drv.graph"
 local compile = require "drv.compile"
+local digests = require "drv.digests"
 local fetch = require "drv.fetch"
 local archive = require "drv.archive"
 local kmod = require "drv.kmod"
@@ -138,6 +139,7 @@ local function new_run(recipe, opt)
   r.kver = opt.KVER or sys.uname().release
   r.root = opt.ROOT
   r.cache = ("%s/%s"):format(opt.CACHE_DIR, recipe.name)
+  r.digests = digests.open(r.cache .. "/digests")
   r.journal = journal.new(("%s/%s.journal"):format(opt.STATE_DIR, recipe.name))
   r.stack = resolve_field(r, "stack", check_stack)
   r.source_specs = resolve_field(r, "sources", check_sources) or {}
@@ -274,7 +276,7 @@ end
 local function fetch_source(r, key, src, dir)
   local url, sha = r:expand(src.url), r:expand(src.sha256)
   local dest = dir .. "/" .. url:match("([^/?#]+)[^/]*$")
-  if sha ~= "" and fs.sha256(dest) == sha then
+  if sha ~= "" and r:sha256(dest) == sha then
     log.info("source %s: %s already in the cache", key, dest)
   else
     local res, err = fetch.get(url, dest, { sha256 = sha ~= "" and sha or nil, resume = true })
@@ -325,20 +327,20 @@ end
 
 -- What a source's content is, for the cache key: a file's sha256, a directory's
 -- files with theirs.
-local function content_digest(path)
+local function content_digest(r, path)
   local st = fs.stat(path)
-  if not st or st.type ~= "directory" then return fs.sha256(path) or "?" end
+  if not st or st.type ~= "directory" then return r:sha256(path) or "?" end
   local lines = {}
-  for _, f in ipairs(compile.find_files(path)) do lines[#lines + 1] = f:sub(#path + 2) .. " " .. (fs.sha256(f) or "?") end
+  for _, f in ipairs(compile.find_files(path)) do lines[#lines + 1] = f:sub(#path + 2) .. " " .. (r:sha256(f) or "?") end
   return "tree " .. short_hash(table.concat(lines, "\n"))
 end
 
 local function cache_key(r)
   local parts = { r.recipe.name, r.recipe.version, r.kver }
   for _, key in ipairs(graph.sorted(r.sources)) do
-    parts[#parts + 1] = key .. "=" .. content_digest(r.sources[key])
+    parts[#parts + 1] = key .. "=" .. content_digest(r, r.sources[key])
   end
-  for _, path in ipairs(r.inputs) do parts[#parts + 1] = path .. "=" .. content_digest(path) end
+  for _, path in ipairs(r.inputs) do parts[#parts + 1] = path .. "=" .. content_digest(r, path) end
   for _, k in ipairs(graph.sorted(r.recipe.options or {})) do
     if r.recipe.options[k].build then
       local v = r.opt[k]
@@ -348,24 +350,45 @@ local function cache_key(r)
   return table.concat(parts, "\n")
 end
 
-local function cache_load(dir, key)
+local function cache_load(r, dir, key)
   local text = fs.read(dir .. "/manifest.lua")
   if not text then return nil end
   local ok, manifest = pcall(load(text, "=manifest", "t", {}))
   if not ok or type(manifest) ~= "table" or manifest.key ~= key then return nil end
   for _, m in ipairs(manifest) do
     m.path = dir .. "/" .. m.file
-    if fs.sha256(m.path) ~= m.sha256 then return nil end
+    if r:sha256(m.path) ~= m.sha256 then return nil end
   end
   local kept = {}
   for _, name in ipairs(manifest.keep or {}) do kept[name] = dir .. "/keep/" .. name end
   return manifest, kept
 end
 
---- Copy a directory tree (cp -a) or fail the phase.
+--- sha256 of a file, computed again only when the file changed since a run
+-- last hashed it (drv.digests); nil, message, errno when it cannot be read.
+function Run:sha256(path)
+  return self.digests:sha256(path)
+end
+
+local function copy_entry(r, from, to)
+  local st = fs.lstat(from)
+  if not st then r:fail("copy %s: it vanished during the copy", from) end
+  if st.type == "directory" then
+    ok_or_fail(r, "copy to " .. to, fs.mkdir(to, { mode = st.mode }))
+    for _, name in ipairs(assert(fs.dir(from))) do copy_entry(r, from .. "/" .. name, to .. "/" .. name) end
+  elseif st.type == "link" then
+    ok_or_fail(r, "copy to " .. to, fs.symlink(assert(fs.readlink(from)), to, { replace = true }))
+  elseif st.type == "file" then
+    ok_or_fail(r, "copy to " .. to, fs.copy(from, to, { sync = false }))
+  else
+    r:fail("copy %s: a %s is not copied (files, directories and links are)", from, st.type)
+  end
+end
+
+--- Copy a directory tree (files with their modes, directories, links as they
+-- are) or fail the phase. Nothing is synced: a lost copy is made again.
 function Run:copy_tree(from, to)
-  local res, err = proc.run({ "cp", "-a", "--", from, to }, { stderr = "stdout" })
-  if not res or res.status ~= 0 then self:fail("copy %s to %s: %s", from, to, res and res.stdout or err) end
+  copy_entry(self, from, to)
 end
 
 -- Store the built modules and the files the build asked to keep (res.keep:
@@ -378,7 +401,7 @@ local function cache_store(r, dir, key, res)
     local file = m.name .. ".ko"
     ok_or_fail(r, "cache " .. file, fs.copy(m.path, dir .. "/" .. file))
     lines[#lines + 1] = ("{ name = %q, file = %q, srcversion = %q, vermagic = %q, sha256 = %q },")
-      :format(m.name, file, m.srcversion or "", m.vermagic or "", fs.sha256(dir .. "/" .. file))
+      :format(m.name, file, m.srcversion or "", m.vermagic or "", r:sha256(dir .. "/" .. file))
   end
   local keep = {}
   for _, name in ipairs(graph.sorted(res.keep or {})) do
@@ -449,7 +472,7 @@ function phase.build(r)
   fetch_sources(r)
   local key = cache_key(r)
   local dir = ("%s/%s/builds/%s"):format(r.cache, r.kver, short_hash(key))
-  local cached, kept = cache_load(dir, key)
+  local cached, kept = cache_load(r, dir, key)
   if cached then
     log.info("build: cache hit for kernel %s (%s)", r.kver, dir)
     r.built, r.kept, r.cache_hit = cached, kept, true
@@ -459,7 +482,7 @@ function phase.build(r)
   local res = r.recipe.build(r)
   check_built(r, res.modules)
   cache_store(r, dir, key, res)
-  r.built, r.kept = cache_load(dir, key)
+  r.built, r.kept = cache_load(r, dir, key)
   cache_prune(r)
 end
 
@@ -471,7 +494,7 @@ local function install_modules(r)
   ok_or_fail(r, "install", fs.mkdir(dir))
   for _, m in ipairs(r.built) do
     local dest = dir .. "/" .. m.name .. ".ko"
-    if fs.sha256(dest) ~= m.sha256 then
+    if r:sha256(dest) ~= m.sha256 then
       ok_or_fail(r, "install " .. dest, fs.copy(m.path, dest))
       changed = true
     end
@@ -484,8 +507,16 @@ local function install_modules(r)
   end
 end
 
+local function built_srcversions(r)
+  local want = {}
+  for _, m in ipairs(r.built) do want[m.name] = m.srcversion ~= "" and m.srcversion or false end
+  return want
+end
+
+-- What was loaded before is remembered for stop's restore; when the built
+-- stack is loaded already no reload follows, and nothing is to be remembered.
 function phase.install(r)
-  if not r.opt.BUILD_ONLY then
+  if not r.opt.BUILD_ONLY and not stack.verify(r:kmod(), built_srcversions(r)) then
     local ctx = r:kmod()
     local names = {}
     for _, n in ipairs(graph.sorted(r.stack)) do
@@ -498,12 +529,6 @@ function phase.install(r)
   end
   install_modules(r)
   if r.recipe.install then r.recipe.install(r) end
-end
-
-local function built_srcversions(r)
-  local want = {}
-  for _, m in ipairs(r.built) do want[m.name] = m.srcversion ~= "" and m.srcversion or false end
-  return want
 end
 
 local function write_blacklist(r, names, file)
@@ -629,6 +654,8 @@ local function run_phase(r, name)
   local t0 = sys.monotonic()
   log.event("info", "phase " .. name .. " started", { phase = name })
   phase[name](r)
+  local saved, err = r.digests:save()
+  if not saved then log.warn("cache: cannot keep the file digests: %s", err) end
   log.event("info", ("phase %s done in %.3f s"):format(name, sys.monotonic() - t0),
             { phase = name, seconds = tonumber(("%.3f"):format(sys.monotonic() - t0)) })
 end

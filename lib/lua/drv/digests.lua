@@ -1,0 +1,64 @@
+--- drv.digests: sha256 of files, remembered between runs.
+--
+-- A file is hashed again only when its stat changed (device, inode, size,
+-- mtime, ctime: a writer cannot set ctime back), as git's index does. A
+-- restart of a driver container then reads none of its cached files.
+--
+--   local memo = digests.open(cache .. "/digests")
+--   local sha = memo:sha256(path)   -- or nil, message, errno
+--   memo:save()
+local fs = require "drv.fs"
+
+local M = {}
+local Memo = {}
+Memo.__index = Memo
+
+-- A file changed within the clock's granularity of its last stat could change
+-- again without its times moving: a digest is remembered only when the file
+-- has not changed for `settled` seconds.
+local SETTLED = 2
+
+local function stamp(st)
+  return ("%d:%d:%d:%.9f:%.9f"):format(st.dev, st.ino, st.size, st.mtime, st.ctime)
+end
+
+--- The memo kept in `file` (absent or unreadable: an empty one).
+function M.open(file)
+  local memo = setmetatable({ file = file, known = {}, used = {}, dirty = false, settled = SETTLED }, Memo)
+  for line in (fs.read(file) or ""):gmatch("[^\n]+") do
+    local sha, st, path = line:match("^(%x+) (%S+) (.+)$")
+    if sha then memo.known[path] = { sha = sha, stamp = st } end
+  end
+  return memo
+end
+
+--- sha256 of the file at path: remembered, or computed and remembered.
+function Memo:sha256(path)
+  local st = fs.stat(path)
+  if not st or st.type ~= "file" then return fs.sha256(path) end
+  local s, e = stamp(st), self.known[path]
+  if e and e.stamp == s then
+    self.used[path] = e
+    return e.sha
+  end
+  local sha, err, errno = fs.sha256(path)
+  if not sha then return nil, err, errno end
+  if math.max(st.mtime, st.ctime) < os.time() - self.settled then
+    self.used[path], self.known[path], self.dirty = { sha = sha, stamp = s }, { sha = sha, stamp = s }, true
+  end
+  return sha
+end
+
+--- Write the digests used since open, when one was new (the others are of
+-- no use any more). Losing the file costs only a hash.
+function Memo:save()
+  if not self.dirty then return true end
+  local lines = {}
+  for path, e in pairs(self.used) do lines[#lines + 1] = ("%s %s %s"):format(e.sha, e.stamp, path) end
+  table.sort(lines)
+  local ok, err, errno = fs.write(self.file, table.concat(lines, "\n") .. "\n", { sync = false })
+  if ok then self.dirty = false end
+  return ok, err, errno
+end
+
+return M

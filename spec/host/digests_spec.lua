@@ -1,0 +1,84 @@
+local digests = require "drv.digests"
+local fs = require "drv.fs"
+local E = require("drv.sys").errno
+
+describe("drv.digests", function()
+  local dir, memo_file
+  before_each(function()
+    dir = assert(fs.tmpdir("digests"))
+    memo_file = dir .. "/memo"
+  end)
+  after_each(function() fs.remove(dir, { recursive = true }) end)
+
+  -- A memo whose files count as settled at once (the default waits 2 s).
+  local function open()
+    local memo = digests.open(memo_file)
+    memo.settled = -60
+    return memo
+  end
+
+  it("gives a file's sha256, and remembers it between runs", function()
+    assert(fs.write(dir .. "/f", "hello"))
+    local memo = open()
+    assert.equal(fs.sha256(dir .. "/f"), memo:sha256(dir .. "/f"))
+    assert.is_true(memo:save())
+    assert.matches("^" .. fs.sha256(dir .. "/f") .. " %S+ " .. dir .. "/f\n$", fs.read(memo_file))
+  end)
+
+  it("does not read a file again while its stat is unchanged", function()
+    assert(fs.write(dir .. "/f", "hello"))
+    local memo = open()
+    memo:sha256(dir .. "/f")
+    assert(memo:save())
+    -- Only the memo can answer this digest: the file's content is not read.
+    local fake = ("0"):rep(64)
+    assert(fs.write(memo_file, (assert(fs.read(memo_file)):gsub("^%x+", fake))))
+    assert.equal(fake, open():sha256(dir .. "/f"))
+  end)
+
+  it("hashes a file again when it changed (a new file renamed over it, or written in place)", function()
+    assert(fs.write(dir .. "/f", "hello"))
+    local memo = open()
+    memo:sha256(dir .. "/f")
+    assert(memo:save())
+    assert(fs.write(dir .. "/f", "world"))
+    assert.equal(fs.sha256(dir .. "/f"), open():sha256(dir .. "/f"))
+    local f = assert(io.open(dir .. "/f", "r+"))
+    f:write("W")
+    f:close()
+    assert.equal(fs.sha256(dir .. "/f"), open():sha256(dir .. "/f"))
+  end)
+
+  it("does not remember a file that changed in the last seconds", function()
+    assert(fs.write(dir .. "/f", "hello"))
+    local memo = digests.open(memo_file)
+    assert.equal(fs.sha256(dir .. "/f"), memo:sha256(dir .. "/f"))
+    assert.is_true(memo:save())
+    assert.is_nil(fs.read(memo_file))
+  end)
+
+  it("keeps only the digests used in the run that saves", function()
+    assert(fs.write(dir .. "/a", "a"))
+    assert(fs.write(dir .. "/b", "b"))
+    local memo = open()
+    memo:sha256(dir .. "/a")
+    memo:sha256(dir .. "/b")
+    assert(memo:save())
+    memo = open()
+    memo:sha256(dir .. "/b")
+    assert(fs.write(dir .. "/c", "c"))
+    memo:sha256(dir .. "/c")
+    assert(memo:save())
+    local text = fs.read(memo_file)
+    assert.is_nil(text:find(dir .. "/a", 1, true))
+    assert.truthy(text:find(dir .. "/b\n", 1, true))
+    assert.truthy(text:find(dir .. "/c\n", 1, true))
+  end)
+
+  it("answers a missing file with the failure tuple, and ignores a damaged memo", function()
+    assert.same({ nil, dir .. "/nope: No such file or directory", E.ENOENT }, { open():sha256(dir .. "/nope") })
+    assert(fs.write(memo_file, "garbage\n\n" .. ("f"):rep(64) .. "\n"))
+    assert(fs.write(dir .. "/f", "hello"))
+    assert.equal(fs.sha256(dir .. "/f"), open():sha256(dir .. "/f"))
+  end)
+end)
