@@ -11,9 +11,10 @@ local distro = require "drv.distro"
 local fs = require "drv.fs"
 
 local function loaded(r, names)
-  local ctx, found = r:kmod(), {}
+  local live, found = {}, {}
+  for _, m in ipairs(r:kmod():loaded()) do live[m.name] = true end
   for _, n in ipairs(names) do
-    if ctx:state(n) then found[#found + 1] = n end
+    if live[n] then found[#found + 1] = n end
   end
   return found
 end

@@ -10,7 +10,7 @@ describe("drv.digests", function()
   end)
   after_each(function() fs.remove(dir, { recursive = true }) end)
 
-  -- A memo whose files count as settled at once (the default waits 2 s).
+  -- A memo whose files count as settled at once (the default waits 1 s).
   local function open()
     local memo = digests.open(memo_file)
     memo.settled = -60

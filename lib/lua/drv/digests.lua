@@ -8,15 +8,17 @@
 --   local sha = memo:sha256(path)   -- or nil, message, errno
 --   memo:save()
 local fs = require "drv.fs"
+local sys = require "drv.sys"
 
 local M = {}
 local Memo = {}
 Memo.__index = Memo
 
--- A file changed within the clock's granularity of its last stat could change
--- again without its times moving: a digest is remembered only when the file
--- has not changed for `settled` seconds.
-local SETTLED = 2
+-- A file changed within its file system's timestamp granularity before the
+-- stat could change again without its times moving: a digest is remembered
+-- only when the file has not changed for `settled` seconds (a second covers
+-- file systems that keep whole seconds).
+local SETTLED = 1
 
 local function stamp(st)
   return ("%d:%d:%d:%.9f:%.9f"):format(st.dev, st.ino, st.size, st.mtime, st.ctime)
@@ -43,7 +45,7 @@ function Memo:sha256(path)
   end
   local sha, err, errno = fs.sha256(path)
   if not sha then return nil, err, errno end
-  if math.max(st.mtime, st.ctime) < os.time() - self.settled then
+  if math.max(st.mtime, st.ctime) < sys.time() - self.settled then
     self.used[path], self.known[path], self.dirty = { sha = sha, stamp = s }, { sha = sha, stamp = s }, true
   end
   return sha

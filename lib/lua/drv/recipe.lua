@@ -179,7 +179,11 @@ function Run:wait_for(what, check, timeout)
   timeout = timeout or self.opt.AWAIT_TIMEOUT
   local t0 = sys.monotonic()
   local last_said = t0
-  local value, reason = check()
+  local function check_fresh() -- what is awaited may run depmod: no module index kept across checks
+    self.kmod_ctx = nil
+    return check()
+  end
+  local value, reason = check_fresh()
   while not value do
     local waited = sys.monotonic() - t0
     if waited >= timeout then self:fail("%s: still not there after %d s: %s", what, timeout, reason or "?") end
@@ -189,7 +193,7 @@ function Run:wait_for(what, check, timeout)
     end
     local sig = self.signals and self.signals:wait(math.min(1, timeout - waited))
     if sig then cancel(self, sig) end
-    value, reason = check()
+    value, reason = check_fresh()
   end
   if sys.monotonic() - t0 >= 1 then log.info("await: %s: there after %.0f s", what, sys.monotonic() - t0) end
   return value
@@ -218,10 +222,15 @@ end
 
 --- A libkmod context on the running kernel's modules. When they are missing
 -- (a container without the host's /lib/modules), install linux-modules-RELEASE
--- as the original driver containers did, or fail saying what to mount.
+-- as the original driver containers did, or fail saying what to mount. The
+-- context is kept for the run, until depmod changes its indexes.
 function Run:kmod()
+  if self.kmod_ctx then return self.kmod_ctx end
   local ctx, err = kmod.new()
-  if ctx then return ctx end
+  if ctx then
+    self.kmod_ctx = ctx
+    return ctx
+  end
   local pkg = "linux-modules-" .. sys.uname().release
   log.info("the running kernel's modules are missing (%s): installing %s", err, pkg)
   local ok, apt_err = apt_install(self, pkg)
@@ -230,6 +239,7 @@ function Run:kmod()
     self:fail("cannot read the running kernel's modules: %s, and installing %s failed: %s. Mount the host's "
               .. "/lib/modules into the container", err, pkg, apt_err or "no modules after the install")
   end
+  self.kmod_ctx = ctx
   return ctx
 end
 
@@ -502,6 +512,7 @@ local function install_modules(r)
   end
   if changed then
     ok_or_fail(r, "depmod", compile.depmod(r.kver, r.root))
+    r.kmod_ctx = nil -- its indexes are the old ones
   else
     log.info("install: %s already installed", dir)
   end
@@ -516,7 +527,8 @@ end
 -- What was loaded before is remembered for stop's restore; when the built
 -- stack is loaded already no reload follows, and nothing is to be remembered.
 function phase.install(r)
-  if not r.opt.BUILD_ONLY and not stack.verify(r:kmod(), built_srcversions(r)) then
+  r.stack_loaded = not r.opt.BUILD_ONLY and stack.verify(r:kmod(), built_srcversions(r))
+  if not r.opt.BUILD_ONLY and not r.stack_loaded then
     local ctx = r:kmod()
     local names = {}
     for _, n in ipairs(graph.sorted(r.stack)) do
@@ -560,13 +572,12 @@ end
 
 function phase.load(r)
   if r.recipe.before_load then r.recipe.before_load(r) end
-  local ctx = r:kmod()
-  local want = built_srcversions(r)
-  if stack.verify(ctx, want) then
+  if r.stack_loaded then
     log.info("load: the built stack is already loaded (srcversions match); no reload")
     r.reloaded = false
     return
   end
+  local ctx, want = r:kmod(), built_srcversions(r)
   local plan = stack.plan(r.stack, stack.snapshot(ctx), { also = r.unload_also })
   if #plan.blockers > 0 then r:fail("cannot reload the driver stack: %s", table.concat(plan.blockers, "; ")) end
   local unload = graph.flatten(plan.unload)
