@@ -147,6 +147,8 @@ install: $(DRVRUN)
 	install -m 0755 docker/entrypoint $(DESTDIR)$(DATADIR)/entrypoint
 	if ls recipes/*.lua >/dev/null 2>&1; then \
 	  install -m 0644 recipes/*.lua $(DESTDIR)$(DATADIR)/recipes/; fi
+	DESTDIR='$(DESTDIR)' $(DRVRUN) --compile $(DESTDIR)$(DATADIR)/lua/drv/*.lua $(DESTDIR)$(DATADIR)/probe.lua \
+	  $$(ls $(DESTDIR)$(DATADIR)/recipes/*.lua 2>/dev/null)
 
 # ---- images ----------------------------------------------------------------
 # The build contexts of docker/*/Dockerfile get drvrun's sources, so that the

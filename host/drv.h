@@ -38,6 +38,13 @@ int drv_write_all(int fd, const void *buf, size_t len);
 int drv_opttable(lua_State *L, int arg);
 
 /* luaopen functions of the C modules, preloaded by main.c. */
+/* chunk.c: a Lua file from its compiled chunk FILE.luac while that is current
+ * (else its source); compile FILE into FILE.luac, its chunk named "@name";
+ * make require load modules through drv_loadfile. */
+int drv_loadfile(lua_State *L, const char *path);
+int drv_compile_file(lua_State *L, const char *path, const char *name);
+void drv_use_compiled_chunks(lua_State *L);
+
 int luaopen_drv_kmod(lua_State *L);
 int luaopen_drv_mount(lua_State *L);
 int luaopen_drv_fetch(lua_State *L);

@@ -37,6 +37,9 @@ static const char usage_text[] =
 	"  -e CODE              run CODE (may be repeated)\n"
 	"  -l MODULE            require MODULE into the global MODULE (may be repeated)\n"
 	"  --plan               print what a recipe would do; change nothing\n"
+	"  --compile FILE...    write FILE.luac beside each Lua FILE, loaded instead of\n"
+	"                       FILE while FILE is unchanged (make install does this;\n"
+	"                       chunks are named after FILE without a leading $DESTDIR)\n"
 	"  --log-level LEVEL    error, warn, info (default) or debug\n"
 	"  --log-format FORMAT  text (default) or json (one object a line)\n"
 	"  -v, --version        print the version and exit\n"
@@ -62,6 +65,7 @@ struct options {
 	int plan;
 	int script;	   /* argv index of the script, 0 if none */
 	int inline_code;   /* -e or -l given */
+	int compile;	   /* argv index of the first file of --compile, 0 if none */
 	const char *log_level;
 	const char *log_format;
 };
@@ -281,6 +285,12 @@ static int parse_args(int argc, char **argv, struct options *o)
 			o->plan = 1;
 			continue;
 		}
+		if (strcmp(a, "--compile") == 0) {
+			if (i + 1 >= argc)
+				return usage_error("option '%s' needs a file", a);
+			o->compile = i + 1;
+			return 0;
+		}
 		if (strcmp(a, "-e") == 0 || strcmp(a, "-l") == 0 ||
 		    strcmp(a, "--log-level") == 0 || strcmp(a, "--log-format") == 0) {
 			if (++i >= argc)
@@ -375,7 +385,7 @@ static int run_script(lua_State *L, int argc, char **argv, int script)
 
 	if (strcmp(fname, "-") == 0)
 		fname = NULL;
-	status = luaL_loadfile(L, fname);
+	status = drv_loadfile(L, fname);
 	if (status != LUA_OK) {
 		report(L, status);
 		return EXIT_USAGE;
@@ -390,6 +400,25 @@ static int run_script(lua_State *L, int argc, char **argv, int script)
 	if (lua_istable(L, -1))
 		return run_recipe(L, fname ? fname : "stdin");
 	lua_pop(L, 1);
+	return EXIT_OK;
+}
+
+/* --compile: each file's chunk, named as installed (without $DESTDIR). */
+static int compile_files(lua_State *L, int argc, char **argv, int first)
+{
+	const char *destdir = getenv("DESTDIR");
+	size_t skip = destdir ? strlen(destdir) : 0;
+
+	while (skip > 0 && destdir[skip - 1] == '/')
+		skip--;
+	for (int i = first; i < argc; i++) {
+		const char *name = argv[i];
+
+		if (skip > 0 && strncmp(name, destdir, skip) == 0 && name[skip] == '/')
+			name += skip;
+		if (drv_compile_file(L, argv[i], name) != LUA_OK)
+			return report(L, LUA_ERRFILE), EXIT_USAGE;
+	}
 	return EXIT_OK;
 }
 
@@ -410,6 +439,9 @@ static int pmain(lua_State *L)
 	find_dir(libdir, sizeof(libdir), librels, "drv", DRV_LIBDIR);
 	find_dir(recipedir, sizeof(recipedir), reciperels, ".", DRV_RECIPEDIR);
 	set_path(L, libdir);
+	drv_use_compiled_chunks(L);
+	if (o->compile)
+		return lua_pushinteger(L, compile_files(L, argc, argv, o->compile)), 1;
 	set_config(L, o, libdir, recipedir);
 	create_arg(L, argv, argc, o->script ? o->script : argc - 1);
 	code = run_inline(L, argv, o->script ? o->script : argc);

@@ -142,4 +142,69 @@ describe("drvrun command line", function()
       for k in pairs(_G) do assert(before[k], "new global " .. k) end]])
     assert.equal(0, r.status, r.stderr)
   end)
+
+  describe("--compile", function()
+    local fs = require "drv.fs"
+    local dir
+    before_each(function() dir = assert(fs.tmpdir("compile")) end)
+    after_each(function() fs.remove(dir, { recursive = true }) end)
+
+    -- Replace path's content, keeping its modification time.
+    local function rewrite_keeping_mtime(path, content)
+      assert(sh.run(("touch -r %s %s.ref"):format(sh.quote(path), sh.quote(path))).status == 0)
+      assert(fs.write(path, content))
+      assert(sh.run(("touch -r %s.ref %s"):format(sh.quote(path), sh.quote(path))).status == 0)
+    end
+
+    local function require_m()
+      return sh.run(("DRVRUN_PATH=%s %s -e 'io.write((require(\"m\")))'"):format(sh.quote(dir),
+        sh.quote(os.getenv("DRVRUN"))))
+    end
+
+    it("writes FILE.luac, which require loads while FILE keeps its size and mtime", function()
+      assert(fs.write(dir .. "/m.lua", "return 'compiled'"))
+      local r = sh.drvrun("--compile", dir .. "/m.lua")
+      assert.equal(0, r.status, r.stderr)
+      assert.matches("^#drvrun compiled chunk: size 17, mtime %d+%.%d+\n\27Lua", fs.read(dir .. "/m.luac"))
+      -- Same size and mtime, other text: only the compiled chunk says "compiled".
+      rewrite_keeping_mtime(dir .. "/m.lua", "return 'xxxxxxxx'")
+      assert.equal("compiled", require_m().stdout)
+    end)
+
+    it("reads the source instead once it changed, or when the chunk does not load", function()
+      assert(fs.write(dir .. "/m.lua", "return 'compiled'"))
+      assert.equal(0, sh.drvrun("--compile", dir .. "/m.lua").status)
+      rewrite_keeping_mtime(dir .. "/m.lua", "return 'the source'")
+      assert.equal("the source", require_m().stdout)
+      assert(fs.write(dir .. "/m.lua", "return 'compiled'"))
+      assert.equal(0, sh.drvrun("--compile", dir .. "/m.lua").status)
+      local chunk = fs.read(dir .. "/m.luac")
+      assert(fs.write(dir .. "/m.luac", (chunk:gsub("\27Lua.*$", "\27Lua garbage"))))
+      rewrite_keeping_mtime(dir .. "/m.lua", "return 'xxxxxxxx'")
+      assert.equal("xxxxxxxx", require_m().stdout)
+    end)
+
+    it("names each chunk after its file without $DESTDIR, and runs scripts from theirs", function()
+      assert(fs.mkdir(dir .. "/usr/share"))
+      assert(fs.write(dir .. "/usr/share/s.lua", "error('from the script')"))
+      local r = sh.run(("DESTDIR=%s/ %s --compile %s/usr/share/s.lua"):format(sh.quote(dir),
+        sh.quote(os.getenv("DRVRUN")), sh.quote(dir)))
+      assert.equal(0, r.status, r.stderr)
+      r = sh.drvrun(dir .. "/usr/share/s.lua")
+      assert.equal(1, r.status)
+      assert.matches("^drvrun: /usr/share/s%.lua:1: from the script\n", r.stderr)
+    end)
+
+    it("fails with exit 2 naming a file that is missing or does not parse", function()
+      local r = sh.drvrun("--compile", dir .. "/nope.lua")
+      assert.equal(2, r.status)
+      assert.equal("drvrun: " .. dir .. "/nope.lua: No such file or directory\n", r.stderr)
+      assert(fs.write(dir .. "/bad.lua", "x = = 1"))
+      r = sh.drvrun("--compile", dir .. "/bad.lua")
+      assert.equal(2, r.status)
+      assert.matches("bad%.lua:1: unexpected symbol near '='", r.stderr)
+      assert.is_false(fs.exists(dir .. "/bad.luac"))
+      assert.same({ "bad.lua" }, fs.dir(dir))
+    end)
+  end)
 end)

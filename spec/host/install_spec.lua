@@ -23,6 +23,15 @@ describe("make install", function()
     assert.equal(tonumber("755", 8), fs.stat(dest .. "/usr/share/drvrun/entrypoint").mode)
   end)
 
+  it("compiles the library, the probe and the recipes; their chunks are named as installed", function()
+    for _, f in ipairs { "lua/drv/recipe", "lua/drv/stack", "probe", "recipes/ubuntu-ofed", "recipes/peermem" } do
+      assert.matches("^#drvrun compiled chunk", fs.read(dest .. "/usr/share/drvrun/" .. f .. ".luac"), f)
+    end
+    local r = assert(proc.run({ dest .. "/usr/bin/drvrun", "-e", "require('drv.graph').sorted(nil)" }))
+    assert.equal(1, r.status)
+    assert.matches("^drvrun: /usr/share/drvrun/lua/drv/graph%.lua:%d+: ", r.stderr)
+  end)
+
   it("finds its library and recipes next to itself", function()
     local r = assert(proc.run({ dest .. "/usr/bin/drvrun", "-e",
       "local c = require 'drv.config' require 'drv.recipe' io.write(c.libdir, '|', c.recipedir)" }))
