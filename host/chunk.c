@@ -124,8 +124,10 @@ int drv_compile_file(lua_State *L, const char *path, const char *name)
 	if (failed)
 		return failed;
 	if ((fd = mkostemp(tmp, O_CLOEXEC)) < 0 || !(out = fdopen(fd, "w"))) {
-		if (fd >= 0)
+		if (fd >= 0) {
 			close(fd);
+			unlink(tmp);
+		}
 		lua_pop(L, 1);
 		lua_pushfstring(L, "%s: %s", compiled, strerror(errno));
 		return LUA_ERRFILE;
