@@ -26,7 +26,7 @@ end
 
 --- The memo kept in `file` (absent or unreadable: an empty one).
 function M.open(file)
-  local memo = setmetatable({ file = file, known = {}, used = {}, dirty = false, settled = SETTLED }, Memo)
+  local memo = setmetatable({ file = file, known = {}, dirty = false, settled = SETTLED }, Memo)
   for line in (fs.read(file) or ""):gmatch("[^\n]+") do
     local sha, st, path = line:match("^(%x+) (%S+) (.+)$")
     if sha then memo.known[path] = { sha = sha, stamp = st } end
@@ -39,24 +39,23 @@ function Memo:sha256(path)
   local st = fs.stat(path)
   if not st or st.type ~= "file" then return fs.sha256(path) end
   local s, e = stamp(st), self.known[path]
-  if e and e.stamp == s then
-    self.used[path] = e
-    return e.sha
-  end
+  if e and e.stamp == s then return e.sha end
   local sha, err, errno = fs.sha256(path)
   if not sha then return nil, err, errno end
   if math.max(st.mtime, st.ctime) < sys.time() - self.settled then
-    self.used[path], self.known[path], self.dirty = { sha = sha, stamp = s }, { sha = sha, stamp = s }, true
+    self.known[path], self.dirty = { sha = sha, stamp = s }, true
   end
   return sha
 end
 
---- Write the digests used since open, when one was new (the others are of
--- no use any more). Losing the file costs only a hash.
+--- Write the digests, when one was new; those of files that are gone are
+-- dropped. Losing the file costs only a hash.
 function Memo:save()
   if not self.dirty then return true end
   local lines = {}
-  for path, e in pairs(self.used) do lines[#lines + 1] = ("%s %s %s"):format(e.sha, e.stamp, path) end
+  for path, e in pairs(self.known) do
+    if fs.exists(path) then lines[#lines + 1] = ("%s %s %s"):format(e.sha, e.stamp, path) end
+  end
   table.sort(lines)
   local ok, err, errno = fs.write(self.file, table.concat(lines, "\n") .. "\n", { sync = false })
   if ok then self.dirty = false end
