@@ -4,7 +4,7 @@ local specs = {
   VERSION = { default = "5.9", doc = "version" },
   URL = { default = "https://mirror/ofed-${VERSION}.tgz", doc = "bundle URL" },
   UNLOAD = { type = "boolean", default = false, doc = "unload storage" },
-  JOBS = { type = "integer", default = 2, doc = "jobs" },
+  JOBS = { type = "integer", default = 2, min = 0, doc = "jobs" },
   MODULES = { type = "list", default = "a b,c", doc = "modules" },
   MODE = { default = "run", choices = { "run", "build" }, doc = "mode" },
   SHA = { default = ("0"):rep(64), pattern = "^" .. ("%x"):rep(64) .. "$", doc = "sha256 of the bundle" },
@@ -37,6 +37,7 @@ describe("drv.options.resolve", function()
     local cases = {
       { { UNLOAD = "maybe" }, "option UNLOAD %(from argument%): 'maybe' is not a boolean %(use true or false%)" },
       { { JOBS = "two" }, "option JOBS %(from argument%): 'two' is not an integer" },
+      { { JOBS = "-1" }, "option JOBS %(from argument%): %-1 is less than 0" },
       { { MODE = "fast" }, "option MODE %(from argument%): 'fast' is not one of: run, build" },
       { { SHA = "abc" }, "option SHA %(from argument%): 'abc' is malformed %(expected sha256 of the bundle%)" },
       { { NOPE = "1" }, "unknown option NOPE %(known: ARCH, JOBS, MODE, MODULES, SHA, UNLOAD, URL, VERSION%)" },
@@ -46,6 +47,13 @@ describe("drv.options.resolve", function()
       assert.is_nil(o)
       assert.matches("^" .. c[2] .. "$", err)
     end
+  end)
+
+  it("takes an integer equal to its least value, from the environment too", function()
+    assert.equal(0, assert(options.resolve(specs, {}, env { JOBS = "0" })).JOBS)
+    local o, err = options.resolve(specs, {}, env { JOBS = "-3" })
+    assert.is_nil(o)
+    assert.equal("option JOBS (from environment): -3 is less than 0", err)
   end)
 
   it("checks the pattern of a value that is set, not of an empty one", function()
@@ -76,5 +84,7 @@ describe("drv.options.check_specs", function()
     assert.has_error(function() options.check_specs({ A = { type = "float", doc = "x" } }, 1) end,
       "option A: unknown type 'float'")
     assert.has_error(function() options.check_specs({ A = {} }, 1) end, "option A: needs a doc string")
+    assert.has_error(function() options.check_specs({ A = { min = 1, doc = "x" } }, 1) end,
+      'option A: min needs type = "integer"')
   end)
 end)

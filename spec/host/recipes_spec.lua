@@ -61,9 +61,9 @@ describe("recipes", function()
   end)
 end)
 
-describe("a recipe built from a local directory (BUILD_ONLY, for the installed kernel)", function()
+describe("a recipe built from a local directory or a fetched tarball (BUILD_ONLY, for the installed kernel)", function()
   local kver = assert(fs.dir("/lib/modules"))[1]
-  local dir, src, input, recipe
+  local dir, src, input, recipe, builds
 
   setup(function()
     dir = fs.tmpdir("dirsrc")
@@ -76,19 +76,39 @@ describe("a recipe built from a local directory (BUILD_ONLY, for the installed k
     assert(fs.write(recipe, ([[
 return {
   name = "hello", version = "1",
-  options = { SRC = { default = "", doc = "source dir" }, INPUT = { default = "", doc = "a build input" } },
+  options = { SRC = { default = "", doc = "source dir" }, INPUT = { default = "", doc = "a build input" },
+              URL = { default = "", doc = "source tarball" }, SHA = { default = "", doc = "its sha256" } },
   stack = function() return { hello = {} } end,
-  sources = function(r) return { src = { path = r.opt.SRC } } end,
+  sources = function(r)
+    return { src = r.opt.URL ~= "" and { url = r.opt.URL, sha256 = r.opt.SHA } or { path = r.opt.SRC } }
+  end,
   await = function(r) r:build_input(r.opt.INPUT) end,
-  build = function(r) return r:kbuild { src = r:extract(r.sources.src) } end,
+  build = function(r) return r:kbuild { src = r:extract(r.sources.src, { strip = 1 }) } end,
 }]])))
+    builds = ("%s/cache/hello/%s/builds"):format(dir, kver)
   end)
 
-  local function build()
-    local r = assert(proc.run({ os.getenv("DRVRUN"), recipe, "BUILD_ONLY=true", "KVER=" .. kver, "ROOT=" .. dir .. "/root",
-                                "CACHE_DIR=" .. dir .. "/cache", "SRC=" .. src, "INPUT=" .. input }))
+  local function build(...)
+    local argv = { os.getenv("DRVRUN"), recipe, "BUILD_ONLY=true", "KVER=" .. kver, "ROOT=" .. dir .. "/root",
+                   "CACHE_DIR=" .. dir .. "/cache", "SRC=" .. src, "INPUT=" .. input, ... }
+    local r = assert(proc.run(argv))
     assert.equal(0, r.status, r.stderr)
     return r.stderr
+  end
+
+  local function sorted(list)
+    table.sort(list)
+    return list
+  end
+
+  local function last_used() return assert(fs.read(builds .. "/recent")):match("^%x+") end
+
+  -- A tarball of the source with `line` added to hello.c, and the URL and sha256 options for it.
+  local function tarball(name, line)
+    assert(fs.write(src .. "/hello.c", '#include <linux/module.h>\nMODULE_LICENSE("GPL");\n' .. line .. "\n"))
+    local path = ("%s/%s.tar.gz"):format(dir, name)
+    assert.equal(0, assert(proc.run { "tar", "-czf", path, "-C", dir, "src" }).status)
+    return "URL=file://" .. path, "SHA=" .. assert(fs.sha256(path))
   end
 
   it("builds a copy (the directory stays clean), then reuses the build until the sources or inputs change", function()
@@ -102,5 +122,43 @@ return {
     assert.matches("build: cache hit", build(), nil, true)
     assert(fs.write(input, "v2\n"))
     assert.is_nil(build():find("cache hit", 1, true), "a changed build input is rebuilt")
+  end)
+
+  it("keeps the CACHE_KEEP most recently used builds with their logs, and no build tree", function()
+    local id = {}
+    for _, v in ipairs { "a", "b", "c" } do
+      assert(fs.write(input, v .. "\n"))
+      build()
+      id[v] = last_used()
+    end
+    assert.same(sorted { id.b, id.c, "recent" }, sorted(fs.dir(builds)), "the build for a is gone")
+    assert.is_false(fs.exists(("%s/cache/hello/%s/work"):format(dir, kver)), "the build tree is gone")
+    assert.matches("hello.o", assert(fs.read(builds .. "/" .. id.c .. "/build.log")), nil, true)
+    assert(fs.write(input, "b\n"))
+    assert.matches("build: cache hit", build(), nil, true)
+    assert.equal(id.b, last_used(), "a cache hit is noted")
+    assert(fs.write(input, "d\n"))
+    assert.matches("cache: removed an older build " .. id.c, build(), nil, true)
+    assert.same(sorted { id.b, last_used(), "recent" }, sorted(fs.dir(builds)), "b, used after c, is kept")
+    assert(fs.write(input, "e\n"))
+    build("CACHE_KEEP=1")
+    assert.same(sorted { last_used(), "recent" }, sorted(fs.dir(builds)))
+  end)
+
+  it("keeps the fetched sources of the kept builds only", function()
+    local first = { tarball("one", "/* one */") }
+    build(table.unpack(first))
+    build(tarball("two", "/* two */"))
+    assert.same({ "one.tar.gz", "two.tar.gz" }, sorted(fs.dir(dir .. "/cache/hello/sources")))
+    local log = build(tarball("three", "/* three */"))
+    assert.matches("cache: removed source one.tar.gz, which no kept build uses", log, nil, true)
+    assert.same({ "three.tar.gz", "two.tar.gz" }, sorted(fs.dir(dir .. "/cache/hello/sources")))
+    assert.is_nil(build(table.unpack(first)):find("cache hit", 1, true), "its build is gone too")
+  end)
+
+  it("refuses a CACHE_KEEP below 1, naming the option", function()
+    local r = assert(proc.run { os.getenv("DRVRUN"), recipe, "BUILD_ONLY=true", "CACHE_KEEP=0" })
+    assert.equal(2, r.status, "a usage error")
+    assert.matches("option CACHE_KEEP (from argument): 0 is less than 1", r.stderr, nil, true)
   end)
 end)

@@ -1,24 +1,27 @@
 --- drv.options: a recipe's options, from defaults, the environment and KEY=VALUE arguments.
 --
 -- An option is declared as `NAME = { default = v, type = "string"|"boolean"|"integer"|"list",
--- doc = "what it does", choices = {...}, pattern = "^lua pattern$", build = true }`
--- (`build`: the value changes what is built, so it is part of the build cache key). A default may be a
--- function of the options resolved so far, or a string with `${OTHER}` references.
+-- doc = "what it does", choices = {...}, pattern = "^lua pattern$", min = n, build = true }`
+-- (`min`: the least an integer may be; `build`: the value changes what is built, so it is part of the
+-- build cache key). A default may be a function of the options resolved so far, or a string with
+-- `${OTHER}` references.
 local M = {}
 
 local sorted_names = require("drv.graph").sorted
 
 local TYPES = { string = true, boolean = true, integer = true, list = true }
-local SPEC_KEYS = { default = true, type = true, doc = true, choices = true, pattern = true, build = true }
+local SPEC_KEYS = { default = true, type = true, doc = true, choices = true, pattern = true, min = true, build = true }
 
 local BOOLEANS = { ["true"] = true, ["1"] = true, yes = true, on = true,
                    ["false"] = false, ["0"] = false, no = false, off = false, [""] = false }
 
+local function invalid(name, origin, why)
+  return ("option %s (from %s): %s"):format(name, origin, why)
+end
+
 local function convert(name, spec, raw, origin)
   local kind = spec.type or "string"
-  local function bad(why)
-    return nil, ("option %s (from %s): %s"):format(name, origin, why)
-  end
+  local function bad(why) return nil, invalid(name, origin, why) end
   if type(raw) ~= "string" then
     if kind == "list" and type(raw) == "table" then return raw end
     if kind == "boolean" and type(raw) == "boolean" then return raw end
@@ -62,6 +65,7 @@ function M.check_specs(specs, level)
     if spec.type and not TYPES[spec.type] then
       error(("option %s: unknown type '%s'"):format(name, tostring(spec.type)), level + 1)
     end
+    if spec.min and spec.type ~= "integer" then error(("option %s: min needs type = \"integer\""):format(name), level + 1) end
     if not spec.doc then error(("option %s: needs a doc string"):format(name), level + 1) end
   end
 end
@@ -116,6 +120,7 @@ function M.resolve(specs, args, getenv)
     end
     local v, err = convert(name, spec, raw, from)
     if err then error(err, 0) end
+    if spec.min and v < spec.min then error(invalid(name, from, ("%d is less than %d"):format(v, spec.min)), 0) end
     values[name], origin[name] = v, from
     return v
   end

@@ -49,17 +49,19 @@ local COMMON = {
   BUILD_ONLY = { type = "boolean", default = false,
                  doc = "fetch, build and install into ROOT for KVER; do not touch the running kernel" },
   CACHE_DIR = { default = "/var/cache/drvrun", doc = "downloads and build results, per kernel" },
+  CACHE_KEEP = { type = "integer", default = 2, min = 1,
+                 doc = "builds kept per kernel, most recently used first (2: this one and one to roll back to)" },
   STATE_DIR = { default = "/run/drvrun", doc = "journal of host changes, for stop and crash recovery" },
   LOCK_FILE = { default = "/run/drvrun/host.lock", doc = "host-wide lock: one driver reload at a time" },
-  LOCK_TIMEOUT = { type = "integer", default = 600, doc = "seconds to wait for the host-wide lock" },
+  LOCK_TIMEOUT = { type = "integer", default = 600, min = 0, doc = "seconds to wait for the host-wide lock" },
   READY_FILES = { type = "list", default = "/.driver-ready", doc = "files written when the driver is ready" },
-  AWAIT_TIMEOUT = { type = "integer", default = 2400,
+  AWAIT_TIMEOUT = { type = "integer", default = 2400, min = 0,
                     doc = "seconds to wait for what the recipe needs (other driver containers)" },
-  WATCH_INTERVAL = { type = "integer", default = 10,
+  WATCH_INTERVAL = { type = "integer", default = 10, min = 0,
                      doc = "while ready, seconds between checks that the modules are still loaded (0: never)" },
-  STOP_TIMEOUT = { type = "integer", default = 120, doc = "seconds stop may take before it gives up" },
-  BUILD_TIMEOUT = { type = "integer", default = 3600, doc = "seconds a build may take" },
-  BUILD_JOBS = { type = "integer", default = 0, doc = "parallel build jobs (0: one per CPU)" },
+  STOP_TIMEOUT = { type = "integer", default = 120, min = 0, doc = "seconds stop may take before it gives up" },
+  BUILD_TIMEOUT = { type = "integer", default = 3600, min = 1, doc = "seconds a build may take" },
+  BUILD_JOBS = { type = "integer", default = 0, min = 0, doc = "parallel build jobs (0: one per CPU)" },
   WAIT = { type = "boolean", default = true, doc = "after ready, wait for a signal, then stop" },
 }
 
@@ -360,11 +362,15 @@ local function cache_key(r)
   return table.concat(parts, "\n")
 end
 
+local function read_manifest(dir)
+  local chunk = load(fs.read(dir .. "/manifest.lua") or "", "=manifest", "t", {})
+  local ok, manifest = pcall(chunk)
+  return ok and type(manifest) == "table" and manifest or nil
+end
+
 local function cache_load(r, dir, key)
-  local text = fs.read(dir .. "/manifest.lua")
-  if not text then return nil end
-  local ok, manifest = pcall(load(text, "=manifest", "t", {}))
-  if not ok or type(manifest) ~= "table" or manifest.key ~= key then return nil end
+  local manifest = read_manifest(dir)
+  if not manifest or manifest.key ~= key then return nil end
   for _, m in ipairs(manifest) do
     m.path = dir .. "/" .. m.file
     if r:sha256(m.path) ~= m.sha256 then return nil end
@@ -401,7 +407,17 @@ function Run:copy_tree(from, to)
   copy_entry(self, from, to)
 end
 
--- Store the built modules and the files the build asked to keep (res.keep:
+-- The names of the fetched sources (in CACHE/sources) a build was made from.
+local function fetched_sources(r)
+  local names, prefix = {}, r.cache .. "/sources/"
+  for _, key in ipairs(graph.sorted(r.sources)) do
+    local path = r.sources[key]
+    if path:sub(1, #prefix) == prefix then names[#names + 1] = ("%q"):format(path:sub(#prefix + 1)) end
+  end
+  return names
+end
+
+-- Store the built modules, the build log and the files the build asked to keep (res.keep:
 -- { name = path }), then the manifest last, so a half-written entry never loads.
 local function cache_store(r, dir, key, res)
   fs.remove(dir, { recursive = true, missing_ok = true })
@@ -418,16 +434,59 @@ local function cache_store(r, dir, key, res)
     r:copy_tree(res.keep[name], dir .. "/keep/" .. name)
     keep[#keep + 1] = ("%q"):format(name)
   end
-  lines[#lines + 1] = "keep = {" .. table.concat(keep, ", ") .. "} }"
+  if res.log and fs.exists(res.log) then ok_or_fail(r, "cache build.log", fs.copy(res.log, dir .. "/build.log")) end
+  lines[#lines + 1] = "keep = {" .. table.concat(keep, ", ") .. "},"
+  lines[#lines + 1] = "sources = {" .. table.concat(fetched_sources(r), ", ") .. "} }"
   ok_or_fail(r, "cache manifest", fs.write(dir .. "/manifest.lua", table.concat(lines, "\n") .. "\n"))
 end
 
--- Builds for other kernels are of no use on this node any more.
-local function cache_prune(r)
+-- CACHE/KVER/builds/recent: the builds of this kernel, most recently used
+-- first. Written only when the order changes, so a warm restart writes nothing.
+local function recent_builds(builds)
+  local ids = {}
+  for id in (fs.read(builds .. "/recent") or ""):gmatch("%x+") do ids[#ids + 1] = id end
+  return ids
+end
+
+local function cache_used(r, builds, id)
+  local ids = recent_builds(builds)
+  if ids[1] == id then return end
+  local order = { id }
+  for _, other in ipairs(ids) do
+    if other ~= id and #order < r.opt.CACHE_KEEP then order[#order + 1] = other end
+  end
+  local ok, err = fs.write(builds .. "/recent", table.concat(order, "\n") .. "\n")
+  if not ok then log.warn("cache: cannot note which builds were used last: %s", err) end
+end
+
+local function remove_from_cache(what, path)
+  if not fs.lstat(path) then return end
+  local ok, err = fs.remove(path, { recursive = true, missing_ok = true })
+  if ok then log.info("cache: removed %s", what) else log.warn("cache: cannot remove %s: %s", what, err) end
+end
+
+-- After a build, the cache keeps this kernel's CACHE_KEEP most recently used
+-- builds and the sources they were made from: not the build tree (objects of
+-- the whole bundle), not older builds, not builds for other kernels.
+local function cache_prune(r, builds)
+  remove_from_cache("the build tree", ("%s/%s/work"):format(r.cache, r.kver))
+  local keep, sources = {}, {}
+  for i, id in ipairs(recent_builds(builds)) do
+    if i <= r.opt.CACHE_KEEP then
+      keep[id] = true
+      for _, name in ipairs((read_manifest(builds .. "/" .. id) or {}).sources or {}) do sources[name] = true end
+    end
+  end
+  for _, id in ipairs(fs.dir(builds) or {}) do
+    if id ~= "recent" and not keep[id] then remove_from_cache("an older build " .. id, builds .. "/" .. id) end
+  end
+  for _, name in ipairs(fs.dir(r.cache .. "/sources") or {}) do
+    if not sources[name] then remove_from_cache("source " .. name .. ", which no kept build uses",
+                                                r.cache .. "/sources/" .. name) end
+  end
   for _, name in ipairs(fs.dir(r.cache) or {}) do
     if name ~= r.kver and name ~= "sources" and fs.exists(r.cache .. "/" .. name .. "/builds") then
-      log.info("cache: removing builds for kernel %s", name)
-      fs.remove(r.cache .. "/" .. name, { recursive = true })
+      remove_from_cache("the builds for kernel " .. name, r.cache .. "/" .. name)
     end
   end
 end
@@ -481,11 +540,13 @@ end
 function phase.build(r)
   fetch_sources(r)
   local key = cache_key(r)
-  local dir = ("%s/%s/builds/%s"):format(r.cache, r.kver, short_hash(key))
+  local builds, id = ("%s/%s/builds"):format(r.cache, r.kver), short_hash(key)
+  local dir = builds .. "/" .. id
   local cached, kept = cache_load(r, dir, key)
   if cached then
     log.info("build: cache hit for kernel %s (%s)", r.kver, dir)
     r.built, r.kept, r.cache_hit = cached, kept, true
+    cache_used(r, builds, id)
     return
   end
   if not r.recipe.build then r:fail("nothing in the build cache at %s and the recipe has no build", dir) end
@@ -493,7 +554,8 @@ function phase.build(r)
   check_built(r, res.modules)
   cache_store(r, dir, key, res)
   r.built, r.kept = cache_load(r, dir, key)
-  cache_prune(r)
+  cache_used(r, builds, id)
+  cache_prune(r, builds)
 end
 
 -- Default install: the built modules under ROOT/lib/modules/KVER/updates/<recipe>/, then depmod.
@@ -656,7 +718,9 @@ journal.define("modules", function(e, o)
   if not e.restore then return true end
   if o.lost then log.warn("stop: the modules changed behind this run's back: leaving them as they are"); return true end
   if o.hurry then log.warn("stop: second signal: not restoring the inbox modules"); return true end
-  log.info("stop: unloading %s and loading the previous modules back", table.concat(e.names, " "))
+  local back = e.previous and graph.flatten(e.previous.levels) or {}
+  log.info("stop: unloading %s (holders first), then loading back %s", table.concat(e.names, " "),
+           #back > 0 and table.concat(back, " ") or "nothing (none was loaded before)")
   return stack.restore(e.names, e.previous)
 end)
 
