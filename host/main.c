@@ -57,6 +57,7 @@ static const char usage_text[] =
 	"\n"
 	"examples:\n"
 	"  drvrun recipes/ubuntu-ofed.lua                  install the OFED stack\n"
+	"  drvrun recipes/ubuntu-ofed.lua --help           its options, as set here\n"
 	"  drvrun --plan recipes/ubuntu-ofed.lua KVER=6.1.0-56-amd64\n"
 	"  drvrun -e 'print(require(\"drv.sys\").uname().release)'\n"
 	"  drvrun $(command -v busted) spec/             run specs on the real bindings\n";

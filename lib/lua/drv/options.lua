@@ -138,7 +138,8 @@ function M.describe(specs, values)
   for _, name in ipairs(sorted_names(specs)) do
     local v = values and values[name]
     if type(v) == "table" then v = table.concat(v, " ") end
-    lines[#lines + 1] = ("  %-34s %s%s"):format(name .. "=" .. tostring(v), specs[name].doc,
+    if not values and type(specs[name].default) ~= "function" then v = specs[name].default end
+    lines[#lines + 1] = ("  %-34s %s%s"):format(name .. "=" .. tostring(v == nil and "" or v), specs[name].doc,
       values and values._origin and (" [" .. values._origin[name] .. "]") or "")
   end
   return lines

@@ -854,6 +854,15 @@ function M.run(recipe, opt)
   return 0
 end
 
+-- The loaded modules, for a plan: nil and why when they cannot be read.
+local function live_modules()
+  local ctx, err = kmod.new()
+  if not ctx then return nil, err end
+  local ok, live = pcall(stack.snapshot, ctx)
+  if not ok then return nil, tostring(live) end
+  return live
+end
+
 --- Print what a run would do, changing nothing.
 function M.plan(recipe, opt, out)
   out = out or io.stdout
@@ -867,25 +876,37 @@ function M.plan(recipe, opt, out)
     if src.path then
       say("source: %s %s", key, r:expand(src.path))
     else
-      say("fetch: %s %s (sha256 %s)", key, r:expand(src.url), r:expand(src.sha256))
+      local sha = r:expand(src.sha256)
+      say("fetch: %s %s (%s)", key, r:expand(src.url), sha ~= "" and "sha256 " .. sha or "no sha256 set: a run refuses it")
     end
   end
   say("build: %s into %s/%s (cached builds are reused)", recipe.name, r.cache, r.kver)
   say("install: %s", r:path(("/lib/modules/%s/updates/%s/"):format(r.kver, recipe.name)))
   if opt.BUILD_ONLY then return 0 end
-  local ctx = kmod.new()
-  local ok, live = pcall(stack.snapshot, ctx)
-  if not ok then
-    say("unload: unknown (cannot read the loaded modules: %s)", tostring(live))
-    live = {}
-  end
-  local p = stack.plan(r.stack, live, { also = r.unload_also })
+  local live, why = live_modules()
+  if not live then say("unload: unknown (cannot read the loaded modules: %s)", why) end
+  local p = stack.plan(r.stack, live or {}, { also = r.unload_also })
   for i, names in ipairs(p.unload) do say("unload %d: %s", i, table.concat(names, " ")) end
-  if #p.unload == 0 then say("unload: nothing of the stack is loaded") end
+  if live and #p.unload == 0 then say("unload: nothing of the stack is loaded") end
   for i, names in ipairs(p.load) do say("load %d: %s", i, table.concat(names, " ")) end
   for _, b in ipairs(p.blockers) do say("blocked: %s", b) end
   if recipe.expose then say("mount: rbind / %s", r:expand(recipe.expose)) end
   say("ready: %s", table.concat(opt.READY_FILES, " "))
+  return 0
+end
+
+--- Print how to run a recipe and its options with their values here, given
+-- the KEY=VALUE arguments `kv` (`drvrun RECIPE --help`).
+function M.help(recipe, script, kv, out)
+  out = out or io.stdout
+  local specs = option_specs(recipe)
+  out:write(("usage: drvrun [--plan] %s [KEY=VALUE...]\n\n%s %s%s\n\n"):format(script, recipe.name,
+    recipe.version, recipe.description and ": " .. recipe.description or ""))
+  out:write("options (a KEY=VALUE argument overrides the environment variable KEY, which overrides the default):\n")
+  local values, err = options.resolve(specs, kv)
+  for _, line in ipairs(options.describe(specs, values)) do out:write(line, "\n") end
+  if err then out:write("\n", err, "\n") end
+  out:write("\nSee what a run would do here, changing nothing: drvrun --plan ", script, " [KEY=VALUE...]\n")
   return 0
 end
 
@@ -897,8 +918,10 @@ end
 function M.main(recipe, script, arg)
   M.check(recipe, 2)
   local kv, positional = options.parse_args(arg)
+  if positional[1] == "--help" or positional[1] == "-h" then return M.help(recipe, script, kv) end
   if #positional > 0 then
-    log.error("%s: unexpected argument '%s' (options are KEY=VALUE)", script, positional[1])
+    log.error("%s: unexpected argument '%s' (options are KEY=VALUE; %s --help lists them)", script,
+              positional[1], script)
     return 2
   end
   local opt, err = options.resolve(option_specs(recipe), kv)
