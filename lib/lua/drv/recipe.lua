@@ -19,6 +19,7 @@ local stack = require "drv.stack"
 local graph = require "drv.graph"
 local compile = require "drv.compile"
 local digests = require "drv.digests"
+local cache = require "drv.cache"
 local fetch = require "drv.fetch"
 local archive = require "drv.archive"
 local kmod = require "drv.kmod"
@@ -271,7 +272,7 @@ end
 -- fresh directory under the build area; returns the directory.
 function Run:extract(path, o)
   local name = path:gsub("/+$", ""):match("[^/]+$"):gsub("%.tar%.[gx]z$", ""):gsub("%.t[agx]z$", "")
-  local dir = ("%s/%s/work/%s"):format(self.cache, self.kver, name)
+  local dir = cache.work_dir(self) .. "/" .. name
   fs.remove(dir, { recursive = true, missing_ok = true })
   local st = fs.stat(path)
   if st and st.type == "directory" then
@@ -329,57 +330,6 @@ function Run:expand(s)
   end))
 end
 
--- The build cache: one directory per kernel, one entry per build key. The key
--- is readable text kept in the manifest; its directory is named by a short hash.
-local function short_hash(s) -- FNV-1a, 64 bits: names a directory, not a security check
-  local h = 0xcbf29ce484222325
-  for i = 1, #s do h = (h ~ s:byte(i)) * 0x100000001b3 end
-  return ("%016x"):format(h)
-end
-
--- What a source's content is, for the cache key: a file's sha256, a directory's
--- files with theirs.
-local function content_digest(r, path)
-  local st = fs.stat(path)
-  if not st or st.type ~= "directory" then return r:sha256(path) or "?" end
-  local lines = {}
-  for _, f in ipairs(compile.find_files(path)) do lines[#lines + 1] = f:sub(#path + 2) .. " " .. (r:sha256(f) or "?") end
-  return "tree " .. short_hash(table.concat(lines, "\n"))
-end
-
-local function cache_key(r)
-  local parts = { r.recipe.name, r.recipe.version, r.kver }
-  for _, key in ipairs(graph.sorted(r.sources)) do
-    parts[#parts + 1] = key .. "=" .. content_digest(r, r.sources[key])
-  end
-  for _, path in ipairs(r.inputs) do parts[#parts + 1] = path .. "=" .. content_digest(r, path) end
-  for _, k in ipairs(graph.sorted(r.recipe.options or {})) do
-    if r.recipe.options[k].build then
-      local v = r.opt[k]
-      parts[#parts + 1] = k .. "=" .. (type(v) == "table" and table.concat(v, " ") or tostring(v))
-    end
-  end
-  return table.concat(parts, "\n")
-end
-
-local function read_manifest(dir)
-  local chunk = load(fs.read(dir .. "/manifest.lua") or "", "=manifest", "t", {})
-  local ok, manifest = pcall(chunk)
-  return ok and type(manifest) == "table" and manifest or nil
-end
-
-local function cache_load(r, dir, key)
-  local manifest = read_manifest(dir)
-  if not manifest or manifest.key ~= key then return nil end
-  for _, m in ipairs(manifest) do
-    m.path = dir .. "/" .. m.file
-    if r:sha256(m.path) ~= m.sha256 then return nil end
-  end
-  local kept = {}
-  for _, name in ipairs(manifest.keep or {}) do kept[name] = dir .. "/keep/" .. name end
-  return manifest, kept
-end
-
 --- sha256 of a file, computed again only when the file changed since a run
 -- last hashed it (drv.digests); nil, message, errno when it cannot be read.
 function Run:sha256(path)
@@ -405,90 +355,6 @@ end
 -- are) or fail the phase. Nothing is synced: a lost copy is made again.
 function Run:copy_tree(from, to)
   copy_entry(self, from, to)
-end
-
--- The names of the fetched sources (in CACHE/sources) a build was made from.
-local function fetched_sources(r)
-  local names, prefix = {}, r.cache .. "/sources/"
-  for _, key in ipairs(graph.sorted(r.sources)) do
-    local path = r.sources[key]
-    if path:sub(1, #prefix) == prefix then names[#names + 1] = ("%q"):format(path:sub(#prefix + 1)) end
-  end
-  return names
-end
-
--- Store the built modules, the build log and the files the build asked to keep (res.keep:
--- { name = path }), then the manifest last, so a half-written entry never loads.
-local function cache_store(r, dir, key, res)
-  fs.remove(dir, { recursive = true, missing_ok = true })
-  ok_or_fail(r, "cache " .. dir, fs.mkdir(dir .. "/keep"))
-  local lines = { ("return { key = %q,"):format(key) }
-  for _, m in ipairs(res.modules) do
-    local file = m.name .. ".ko"
-    ok_or_fail(r, "cache " .. file, fs.copy(m.path, dir .. "/" .. file))
-    lines[#lines + 1] = ("{ name = %q, file = %q, srcversion = %q, vermagic = %q, sha256 = %q },")
-      :format(m.name, file, m.srcversion or "", m.vermagic or "", r:sha256(dir .. "/" .. file))
-  end
-  local keep = {}
-  for _, name in ipairs(graph.sorted(res.keep or {})) do
-    r:copy_tree(res.keep[name], dir .. "/keep/" .. name)
-    keep[#keep + 1] = ("%q"):format(name)
-  end
-  if res.log and fs.exists(res.log) then ok_or_fail(r, "cache build.log", fs.copy(res.log, dir .. "/build.log")) end
-  lines[#lines + 1] = "keep = {" .. table.concat(keep, ", ") .. "},"
-  lines[#lines + 1] = "sources = {" .. table.concat(fetched_sources(r), ", ") .. "} }"
-  ok_or_fail(r, "cache manifest", fs.write(dir .. "/manifest.lua", table.concat(lines, "\n") .. "\n"))
-end
-
--- CACHE/KVER/builds/recent: the builds of this kernel, most recently used
--- first. Written only when the order changes, so a warm restart writes nothing.
-local function recent_builds(builds)
-  local ids = {}
-  for id in (fs.read(builds .. "/recent") or ""):gmatch("%x+") do ids[#ids + 1] = id end
-  return ids
-end
-
-local function cache_used(r, builds, id)
-  local ids = recent_builds(builds)
-  if ids[1] == id then return end
-  local order = { id }
-  for _, other in ipairs(ids) do
-    if other ~= id and #order < r.opt.CACHE_KEEP then order[#order + 1] = other end
-  end
-  local ok, err = fs.write(builds .. "/recent", table.concat(order, "\n") .. "\n")
-  if not ok then log.warn("cache: cannot note which builds were used last: %s", err) end
-end
-
-local function remove_from_cache(what, path)
-  if not fs.lstat(path) then return end
-  local ok, err = fs.remove(path, { recursive = true, missing_ok = true })
-  if ok then log.info("cache: removed %s", what) else log.warn("cache: cannot remove %s: %s", what, err) end
-end
-
--- After a build, the cache keeps this kernel's CACHE_KEEP most recently used
--- builds and the sources they were made from: not the build tree (objects of
--- the whole bundle), not older builds, not builds for other kernels.
-local function cache_prune(r, builds)
-  remove_from_cache("the build tree", ("%s/%s/work"):format(r.cache, r.kver))
-  local keep, sources = {}, {}
-  for i, id in ipairs(recent_builds(builds)) do
-    if i <= r.opt.CACHE_KEEP then
-      keep[id] = true
-      for _, name in ipairs((read_manifest(builds .. "/" .. id) or {}).sources or {}) do sources[name] = true end
-    end
-  end
-  for _, id in ipairs(fs.dir(builds) or {}) do
-    if id ~= "recent" and not keep[id] then remove_from_cache("an older build " .. id, builds .. "/" .. id) end
-  end
-  for _, name in ipairs(fs.dir(r.cache .. "/sources") or {}) do
-    if not sources[name] then remove_from_cache("source " .. name .. ", which no kept build uses",
-                                                r.cache .. "/sources/" .. name) end
-  end
-  for _, name in ipairs(fs.dir(r.cache) or {}) do
-    if name ~= r.kver and name ~= "sources" and fs.exists(r.cache .. "/" .. name .. "/builds") then
-      remove_from_cache("the builds for kernel " .. name, r.cache .. "/" .. name)
-    end
-  end
 end
 
 local function check_built(r, built)
@@ -539,23 +405,21 @@ end
 
 function phase.build(r)
   fetch_sources(r)
-  local key = cache_key(r)
-  local builds, id = ("%s/%s/builds"):format(r.cache, r.kver), short_hash(key)
-  local dir = builds .. "/" .. id
-  local cached, kept = cache_load(r, dir, key)
+  local entry = cache.entry(r)
+  local cached, kept = cache.load(r, entry)
   if cached then
-    log.info("build: cache hit for kernel %s (%s)", r.kver, dir)
+    log.info("build: cache hit for kernel %s (%s)", r.kver, entry.dir)
     r.built, r.kept, r.cache_hit = cached, kept, true
-    cache_used(r, builds, id)
+    cache.used(r, entry)
     return
   end
-  if not r.recipe.build then r:fail("nothing in the build cache at %s and the recipe has no build", dir) end
+  if not r.recipe.build then r:fail("nothing in the build cache at %s and the recipe has no build", entry.dir) end
   local res = r.recipe.build(r)
   check_built(r, res.modules)
-  cache_store(r, dir, key, res)
-  r.built, r.kept = cache_load(r, dir, key)
-  cache_used(r, builds, id)
-  cache_prune(r, builds)
+  cache.store(r, entry, res)
+  r.built, r.kept = cache.load(r, entry)
+  cache.used(r, entry)
+  cache.prune(r, entry)
 end
 
 -- Default install: the built modules under ROOT/lib/modules/KVER/updates/<recipe>/, then depmod.

@@ -1,0 +1,173 @@
+--- drv.cache: a recipe's build cache, so a restart does not rebuild.
+--
+-- CACHE_DIR/<recipe>/sources/        fetched sources
+-- CACHE_DIR/<recipe>/<kernel>/work/  the build tree of the build under way
+-- CACHE_DIR/<recipe>/<kernel>/builds/<id>/  one entry per build key: the built
+--   modules, the files install needs (keep/), build.log and manifest.lua
+-- CACHE_DIR/<recipe>/<kernel>/builds/recent  the entries, most recently used first
+--
+-- The key is readable text kept in the manifest (recipe, version, kernel, the
+-- content of every source and build input, the options marked `build`); the
+-- entry's directory is named by a short hash of it. Phase functions call these
+-- with the run `r`; a failure fails the phase.
+local M = {}
+
+local compile = require "drv.compile"
+local graph = require "drv.graph"
+local fs = require "drv.fs"
+local log = require "drv.log"
+
+local function ok_or_fail(r, what, ok, err)
+  if not ok then r:fail("%s: %s", what, err) end
+  return ok
+end
+
+local function short_hash(s) -- FNV-1a, 64 bits: names a directory, not a security check
+  local h = 0xcbf29ce484222325
+  for i = 1, #s do h = (h ~ s:byte(i)) * 0x100000001b3 end
+  return ("%016x"):format(h)
+end
+
+-- What a source's content is, for the key: a file's sha256, a directory's files with theirs.
+local function content_digest(r, path)
+  local st = fs.stat(path)
+  if not st or st.type ~= "directory" then return r:sha256(path) or "?" end
+  local lines = {}
+  for _, f in ipairs(compile.find_files(path)) do lines[#lines + 1] = f:sub(#path + 2) .. " " .. (r:sha256(f) or "?") end
+  return "tree " .. short_hash(table.concat(lines, "\n"))
+end
+
+local function build_key(r)
+  local parts = { r.recipe.name, r.recipe.version, r.kver }
+  for _, key in ipairs(graph.sorted(r.sources)) do
+    parts[#parts + 1] = key .. "=" .. content_digest(r, r.sources[key])
+  end
+  for _, path in ipairs(r.inputs) do parts[#parts + 1] = path .. "=" .. content_digest(r, path) end
+  for _, k in ipairs(graph.sorted(r.recipe.options or {})) do
+    if r.recipe.options[k].build then
+      local v = r.opt[k]
+      parts[#parts + 1] = k .. "=" .. (type(v) == "table" and table.concat(v, " ") or tostring(v))
+    end
+  end
+  return table.concat(parts, "\n")
+end
+
+--- Where this run's build tree goes: CACHE/KVER/work.
+function M.work_dir(r)
+  return ("%s/%s/work"):format(r.cache, r.kver)
+end
+
+--- The entry for this run's sources, inputs and options: `{ key, id, dir, builds }`.
+function M.entry(r)
+  local key = build_key(r)
+  local builds, id = ("%s/%s/builds"):format(r.cache, r.kver), short_hash(key)
+  return { key = key, id = id, dir = builds .. "/" .. id, builds = builds }
+end
+
+local function read_manifest(dir)
+  local chunk = load(fs.read(dir .. "/manifest.lua") or "", "=manifest", "t", {})
+  local ok, manifest = pcall(chunk)
+  return ok and type(manifest) == "table" and manifest or nil
+end
+
+--- The built modules of an entry (`{ name, path, srcversion, vermagic }`...) and
+-- its kept files (`{ name = path }`); nil when the entry is missing, of another
+-- key, or a module file does not have the checksum it was stored with.
+function M.load(r, entry)
+  local manifest = read_manifest(entry.dir)
+  if not manifest or manifest.key ~= entry.key then return nil end
+  for _, m in ipairs(manifest) do
+    m.path = entry.dir .. "/" .. m.file
+    if r:sha256(m.path) ~= m.sha256 then return nil end
+  end
+  local kept = {}
+  for _, name in ipairs(manifest.keep or {}) do kept[name] = entry.dir .. "/keep/" .. name end
+  return manifest, kept
+end
+
+-- The names of the fetched sources (in CACHE/sources) a build was made from.
+local function fetched_sources(r)
+  local names, prefix = {}, r.cache .. "/sources/"
+  for _, key in ipairs(graph.sorted(r.sources)) do
+    local path = r.sources[key]
+    if path:sub(1, #prefix) == prefix then names[#names + 1] = ("%q"):format(path:sub(#prefix + 1)) end
+  end
+  return names
+end
+
+--- Store a build's result (`{ modules, log, keep = { name = path } }`): the
+-- modules, the log and the kept files, then the manifest last, so a
+-- half-written entry never loads.
+function M.store(r, entry, res)
+  local dir = entry.dir
+  fs.remove(dir, { recursive = true, missing_ok = true })
+  ok_or_fail(r, "cache " .. dir, fs.mkdir(dir .. "/keep"))
+  local lines = { ("return { key = %q,"):format(entry.key) }
+  for _, m in ipairs(res.modules) do
+    local file = m.name .. ".ko"
+    ok_or_fail(r, "cache " .. file, fs.copy(m.path, dir .. "/" .. file))
+    lines[#lines + 1] = ("{ name = %q, file = %q, srcversion = %q, vermagic = %q, sha256 = %q },")
+      :format(m.name, file, m.srcversion or "", m.vermagic or "", r:sha256(dir .. "/" .. file))
+  end
+  local keep = {}
+  for _, name in ipairs(graph.sorted(res.keep or {})) do
+    r:copy_tree(res.keep[name], dir .. "/keep/" .. name)
+    keep[#keep + 1] = ("%q"):format(name)
+  end
+  if res.log and fs.exists(res.log) then ok_or_fail(r, "cache build.log", fs.copy(res.log, dir .. "/build.log")) end
+  lines[#lines + 1] = "keep = {" .. table.concat(keep, ", ") .. "},"
+  lines[#lines + 1] = "sources = {" .. table.concat(fetched_sources(r), ", ") .. "} }"
+  ok_or_fail(r, "cache manifest", fs.write(dir .. "/manifest.lua", table.concat(lines, "\n") .. "\n"))
+end
+
+local function recent_builds(builds)
+  local ids = {}
+  for id in (fs.read(builds .. "/recent") or ""):gmatch("%x+") do ids[#ids + 1] = id end
+  return ids
+end
+
+--- Note the entry as the most recently used one. Written only when the order
+-- changes, so a warm restart writes nothing.
+function M.used(r, entry)
+  local ids = recent_builds(entry.builds)
+  if ids[1] == entry.id then return end
+  local order = { entry.id }
+  for _, other in ipairs(ids) do
+    if other ~= entry.id and #order < r.opt.CACHE_KEEP then order[#order + 1] = other end
+  end
+  local ok, err = fs.write(entry.builds .. "/recent", table.concat(order, "\n") .. "\n")
+  if not ok then log.warn("cache: cannot note which builds were used last: %s", err) end
+end
+
+local function remove(what, path)
+  if not fs.lstat(path) then return end
+  local ok, err = fs.remove(path, { recursive = true, missing_ok = true })
+  if ok then log.info("cache: removed %s", what) else log.warn("cache: cannot remove %s: %s", what, err) end
+end
+
+--- After a build: keep this kernel's CACHE_KEEP most recently used builds and
+-- the sources they were made from; remove the build tree (the objects of the
+-- whole bundle), older builds and the builds for other kernels.
+function M.prune(r, entry)
+  remove("the build tree", M.work_dir(r))
+  local keep, sources = {}, {}
+  for i, id in ipairs(recent_builds(entry.builds)) do
+    if i <= r.opt.CACHE_KEEP then
+      keep[id] = true
+      for _, name in ipairs((read_manifest(entry.builds .. "/" .. id) or {}).sources or {}) do sources[name] = true end
+    end
+  end
+  for _, id in ipairs(fs.dir(entry.builds) or {}) do
+    if id ~= "recent" and not keep[id] then remove("an older build " .. id, entry.builds .. "/" .. id) end
+  end
+  for _, name in ipairs(fs.dir(r.cache .. "/sources") or {}) do
+    if not sources[name] then remove("source " .. name .. ", which no kept build uses", r.cache .. "/sources/" .. name) end
+  end
+  for _, name in ipairs(fs.dir(r.cache) or {}) do
+    if name ~= r.kver and name ~= "sources" and fs.exists(r.cache .. "/" .. name .. "/builds") then
+      remove("the builds for kernel " .. name, r.cache .. "/" .. name)
+    end
+  end
+end
+
+return M
