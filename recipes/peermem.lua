@@ -29,7 +29,7 @@ local function loaded_exports(r)
   for name, root in pairs { ib_core = r.opt.OFED_ROOT, nvidia = r.nvidia.root } do
     local ko, err = symvers.loaded_file(ctx, name, peermem.module_dirs(root, r.kver))
     if ko then
-      providers[name] = assert(kmod.symbols(ko))
+      providers[name] = r:must("read the symbols of " .. ko, kmod.symbols(ko))
     else
       log.warn("load: cannot check symbol CRCs against %s: %s (the kernel still checks them)", name, err)
     end
@@ -100,7 +100,8 @@ return {
     end
     local src = r:extract(r.sources.peermem, { strip = 1 })
     local nv_symvers = src .. "/nvidia.symvers"
-    assert(symvers.write(nv_symvers, r.nvidia.ko, assert(kmod.symbols(r.nvidia.ko))))
+    local symbols = r:must("read the symbols of " .. r.nvidia.ko, kmod.symbols(r.nvidia.ko))
+    r:must("write " .. nv_symvers, symvers.write(nv_symvers, r.nvidia.ko, symbols))
     return r:kbuild {
       src = src,
       extra_symbols = { r.ofed.symvers, nv_symvers },

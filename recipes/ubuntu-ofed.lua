@@ -112,11 +112,10 @@ return {
   -- link still resolves when this root is seen from the host or another container.
   install = function(r)
     local base = r:path("/usr/src/ofa_kernel")
-    local dir = ("%s/%s/%s"):format(base, r.opt.D_ARCH, r.kver)
-    fs.remove(dir, { recursive = true, missing_ok = true })
-    assert(fs.mkdir(dir))
-    r:copy_tree(r.kept.include, dir .. "/include")
-    assert(fs.copy(r.kept["Module.symvers"], dir .. "/Module.symvers"))
-    assert(fs.symlink(("%s/%s"):format(r.opt.D_ARCH, r.kver), base .. "/default", { replace = true }))
+    r:install_dir(("%s/%s/%s"):format(base, r.opt.D_ARCH, r.kver), function(dir)
+      r:copy_tree(r.kept.include, dir .. "/include")
+      r:must("install headers", fs.copy(r.kept["Module.symvers"], dir .. "/Module.symvers"))
+    end)
+    r:must("install headers", fs.symlink(("%s/%s"):format(r.opt.D_ARCH, r.kver), base .. "/default", { replace = true }))
   end,
 }

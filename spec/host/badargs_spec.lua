@@ -30,12 +30,7 @@ local function wrong(v)
   return F -- a function where a string goes (numbers would be coerced)
 end
 
-local function sorted_keys(t)
-  local keys = {}
-  for k in pairs(t) do keys[#keys + 1] = k end
-  table.sort(keys)
-  return keys
-end
+local sorted_keys = require("drv.graph").sorted
 
 for _, modname in ipairs(sorted_keys(signatures)) do
   local mod = require(modname)

@@ -63,6 +63,18 @@ describe("recipes", function()
     assert.is_nil(r.stdout:find("nothing of the stack is loaded", 1, true), "no claim it cannot make")
   end)
 
+  it("fails a phase on r:must with what failed and why, no source position", function()
+    local dir = fs.tmpdir("must")
+    assert(fs.write(dir .. "/must.lua", [[
+local fs = require "drv.fs"
+return { name = "must", version = "1", stack = {},
+         prepare = function(r) r:must("prepare scratch", fs.mkdir("/proc/drvrun-nope")) end }]]))
+    local r = run(dir .. "/must.lua")
+    assert.equal(1, r.status, r.stderr)
+    assert.matches("ERROR prepare scratch: /proc/drvrun%-nope: [^\n]+\n", r.stderr)
+    assert.is_nil(r.stderr:find("must.lua:", 1, true), "no source position: it is not a bug in the recipe")
+  end)
+
   it("lists a recipe's options with their values here (RECIPE --help), changing nothing", function()
     local r = run("recipes/ubuntu-ofed.lua", { "--help" })
     assert.equal(0, r.status, r.stderr)
@@ -92,6 +104,7 @@ describe("a recipe built from a local directory or a fetched tarball (BUILD_ONLY
     assert(fs.write(input, "v1\n"))
     recipe = dir .. "/hello.lua"
     assert(fs.write(recipe, ([[
+local fs = require "drv.fs"
 return {
   name = "hello", version = "1",
   options = { SRC = { default = "", doc = "source dir" }, INPUT = { default = "", doc = "a build input" },
@@ -102,6 +115,9 @@ return {
   end,
   await = function(r) r:build_input(r.opt.INPUT) end,
   build = function(r) return r:kbuild { src = r:extract(r.sources.src, { strip = 1 }) } end,
+  install = function(r)
+    r:install_dir(r:path("/usr/src/hello"), function(d) assert(fs.write(d .. "/hello.h", "/* hello */\n")) end)
+  end,
 }]])))
     builds = ("%s/cache/hello/%s/builds"):format(dir, kver)
   end)
@@ -140,6 +156,24 @@ return {
     assert.matches("build: cache hit", build(), nil, true)
     assert(fs.write(input, "v2\n"))
     assert.is_nil(build():find("cache hit", 1, true), "a changed build input is rebuilt")
+  end)
+
+  it("installs a directory once per build: a restart copies nothing, a new build or a cut-short install refills it", function()
+    local headers = dir .. "/root/usr/src/hello"
+    local skipped = "install: " .. headers .. " already installed"
+    assert(fs.write(input, "headers-1\n"))
+    assert.is_nil(build():find(skipped, 1, true), "a new build installs")
+    assert.equal(last_used() .. "\n", fs.read(headers .. "/.drvrun-build"), "the stamp names the build")
+    assert(fs.write(headers .. "/stray", "not from the build\n"))
+    assert.matches(skipped, build(), nil, true)
+    assert.is_true(fs.exists(headers .. "/stray"), "nothing was copied again")
+    assert(fs.write(input, "headers-2\n"))
+    assert.is_nil(build():find(skipped, 1, true), "another build installs again")
+    assert.is_false(fs.exists(headers .. "/stray"), "into an emptied directory")
+    assert(fs.write(headers .. "/stray", "left by an install cut short\n"))
+    assert(fs.remove(headers .. "/.drvrun-build"))
+    assert.is_nil(build():find(skipped, 1, true), "no stamp: the install is redone")
+    assert.same({ ".drvrun-build", "hello.h" }, sorted(fs.dir(headers)))
   end)
 
   it("keeps the CACHE_KEEP most recently used builds with their logs, and no build tree", function()

@@ -17,11 +17,6 @@ local graph = require "drv.graph"
 local fs = require "drv.fs"
 local log = require "drv.log"
 
-local function ok_or_fail(r, what, ok, err)
-  if not ok then r:fail("%s: %s", what, err) end
-  return ok
-end
-
 local function short_hash(s) -- FNV-1a, 64 bits: names a directory, not a security check
   local h = 0xcbf29ce484222325
   for i = 1, #s do h = (h ~ s:byte(i)) * 0x100000001b3 end
@@ -101,11 +96,11 @@ end
 function M.store(r, entry, res)
   local dir = entry.dir
   fs.remove(dir, { recursive = true, missing_ok = true })
-  ok_or_fail(r, "cache " .. dir, fs.mkdir(dir .. "/keep"))
+  r:must("cache " .. dir, fs.mkdir(dir .. "/keep"))
   local lines = { ("return { key = %q,"):format(entry.key) }
   for _, m in ipairs(res.modules) do
     local file = m.name .. ".ko"
-    ok_or_fail(r, "cache " .. file, fs.copy(m.path, dir .. "/" .. file))
+    r:must("cache " .. file, fs.copy(m.path, dir .. "/" .. file))
     lines[#lines + 1] = ("{ name = %q, file = %q, srcversion = %q, vermagic = %q, sha256 = %q },")
       :format(m.name, file, m.srcversion or "", m.vermagic or "", r:sha256(dir .. "/" .. file))
   end
@@ -114,10 +109,10 @@ function M.store(r, entry, res)
     r:copy_tree(res.keep[name], dir .. "/keep/" .. name)
     keep[#keep + 1] = ("%q"):format(name)
   end
-  if res.log and fs.exists(res.log) then ok_or_fail(r, "cache build.log", fs.copy(res.log, dir .. "/build.log")) end
+  if res.log and fs.exists(res.log) then r:must("cache build.log", fs.copy(res.log, dir .. "/build.log")) end
   lines[#lines + 1] = "keep = {" .. table.concat(keep, ", ") .. "},"
   lines[#lines + 1] = "sources = {" .. table.concat(fetched_sources(r), ", ") .. "} }"
-  ok_or_fail(r, "cache manifest", fs.write(dir .. "/manifest.lua", table.concat(lines, "\n") .. "\n"))
+  r:must("cache manifest", fs.write(dir .. "/manifest.lua", table.concat(lines, "\n") .. "\n"))
 end
 
 local function recent_builds(builds)

@@ -173,6 +173,13 @@ function Run.fail(_, fmt, ...)
   error(select("#", ...) > 0 and fmt:format(...) or fmt, 0)
 end
 
+--- Fail the current phase with "what: err" unless `ok`; returns `ok`.
+-- For the `nil, message, errno` of the drv.* calls: `r:must("install", fs.mkdir(dir))`.
+function Run:must(what, ok, err)
+  if not ok then self:fail("%s: %s", what, err) end
+  return ok
+end
+
 local AWAIT_PROGRESS_EVERY = 10 -- seconds between "still waiting" lines
 
 --- Wait until `check()` returns a true value (which is returned), polling every
@@ -200,11 +207,6 @@ function Run:wait_for(what, check, timeout)
   end
   if sys.monotonic() - t0 >= 1 then log.info("await: %s: there after %.0f s", what, sys.monotonic() - t0) end
   return value
-end
-
-local function ok_or_fail(r, what, ok, err)
-  if not ok then r:fail("%s: %s", what, err) end
-  return ok
 end
 
 -- Install a Debian/Ubuntu package with apt (refreshing stale package lists
@@ -276,13 +278,13 @@ function Run:extract(path, o)
   fs.remove(dir, { recursive = true, missing_ok = true })
   local st = fs.stat(path)
   if st and st.type == "directory" then
-    ok_or_fail(self, "extract", fs.mkdir(dir:match("^(.*)/")))
+    self:must("extract", fs.mkdir(dir:match("^(.*)/")))
     self:copy_tree(path, dir)
     return dir
   end
-  ok_or_fail(self, "extract", fs.mkdir(dir))
+  self:must("extract", fs.mkdir(dir))
   local res, err = archive.extract(path, dir, o)
-  ok_or_fail(self, "extract " .. path, res, err)
+  self:must("extract " .. path, res, err)
   return dir
 end
 
@@ -293,7 +295,7 @@ local function fetch_source(r, key, src, dir)
     log.info("source %s: %s already in the cache", key, dest)
   else
     local res, err = fetch.get(url, dest, { sha256 = sha ~= "" and sha or nil, resume = true })
-    ok_or_fail(r, "fetch " .. key, res, err)
+    r:must("fetch " .. key, res, err)
   end
   return dest
 end
@@ -302,7 +304,7 @@ end
 -- checksum; a `path` source (a local file or directory) is used where it is.
 local function fetch_sources(r)
   local dir = r.cache .. "/sources"
-  ok_or_fail(r, "cache " .. dir, fs.mkdir(dir))
+  r:must("cache " .. dir, fs.mkdir(dir))
   for key, src in pairs(r.source_specs) do
     if src.path then
       local path = r:expand(src.path)
@@ -340,12 +342,12 @@ local function copy_entry(r, from, to)
   local st = fs.lstat(from)
   if not st then r:fail("copy %s: it vanished during the copy", from) end
   if st.type == "directory" then
-    ok_or_fail(r, "copy to " .. to, fs.mkdir(to, { mode = st.mode }))
+    r:must("copy to " .. to, fs.mkdir(to, { mode = st.mode }))
     for _, name in ipairs(assert(fs.dir(from))) do copy_entry(r, from .. "/" .. name, to .. "/" .. name) end
   elseif st.type == "link" then
-    ok_or_fail(r, "copy to " .. to, fs.symlink(assert(fs.readlink(from)), to, { replace = true }))
+    r:must("copy to " .. to, fs.symlink(assert(fs.readlink(from)), to, { replace = true }))
   elseif st.type == "file" then
-    ok_or_fail(r, "copy to " .. to, fs.copy(from, to, { sync = false }))
+    r:must("copy to " .. to, fs.copy(from, to, { sync = false }))
   else
     r:fail("copy %s: a %s is not copied (files, directories and links are)", from, st.type)
   end
@@ -355,6 +357,24 @@ end
 -- are) or fail the phase. Nothing is synced: a lost copy is made again.
 function Run:copy_tree(from, to)
   copy_entry(self, from, to)
+end
+
+local INSTALLED_STAMP = ".drvrun-build" -- in an installed directory: the build it holds
+
+--- Fill directory `dir` with `fill(dir)` (an install step: headers, tools),
+-- unless it already holds this build's files: a restart copies nothing.
+-- `dir` is emptied first; a stamp naming the build is written last, so an
+-- install cut short is redone.
+function Run:install_dir(dir, fill)
+  local stamp = dir .. "/" .. INSTALLED_STAMP
+  if fs.read(stamp) == self.build_id .. "\n" then
+    log.info("install: %s already installed", dir)
+    return
+  end
+  fs.remove(dir, { recursive = true, missing_ok = true })
+  self:must("install " .. dir, fs.mkdir(dir))
+  fill(dir)
+  self:must("install " .. dir, fs.write(stamp, self.build_id .. "\n"))
 end
 
 local function check_built(r, built)
@@ -409,7 +429,7 @@ function phase.build(r)
   local cached, kept = cache.load(r, entry)
   if cached then
     log.info("build: cache hit for kernel %s (%s)", r.kver, entry.dir)
-    r.built, r.kept, r.cache_hit = cached, kept, true
+    r.built, r.kept, r.cache_hit, r.build_id = cached, kept, true, entry.id
     cache.used(r, entry)
     return
   end
@@ -418,6 +438,7 @@ function phase.build(r)
   check_built(r, res.modules)
   cache.store(r, entry, res)
   r.built, r.kept = cache.load(r, entry)
+  r.build_id = entry.id
   cache.used(r, entry)
   cache.prune(r, entry)
 end
@@ -427,17 +448,17 @@ end
 local function install_modules(r)
   local dir = r:path(("/lib/modules/%s/updates/%s"):format(r.kver, r.recipe.name))
   local changed = false
-  ok_or_fail(r, "install", fs.mkdir(dir))
+  r:must("install", fs.mkdir(dir))
   for _, m in ipairs(r.built) do
     local dest = dir .. "/" .. m.name .. ".ko"
     if r:sha256(dest) ~= m.sha256 then
-      ok_or_fail(r, "install " .. dest, fs.copy(m.path, dest))
+      r:must("install " .. dest, fs.copy(m.path, dest))
       changed = true
     end
     m.installed = dest
   end
   if changed then
-    ok_or_fail(r, "depmod", compile.depmod(r.kver, r.root))
+    r:must("depmod", compile.depmod(r.kver, r.root))
     r.kmod_ctx = nil -- its indexes are the old ones
   else
     log.info("install: %s already installed", dir)
@@ -474,7 +495,7 @@ local function write_blacklist(r, names, file)
   local lines = { "# Written by drvrun " .. r.recipe.name .. " while it reloads the driver stack; removed after." }
   for _, n in ipairs(names) do lines[#lines + 1] = "blacklist " .. n end
   local entry = r.journal:record({ kind = "file", path = file })
-  ok_or_fail(r, "blacklist " .. file, fs.write(file, table.concat(lines, "\n") .. "\n"))
+  r:must("blacklist " .. file, fs.write(file, table.concat(lines, "\n") .. "\n"))
   log.info("blacklist: %s written (%d modules) for the reload", file, #names)
   return entry
 end
@@ -531,14 +552,14 @@ function phase.expose(r)
   if not target then return end
   if mount.is_mountpoint(target) and (mount.info(target).root or "/") == "/" and mount.find(target).id ~= mount.find("/").id then
     log.info("expose: replacing a stale mount at %s", target)
-    ok_or_fail(r, "umount " .. target, mount.umount(target, { recursive = true, lazy = true }))
+    r:must("umount " .. target, mount.umount(target, { recursive = true, lazy = true }))
   end
-  ok_or_fail(r, "expose", fs.mkdir(target))
+  r:must("expose", fs.mkdir(target))
   -- /sys must not be rbound into the target: it would pin sysfs submounts.
-  ok_or_fail(r, "expose /sys", mount.propagation("/sys", "unbindable", { recursive = true }))
-  ok_or_fail(r, "expose /sys", mount.propagation("/sys", "private"))
+  r:must("expose /sys", mount.propagation("/sys", "unbindable", { recursive = true }))
+  r:must("expose /sys", mount.propagation("/sys", "private"))
   r.journal:record({ kind = "mount", target = target })
-  ok_or_fail(r, "expose " .. target, mount.rbind("/", target))
+  r:must("expose " .. target, mount.rbind("/", target))
   log.info("expose: container root visible at %s", target)
 end
 
@@ -559,8 +580,8 @@ function phase.ready(r)
   local content = ready_content(r)
   for _, path in ipairs(r.ready_files) do
     local dir = path:match("^(.+)/[^/]*$")
-    if dir then ok_or_fail(r, "ready " .. path, fs.mkdir(dir)) end
-    ok_or_fail(r, "ready " .. path, fs.write(path, content))
+    if dir then r:must("ready " .. path, fs.mkdir(dir)) end
+    r:must("ready " .. path, fs.write(path, content))
   end
   log.info("ready: %s (%.3f s after start)", table.concat(r.ready_files, ", "), sys.monotonic() - r.started)
 end
@@ -625,7 +646,7 @@ local function stop(r)
 end
 
 local function lock(r)
-  ok_or_fail(r, "lock", fs.mkdir(r.opt.LOCK_FILE:match("^(.*)/[^/]*$") or "/"))
+  r:must("lock", fs.mkdir(r.opt.LOCK_FILE:match("^(.*)/[^/]*$") or "/"))
   local l, err = sys.lock(r.opt.LOCK_FILE, {
     timeout = r.opt.LOCK_TIMEOUT,
     owner = ("%s %s"):format(r.recipe.name, r.recipe.version),
