@@ -39,11 +39,11 @@ DEB_BUILD = build-essential pkg-config liblua5.4-dev libkmod-dev libmount-dev \
             libcurl4-openssl-dev libarchive-dev libssl-dev
 DEB_TEST  = lua5.4 lua-busted lua-check python3 openssl kmod util-linux cpio \
             busybox-static qemu-system-x86 linux-image-amd64 linux-headers-amd64 \
-            nodejs npm
+            nodejs npm valgrind
 DEB_ALL   = $(DEB_BUILD) $(DEB_TEST)
 
 .PHONY: all check demo install deps deps-ok clean lint fixtures doc docker-context bench \
-        check-c check-lint check-host check-guest
+        check-c check-lint check-host check-guest check-memcheck
 
 all: $(DRVRUN)
 
@@ -68,11 +68,14 @@ deps-ok:
 RESULTS = $(BUILD)/results
 BUSTED  = $(DRVRUN) /usr/bin/busted --output=spec/support/counting.lua -Xoutput --plain
 
+# valgrind does not run under ASan: a SANITIZE=1 check leaves memcheck out.
+SUITES = check-c check-lint check-host check-guest $(if $(SANFLAGS),,check-memcheck)
+
 check: deps-ok
 	@$(MAKE) --no-print-directory all fixtures
 	@rm -rf $(RESULTS); mkdir -p $(RESULTS)
-	@$(MAKE) --no-print-directory -k check-c check-lint check-host check-guest; \
-	 tools/summary $(RESULTS) check-c check-lint check-host check-guest
+	@$(MAKE) --no-print-directory -k $(SUITES); \
+	 tools/summary $(RESULTS) $(SUITES)
 
 # C unit tests: each tests/test_*.c links the host objects (not main.o) and
 # writes its own "PASSED FAILED" file given as its argument.
@@ -89,6 +92,16 @@ $(BUILD)/test_%: tests/test_%.c $(filter-out $(BUILD)/obj/main.o,$(HOST_OBJ))
 check-lint: $(DRVRUN)
 	@tools/run-counted $(RESULTS)/check-lint sh -c 'luacheck --quiet lib/lua lib/probe.lua spec recipes tools/*.lua bench && \
 	  $(DRVRUN) tools/apidoc.lua --check doc/api.md'
+
+# One check: valgrind finds no memory error and no definite leak in the C tests
+# and in the specs of the bindings (run in-process: busted inside drvrun).
+MEMCHECK      = valgrind -q --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite --child-silent-after-fork=yes --error-exitcode=99
+BINDING_SPECS = $(wildcard $(HOST_SRC:host/%.c=spec/host/%_spec.lua)) spec/host/badargs_spec.lua
+
+check-memcheck: $(DRVRUN) $(C_TESTS)
+	@tools/run-counted $(RESULTS)/check-memcheck tools/memcheck $(BUILD)/memcheck.log \
+	  sh -c 'for t in $(C_TESTS); do $(MEMCHECK) $$t /dev/null || exit 1; done && \
+	  DRVRUN=$(abspath $(DRVRUN)) $(MEMCHECK) $(DRVRUN) /usr/bin/busted -o TAP $(BINDING_SPECS)'
 
 doc: $(DRVRUN)
 	$(DRVRUN) tools/apidoc.lua > doc/api.md

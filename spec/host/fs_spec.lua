@@ -107,10 +107,12 @@ describe("drv.fs", function()
     assert.same({}, fs.glob(dir .. "/*.none"))
   end)
 
-  it("hashes like sha256sum", function()
-    assert(fs.write(dir .. "/big", ("drvrun"):rep(400000)))
-    local r = sh.run("sha256sum " .. sh.quote(dir .. "/big"))
-    assert.equal(r.stdout:sub(1, 64), fs.sha256(dir .. "/big"))
+  it("hashes like sha256sum: empty, smaller than a read, larger than several", function()
+    for name, content in pairs { empty = "", small = "drvrun\n", big = ("drvrun"):rep(400000) } do
+      assert(fs.write(dir .. "/" .. name, content))
+      local r = sh.run("sha256sum " .. sh.quote(dir .. "/" .. name))
+      assert.equal(r.stdout:sub(1, 64), fs.sha256(dir .. "/" .. name), name)
+    end
     assert.same({ nil, dir .. "/none: No such file or directory", E.ENOENT }, { fs.sha256(dir .. "/none") })
   end)
 
