@@ -69,7 +69,7 @@ describe("make install", function()
     it("exports the defaults the image computed at build time to the recipe", function()
       local r = entrypoint("# computed at build time\nOFED_SHA256=" .. ("a"):rep(64) .. "\n")
       assert.equal(0, r.status, r.stderr)
-      assert.matches("OFED_SHA256=" .. ("a"):rep(64) .. " +sha256 of the bundle[^\n]*%[environment%]", r.stdout)
+      assert.matches("OFED_SHA256=" .. ("a"):rep(64) .. "%s+sha256 of the bundle[^\n]*%[environment%]", r.stdout)
     end)
 
     it("leaves what the environment sets alone", function()

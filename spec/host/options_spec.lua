@@ -75,6 +75,20 @@ describe("drv.options.parse_args", function()
   end)
 end)
 
+describe("drv.options.describe", function()
+  local described = { SHORT = { default = "1", doc = "a short one" },
+                  LONG = { type = "list", default = { "mlx5_core", "mlx5_ib", "ib_core", "ib_uverbs" }, doc = "a long one" } }
+
+  it("puts a doc beside its value, or on the next line when the value is too long for the column", function()
+    local values = assert(options.resolve(described, { SHORT = "2" }, env {}))
+    assert.same({
+      "  LONG=mlx5_core mlx5_ib ib_core ib_uverbs",
+      "                                     a long one [default]",
+      "  SHORT=2                            a short one [argument]",
+    }, options.describe(described, values))
+  end)
+end)
+
 describe("drv.options.check_specs", function()
   it("rejects bad declarations", function()
     assert.has_error(function() options.check_specs({ lower = { doc = "x" } }, 1) end,

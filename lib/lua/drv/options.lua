@@ -132,15 +132,24 @@ function M.resolve(specs, args, getenv)
   return values
 end
 
---- Lines documenting the options, for --help of a recipe and the plan.
+local DOC_COLUMN = 34 -- width of "NAME=value" before its doc
+
+--- Lines documenting the options, for --help of a recipe and the plan: each
+-- `NAME=value`, its doc and where the value came from; a value too long for
+-- the column gets its doc on the next line, so the two never run together.
 function M.describe(specs, values)
   local lines = {}
   for _, name in ipairs(sorted_names(specs)) do
     local v = values and values[name]
     if type(v) == "table" then v = table.concat(v, " ") end
     if not values and type(specs[name].default) ~= "function" then v = specs[name].default end
-    lines[#lines + 1] = ("  %-34s %s%s"):format(name .. "=" .. tostring(v == nil and "" or v), specs[name].doc,
-      values and values._origin and (" [" .. values._origin[name] .. "]") or "")
+    local setting = name .. "=" .. tostring(v == nil and "" or v)
+    local doc = specs[name].doc .. (values and values._origin and (" [" .. values._origin[name] .. "]") or "")
+    if #setting > DOC_COLUMN then
+      lines[#lines + 1] = "  " .. setting
+      setting = ""
+    end
+    lines[#lines + 1] = ("  %-" .. DOC_COLUMN .. "s %s"):format(setting, doc)
   end
   return lines
 end

@@ -458,7 +458,10 @@ local function install_modules(r)
     m.installed = dest
   end
   if changed then
+    local t0 = sys.monotonic()
+    log.info("install: %s changed; depmod %s (it reads every module of the kernel)", dir, r.kver)
     r:must("depmod", compile.depmod(r.kver, r.root))
+    log.info("install: depmod done in %.1f s", sys.monotonic() - t0)
     r.kmod_ctx = nil -- its indexes are the old ones
   else
     log.info("install: %s already installed", dir)
