@@ -39,7 +39,7 @@ describe("drv.options.resolve", function()
       { { JOBS = "two" }, "option JOBS %(from argument%): 'two' is not an integer" },
       { { JOBS = "-1" }, "option JOBS %(from argument%): %-1 is less than 0" },
       { { MODE = "fast" }, "option MODE %(from argument%): 'fast' is not one of: run, build" },
-      { { SHA = "abc" }, "option SHA %(from argument%): 'abc' is malformed %(expected sha256 of the bundle%)" },
+      { { SHA = "abc" }, "option SHA %(from argument%): 'abc' is malformed; expected: sha256 of the bundle" },
       { { NOPE = "1" }, "unknown option NOPE %(known: ARCH, JOBS, MODE, MODULES, SHA, UNLOAD, URL, VERSION%)" },
     }
     for _, c in ipairs(cases) do

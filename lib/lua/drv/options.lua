@@ -47,7 +47,7 @@ local function convert(name, spec, raw, origin)
     return bad(("'%s' is not one of: %s"):format(raw, table.concat(spec.choices, ", ")))
   end
   if spec.pattern and raw ~= "" and not raw:match(spec.pattern) then -- "": not set
-    return bad(("'%s' is malformed (expected %s)"):format(raw, spec.doc or spec.pattern))
+    return bad(("'%s' is malformed; expected: %s"):format(raw, spec.doc or spec.pattern))
   end
   return raw
 end
