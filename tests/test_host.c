@@ -46,6 +46,16 @@ static void test_optfield(lua_State *L)
 	lua_settop(L, 0);
 
 	lua_pushcfunction(L, call_optfield);
+	CHECK(luaL_dostring(L, "return { n = 3 }") == LUA_OK);
+	CHECK(lua_pcall(L, 1, 1, 0) == LUA_OK && lua_tointeger(L, -1) == 3);
+	lua_settop(L, 0);
+
+	lua_pushcfunction(L, call_optfield);
+	lua_newtable(L); /* a table without the field: the default */
+	CHECK(lua_pcall(L, 1, 1, 0) == LUA_OK && lua_tointeger(L, -1) == 7);
+	lua_settop(L, 0);
+
+	lua_pushcfunction(L, call_optfield);
 	CHECK(luaL_dostring(L, "return { n = 'x' }") == LUA_OK);
 	CHECK(lua_pcall(L, 1, 1, 0) != LUA_OK);
 	CHECK(strstr(lua_tostring(L, -1), "field 'n': integer expected, got string") != NULL);

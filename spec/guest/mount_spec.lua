@@ -5,11 +5,14 @@ local ns = require "spec.support.ns"
 
 describe("drv.mount in a real kernel", function()
   it("rbinds a root to a shared host path, visible from another namespace, and unmounts it", function()
-    local host = "/run/mellanox/drivers"
-    assert(fs.mkdir(host))
+    local host = assert(fs.tmpdir("shared-host")) -- not /run/mellanox/drivers: other specs use that
     -- the "host" side: its path is a shared mount point, as with mountPropagation: Bidirectional
     local mount = require "drv.mount"
     assert(mount.bind(host, host))
+    finally(function()
+      while mount.is_mountpoint(host) do assert(mount.umount(host, { lazy = true, recursive = true })) end
+      fs.remove(host, { recursive = true })
+    end)
     assert(mount.propagation(host, "shared"))
     -- the "container": its own namespace, rbinds / there (after /sys's submounts are made
     -- unbindable and /sys private, as the seed does)

@@ -27,6 +27,9 @@ describe("drv.sys", function()
 
   it("tells terminals apart", function()
     assert.is_false(sys.isatty(io.open("/dev/null")))
+    local r = assert(proc.run({ "script", "-qec",
+      os.getenv("DRVRUN") .. [[ -e 'io.write(tostring(require("drv.sys").isatty(io.stdout)))']], "/dev/null" }))
+    assert.equal("true", r.stdout, "stdout on a pseudo-terminal")
   end)
 
   describe("signals", function()

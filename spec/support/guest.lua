@@ -3,6 +3,7 @@ local kmod = require "drv.kmod"
 local fs = require "drv.fs"
 local graph = require "drv.graph"
 local stack = require "drv.stack"
+local sys = require "drv.sys"
 
 local M = {}
 
@@ -49,6 +50,16 @@ function M.fixture_paths()
     paths[p:match("([^/]+)%.ko$")] = p
   end
   return paths
+end
+
+--- Wait until a process has a device under `devdir` open (a holder just
+-- spawned, under emulation, may take a while to get there).
+function M.wait_for_device_user(devdir, timeout)
+  local deadline = sys.monotonic() + (timeout or 10)
+  while #stack.device_users(devdir) == 0 do
+    assert(sys.monotonic() < deadline, "no process opened a device under " .. devdir)
+    sys.sleep(0.05)
+  end
 end
 
 --- Load the fixture OFED stack by dependency levels; returns the levels.
