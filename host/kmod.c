@@ -362,33 +362,34 @@ static void kmod_param(lua_State *L, int params, const char *value, const char *
 	lua_rawseti(L, params, n + 1);
 }
 
+/* Push an array of the names of the modules in list (each get_module is a reference). */
+static void kmod_push_names(lua_State *L, struct kmod_list *list)
+{
+	struct kmod_list *l;
+	int n = 0;
+
+	lua_newtable(L);
+	kmod_list_foreach(l, list) {
+		struct kmod_module *mod = kmod_module_get_module(l);
+
+		lua_pushstring(L, kmod_module_get_name(mod));
+		lua_rawseti(L, -2, ++n);
+		kmod_module_unref(mod);
+	}
+}
+
 static void kmod_push_softdeps(lua_State *L, struct kmod_module *mod)
 {
-	struct kmod_list *pre = NULL, *post = NULL, *l;
-	int n;
+	struct kmod_list *pre = NULL, *post = NULL;
 
 	if (kmod_module_get_softdeps(mod, &pre, &post) < 0)
 		return;
 	lua_createtable(L, 0, 2);
-	n = 0;
-	lua_newtable(L);
-	kmod_list_foreach(l, pre) {
-		lua_pushstring(L, kmod_module_get_name(kmod_module_get_module(l)));
-		lua_rawseti(L, -2, ++n);
-	}
+	kmod_push_names(L, pre);
 	lua_setfield(L, -2, "pre");
-	n = 0;
-	lua_newtable(L);
-	kmod_list_foreach(l, post) {
-		lua_pushstring(L, kmod_module_get_name(kmod_module_get_module(l)));
-		lua_rawseti(L, -2, ++n);
-	}
+	kmod_push_names(L, post);
 	lua_setfield(L, -2, "post");
 	lua_setfield(L, -2, "softdeps");
-	kmod_list_foreach(l, pre)
-		kmod_module_unref(kmod_module_get_module(l));
-	kmod_list_foreach(l, post)
-		kmod_module_unref(kmod_module_get_module(l));
 	kmod_module_unref_list(pre);
 	kmod_module_unref_list(post);
 }
@@ -478,21 +479,13 @@ static int kmod_m_lookup(lua_State *L)
 	struct kctx *c = kmod_checkctx(L, 1);
 	const char *alias = luaL_checkstring(L, 2);
 	struct kmod_ctx *k = kmod_lib(L, c);
-	struct kmod_list *list = NULL, *l;
-	int n = 0;
+	struct kmod_list *list = NULL;
 
 	if (!k)
 		return 3;
-	lua_newtable(L);
 	if (kmod_module_new_from_lookup(k, alias, &list) < 0)
-		return 1;
-	kmod_list_foreach(l, list) {
-		struct kmod_module *mod = kmod_module_get_module(l);
-
-		lua_pushstring(L, kmod_module_get_name(mod));
-		lua_rawseti(L, -2, ++n);
-		kmod_module_unref(mod);
-	}
+		list = NULL;
+	kmod_push_names(L, list);
 	kmod_module_unref_list(list);
 	return 1;
 }
