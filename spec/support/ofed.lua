@@ -64,9 +64,10 @@ function M.start_recipe(recipe, args)
   return p, log
 end
 
---- Start the OFED recipe; returns the process and its log path.
-function M.start(env, args)
-  for _, f in ipairs(M.READY) do assert(not fs.exists(f), "stale ready file " .. f) end
+--- Start the OFED recipe; returns the process and its log path. Ready files
+-- must not exist, unless `after_crash` (a killed run left them).
+function M.start(env, args, after_crash)
+  for _, f in ipairs(after_crash and {} or M.READY) do assert(not fs.exists(f), "stale ready file " .. f) end
   local argv = { "OFED_URL=" .. env.server:url(env.bundle), "OFED_SHA256=" .. env.sha,
                  "BLACKLIST_FILE=" .. M.BLACKLIST, "CACHE_DIR=" .. (env.cache or M.fresh_cache()),
                  "LOCK_TIMEOUT=30" }
@@ -91,6 +92,17 @@ function M.run(env, args)
   local p, log = M.start(env, args)
   local r = assert(p:wait(600))
   return r.status, fs.read(log) or ""
+end
+
+--- Wait until the log at `log` has `text` or the process ends.
+function M.wait_for_log(log, text, p, timeout)
+  local deadline = sys.monotonic() + (timeout or 300)
+  while sys.monotonic() < deadline do
+    if (fs.read(log) or ""):find(text, 1, true) then return true end
+    if not p:running() then return false end
+    sys.sleep(0.05)
+  end
+  return false
 end
 
 --- Wait until path exists or the process ends.

@@ -12,6 +12,7 @@ local fs = require "drv.fs"
 local graph = require "drv.graph"
 local log = require "drv.log"
 local sys = require "drv.sys"
+local symvers = require "drv.symvers"
 
 local EBUSY, EIO = 16, 5
 
@@ -152,13 +153,38 @@ function M.verify(ctx, built)
   return #bad == 0, bad
 end
 
---- Record what is loaded now so it can be loaded back: `{ levels, paths }`.
--- Call before new modules are installed, while paths still point at the inbox files.
+-- Is `info` (modinfo of a file) the module loaded as `live`? An out-of-tree
+-- module is told by its srcversion; an in-tree one has none, and its file is
+-- under the modules directory's kernel/.
+local function is_loaded_file(ctx, info, live)
+  if live.srcversion then return info.srcversion == live.srcversion end
+  return not (live.taint or ""):find("O", 1, true) and info.path:sub(1, #ctx:dirname() + 8) == ctx:dirname() .. "/kernel/"
+end
+
+-- The modinfo of the file module `name` was loaded from. The index usually
+-- names it; not when another driver was installed since (a restarted or
+-- recovering container finds its own modules under updates/ already): then
+-- the modules directory is searched, walked once (`files` memoizes it).
+local function loaded_info(ctx, name, files)
+  local live, info = ctx:state(name), ctx:info(name)
+  if not live or not info or not info.path then return nil end
+  if is_loaded_file(ctx, info, live) then return info end
+  files.by_name = files.by_name or symvers.files_by_name({ ctx:dirname() })
+  for _, path in ipairs(files.by_name[name] or {}) do
+    local mi = kmod.modinfo(path)
+    if mi and is_loaded_file(ctx, mi, live) then return mi end
+  end
+  log.warn("stack: the file %s was loaded from is not in %s: it cannot be loaded back", name, ctx:dirname())
+  return nil
+end
+
+--- Record what is loaded now so it can be loaded back: `{ levels, paths }`,
+-- the files the loaded modules came from (not what the index names now).
 function M.remember(ctx, names)
-  local deps, paths = {}, {}
+  local deps, paths, files = {}, {}, {}
   for _, n in ipairs(names) do
-    local info = ctx:info(n)
-    if info and info.path then
+    local info = loaded_info(ctx, n, files)
+    if info then
       paths[n] = info.path
       deps[n] = info.depends or {}
     end

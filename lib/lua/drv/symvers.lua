@@ -39,22 +39,30 @@ function M.write(path, module, exports)
   return fs.write(path, table.concat(lines, "\n") .. "\n")
 end
 
-local function file_name_is(path, name)
-  local base = path:match("([^/]+)%.ko[%.%w]*$")
-  return base and base:gsub("-", "_") == name:gsub("-", "_")
+local function module_name(s) return (s:gsub("-", "_")) end
+
+--- The .ko files below each of `dirs`, by module name (`-` and `_` alike):
+-- `{ [name] = { paths } }`. One walk, for many lookups.
+function M.files_by_name(dirs)
+  local by = {}
+  for _, dir in ipairs(dirs) do
+    if fs.exists(dir) then
+      for _, path in ipairs(compile.find_files(dir, "%.ko")) do
+        local base = path:match("([^/]+)%.ko[%.%w]*$")
+        if base then
+          local n = module_name(base)
+          by[n] = by[n] or {}
+          by[n][#by[n] + 1] = path
+        end
+      end
+    end
+  end
+  return by
 end
 
 --- The .ko files named `name` (`-` and `_` alike) below each of `dirs`.
 function M.module_files(name, dirs)
-  local found = {}
-  for _, dir in ipairs(dirs) do
-    if fs.exists(dir) then
-      for _, path in ipairs(compile.find_files(dir, "%.ko")) do
-        if file_name_is(path, name) then found[#found + 1] = path end
-      end
-    end
-  end
-  return found
+  return M.files_by_name(dirs)[module_name(name)] or {}
 end
 
 -- Where a module file may be, cheapest first: the modules directories'
