@@ -161,33 +161,58 @@ local function is_loaded_file(ctx, info, live)
   return not (live.taint or ""):find("O", 1, true) and info.path:sub(1, #ctx:dirname() + 8) == ctx:dirname() .. "/kernel/"
 end
 
--- The modinfo of the file module `name` was loaded from. The index usually
--- names it; not when another driver was installed since (a restarted or
--- recovering container finds its own modules under updates/ already): then
--- the modules directory is searched, walked once (`files` memoizes it).
-local function loaded_info(ctx, name, files)
-  local live, info = ctx:state(name), ctx:info(name)
-  if not live or not info or not info.path then return nil end
-  if is_loaded_file(ctx, info, live) then return info end
-  files.by_name = files.by_name or symvers.files_by_name({ ctx:dirname() })
-  for _, path in ipairs(files.by_name[name] or {}) do
-    local mi = kmod.modinfo(path)
-    if mi and is_loaded_file(ctx, mi, live) then return mi end
+local function take_if_loaded(ctx, path, live)
+  local mi = kmod.modinfo(path)
+  if mi and is_loaded_file(ctx, mi, live) then return mi end
+end
+
+-- Find the files of the `missing` loaded modules (`{ [name] = live state }`)
+-- that the index does not name: the in-tree ones from modules.order (one
+-- read), the others by srcversion in a walk of the modules directory.
+local function find_loaded_files(ctx, missing, found)
+  local dir = ctx:dirname()
+  local order = io.open(dir .. "/modules.order")
+  for line in order and order:lines() or function() end do
+    local name = line:match("([^/]+)%.ko$")
+    name = name and name:gsub("-", "_")
+    if missing[name] then
+      for _, ext in ipairs { "", ".xz", ".zst", ".gz" } do
+        local mi = fs.exists(dir .. "/" .. line .. ext) and take_if_loaded(ctx, dir .. "/" .. line .. ext, missing[name])
+        if mi then found[name], missing[name] = mi, nil break end
+      end
+    end
   end
-  log.warn("stack: the file %s was loaded from is not in %s: it cannot be loaded back", name, ctx:dirname())
-  return nil
+  if order then order:close() end
+  if not next(missing) then return end
+  local by_name = symvers.files_by_name({ dir })
+  for name, live in pairs(missing) do
+    for _, path in ipairs(by_name[name] or {}) do
+      local mi = take_if_loaded(ctx, path, live)
+      if mi then found[name] = mi break end
+    end
+    if not found[name] then
+      log.warn("stack: the file %s was loaded from is not in %s: it cannot be loaded back", name, dir)
+    end
+  end
 end
 
 --- Record what is loaded now so it can be loaded back: `{ levels, paths }`,
--- the files the loaded modules came from (not what the index names now).
+-- the files the loaded modules came from. The module index usually names
+-- them; not when another driver was installed since (a restarted or
+-- recovering container finds its own modules under updates/ already).
 function M.remember(ctx, names)
-  local deps, paths, files = {}, {}, {}
+  local found, missing = {}, {}
   for _, n in ipairs(names) do
-    local info = loaded_info(ctx, n, files)
-    if info then
-      paths[n] = info.path
-      deps[n] = info.depends or {}
+    local live, info = ctx:state(n), ctx:info(n)
+    if live and info and info.path then
+      if is_loaded_file(ctx, info, live) then found[n] = info else missing[n] = live end
     end
+  end
+  if next(missing) then find_loaded_files(ctx, missing, found) end
+  local deps, paths = {}, {}
+  for n, info in pairs(found) do
+    paths[n] = info.path
+    deps[n] = info.depends or {}
   end
   return { levels = assert(graph.levels(deps)), paths = paths }
 end
