@@ -25,6 +25,10 @@ describe("drv.sys", function()
     assert.equal(0, sys.geteuid())
   end)
 
+  it("gives the host name, as the kernel has it", function()
+    assert.equal((assert(fs.read("/proc/sys/kernel/hostname")):gsub("\n$", "")), sys.hostname())
+  end)
+
   it("tells terminals apart", function()
     assert.is_false(sys.isatty(io.open("/dev/null")))
     local r = assert(proc.run({ "script", "-qec",
@@ -54,6 +58,7 @@ describe("drv.sys", function()
       do
         local l <close> = assert(sys.lock(path, { owner = "ubuntu-ofed 5.9" }))
         assert.matches("held%)$", tostring(l))
+        assert.equal(path, l:path())
         local r = drvrun(("io.write(select(2, require('drv.sys').lock(%q, { timeout = 0 })))"):format(path))
         assert.matches("^" .. path:gsub("%p", "%%%0") .. ": held by pid %d+ %(ubuntu%-ofed 5%.9%) since ", r.stdout)
         r = drvrun(("local l, e, n = require('drv.sys').lock(%q, { timeout = 0.3 }) io.write(e, '|', n)"):format(path))
