@@ -52,14 +52,23 @@ function M.fixture_paths()
   return paths
 end
 
+--- Poll `check()` every 50 ms until it is true (true), the deadline passes
+-- or process `p` (optional) has ended (false).
+function M.wait_until(check, timeout, p)
+  local deadline = sys.monotonic() + timeout
+  while sys.monotonic() < deadline do
+    if check() then return true end
+    if p and not p:running() then return false end
+    sys.sleep(0.05)
+  end
+  return false
+end
+
 --- Wait until a process has a device under `devdir` open (a holder just
 -- spawned, under emulation, may take a while to get there).
 function M.wait_for_device_user(devdir, timeout)
-  local deadline = sys.monotonic() + (timeout or 10)
-  while #stack.device_users(devdir) == 0 do
-    assert(sys.monotonic() < deadline, "no process opened a device under " .. devdir)
-    sys.sleep(0.05)
-  end
+  assert(M.wait_until(function() return #stack.device_users(devdir) > 0 end, timeout or 10),
+    "no process opened a device under " .. devdir)
 end
 
 --- Load the fixture OFED stack by dependency levels; returns the levels.

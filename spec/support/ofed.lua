@@ -96,24 +96,12 @@ end
 
 --- Wait until the log at `log` has `text` or the process ends.
 function M.wait_for_log(log, text, p, timeout)
-  local deadline = sys.monotonic() + (timeout or 300)
-  while sys.monotonic() < deadline do
-    if (fs.read(log) or ""):find(text, 1, true) then return true end
-    if not p:running() then return false end
-    sys.sleep(0.05)
-  end
-  return false
+  return guest.wait_until(function() return (fs.read(log) or ""):find(text, 1, true) ~= nil end, timeout or 300, p)
 end
 
 --- Wait until path exists or the process ends.
 function M.wait_for(path, p, timeout)
-  local deadline = sys.monotonic() + (timeout or 300)
-  while sys.monotonic() < deadline do
-    if fs.exists(path) then return true end
-    if not p:running() then return false end
-    sys.sleep(0.05)
-  end
-  return false
+  return guest.wait_until(function() return fs.exists(path) end, timeout or 300, p)
 end
 
 --- State that must be unchanged after a failed run.

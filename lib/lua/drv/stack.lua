@@ -158,7 +158,7 @@ end
 -- under the modules directory's kernel/.
 local function is_loaded_file(ctx, info, live)
   if live.srcversion then return info.srcversion == live.srcversion end
-  return not (live.taint or ""):find("O", 1, true) and info.path:sub(1, #ctx:dirname() + 8) == ctx:dirname() .. "/kernel/"
+  return not (live.taint or ""):find("O", 1, true) and info.path:find(ctx:dirname() .. "/kernel/", 1, true) == 1
 end
 
 local function take_if_loaded(ctx, path, live)
@@ -177,7 +177,7 @@ local function find_loaded_files(ctx, missing, found)
     name = name and name:gsub("-", "_")
     if missing[name] then
       for _, ext in ipairs { "", ".xz", ".zst", ".gz" } do
-        local mi = fs.exists(dir .. "/" .. line .. ext) and take_if_loaded(ctx, dir .. "/" .. line .. ext, missing[name])
+        local mi = take_if_loaded(ctx, dir .. "/" .. line .. ext, missing[name])
         if mi then found[name], missing[name] = mi, nil break end
       end
     end
