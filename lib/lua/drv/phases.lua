@@ -1,0 +1,256 @@
+--- drv.phases: what each phase of the recipe lifecycle does around the
+-- recipe's own functions.
+--
+-- prepare -> await -> build -> install -> load -> expose -> ready
+--
+-- Each is a function of the run `r` (drv.run); a failure fails the phase with
+-- a message for the operator (r:fail). Stop and recovery are drv.stop.
+local M = {}
+
+local stack = require "drv.stack"
+local graph = require "drv.graph"
+local compile = require "drv.compile"
+local cache = require "drv.cache"
+local fetch = require "drv.fetch"
+local mount = require "drv.mount"
+local fs = require "drv.fs"
+local sys = require "drv.sys"
+local log = require "drv.log"
+
+local function fetch_source(r, key, src, dir)
+  local url, sha = r:expand(src.url), r:expand(src.sha256)
+  local dest = dir .. "/" .. url:match("([^/?#]+)[^/]*$")
+  if sha ~= "" and r:sha256(dest) == sha then
+    log.info("source %s: %s already in the cache", key, dest)
+  else
+    local res, err = fetch.get(url, dest, { sha256 = sha ~= "" and sha or nil, resume = true })
+    r:must("fetch " .. key, res, err)
+  end
+  return dest
+end
+
+-- Sources: fetched into the cache, skipped when present with the right
+-- checksum; a `path` source (a local file or directory) is used where it is.
+local function fetch_sources(r)
+  local dir = r.cache .. "/sources"
+  r:must("cache " .. dir, fs.mkdir(dir))
+  for key, src in pairs(r.source_specs) do
+    if src.path then
+      local path = r:expand(src.path)
+      if not fs.exists(path) then r:fail("source %s: %s does not exist", key, path) end
+      r.sources[key] = path
+    else
+      r.sources[key] = fetch_source(r, key, src, dir)
+    end
+    r:check_cancel()
+  end
+end
+
+--- Declare a file or directory the build depends on besides the sources (a
+
+local function check_built(r, built)
+  local have = {}
+  for _, m in ipairs(built) do have[m.name] = m end
+  for name in pairs(r.stack) do
+    if not have[name] then r:fail("build produced no module %s (the recipe's stack names it)", name) end
+    local declared = {}
+    for _, d in ipairs(r.stack[name]) do declared[d] = true end
+    for _, d in ipairs(have[name].depends or {}) do
+      if r.stack[d] and not declared[d] then
+        log.warn("stack: %s depends on %s, which the recipe does not declare", name, d)
+      end
+    end
+  end
+end
+
+
+
+-- Everything that can be checked before the first change is checked here.
+local function check_blacklist_dir(r)
+  local file = r.blacklist_file
+  if r.opt.BUILD_ONLY or not file or file == "" then return end
+  local dir = file:match("^(.*)/[^/]+$") or "."
+  if not fs.exists(dir) then
+    r:fail("blacklist directory %s does not exist: mount the host's /etc there, or set BLACKLIST_FILE= "
+           .. "(empty) to reload without a blacklist", dir)
+  end
+end
+
+-- Refuse now, before anything changes, when the reload could not happen.
+local function check_blockers(r)
+  if r.opt.BUILD_ONLY then return end
+  local live = stack.snapshot(r:kmod())
+  local plan = stack.plan(r.stack, live, { also = r.unload_also })
+  if #plan.blockers > 0 then r:fail("cannot reload the driver stack: %s", table.concat(plan.blockers, "; ")) end
+end
+
+function M.await(r)
+  if r.recipe.await then r.recipe.await(r) end
+end
+
+function M.prepare(r)
+  check_blacklist_dir(r)
+  if r.recipe.prepare then r.recipe.prepare(r) end
+  check_blockers(r)
+end
+
+function M.build(r)
+  fetch_sources(r)
+  local entry = cache.entry(r)
+  local cached, kept = cache.load(r, entry)
+  if cached then
+    log.info("build: cache hit for kernel %s (%s)", r.kver, entry.dir)
+    r.built, r.kept, r.cache_hit, r.build_id = cached, kept, true, entry.id
+    cache.used(r, entry)
+    return
+  end
+  if not r.recipe.build then r:fail("nothing in the build cache at %s and the recipe has no build", entry.dir) end
+  local res = r.recipe.build(r)
+  check_built(r, res.modules)
+  cache.store(r, entry, res)
+  r.built, r.kept = cache.load(r, entry)
+  r.build_id = entry.id
+  cache.used(r, entry)
+  cache.prune(r, entry)
+end
+
+-- Default install: the built modules under ROOT/lib/modules/KVER/updates/<recipe>/, then depmod.
+-- depmod runs only when a file changed: it reads every module of the kernel.
+local function install_modules(r)
+  local dir = r:path(("/lib/modules/%s/updates/%s"):format(r.kver, r.recipe.name))
+  local changed = false
+  r:must("install", fs.mkdir(dir))
+  for _, m in ipairs(r.built) do
+    local dest = dir .. "/" .. m.name .. ".ko"
+    if r:sha256(dest) ~= m.sha256 then
+      r:must("install " .. dest, fs.copy(m.path, dest))
+      changed = true
+    end
+    m.installed = dest
+  end
+  if changed then
+    local t0 = sys.monotonic()
+    log.info("install: %s changed; depmod %s (it reads every module of the kernel)", dir, r.kver)
+    r:must("depmod", compile.depmod(r.kver, r.root))
+    log.info("install: depmod done in %.1f s", sys.monotonic() - t0)
+    r.kmod_ctx = nil -- its indexes are the old ones
+  else
+    log.info("install: %s already installed", dir)
+  end
+end
+
+-- stack is loaded already no reload follows, and nothing is to be remembered.
+function M.install(r)
+  r.stack_loaded = not r.opt.BUILD_ONLY and stack.verify(r:kmod(), r:built_srcversions())
+  if not r.opt.BUILD_ONLY and not r.stack_loaded then
+    local ctx = r:kmod()
+    local names = {}
+    for _, n in ipairs(graph.sorted(r.stack)) do
+      if ctx:state(n) then names[#names + 1] = n end
+    end
+    for _, n in ipairs(r.unload_also or {}) do
+      if ctx:state(n) then names[#names + 1] = n end
+    end
+    r.previous = stack.remember(ctx, names)
+  end
+  install_modules(r)
+  if r.recipe.install then r.recipe.install(r) end
+end
+
+local function write_blacklist(r, names, file)
+  if not file or file == "" or #names == 0 then return nil end
+  local lines = { "# Written by drvrun " .. r.recipe.name .. " while it reloads the driver stack; removed after." }
+  for _, n in ipairs(names) do lines[#lines + 1] = "blacklist " .. n end
+  local entry = r.journal:record({ kind = "file", path = file })
+  r:must("blacklist " .. file, fs.write(file, table.concat(lines, "\n") .. "\n"))
+  log.info("blacklist: %s written (%d modules) for the reload", file, #names)
+  return entry
+end
+
+local function remove_blacklist(r, entry)
+  if not entry then return end
+  fs.remove(entry.path, { missing_ok = true })
+  r.journal:forget(entry)
+  log.info("blacklist: %s removed", entry.path)
+end
+
+-- Modules outside the stack unloaded with it, each with the recipe's reason.
+local function say_why_also(r, plan)
+  local stack_set = r.stack
+  for _, name in ipairs(graph.flatten(plan.unload)) do
+    if not stack_set[name] then
+      log.info("load: unloading %s first: %s", name, r.unload_why[name] or "it uses the stack")
+    end
+  end
+end
+
+function M.load(r)
+  if r.recipe.before_load then r.recipe.before_load(r) end
+  if r.stack_loaded then
+    log.info("load: the built stack is already loaded (srcversions match); no reload")
+    r.reloaded = false
+    return
+  end
+  local ctx, want = r:kmod(), r:built_srcversions()
+  local plan = stack.plan(r.stack, stack.snapshot(ctx), { also = r.unload_also })
+  if #plan.blockers > 0 then r:fail("cannot reload the driver stack: %s", table.concat(plan.blockers, "; ")) end
+  local unload = graph.flatten(plan.unload)
+  log.info("load: unload %s", #unload > 0 and table.concat(unload, " ") or "nothing (none of the stack is loaded)")
+  say_why_also(r, plan)
+  log.info("load: load %s", table.concat(graph.flatten(plan.load), " "))
+  local paths = {}
+  for _, m in ipairs(r.built) do paths[m.name] = m.installed or m.path end
+  local bl = write_blacklist(r, r.recipe.blacklist and r.recipe.blacklist(r) or {}, r.blacklist_file)
+  r.journal:record({ kind = "modules", names = graph.flatten(plan.load), previous = r.previous,
+                     restore = r.restore_on_stop })
+  local ok, down_or_err = stack.swap(plan, paths, r.recipe.module_options and r.recipe.module_options(r),
+                                     r.previous)
+  remove_blacklist(r, bl)
+  if not ok then r:fail("reload: %s", down_or_err) end
+  log.info("load: the stack was down for %.3f s", down_or_err)
+  local good, bad = stack.verify(r:kmod(), want)
+  if not good then r:fail("verify: %s", table.concat(bad, "; ")) end
+  r.reloaded = true
+  if r.recipe.after_load then r.recipe.after_load(r) end
+end
+
+function M.expose(r)
+  local target = r.recipe.expose and r:expand(r.recipe.expose)
+  if not target then return end
+  if mount.is_mountpoint(target) and (mount.info(target).root or "/") == "/" and mount.find(target).id ~= mount.find("/").id then
+    log.info("expose: replacing a stale mount at %s", target)
+    r:must("umount " .. target, mount.umount(target, { recursive = true, lazy = true }))
+  end
+  r:must("expose", fs.mkdir(target))
+  -- /sys must not be rbound into the target: it would pin sysfs submounts.
+  r:must("expose /sys", mount.propagation("/sys", "unbindable", { recursive = true }))
+  r:must("expose /sys", mount.propagation("/sys", "private"))
+  r.journal:record({ kind = "mount", target = target })
+  r:must("expose " .. target, mount.rbind("/", target))
+  log.info("expose: container root visible at %s", target)
+end
+
+local function ready_content(r)
+  local lines = {
+    "recipe=" .. r.recipe.name, "version=" .. r.recipe.version, "kernel=" .. r.kver,
+    "boot_id=" .. (sys.boot_id() or "unknown"), "time=" .. os.date("!%Y-%m-%dT%H:%M:%SZ"),
+  }
+  local ctx = r:kmod()
+  for _, name in ipairs(graph.flatten(assert(graph.levels(r.stack)))) do
+    local st = ctx:state(name)
+    lines[#lines + 1] = ("module=%s srcversion=%s"):format(name, st and st.srcversion or "none")
+  end
+  return table.concat(lines, "\n") .. "\n"
+end
+
+function M.ready(r)
+  local content = ready_content(r)
+  for _, path in ipairs(r.ready_files) do
+    local dir = path:match("^(.+)/[^/]*$")
+    if dir then r:must("ready " .. path, fs.mkdir(dir)) end
+    r:must("ready " .. path, fs.write(path, content))
+  end
+  log.info("ready: %s (%.3f s after start)", table.concat(r.ready_files, ", "), sys.monotonic() - r.started)
+end
+
+return M

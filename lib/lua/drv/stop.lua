@@ -1,0 +1,115 @@
+--- drv.stop: the end of a run and what comes before its start: the host-wide
+-- lock, stop (ready files first, then the journal undone in reverse), the
+-- watch while ready, and the recovery of what a killed run left.
+local M = {}
+
+local journal = require "drv.journal"
+local stack = require "drv.stack"
+local graph = require "drv.graph"
+local kmod = require "drv.kmod"
+local mount = require "drv.mount"
+local fs = require "drv.fs"
+local sys = require "drv.sys"
+local log = require "drv.log"
+
+function M.remove_ready(r)
+  for _, path in ipairs(r.ready_files) do
+    local ok, err = fs.remove(path, { missing_ok = true })
+    if not ok then log.error("stop: cannot remove ready file %s: %s", path, err) end
+  end
+end
+
+-- Undo kinds this library records.
+journal.define("mount", function(e)
+  if not mount.is_mountpoint(e.target) then return true end
+  return mount.umount(e.target, { recursive = true, lazy = true })
+end)
+
+journal.define("modules", function(e, o)
+  if not e.restore then return true end
+  if o.lost then log.warn("stop: the modules changed behind this run's back: leaving them as they are"); return true end
+  if o.hurry then log.warn("stop: second signal: not restoring the inbox modules"); return true end
+  local back = e.previous and graph.flatten(e.previous.levels) or {}
+  log.info("stop: unloading %s (holders first), then loading back %s", table.concat(e.names, " "),
+           #back > 0 and table.concat(back, " ") or "nothing (none was loaded before)")
+  return stack.restore(e.names, e.previous)
+end)
+
+--- Stop: ready files first, then undo the journal; a second signal hurries it.
+function M.stop(r)
+  local t0 = sys.monotonic()
+  log.event("info", "phase stop started", { phase = "stop" })
+  M.remove_ready(r)
+  if r.recipe.stop then
+    local ok, err = pcall(r.recipe.stop, r)
+    if not ok then log.error("stop: %s", tostring(err)) end
+  end
+  -- A second signal, or the deadline, hurries the rest: handlers skip slow work.
+  local deadline = t0 + r.opt.STOP_TIMEOUT
+  local o = { hurry = false, lost = r.lost }
+  o.skip = function()
+    if not o.hurry and (r.signals:poll() or sys.monotonic() > deadline) then
+      log.warn("stop: second signal or deadline: skipping the slow parts")
+      o.hurry = true
+    end
+    return false
+  end
+  local ok, failures = r.journal:undo_all(o)
+  if not ok then log.error("stop: %s", table.concat(failures, "; ")) end
+  log.event("info", ("phase stop done in %.3f s"):format(sys.monotonic() - t0), { phase = "stop" })
+  return ok
+end
+
+function M.lock(r)
+  r:must("lock", fs.mkdir(r.opt.LOCK_FILE:match("^(.*)/[^/]*$") or "/"))
+  local l, err = sys.lock(r.opt.LOCK_FILE, {
+    timeout = r.opt.LOCK_TIMEOUT,
+    owner = ("%s %s"):format(r.recipe.name, r.recipe.version),
+    on_wait = function(holder) log.info("lock: waiting for %s (held by %s)", r.opt.LOCK_FILE, holder) end,
+  })
+  if not l then r:fail("lock: %s", err) end
+  r.lock = l
+end
+
+-- The lock covers changes, not waiting or building: other driver containers
+-- on the host must be able to reload meanwhile.
+function M.unlock(r)
+  if r.lock then r.lock:unlock() end
+  r.lock = nil
+end
+
+function M.recover(r)
+  local old = journal.recover(r.journal.path)
+  if not old or #old.entries == 0 then return end
+  M.lock(r) -- another container may be mid-reload
+  log.warn("recovery: undoing %d changes left by an earlier run that did not stop cleanly", #old.entries)
+  local ok, failures = old:undo_all({ hurry = false })
+  if not ok then r:fail("recovery: %s", table.concat(failures, "; ")) end
+  M.unlock(r)
+end
+
+-- While ready: wait for a signal, checking every WATCH_INTERVAL seconds that
+-- the modules are still the built ones. False when they are not.
+function M.wait_for_signal(r)
+  log.info("waiting for a signal (TERM, INT or HUP) to stop")
+  local interval = r.opt.WATCH_INTERVAL > 0 and r.opt.WATCH_INTERVAL or nil
+  local want = r:built_srcversions()
+  while true do
+    local sig = r.signals:wait(interval)
+    if sig then
+      log.info("received SIG%s", sig)
+      return true
+    end
+    local ctx = kmod.new() -- not r:kmod(): nothing here may raise
+    local good, bad = true, nil
+    if ctx then good, bad = stack.verify(ctx, want) end
+    if not good then
+      log.error("watch: the driver is not loaded as built any more (%s): no longer ready; stopping, so that "
+                .. "the container is restarted and loads it again", table.concat(bad, "; "))
+      r.lost = true
+      return false
+    end
+  end
+end
+
+return M
