@@ -46,8 +46,6 @@ local function fetch_sources(r)
   end
 end
 
---- Declare a file or directory the build depends on besides the sources (a
-
 local function check_built(r, built)
   local have = {}
   for _, m in ipairs(built) do have[m.name] = m end

@@ -170,6 +170,7 @@ function Run:extract(path, o)
   return dir
 end
 
+--- Declare a file or directory the build depends on besides the sources (a
 -- Module.symvers it links against): its content is part of the build cache key.
 function Run:build_input(path)
   self.inputs[#self.inputs + 1] = path
