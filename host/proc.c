@@ -5,6 +5,7 @@
  * group (a timeout kills make and every compiler under it), with only the
  * descriptors they are given. exec failures travel back over a CLOEXEC pipe. */
 #include <errno.h>
+#include <math.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -48,6 +49,8 @@ struct process {
 	size_t in_len, in_off;
 	int log_fd;
 	int on_line_ref;	/* registry ref of on_line, LUA_NOREF if none */
+	int on_tick_ref;	/* registry ref of on_tick, LUA_NOREF if none */
+	double tick, next_tick;	/* on_tick every tick seconds: when it is next due */
 	enum stream_mode out_mode, err_mode;
 };
 
@@ -364,6 +367,22 @@ static void proc_call_on_line(lua_State *L, struct process *p, const char *name,
 	}
 }
 
+/* on_tick(seconds since the start), when it is due; an error kills the process too. */
+static void proc_maybe_tick(lua_State *L, struct process *p)
+{
+	double now = proc_now();
+
+	if (p->on_tick_ref == LUA_NOREF || now < p->next_tick)
+		return;
+	p->next_tick = now + p->tick;
+	lua_rawgeti(L, LUA_REGISTRYINDEX, p->on_tick_ref);
+	lua_pushnumber(L, now - p->started);
+	if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+		proc_release(L, p);
+		lua_error(L);
+	}
+}
+
 /* Split data into lines for on_line; a partial line waits for the rest. */
 static void stream_lines(lua_State *L, struct process *p, struct stream *s, const char *name,
 			 const char *data, size_t n)
@@ -495,8 +514,15 @@ static int proc_pump(lua_State *L, struct process *p, double deadline)
 			if (timeout < 0 || left * 1000 < timeout)
 				timeout = (int)(left * 1000) + 1;
 		}
+		if (p->on_tick_ref != LUA_NOREF) {
+			double left = fmax(p->next_tick - proc_now(), 0);
+
+			if (timeout < 0 || left * 1000 < timeout)
+				timeout = (int)(left * 1000) + 1;
+		}
 		if (poll(fds, (nfds_t)nfds, timeout) < 0 && errno != EINTR)
 			return PUMP_DEADLINE;
+		proc_maybe_tick(L, p);
 		for (int i = 0; i < nfds; i++) {
 			if (!fds[i].revents)
 				continue;
@@ -565,6 +591,10 @@ static void proc_release(lua_State *L, struct process *p)
 		luaL_unref(L, LUA_REGISTRYINDEX, p->on_line_ref);
 		p->on_line_ref = LUA_NOREF;
 	}
+	if (p->on_tick_ref != LUA_NOREF) {
+		luaL_unref(L, LUA_REGISTRYINDEX, p->on_tick_ref);
+		p->on_tick_ref = LUA_NOREF;
+	}
 }
 
 static struct process *proc_check(lua_State *L, int idx)
@@ -585,7 +615,7 @@ static struct process *proc_new(lua_State *L)
 
 	memset(p, 0, sizeof(*p));
 	p->out.fd = p->err.fd = p->in_fd = p->log_fd = p->pidfd = p->interrupt_fd = -1;
-	p->on_line_ref = LUA_NOREF;
+	p->on_line_ref = p->on_tick_ref = LUA_NOREF;
 	luaL_setmetatable(L, PROC_MT);
 	return p;
 }
@@ -617,6 +647,12 @@ static int proc_setup(lua_State *L, struct process *p, int default_inherit, int 
 		luaL_argcheck(L, lua_isfunction(L, -1), 2, "field 'on_line': function expected");
 		p->on_line_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 	}
+	p->tick = drv_optfield_number(L, opts, "tick", 10);
+	luaL_argcheck(L, p->tick > 0, 2, "field 'tick': positive number expected");
+	if (proc_field(L, opts, "on_tick")) {
+		luaL_argcheck(L, lua_isfunction(L, -1), 2, "field 'on_tick': function expected");
+		p->on_tick_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	}
 	envp = proc_envp(L, opts);
 	if (log) {
 		p->log_fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
@@ -626,6 +662,7 @@ static int proc_setup(lua_State *L, struct process *p, int default_inherit, int 
 		}
 	}
 	p->started = proc_now();
+	p->next_tick = p->started + p->tick;
 	rc = proc_search(argv[0], path, sizeof(path));
 	if (rc == 0)
 		rc = proc_start(p, path, argv, envp, cwd);
@@ -649,7 +686,8 @@ static int proc_setup(lua_State *L, struct process *p, int default_inherit, int 
  * @tparam[opt] table opts `{ env = { K = "v" }, clear_env = false, cwd = dir, timeout = seconds,
  *   kill_after = 5, interrupt_fd = fd (readable => stop the program, result.interrupted), stdin = "data", stdout = "capture"|"inherit"|"null",
  *   stderr = "capture"|"inherit"|"null"|"stdout", log = path, max_capture = 1 MiB,
- *   on_line = function(stream, line) }`
+ *   on_line = function(stream, line), on_tick = function(seconds since start), tick = 10 (seconds between
+ *   on_tick calls, while the program runs, whether it writes or not: for progress lines) }`
  * @treturn[1] table `{ status = n | nil, signal = "SIGKILL" | nil, timed_out, stdout, stderr, seconds, pid }`
  * @treturn[2] nil, string message, integer errno (the program could not be started)
  * @see execvpe(3), poll(2)

@@ -95,6 +95,32 @@ describe("drv.proc.run", function()
     assert.is_false(alive(pid))
   end)
 
+  it("calls on_tick every tick seconds while a silent program runs", function()
+    local ticks = {}
+    local r = assert(proc.run({ "sleep", "1.6" }, { tick = 0.3, on_tick = function(s) ticks[#ticks + 1] = s end }))
+    assert.equal(0, r.status)
+    assert.is_true(#ticks >= 2, "ticks: " .. #ticks)
+    for i, s in ipairs(ticks) do
+      assert.is_true(s >= 0.3 * i - 0.05 and s <= r.seconds, ("tick %d at %.3f s"):format(i, s))
+    end
+  end)
+
+  it("kills the child when on_tick raises, and propagates the error", function()
+    local file = os.tmpname()
+    finally(function() os.remove(file) end)
+    local ok, err = pcall(proc.run, { "sh", "-c", 'echo $$ > "$0"; exec sleep 30', file }, { tick = 0.1,
+      on_tick = function()
+        local pid = (io.open(file):read("a") or ""):match("%d+")
+        if pid then error("stop at " .. pid, 0) end
+      end })
+    assert.is_false(ok)
+    local pid = err:match("^stop at (%d+)$")
+    assert.truthy(pid, err)
+    assert.is_false(alive(pid))
+    assert.has_error(function() proc.run({ "true" }, { tick = 0 }) end)
+    assert.has_error(function() proc.run({ "true" }, { on_tick = 1 }) end)
+  end)
+
   it("reports a death by signal", function()
     local r = assert(proc.run({ "sh", "-c", "kill -KILL $$" }))
     assert.equal("SIGKILL", r.signal)
