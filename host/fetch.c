@@ -18,11 +18,11 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <math.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <poll.h>
 #include <strings.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -930,7 +930,7 @@ static enum outcome deadline_cut(struct fetch_job *j)
 	double idle = fetch_now() - j->t_data;
 	char got[80];
 
-	received(got, sizeof(got), j->bytes - j->offset, j->total < 0 ? -1 : j->total - j->offset);
+	received(got, sizeof(got), j->bytes, j->total);
 	if (idle >= j->o->stall_after)
 		return job_fail(j, DEADLINE, ETIMEDOUT, "stalled: no data for %.0f s (%s), "
 				"stopped by the deadline", idle, got);
@@ -1354,23 +1354,29 @@ static void fetch_global_init(lua_State *L)
  * as it was). Transient failures (connect errors, timeouts, truncated bodies,
  * HTTP 408, 429, 5xx) are retried with exponential backoff; with `resume` the
  * .part survives them and later attempts or calls continue it with a Range
- * request (a server that answers 200 restarts the file cleanly).
+ * request (a server that answers 200 restarts the file cleanly). A body that
+ * stalls (no byte for `low_speed_time` s) ends its attempt, and is said so in the
+ * progress output while it lasts. `deadline` bounds the whole call; once
+ * `interrupt_fd` is readable the call stops at once (the fd is not read).
  * @function get
  * @tparam string url `https://`, `http://` or `file://` URL (redirects: http(s) only)
  * @tparam string dest destination path
  * @tparam[opt] table opts `{ sha256 = "<64 hex>", resume = false, retries = 3,
  *   backoff = 1.0, connect_timeout = 30, timeout = 0, low_speed_time = 60,
- *   insecure = false, progress = function(done, total|nil) | false, quiet = false }`
+ *   deadline = 0 (seconds for the whole call, 0: none), interrupt_fd = fd,
+ *   insecure = false, progress = function(done, total|nil, stalled_for) | false,
+ *   quiet = false }`
  * @treturn[1] table `{ path = dest, sha256 = "<hex>", bytes = n, transferred = n,
  *   resumed = bool, attempts = n, seconds = s }`
  * @treturn[2] nil
  * @treturn[2] string message "URL: cause", e.g. "…: HTTP 404 Not Found"
  * @treturn[2] integer errno: ENOENT (404, 410, missing file), EACCES (401, 403),
- *   EBADMSG (sha256 mismatch), ETIMEDOUT, ECONNREFUSED, EHOSTUNREACH (DNS),
+ *   EBADMSG (sha256 mismatch), ETIMEDOUT (stall, timeout, deadline), EINTR
+ *   ("…: interrupted", by interrupt_fd), ECONNREFUSED, EHOSTUNREACH (DNS),
  *   EPROTO (TLS), EPROTONOSUPPORT (scheme), EINVAL (malformed URL), ELOOP
  *   (redirects), EBUSY (.part in use), a file errno (ENOSPC…), else EIO
  * @raise on bad arguments and options, or when `progress` raises (after cleanup)
- * @see curl_easy_perform(3), EVP_DigestUpdate(3), rename(2)
+ * @see curl_multi_poll(3), EVP_DigestUpdate(3), rename(2)
  */
 static int fetch_get(lua_State *L)
 {
