@@ -307,6 +307,7 @@ static const char *stall_outlook(struct fetch_job *j, double t, char *buf, size_
 static void show_stall(struct fetch_job *j, double t, double idle)
 {
 	char line[PATH_MAX + 256], got[80], outlook[64], done[32], total[32];
+	double whole = floor(idle);	/* "no data for 2 s" means 2 s or more */
 
 	if (j->o->show == SHOW_BAR) {
 		if (t - j->last_show < FETCH_BAR_INTERVAL)
@@ -315,16 +316,16 @@ static void show_stall(struct fetch_job *j, double t, double idle)
 		if (j->total > 0)
 			fprintf(stderr, "\r%-24.24s %3d%%  %s of %s  stalled %.0f s\033[K", j->name,
 				(int)(100.0 * j->bytes / j->total), done,
-				human(total, sizeof(total), j->total, 0), idle);
+				human(total, sizeof(total), j->total, 0), whole);
 		else
-			fprintf(stderr, "\r%-24.24s %s  stalled %.0f s\033[K", j->name, done, idle);
+			fprintf(stderr, "\r%-24.24s %s  stalled %.0f s\033[K", j->name, done, whole);
 		j->bar_drawn = 1;
 		j->last_show = t;
 		return;
 	}
-	if (idle < j->stall_next || t >= stall_end(j))	/* (the failure will say it) */
-		return;
-	snprintf(line, sizeof(line), "fetch %s: stalled: no data for %.0f s (%s)%s", j->url, idle,
+	if (idle < j->stall_next || (j->o->low_speed_time > 0 && idle >= j->o->low_speed_time))
+		return;		/* (the failure will say it) */
+	snprintf(line, sizeof(line), "fetch %s: stalled: no data for %.0f s (%s)%s", j->url, whole,
 		 received(got, sizeof(got), j->bytes, j->total),
 		 stall_outlook(j, t, outlook, sizeof(outlook)));
 	say(j, "warn", line);
@@ -756,7 +757,7 @@ static enum outcome stall_error(struct fetch_job *j, const char *detail)
 
 	received(got, sizeof(got), j->bytes, j->total);
 	return job_fail(j, TRANSIENT, ETIMEDOUT, "stalled: no data for %.0f s (%s)%s%s",
-			fetch_now() - j->t_data, got, detail ? "; " : "", detail ? detail : "");
+			floor(fetch_now() - j->t_data), got, detail ? "; " : "", detail ? detail : "");
 }
 
 /* curl's timeout or low-speed limit: in words when the transfer had stalled. */
@@ -933,7 +934,7 @@ static enum outcome deadline_cut(struct fetch_job *j)
 	received(got, sizeof(got), j->bytes, j->total);
 	if (idle >= j->o->stall_after)
 		return job_fail(j, DEADLINE, ETIMEDOUT, "stalled: no data for %.0f s (%s), "
-				"stopped by the deadline", idle, got);
+				"stopped by the deadline", floor(idle), got);
 	return job_fail(j, DEADLINE, ETIMEDOUT, "stopped by the deadline (%s)", got);
 }
 

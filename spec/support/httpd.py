@@ -22,10 +22,12 @@ leaves nothing behind. Serves files under ROOT, and these special paths
                          the file (with Range support), but only its first B bytes
                          (default half) of the body asked for, then nothing for S
                          seconds (default 3600) with the connection open, then close;
-                         with times, only for the first N requests of NAME
+                         with times, only for the first N requests of NAME, then
+                         the file
   /norange/NAME          the file, always 200: Range is ignored
   /badrange/NAME         the file; a Range request gets 206 with the whole file
                          ("Content-Range: bytes 0-LAST/SIZE") whatever it asked for
+  /hang/N?hold=S         no response at all for S seconds (default 3600), then close
   /redirect/N?to=URL     302 to URL (N is any label)
   /loop/N                302 to itself
   /stats/NAME            "REQUESTS BYTES\\n": requests for NAME so far (any path
@@ -176,6 +178,10 @@ class Handler(BaseHTTPRequestHandler):
                 with LOCK:
                     s = STATS.get(rest, [0, 0])
                 return self.text(200, "%d %d\n" % (s[0], s[1]))
+            if kind == "hang":
+                time.sleep(float(q.get("hold", "3600")))
+                self.close_connection = True
+                return None
             if kind == "loop":
                 return self.empty(302, [("Location", url.path)])
             if kind == "redirect":
