@@ -50,7 +50,7 @@ all: $(DRVRUN)
 $(DRVRUN): $(HOST_OBJ)
 	$(CC) $(LDFLAGS) -o $@ $(HOST_OBJ) $(LDLIBS)
 
-$(BUILD)/obj/%.o: host/%.c host/drv.h | $(BUILD)/obj
+$(BUILD)/obj/%.o: host/%.c host/drv.h host/lazy.h | $(BUILD)/obj
 	$(CC) $(CFLAGS) -c -o $@ $<
 
 $(BUILD)/obj:

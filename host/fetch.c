@@ -1,12 +1,12 @@
 /* fetch.c - drv.fetch: downloads over libcurl (https, http, file), hashed with
  * SHA-256 while they stream, renamed into place only once verified.
  *
- * One call is one job: a userdata ("drv.fetch.job") owns the curl easy handle,
- * the parsed URL, the digest context and the locked "<dest>.part" descriptor,
+ * One call is one job: a userdata ("drv.fetch.job") owns the curl multi and easy
+ * handles, the parsed URL, the digest context and the locked "<dest>.part" descriptor,
  * so no path out of fetch.get - a memory error, a Lua error from a progress
  * function - leaks them. curl never sees a longjmp: every Lua call made from a
  * curl callback runs under lua_pcall; an error it returns aborts the transfer
- * and is raised again once curl_easy_perform has returned and the job is
+ * and is raised again once the transfer has returned and the job is
  * released.
  *
  * Throughput: curl's receive buffer is FETCH_BUFSIZE, but it hands the write
@@ -18,6 +18,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <math.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,8 +47,11 @@
 #define FETCH_BAR_INTERVAL	0.2		/* terminal bar redraws */
 #define FETCH_LINE_INTERVAL	5.0		/* plain progress lines */
 #define FETCH_LINE_QUIET	1.0		/* no quartile lines in a transfer's first second */
+#define FETCH_STALL_MAX		20.0		/* "stalled" lines: at most this long apart */
+#define FETCH_STALL_MIN		1.0		/* a progress function's stalled_for: 0 below this */
+#define FETCH_WAIT_MS		1000		/* longest wait in curl_multi_poll */
 
-enum outcome { DONE, TRANSIENT, PERMANENT, RESTART, LUA_ERROR };
+enum outcome { DONE, TRANSIENT, PERMANENT, RESTART, LUA_ERROR, INTERRUPTED, DEADLINE };
 enum display { SHOW_NONE, SHOW_LINES, SHOW_BAR };
 
 struct fetch_opts {
@@ -55,11 +59,15 @@ struct fetch_opts {
 	int resume, insecure, quiet;
 	lua_Integer retries, low_speed_time;
 	double backoff, connect_timeout, timeout;
+	double deadline;	/* seconds for the whole call, 0 for none */
+	double stall_after;	/* seconds without a body byte that make a stall */
+	int interrupt_fd;	/* readable => stop; -1 if none */
 	int progress;		/* stack index of the progress function, 0 if none */
 	enum display show;
 };
 
 struct fetch_job {
+	CURLM *multi;
 	CURL *curl;
 	CURLU *cu;
 	EVP_MD_CTX *md;
@@ -86,6 +94,8 @@ struct fetch_job {
 	curl_off_t offset;	/* bytes of the .part this attempt continues */
 	curl_off_t total;	/* size of the file, -1 if unknown */
 	double t_attempt;
+	double t_data;		/* last body byte, or the start of the attempt */
+	double stall_next;	/* stall length of the next "stalled" line */
 	double retry_after;	/* seconds a 429/503 asked us to wait, 0 if none */
 	char reason[64];	/* reason phrase of the last status line */
 	char errbuf[CURL_ERROR_SIZE];
@@ -93,14 +103,23 @@ struct fetch_job {
 	/* whole call */
 	curl_off_t bytes;	/* bytes in the .part, all of them in the digest */
 	curl_off_t transferred;	/* body bytes received, all attempts */
+	curl_off_t size;	/* size of the file as last announced, -1 if never */
 	int resumed;		/* the .part continues bytes of an earlier response */
 	int attempts, restarts;
+	int interrupted;	/* interrupt_fd became readable */
+	int deadline_hit;	/* the deadline passed during an attempt */
+	int stalled;		/* no body byte for low_speed_time seconds */
 	double t0, last_cb, last_show;
+	double deadline_at;	/* monotonic end of the call, 0 for none */
+	double retry_due;	/* DEADLINE before a retry: the backoff it would have slept */
 	int quarter;		/* last quartile reported by SHOW_LINES */
 	int bar_drawn;		/* SHOW_BAR: the cursor is on a bar line */
 	int err;		/* errno of the failure */
 	char hex[65];		/* digest of the finished file */
 	char msg[PATH_MAX + 512];
+	char history[2048];	/* "attempt 1: …; attempts 2-3: …", for a deadline failure */
+	char run_msg[256];	/* the failure of attempts run_first..attempts, not yet in history */
+	int run_first;
 	char part[];		/* "<dest>.part" */
 };
 
@@ -125,6 +144,9 @@ static void job_release(struct fetch_job *j)
 	if (j->curl)
 		curl_easy_cleanup(j->curl);
 	j->curl = NULL;
+	if (j->multi)
+		curl_multi_cleanup(j->multi);
+	j->multi = NULL;
 	if (j->cu)
 		curl_url_cleanup(j->cu);
 	j->cu = NULL;
@@ -173,6 +195,15 @@ static enum outcome job_errno(struct fetch_job *j, const char *what)
 	int err = errno;
 
 	return job_fail(j, PERMANENT, err, "%s: %s", what, strerror(err));
+}
+
+/* interrupt_fd is readable (or hung up): the caller wants us to stop. The
+ * signal, if it is a signalfd, is left for the caller to read. */
+static int interrupt_pending(const struct fetch_job *j)
+{
+	struct pollfd pfd = { .fd = j->o->interrupt_fd, .events = POLLIN };
+
+	return pfd.fd >= 0 && poll(&pfd, 1, 0) > 0;
 }
 
 /* ---- messages and progress display ---- */
@@ -229,6 +260,80 @@ static const char *human(char *buf, size_t size, double n, int rate)
 	return buf;
 }
 
+/* When a body that has begun is stalled for good (monotonic), or INFINITY.
+ * curl's low-speed limit also ends a stall, but up to 5 s late: it averages
+ * the speed over the last 5 s, so the bytes before the stall count. */
+static double stall_end(const struct fetch_job *j)
+{
+	if (!j->begun || j->o->low_speed_time == 0)
+		return INFINITY;
+	return j->t_data + (double)j->o->low_speed_time;
+}
+
+/* "1.2 GiB of 3.4 GiB received", or "1.2 GiB received" when the size is unknown. */
+static const char *received(char *buf, size_t size, curl_off_t got, curl_off_t total)
+{
+	char g[32], t[32];
+
+	human(g, sizeof(g), got, 0);
+	if (total < 0)
+		snprintf(buf, size, "%s received", g);
+	else
+		snprintf(buf, size, "%s of %s received", g, human(t, sizeof(t), total, 0));
+	return buf;
+}
+
+/* What ends a stalled attempt first: "; giving up this attempt at 60 s", or "". */
+static const char *stall_outlook(struct fetch_job *j, double t, char *buf, size_t size)
+{
+	const struct fetch_opts *o = j->o;
+	double slow = o->low_speed_time > 0 ? (double)o->low_speed_time - (t - j->t_data) : INFINITY;
+	double timeout = o->timeout > 0 ? j->t_attempt + o->timeout - t : INFINITY;
+	double deadline = j->deadline_at > 0 ? j->deadline_at - t : INFINITY;
+
+	if (deadline <= slow && deadline <= timeout)
+		snprintf(buf, size, "; the deadline ends the call in %.0f s", fmax(deadline, 0));
+	else if (timeout <= slow)
+		snprintf(buf, size, "; this attempt times out in %.0f s", fmax(timeout, 0));
+	else if (slow < INFINITY)
+		snprintf(buf, size, "; giving up this attempt at %lld s", (long long)o->low_speed_time);
+	else
+		buf[0] = '\0';
+	return buf;
+}
+
+/* No body byte for stall_after seconds or more: say so, every stall_after seconds
+ * as plain lines, in place of the rate on the bar. */
+static void show_stall(struct fetch_job *j, double t, double idle)
+{
+	char line[PATH_MAX + 256], got[80], outlook[64], done[32], total[32];
+	double whole = floor(idle);	/* "no data for 2 s" means 2 s or more */
+
+	if (j->o->show == SHOW_BAR) {
+		if (t - j->last_show < FETCH_BAR_INTERVAL)
+			return;
+		human(done, sizeof(done), j->bytes, 0);
+		if (j->total > 0)
+			fprintf(stderr, "\r%-24.24s %3d%%  %s of %s  stalled %.0f s\033[K", j->name,
+				(int)(100.0 * j->bytes / j->total), done,
+				human(total, sizeof(total), j->total, 0), whole);
+		else
+			fprintf(stderr, "\r%-24.24s %s  stalled %.0f s\033[K", j->name, done, whole);
+		j->bar_drawn = 1;
+		j->last_show = t;
+		return;
+	}
+	if (idle < j->stall_next || (j->o->low_speed_time > 0 && idle >= j->o->low_speed_time))
+		return;		/* (the failure will say it) */
+	snprintf(line, sizeof(line), "fetch %s: stalled: no data for %.0f s (%s)%s", j->url, whole,
+		 received(got, sizeof(got), j->bytes, j->total),
+		 stall_outlook(j, t, outlook, sizeof(outlook)));
+	say(j, "warn", line);
+	while (j->stall_next <= idle)
+		j->stall_next += j->o->stall_after;
+	j->last_show = t;
+}
+
 static void show_progress(struct fetch_job *j, double t, int final)
 {
 	char line[PATH_MAX + 256], done[32], total[32], rate[32];
@@ -236,6 +341,11 @@ static void show_progress(struct fetch_job *j, double t, int final)
 	double r = elapsed > 0 ? (j->bytes - j->offset) / elapsed : 0;
 	int pct = j->total > 0 ? (int)(100.0 * j->bytes / j->total) : -1;
 
+	if (!final && t - j->t_data >= j->o->stall_after) {
+		show_stall(j, t, t - j->t_data);
+		return;
+	}
+	j->stall_next = j->o->stall_after;
 	human(done, sizeof(done), j->bytes, 0);
 	human(total, sizeof(total), j->total, 0);
 	human(rate, sizeof(rate), r, 1);
@@ -281,9 +391,9 @@ static void show_progress(struct fetch_job *j, double t, int final)
 	j->last_show = t;
 }
 
-/* Call the progress function with (done, total|nil); on error keep the error
- * object in errslot and return 0. */
-static int call_progress(struct fetch_job *j)
+/* Call the progress function with (done, total|nil, stalled_for); on error keep
+ * the error object in errslot and return 0. */
+static int call_progress(struct fetch_job *j, double stalled_for)
 {
 	lua_State *L = j->L;
 
@@ -293,7 +403,8 @@ static int call_progress(struct fetch_job *j)
 		lua_pushinteger(L, (lua_Integer)j->total);
 	else
 		lua_pushnil(L);
-	if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+	lua_pushnumber(L, stalled_for >= FETCH_STALL_MIN ? stalled_for : 0);
+	if (lua_pcall(L, 3, 0, 0) != LUA_OK) {
 		lua_replace(L, j->errslot);
 		j->lua_failed = 1;
 		return 0;
@@ -308,14 +419,14 @@ static int fetch_xferinfo(void *ud, curl_off_t dltotal, curl_off_t dlnow,
 	double t;
 
 	(void)dltotal, (void)dlnow, (void)ultotal, (void)ulnow;
-	if (!j->begun)
-		return 0;
 	t = fetch_now();
+	if (!j->begun && t - j->t_data < j->o->stall_after)
+		return 0;	/* status line and headers: wait for a body or a stall */
 	if (j->o->progress) {
 		if (t - j->last_cb < FETCH_CB_INTERVAL)
 			return 0;
 		j->last_cb = t;
-		return !call_progress(j);	/* nonzero aborts the transfer */
+		return !call_progress(j, t - j->t_data);	/* nonzero aborts the transfer */
 	}
 	show_progress(j, t, 0);
 	return 0;
@@ -405,6 +516,10 @@ static enum outcome part_prepare(struct fetch_job *j)
 		return job_fail(j, PERMANENT, ENOMEM, "%s: %s", j->part, strerror(ENOMEM));
 	j->bytes = 0;
 	while ((n = read(j->fd, buf, FETCH_BUFSIZE)) != 0) {
+		if (interrupt_pending(j)) {	/* hashing a GiB .part takes seconds */
+			free(buf);
+			return INTERRUPTED;
+		}
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
@@ -514,6 +629,7 @@ static size_t fetch_write(char *p, size_t size, size_t n, void *ud)
 	EVP_DigestUpdate(j->md, p, len);
 	j->bytes += (curl_off_t)len;
 	j->transferred += (curl_off_t)len;
+	j->t_data = fetch_now();
 	return len;
 }
 
@@ -634,6 +750,30 @@ static enum outcome file_check(struct fetch_job *j)
 	return r;
 }
 
+/* No body byte for a while ended the attempt. detail: what curl said, or NULL. */
+static enum outcome stall_error(struct fetch_job *j, const char *detail)
+{
+	char got[80];
+
+	received(got, sizeof(got), j->bytes, j->total);
+	return job_fail(j, TRANSIENT, ETIMEDOUT, "stalled: no data for %.0f s (%s)%s%s",
+			floor(fetch_now() - j->t_data), got, detail ? "; " : "", detail ? detail : "");
+}
+
+/* curl's timeout or low-speed limit: in words when the transfer had stalled. */
+static enum outcome timeout_error(struct fetch_job *j, const char *detail)
+{
+	int too_slow = strncmp(detail, "Operation too slow", 18) == 0;
+	char got[80];
+
+	if (fetch_now() - j->t_data >= j->o->stall_after)
+		return stall_error(j, too_slow ? NULL : detail);
+	if (!too_slow)
+		return job_fail(j, TRANSIENT, ETIMEDOUT, "%s", detail);
+	received(got, sizeof(got), j->bytes, j->total);
+	return job_fail(j, TRANSIENT, ETIMEDOUT, "%s (%s)", detail, got);
+}
+
 static enum outcome curl_error(struct fetch_job *j, CURLcode rc)
 {
 	const char *detail = j->errbuf[0] ? j->errbuf : curl_easy_strerror(rc);
@@ -650,7 +790,7 @@ static enum outcome curl_error(struct fetch_job *j, CURLcode rc)
 	case CURLE_COULDNT_RESOLVE_PROXY:
 		return job_fail(j, TRANSIENT, EHOSTUNREACH, "%s", detail);
 	case CURLE_OPERATION_TIMEDOUT:
-		return job_fail(j, TRANSIENT, ETIMEDOUT, "%s", detail);
+		return timeout_error(j, detail);
 	case CURLE_PARTIAL_FILE:
 		if (j->total >= 0)
 			return job_fail(j, TRANSIENT, EIO, "truncated: got %lld of %lld bytes",
@@ -729,6 +869,75 @@ static enum outcome fetch_verify(struct fetch_job *j)
 			j->o->sha256, j->hex);
 }
 
+/* Stop the transfer: interrupted, past the deadline, or stalled. */
+static int fetch_stopped(struct fetch_job *j)
+{
+	double t = fetch_now();
+
+	if (interrupt_pending(j))
+		j->interrupted = 1;
+	else if (j->deadline_at > 0 && t >= j->deadline_at)
+		j->deadline_hit = 1;
+	else if (t >= stall_end(j))
+		j->stalled = 1;
+	return j->interrupted || j->deadline_hit || j->stalled;
+}
+
+/* How long curl_multi_poll may wait for us (curl shortens it for its own timers). */
+static int wait_ms(const struct fetch_job *j)
+{
+	double end = stall_end(j), left;
+
+	if (j->deadline_at > 0 && j->deadline_at < end)
+		end = j->deadline_at;
+	left = ceil((end - fetch_now()) * 1000);
+	return left < 0 ? 0 : left > FETCH_WAIT_MS ? FETCH_WAIT_MS : (int)left;
+}
+
+/* One transfer. Through the multi interface rather than curl_easy_perform,
+ * which waits up to a second between looks at a stalled transfer: here
+ * interrupt_fd wakes the wait at once, and the deadline shortens it. */
+static CURLcode fetch_perform(struct fetch_job *j)
+{
+	struct curl_waitfd wfd = { .fd = j->o->interrupt_fd, .events = CURL_WAIT_POLLIN };
+	CURLcode rc = CURLE_OK;
+	CURLMcode mc;
+	CURLMsg *m;
+	int running = 1, queued;
+
+	mc = curl_multi_add_handle(j->multi, j->curl);
+	while (mc == CURLM_OK) {
+		mc = curl_multi_perform(j->multi, &running);
+		if (mc != CURLM_OK || !running || fetch_stopped(j))
+			break;
+		mc = curl_multi_poll(j->multi, &wfd, wfd.fd >= 0 ? 1 : 0, wait_ms(j), NULL);
+		if (mc == CURLM_OK && fetch_stopped(j))
+			break;
+	}
+	while ((m = curl_multi_info_read(j->multi, &queued)))
+		if (m->msg == CURLMSG_DONE && m->easy_handle == j->curl)
+			rc = m->data.result;
+	curl_multi_remove_handle(j->multi, j->curl);
+	if (mc != CURLM_OK) {
+		snprintf(j->errbuf, sizeof(j->errbuf), "%s", curl_multi_strerror(mc));
+		return mc == CURLM_OUT_OF_MEMORY ? CURLE_OUT_OF_MEMORY : CURLE_FAILED_INIT;
+	}
+	return rc;
+}
+
+/* The attempt the deadline cut short: why, in words, for the history. */
+static enum outcome deadline_cut(struct fetch_job *j)
+{
+	double idle = fetch_now() - j->t_data;
+	char got[80];
+
+	received(got, sizeof(got), j->bytes, j->total);
+	if (idle >= j->o->stall_after)
+		return job_fail(j, DEADLINE, ETIMEDOUT, "stalled: no data for %.0f s (%s), "
+				"stopped by the deadline", floor(idle), got);
+	return job_fail(j, DEADLINE, ETIMEDOUT, "stopped by the deadline (%s)", got);
+}
+
 static enum outcome fetch_attempt(struct fetch_job *j)
 {
 	char range[32];
@@ -736,12 +945,13 @@ static enum outcome fetch_attempt(struct fetch_job *j)
 	CURLcode rc;
 
 	j->status = 0;
-	j->begun = j->rejected = j->bad_range = j->werr = 0;
+	j->begun = j->rejected = j->bad_range = j->werr = j->stalled = 0;
 	j->reason[0] = j->errbuf[0] = '\0';
 	j->total = -1;
 	j->retry_after = 0;
 	j->quarter = 0;
-	j->t_attempt = j->last_show = fetch_now();
+	j->t_attempt = j->last_show = j->t_data = fetch_now();
+	j->stall_next = j->o->stall_after;
 	j->offset = j->bytes;
 	if (j->offset > 0) {
 		snprintf(range, sizeof(range), "%lld-", (long long)j->offset);
@@ -749,15 +959,23 @@ static enum outcome fetch_attempt(struct fetch_job *j)
 	} else {
 		curl_easy_setopt(j->curl, CURLOPT_RANGE, NULL);
 	}
-	rc = curl_easy_perform(j->curl);
+	rc = fetch_perform(j);
 	if (part_flush(j) < 0 && !j->werr)
 		j->werr = errno;
+	if (j->total >= 0)
+		j->size = j->total;
 	if (j->lua_failed)
 		return LUA_ERROR;
 	if (j->werr) {
 		errno = j->werr;
 		return job_errno(j, j->part);
 	}
+	if (j->interrupted)
+		return INTERRUPTED;
+	if (j->deadline_hit)
+		return deadline_cut(j);
+	if (j->stalled)
+		return stall_error(j, NULL);
 	if (j->bad_range) {
 		content_range(j, &start, &total);
 		snprintf(j->msg, sizeof(j->msg), "asked for bytes from %lld, got a range "
@@ -792,17 +1010,50 @@ static enum outcome fetch_attempt(struct fetch_job *j)
 
 /* ---- fetch.get ---- */
 
-static void fetch_sleep(double s)
+/* Sleep s seconds, or until interrupt_fd becomes readable: 1 if it did. */
+static int fetch_sleep(const struct fetch_job *j, double s)
 {
-	struct timespec ts = { (time_t)s, (long)((s - (time_t)s) * 1e9) };
+	struct pollfd pfd = { .fd = j->o->interrupt_fd, .events = POLLIN };
+	double end = fetch_now() + s, left;
 
-	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-		;
+	while ((left = end - fetch_now()) > 0)
+		if (poll(&pfd, 1, (int)ceil(left * 1000)) > 0)
+			return 1;
+	return 0;
+}
+
+/* Add the attempts run_first..last, which failed alike, to the history. */
+static void history_flush(struct fetch_job *j, int last)
+{
+	size_t len = strlen(j->history), room = sizeof(j->history) - len;
+	int n;
+
+	if (!j->run_first)
+		return;
+	if (j->run_first == last)
+		n = snprintf(j->history + len, room, "%sattempt %d: %s", len ? "; " : "",
+			     last, j->run_msg);
+	else
+		n = snprintf(j->history + len, room, "%sattempts %d-%d: %s", len ? "; " : "",
+			     j->run_first, last, j->run_msg);
+	if (n < 0 || (size_t)n >= room)
+		memcpy(j->history + sizeof(j->history) - 4, "...", 4);
+	j->run_first = 0;
+}
+
+/* Remember why the last attempt failed. */
+static void history_add(struct fetch_job *j)
+{
+	if (j->run_first && strncmp(j->run_msg, j->msg, sizeof(j->run_msg) - 1) == 0)
+		return;
+	history_flush(j, j->attempts - 1);
+	j->run_first = j->attempts;
+	snprintf(j->run_msg, sizeof(j->run_msg), "%.*s", (int)sizeof(j->run_msg) - 1, j->msg);
 }
 
 static const char *const fetch_optnames[] = {
 	"sha256", "resume", "retries", "backoff", "connect_timeout", "timeout",
-	"low_speed_time", "insecure", "progress", "quiet", NULL
+	"low_speed_time", "deadline", "interrupt_fd", "insecure", "progress", "quiet", NULL
 };
 
 static void check_optnames(lua_State *L, int t)
@@ -829,6 +1080,19 @@ static double check_seconds(lua_State *L, int t, const char *key, double def, do
 		luaL_argerror(L, t, lua_pushfstring(L, "field '%s': %s expected", key,
 						    min > 0 ? "positive number" : "number >= 0"));
 	return v;
+}
+
+/* An open descriptor, or -1 when the field is absent. */
+static int check_fd(lua_State *L, int t, const char *key)
+{
+	lua_Integer fd = drv_optfield_integer(L, t, key, LUA_MININTEGER);
+
+	if (fd == LUA_MININTEGER)
+		return -1;
+	if (fd < 0 || fd > INT_MAX || fcntl((int)fd, F_GETFD) < 0)
+		luaL_argerror(L, t, lua_pushfstring(L, "field '%s': open file descriptor expected, "
+						    "got %I", key, fd));
+	return (int)fd;
 }
 
 static void parse_opts(lua_State *L, int t, struct fetch_opts *o)
@@ -858,6 +1122,10 @@ static void parse_opts(lua_State *L, int t, struct fetch_opts *o)
 	o->low_speed_time = drv_optfield_integer(L, t, "low_speed_time", 60);
 	if (o->low_speed_time < 0 || o->low_speed_time > LONG_MAX)
 		luaL_argerror(L, t, "field 'low_speed_time': integer >= 0 expected");
+	o->stall_after = o->low_speed_time > 0 ?
+		fmin(fmax(o->low_speed_time / 3.0, 1), FETCH_STALL_MAX) : FETCH_STALL_MAX;
+	o->deadline = check_seconds(L, t, "deadline", 0, 0);
+	o->interrupt_fd = check_fd(L, t, "interrupt_fd");
 	o->insecure = drv_optfield_boolean(L, t, "insecure", 0);
 	o->quiet = drv_optfield_boolean(L, t, "quiet", 0);
 	o->show = o->quiet ? SHOW_NONE : isatty(STDERR_FILENO) ? SHOW_BAR : SHOW_LINES;
@@ -913,9 +1181,10 @@ static enum outcome fetch_setup(struct fetch_job *j)
 	CURLcode rc = CURLE_OK;
 
 	j->md = EVP_MD_CTX_new();
+	j->multi = curl_multi_init();
 	j->curl = c = curl_easy_init();
 	j->wbuf = malloc(FETCH_WBUFSIZE);
-	if (!j->md || !c || !j->wbuf)
+	if (!j->md || !j->multi || !c || !j->wbuf)
 		return job_fail(j, PERMANENT, ENOMEM, "%s", strerror(ENOMEM));
 #define SET(opt, val) do { if (rc == CURLE_OK) rc = curl_easy_setopt(c, opt, val); } while (0)
 	SET(CURLOPT_CURLU, j->cu);
@@ -959,6 +1228,8 @@ static enum outcome fetch_run(struct fetch_job *j)
 	for (;;) {
 		char line[sizeof(j->msg) + PATH_MAX + 64];
 
+		if (interrupt_pending(j))
+			return INTERRUPTED;
 		j->attempts++;
 		r = fetch_attempt(j);
 		if (r == RESTART && j->restarts < FETCH_MAX_RESTARTS) {
@@ -973,15 +1244,22 @@ static enum outcome fetch_run(struct fetch_job *j)
 		}
 		if (r == RESTART)
 			return job_fail(j, PERMANENT, EIO, "%s", j->msg);
+		if (r == TRANSIENT || r == DEADLINE)
+			history_add(j);
 		if (r != TRANSIENT || j->attempts > o->retries)
 			return r;
 		delay = fmax(delay, j->retry_after);
+		if (j->deadline_at > 0 && fetch_now() + delay >= j->deadline_at) {
+			j->retry_due = delay;
+			return DEADLINE;
+		}
 		if (!o->quiet) {
 			snprintf(line, sizeof(line), "fetch %s: %s; retry %d of %d in %.1f s",
 				 j->url, j->msg, j->attempts, (int)o->retries, delay);
 			say(j, "warn", line);
 		}
-		fetch_sleep(delay);
+		if (fetch_sleep(j, delay))
+			return INTERRUPTED;
 		delay = fmin(delay * 2, 3600);
 		if ((!o->resume || !j->is_http) && part_reset(j) < 0)
 			return job_errno(j, j->part);
@@ -1018,6 +1296,35 @@ static enum outcome fetch_install(struct fetch_job *j, const char *dest)
 	return DONE;
 }
 
+static const char *seconds(char *buf, size_t size, double s)
+{
+	snprintf(buf, size, s < 10 ? "%.1f" : "%.0f", s);
+	return buf;
+}
+
+/* The deadline ended the call: how long, how many attempts, what arrived, why each stopped. */
+static int deadline_fail(lua_State *L, struct fetch_job *j)
+{
+	char got[32], size[48] = "", retry[96] = "", took[32], dl[32];
+
+	history_flush(j, j->attempts);
+	snprintf(dl, sizeof(dl), "%g", j->o->deadline);
+	human(got, sizeof(got), j->transferred, 0);
+	if (j->size >= 0) {
+		char n[32];
+
+		snprintf(size, sizeof(size), " (file size %s)", human(n, sizeof(n), j->size, 0));
+	}
+	if (j->retry_due >= 0)
+		snprintf(retry, sizeof(retry), "; retry %d would start after the deadline (in %.1f s)",
+			 j->attempts, j->retry_due);
+	return drv_fail(L, ETIMEDOUT, "%s: deadline of %s s reached: %d attempt%s in %s s, "
+			"%s received in all%s; %s%s", j->url, dl,
+			j->attempts, j->attempts == 1 ? "" : "s",
+			seconds(took, sizeof(took), fetch_now() - j->t0), got, size,
+			j->history, retry);
+}
+
 static void set_field_integer(lua_State *L, const char *k, lua_Integer v)
 {
 	lua_pushinteger(L, v);
@@ -1048,23 +1355,29 @@ static void fetch_global_init(lua_State *L)
  * as it was). Transient failures (connect errors, timeouts, truncated bodies,
  * HTTP 408, 429, 5xx) are retried with exponential backoff; with `resume` the
  * .part survives them and later attempts or calls continue it with a Range
- * request (a server that answers 200 restarts the file cleanly).
+ * request (a server that answers 200 restarts the file cleanly). A body that
+ * stalls (no byte for `low_speed_time` s) ends its attempt, and is said so in the
+ * progress output while it lasts. `deadline` bounds the whole call; once
+ * `interrupt_fd` is readable the call stops at once (the fd is not read).
  * @function get
  * @tparam string url `https://`, `http://` or `file://` URL (redirects: http(s) only)
  * @tparam string dest destination path
  * @tparam[opt] table opts `{ sha256 = "<64 hex>", resume = false, retries = 3,
  *   backoff = 1.0, connect_timeout = 30, timeout = 0, low_speed_time = 60,
- *   insecure = false, progress = function(done, total|nil) | false, quiet = false }`
+ *   deadline = 0 (seconds for the whole call, 0: none), interrupt_fd = fd,
+ *   insecure = false, progress = function(done, total|nil, stalled_for) | false,
+ *   quiet = false }`
  * @treturn[1] table `{ path = dest, sha256 = "<hex>", bytes = n, transferred = n,
  *   resumed = bool, attempts = n, seconds = s }`
  * @treturn[2] nil
  * @treturn[2] string message "URL: cause", e.g. "…: HTTP 404 Not Found"
  * @treturn[2] integer errno: ENOENT (404, 410, missing file), EACCES (401, 403),
- *   EBADMSG (sha256 mismatch), ETIMEDOUT, ECONNREFUSED, EHOSTUNREACH (DNS),
+ *   EBADMSG (sha256 mismatch), ETIMEDOUT (stall, timeout, deadline), EINTR
+ *   ("…: interrupted", by interrupt_fd), ECONNREFUSED, EHOSTUNREACH (DNS),
  *   EPROTO (TLS), EPROTONOSUPPORT (scheme), EINVAL (malformed URL), ELOOP
  *   (redirects), EBUSY (.part in use), a file errno (ENOSPC…), else EIO
  * @raise on bad arguments and options, or when `progress` raises (after cleanup)
- * @see curl_easy_perform(3), EVP_DigestUpdate(3), rename(2)
+ * @see curl_multi_poll(3), EVP_DigestUpdate(3), rename(2)
  */
 static int fetch_get(lua_State *L)
 {
@@ -1095,6 +1408,9 @@ static int fetch_get(lua_State *L)
 	j->errslot = 5;
 	j->keep_part = o.resume;
 	j->t0 = fetch_now();
+	j->deadline_at = o.deadline > 0 ? j->t0 + o.deadline : 0;
+	j->retry_due = -1;
+	j->size = -1;
 	snprintf(j->part, destlen + sizeof(".part"), "%s.part", dest);
 	{
 		const char *q = strpbrk(url, "?#"), *e = q ? q : url + strlen(url), *s = e;
@@ -1113,15 +1429,16 @@ static int fetch_get(lua_State *L)
 		r = fetch_run(j);
 	if (r == DONE && o.progress) {
 		j->total = j->bytes;
-		if (!call_progress(j))
+		if (!call_progress(j, 0))
 			r = LUA_ERROR;
 	}
 	if (r == DONE)
 		r = fetch_install(j, dest);
 	if (r != DONE) {
 		/* Keep a .part worth resuming: resume asked, a transient failure
-		 * (or an aborting callback), bytes in it. */
-		j->keep_part = o.resume && (r == TRANSIENT || r == LUA_ERROR) && j->bytes > 0;
+		 * (or an aborting callback, an interrupt, the deadline), bytes in it. */
+		j->keep_part = o.resume && j->bytes > 0 && (r == TRANSIENT || r == LUA_ERROR ||
+							    r == INTERRUPTED || r == DEADLINE);
 		if (j->bar_drawn)
 			fputc('\n', stderr);
 		job_release(j);
@@ -1129,6 +1446,10 @@ static int fetch_get(lua_State *L)
 			lua_pushvalue(L, j->errslot);
 			return lua_error(L);
 		}
+		if (r == INTERRUPTED)
+			return drv_fail(L, EINTR, "%s: interrupted", url);
+		if (r == DEADLINE)
+			return deadline_fail(L, j);
 		if (j->attempts > 1)
 			return drv_fail(L, j->err, "%s: %s (after %d attempts)", url, j->msg,
 					j->attempts);

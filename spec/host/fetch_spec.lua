@@ -1,5 +1,7 @@
 -- drv.fetch against a real HTTP(S) server on 127.0.0.1 (spec/support/httpd.py).
 local fetch = require "drv.fetch"
+local proc = require "drv.proc"
+local sys = require "drv.sys"
 local httpd = require "spec.support.httpd"
 
 local quote = httpd.quote
@@ -7,7 +9,7 @@ local quote = httpd.quote
 local LIBDIR = (debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "../../lib/lua"
 
 -- Linux errno values.
-local E = { ENOENT = 2, EIO = 5, EACCES = 13, EBUSY = 16, EISDIR = 21, EINVAL = 22, ENOSPC = 28,
+local E = { ENOENT = 2, EINTR = 4, EIO = 5, EACCES = 13, EBUSY = 16, EISDIR = 21, EINVAL = 22, ENOSPC = 28,
             ELOOP = 40, EPROTO = 71, EBADMSG = 74, EPROTONOSUPPORT = 93, ETIMEDOUT = 110,
             ECONNREFUSED = 111 }
 
@@ -40,6 +42,15 @@ end
 
 local function sha256(path)
   return (sh("sha256sum " .. quote(path)):match("^(%x+)"))
+end
+
+local function pattern(s)
+  return (s:gsub("%p", "%%%0"))
+end
+
+-- The default display goes to stderr: run drvrun as a process to see it.
+local function run(code, env)
+  return sh(("%s %s -e %s 2>&1"):format(env or "", quote(os.getenv("DRVRUN")), quote(code)))
 end
 
 describe("drv.fetch", function()
@@ -469,11 +480,6 @@ describe("drv.fetch", function()
         assert.equal(data:sub(1, #part), part)
       end)
 
-      -- The default display goes to stderr: run drvrun as a process to see it.
-      local function run(code, env)
-        return sh(("%s %s -e %s 2>&1"):format(env or "", quote(os.getenv("DRVRUN")), quote(code)))
-      end
-
       it("prints plain lines when stderr is not a terminal", function()
         local url = server:url("data.bin")
         local out = run(("assert(require'drv.fetch'.get(%q, %q))"):format(url, dest()))
@@ -544,6 +550,198 @@ describe("drv.fetch", function()
       end)
     end)
 
+    -- Waits below are sized for a machine 3x slower than the one they were
+    -- measured on: drvrun starts in ~10 ms, a local request takes ~5 ms, and
+    -- each bound is seconds above what the step needs.
+    describe("stalls", function()
+      -- The first 300000 bytes of the body, then silence with the connection open.
+      local STALL, GOT = "?send=300000", "293.0 KiB of 1.0 MiB received"
+
+      it("says so in plain lines while it lasts, and fails saying it stalled", function()
+        local url = server:url("stall/" .. serve() .. STALL)
+        local t0 = sys.monotonic()
+        local out = run(("local _, m, e = require'drv.fetch'.get(%q, %q, { low_speed_time = 3, retries = 0 }) " ..
+                         "io.write('result: ', m, ' ', e, '\\n')"):format(url, dest()))
+        local took = sys.monotonic() - t0
+        local stalls, last = 0, nil
+        for line in out:gmatch("[^\n]+") do
+          if line:find("stalled", 1, true) and not line:find("^result") then
+            stalls = stalls + 1
+            assert.matches("^fetch " .. pattern(url) .. ": stalled: no data for [12] s %(" .. pattern(GOT) ..
+                           "%); giving up this attempt at 3 s$", line)
+          end
+          last = line
+        end
+        assert.is_true(stalls >= 1, out)
+        assert.matches("^result: " .. pattern(url) .. ": stalled: no data for %d s %(" .. pattern(GOT) ..
+                       "%) " .. E.ETIMEDOUT .. "$", last)
+        assert.is_true(took >= 3 and took < 3 + 10, "took " .. took .. " s")
+      end)
+
+      it("reports a server that never answers as stalled", function()
+        local url = server:url("hang/x")
+        local out = run(("local _, m = require'drv.fetch'.get(%q, %q, { low_speed_time = 3, retries = 0 }) " ..
+                         "io.write('result: ', m, '\\n')"):format(url, dest()))
+        assert.matches("^fetch " .. pattern(url) .. ": stalled: no data for [12] s %(0 B received%); " ..
+                       "giving up this attempt at 3 s\n", out)
+        assert.matches("\nresult: " .. pattern(url) .. ": stalled: no data for %d s %(0 B received%)\n$", out)
+      end)
+
+      it("shows it on the bar on a terminal", function()
+        local url = server:url("stall/" .. serve() .. STALL)
+        local code = ("require'drv.fetch'.get(%q, %q, { low_speed_time = 3, retries = 0 })"):format(url, dest())
+        local out = sh(("script -qec %s /dev/null"):format(quote(quote(os.getenv("DRVRUN")) .. " -e " ..
+                                                            quote(code))))
+        assert.matches("\rf%d+%.bin +28%%  293%.0 KiB of 1%.0 MiB  stalled [12] s\27%[K", out)
+      end)
+
+      it("passes stalled_for to a progress function", function()
+        local url = server:url("stall/" .. serve() .. STALL)
+        local calls = {}
+        local r, msg, errno = fetch.get(url, dest(), { low_speed_time = 2, retries = 0, progress =
+          function(done, total, stalled_for) calls[#calls + 1] = { done, total, stalled_for } end })
+        assert.same({ nil, ETIMEDOUT = E.ETIMEDOUT }, { r, ETIMEDOUT = errno })
+        assert.matches(": stalled: no data for %d s %(" .. pattern(GOT) .. "%)$", msg)
+        assert.same({ SIZE, 0 }, { calls[1][2], calls[1][3] })      -- while bytes arrive
+        local longest = 0
+        for _, c in ipairs(calls) do
+          assert.equal(SIZE, c[2])
+          assert.is_true(c[3] == 0 or (c[3] >= 1 and c[1] == 300000))
+          longest = math.max(longest, c[3])
+        end
+        assert.is_true(longest >= 1 and longest < 2 + 5, "longest stall seen: " .. longest)
+      end)
+
+      it("retries a stalled attempt, continuing it with resume", function()
+        local name, out = serve(), dest()
+        local r = assert(fetch.get(server:url("stall/" .. name .. STALL .. "&times=1"), out,
+                                   { low_speed_time = 1, backoff = 0, resume = true, sha256 = sum, quiet = true }))
+        assert.same({ 2, true, SIZE }, { r.attempts, r.resumed, r.transferred })
+        assert.equal(data, readfile(out))
+      end)
+    end)
+
+    describe("deadline", function()
+      it("bounds a call that would otherwise retry for long", function()
+        local name = serve()
+        local url = server:url("flaky/" .. name .. "?fail=100000")
+        local t0 = sys.monotonic()
+        -- Sleeps of 0.25, 0.5 and 1 s between 4 attempts; the 2 s before a 5th would pass the deadline.
+        local r, msg, errno = fetch.get(url, dest(), { deadline = 3, retries = 1000, backoff = 0.25, quiet = true })
+        local took = sys.monotonic() - t0
+        assert.same({ nil, E.ETIMEDOUT }, { r, errno })
+        assert.matches("^" .. pattern(url) .. ": deadline of 3 s reached: 4 attempts in [%d.]+ s, 0 B received " ..
+                       "in all; attempts 1%-4: HTTP 500 Internal Server Error; retry 4 would start after the " ..
+                       "deadline %(in 2%.0 s%)$", msg)
+        assert.equal(4, (server:stats(name)))
+        assert.is_true(took < 3, "took " .. took .. " s")
+      end)
+
+      it("cuts an attempt short, keeps the .part with resume, and the next call continues it", function()
+        local name, out = serve(), dest()
+        local url = server:url("stall/" .. name .. "?send=300000&times=1")
+        local t0 = sys.monotonic()
+        local r, msg, errno = fetch.get(url, out, { deadline = 2, resume = true, quiet = true })
+        local took = sys.monotonic() - t0
+        assert.same({ nil, E.ETIMEDOUT }, { r, errno })
+        assert.matches("^" .. pattern(url) .. ": deadline of 2 s reached: 1 attempt in [%d.]+ s, 293%.0 KiB " ..
+                       "received in all %(file size 1%.0 MiB%); attempt 1: stopped by the deadline %(293%.0 KiB " ..
+                       "of 1%.0 MiB received%)$", msg)
+        assert.is_true(took >= 2 and took < 2 + 5, "took " .. took .. " s")
+        assert.equal(data:sub(1, 300000), readfile(out .. ".part"))
+        r = assert(fetch.get(url, out, { deadline = 60, resume = true, sha256 = sum, quiet = true }))
+        assert.same({ true, SIZE - 300000 }, { r.resumed, r.transferred })
+        assert.equal(data, readfile(out))
+      end)
+
+      it("says why each attempt stopped", function()
+        local url = server:url("stall/" .. serve() .. "?send=300000")
+        local r, msg = fetch.get(url, dest(), { deadline = 3, low_speed_time = 1, backoff = 0, retries = 100,
+                                                quiet = true })
+        assert.is_nil(r)
+        -- Attempts that stopped alike are one entry ("attempts 1-2: …"), unless the seconds differ.
+        assert.matches("; attempts? 1[-%d]*: stalled: no data for [12] s %(293%.0 KiB of 1%.0 MiB received%); ", msg)
+        assert.matches("; attempt %d+: stopped by the deadline %(293%.0 KiB of 1%.0 MiB received%)$", msg)
+      end)
+    end)
+
+    describe("interrupt_fd", function()
+      local w
+
+      before_each(function() w = sys.signals { "USR1" } end)
+      after_each(function()
+        while w:poll() do end     -- a signal left pending would kill busted once unblocked
+        w:close()
+      end)
+
+      -- USR1 to this process after `delay` seconds.
+      local function signal_after(delay)
+        return assert(proc.spawn({ "sh", "-c", ("sleep %s; kill -USR1 %d"):format(delay, sys.getpid()) }))
+      end
+
+      it("aborts a transfer soon after the signal, keeps the .part, and the next call resumes it", function()
+        local name, out = serve(), dest()
+        local url = server:url("slow/" .. name .. "?chunk=1024&delay=0.05")   -- 20 KiB/s: 50 s in all
+        local killer = signal_after(1)
+        local t0 = sys.monotonic()
+        local res = { fetch.get(url, out, { resume = true, interrupt_fd = w:fd(), quiet = true }) }
+        local took = sys.monotonic() - t0
+        killer:wait()
+        assert.same({ nil, url .. ": interrupted", E.EINTR }, res)
+        assert.is_true(took < 1 + 5, "took " .. took .. " s")     -- 50 s without the signal
+        assert.equal("USR1", w:poll())                        -- the signal is left to the caller
+        assert.is_false(exists(out))
+        local part = readfile(out .. ".part")
+        assert.is_true(#part > 0 and #part < SIZE)
+        assert.equal(data:sub(1, #part), part)
+        local r = assert(fetch.get(server:url(name), out, { resume = true, sha256 = sum, quiet = true,
+                                                           interrupt_fd = w:fd() }))
+        assert.same({ true, SIZE - #part }, { r.resumed, r.transferred })
+        assert.equal(data, readfile(out))
+      end)
+
+      it("removes the .part without resume", function()
+        local out = dest()
+        local killer = signal_after(0.5)
+        assert.same({ nil, server:url("slow/data.bin") .. ": interrupted", E.EINTR },
+                    { fetch.get(server:url("slow/data.bin"), out, { interrupt_fd = w:fd(), quiet = true }) })
+        killer:wait()
+        assert.equal("USR1", w:poll())
+        assert.is_false(exists(out .. ".part"))
+      end)
+
+      it("ends a backoff sleep", function()
+        local name = serve()
+        local url = server:url("flaky/" .. name .. "?fail=100")
+        local killer = signal_after(1)
+        local t0 = sys.monotonic()
+        local res = { fetch.get(url, dest(), { backoff = 60, interrupt_fd = w:fd(), quiet = true }) }
+        local took = sys.monotonic() - t0
+        killer:wait()
+        assert.same({ nil, url .. ": interrupted", E.EINTR }, res)
+        assert.is_true(took < 1 + 5, "took " .. took .. " s")
+        assert.equal("USR1", w:poll())
+        assert.equal(1, (server:stats(name)))
+      end)
+
+      it("returns at once, before any request, when a signal is already pending", function()
+        local name, out = serve(), dest()
+        assert(sys.kill(sys.getpid(), "USR1"))
+        assert.same({ nil, server:url(name) .. ": interrupted", E.EINTR },
+                    { fetch.get(server:url(name), out, { interrupt_fd = w:fd(), quiet = true }) })
+        assert.equal(0, (server:stats(name)))
+        assert.equal("USR1", w:poll())
+        assert.is_false(exists(out .. ".part"))
+      end)
+
+      it("does not disturb a download when no signal comes", function()
+        local r = assert(fetch.get(server:url("data.bin"), dest(), { sha256 = sum, interrupt_fd = w:fd(),
+                                                                     deadline = 60, quiet = true }))
+        assert.same({ SIZE, 1 }, { r.bytes, r.attempts })
+        assert.is_nil(w:poll())
+      end)
+    end)
+
     describe("bad arguments", function()
       local url = "http://127.0.0.1:1/x"
 
@@ -576,6 +774,12 @@ describe("drv.fetch", function()
           { { connect_timeout = 0 }, "field 'connect_timeout': positive number expected" },
           { { timeout = 0 / 0 }, "field 'timeout': number >= 0 expected" },
           { { low_speed_time = -1 }, "field 'low_speed_time': integer >= 0 expected" },
+          { { deadline = -1 }, "field 'deadline': number >= 0 expected" },
+          { { deadline = 1 / 0 }, "field 'deadline': number >= 0 expected" },
+          { { deadline = "5" }, "field 'deadline': number expected, got string" },
+          { { interrupt_fd = -1 }, "field 'interrupt_fd': open file descriptor expected, got -1" },
+          { { interrupt_fd = 1.5 }, "field 'interrupt_fd': integer expected, got number" },
+          { { interrupt_fd = 99999 }, "field 'interrupt_fd': open file descriptor expected, got 99999" },
           { { insecure = 1 }, "field 'insecure': boolean expected, got number" },
           { { progress = true }, "field 'progress': function or false expected, got boolean" },
           { { progress = "x" }, "field 'progress': function or false expected, got string" },

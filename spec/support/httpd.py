@@ -18,9 +18,16 @@ leaves nothing behind. Serves files under ROOT, and these special paths
                          the file's full Content-Length, then only B bytes (default
                          half) and close; with times, only for the first N requests
                          of NAME, then the file (with Range support)
+  /stall/NAME?send=B&hold=S&times=N
+                         the file (with Range support), but only its first B bytes
+                         (default half) of the body asked for, then nothing for S
+                         seconds (default 3600) with the connection open, then close;
+                         with times, only for the first N requests of NAME, then
+                         the file
   /norange/NAME          the file, always 200: Range is ignored
   /badrange/NAME         the file; a Range request gets 206 with the whole file
                          ("Content-Range: bytes 0-LAST/SIZE") whatever it asked for
+  /hang/N?hold=S         no response at all for S seconds (default 3600), then close
   /redirect/N?to=URL     302 to URL (N is any label)
   /loop/N                302 to itself
   /stats/NAME            "REQUESTS BYTES\\n": requests for NAME so far (any path
@@ -51,6 +58,12 @@ def count(name, requests=0, nbytes=0):
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "drvrun-httpd/1"
+
+    def handle(self):
+        try:
+            super().handle()
+        except (BrokenPipeError, ConnectionResetError):
+            pass   # the client went away: an aborted download
 
     def log_message(self, fmt, *args):
         if os.environ.get("HTTPD_DEBUG"):
@@ -115,7 +128,7 @@ class Handler(BaseHTTPRequestHandler):
             return "unsatisfiable"
         return start, min(end, size - 1)
 
-    def serve(self, name, ranges=True, wrong_range=False, **kw):
+    def serve(self, name, ranges=True, wrong_range=False, stall_after=None, hold=None, **kw):
         path = self.file_path(name)
         if path is None:
             return self.empty(404)
@@ -138,7 +151,13 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Accept-Ranges", "bytes" if ranges else "none")
             self.end_headers()
             f.seek(start)
-            self.send_body(name, f, length, **kw)
+            if hold is None:
+                return self.send_body(name, f, length, **kw)
+            self.send_body(name, f, min(length, length // 2 if stall_after is None else stall_after))
+            self.wfile.flush()
+            time.sleep(hold)
+            self.close_connection = True
+            return None
 
     def failures(self, kind, name):
         """How many times NAME was failed on purpose before; count this one."""
@@ -159,11 +178,15 @@ class Handler(BaseHTTPRequestHandler):
                 with LOCK:
                     s = STATS.get(rest, [0, 0])
                 return self.text(200, "%d %d\n" % (s[0], s[1]))
+            if kind == "hang":
+                time.sleep(float(q.get("hold", "3600")))
+                self.close_connection = True
+                return None
             if kind == "loop":
                 return self.empty(302, [("Location", url.path)])
             if kind == "redirect":
                 return self.empty(302, [("Location", q.get("to", "/"))])
-            if kind in ("flaky", "slow", "truncated", "norange", "badrange"):
+            if kind in ("flaky", "slow", "stall", "truncated", "norange", "badrange"):
                 name = rest
             else:
                 name, kind = unquote(url.path).lstrip("/"), ""
@@ -176,6 +199,11 @@ class Handler(BaseHTTPRequestHandler):
             if kind == "slow":
                 return self.serve(name, chunk=int(q.get("chunk", "16")),
                                   delay=float(q.get("delay", "0.1")))
+            if kind == "stall":
+                if "times" in q and self.failures(kind, name) >= int(q["times"]):
+                    return self.serve(name)
+                return self.serve(name, stall_after=int(q["send"]) if "send" in q else None,
+                                  hold=float(q.get("hold", "3600")))
             if kind == "norange":
                 return self.serve(name, ranges=False)
             if kind == "badrange":
