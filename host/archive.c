@@ -7,6 +7,7 @@
  * archive, a device or fifo. The second pass extracts with libarchive's own
  * SECURE_NODOTDOT and SECURE_SYMLINKS checks on as well. */
 #include <errno.h>
+#include <fnmatch.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -324,7 +325,7 @@ static int arc_entry_fail(lua_State *L, struct archive *a, const char *path, con
 
 /* Pass 2: extract under dest. */
 static int arc_extract_all(lua_State *L, struct handles *h, const char *path, const char *dest,
-			   int strip, int owner)
+			   int strip, int owner, const char *only)
 {
 	/* Paths are rewritten to absolute ones under dest after pass 1 checked them,
 	 * so SECURE_NOABSOLUTEPATHS cannot be used; the other two still apply. */
@@ -347,6 +348,8 @@ static int arc_extract_all(lua_State *L, struct handles *h, const char *path, co
 
 		if (!arc_strip(raw, strip, stripped, sizeof(stripped)))
 			continue;
+		if (only && fnmatch(only, stripped, FNM_PATHNAME) != 0)
+			continue;
 		snprintf(full, sizeof(full), "%s/%s", dest, stripped);
 		archive_entry_copy_pathname(e, full);
 		if (hard && arc_strip(hard, strip, stripped, sizeof(stripped))) {
@@ -367,6 +370,8 @@ static int arc_extract_all(lua_State *L, struct handles *h, const char *path, co
 		return arc_read_fail(L, h->in, path);
 	if (archive_write_close(h->out) != ARCHIVE_OK)
 		return arc_entry_fail(L, h->out, path, "(close)");
+	if (only && entries == 0)
+		return drv_fail(L, ENOENT, "%s: no entry matches '%s'", path, only);
 	lua_createtable(L, 0, 2);
 	lua_pushinteger(L, entries);
 	lua_setfield(L, -2, "entries");
@@ -381,9 +386,12 @@ static int arc_extract_all(lua_State *L, struct handles *h, const char *path, co
  * @function extract
  * @tparam string path
  * @tparam string destdir
- * @tparam[opt] table opts `{ strip = 0 (leading components to drop), mkdir = true, owner = false }`
+ * @tparam[opt] table opts `{ strip = 0 (leading components to drop), mkdir = true, owner = false,
+ *   only = "glob" (extract only the entries whose path, after strip, matches it: fnmatch(3) with
+ *   FNM_PATHNAME; every entry is still checked) }`
  * @treturn[1] table `{ entries = n, bytes = n }`
- * @treturn[2] nil, "<archive>: refusing entry '<entry>': <why>", EPERM; or nil, message, errno
+ * @treturn[2] nil, "<archive>: refusing entry '<entry>': <why>", EPERM; nil, "<archive>: no entry matches
+ *   '<glob>'", ENOENT; or nil, message, errno
  * @see archive_write_disk_set_options(3)
  */
 static int arc_extract(lua_State *L)
@@ -394,6 +402,7 @@ static int arc_extract(lua_State *L)
 	int strip = (int)drv_optfield_integer(L, opts, "strip", 0);
 	int mk = drv_optfield_boolean(L, opts, "mkdir", 1);
 	int owner = drv_optfield_boolean(L, opts, "owner", 0);
+	const char *only = drv_optfield_string(L, opts, "only", NULL);
 	char real[PATH_MAX];
 	struct handles *h;
 	int n;
@@ -419,7 +428,7 @@ static int arc_extract(lua_State *L)
 		arc_release(h);
 		return 3;
 	}
-	n = arc_extract_all(L, h, path, real, strip, owner);
+	n = arc_extract_all(L, h, path, real, strip, owner, only);
 	arc_release(h);
 	return n;
 }

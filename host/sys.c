@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <sys/utsname.h>
 #include <time.h>
 #include <unistd.h>
@@ -359,6 +360,7 @@ static int sys_pending_signal(lua_State *L)
 struct lock {
 	int fd;			/* -1 once released */
 	int owner;		/* holds it exclusively and wrote the holder text */
+	int remove;		/* unlink the file on release (held exclusively) */
 	char path[];
 };
 
@@ -371,7 +373,9 @@ static void lock_release(struct lock *l)
 {
 	if (l->fd < 0)
 		return;
-	if (l->owner && ftruncate(l->fd, 0) < 0) {
+	if (l->owner && l->remove)
+		unlink(l->path);	/* while held: a waiter then finds it gone and opens anew */
+	else if (l->owner && ftruncate(l->fd, 0) < 0) {
 		/* the holder text is advisory */
 	}
 	flock(l->fd, LOCK_UN);
@@ -412,6 +416,14 @@ static void lock_holder(int fd, char *buf, size_t size)
 		buf[n] = '\0';
 }
 
+/* Is the locked file still the one at the path (not removed by its last holder)? */
+static int lock_is_current(const struct lock *l)
+{
+	struct stat a, b;
+
+	return fstat(l->fd, &a) == 0 && stat(l->path, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+}
+
 static void lock_write_holder(int fd, const char *owner)
 {
 	char buf[512], when[32];
@@ -432,7 +444,8 @@ static void lock_write_holder(int fd, const char *owner)
  * @function lock
  * @tparam string path
  * @tparam[opt] table opts `{ timeout = seconds (nil: forever, 0: try once), shared = false,
- *   owner = "text", on_wait = function(holder) (called once if it must wait) }`
+ *   owner = "text", on_wait = function(holder) (called once if it must wait), remove = false (unlink
+ *   the file on unlock, so that nothing is left behind; every user of the path must pass it) }`
  * @treturn[1] lock: `:unlock()`, `:path()`; released by `__close`/`__gc` too
  * @treturn[2] nil, "<path>: held by pid N (owner) since T", EWOULDBLOCK | ETIMEDOUT | EINTR
  * @see flock(2)
@@ -444,6 +457,7 @@ static int sys_lock(lua_State *L)
 	int opts = drv_opttable(L, 2);
 	lua_Number timeout = drv_optfield_number(L, opts, "timeout", -1);
 	int shared = drv_optfield_boolean(L, opts, "shared", 0);
+	int remove = drv_optfield_boolean(L, opts, "remove", 0);
 	const char *owner = drv_optfield_string(L, opts, "owner", "drvrun");
 	int op = (shared ? LOCK_SH : LOCK_EX) | LOCK_NB;
 	double deadline = timeout >= 0 ? sys_clock(CLOCK_MONOTONIC) + timeout : -1;
@@ -458,37 +472,44 @@ static int sys_lock(lua_State *L)
 	l = lua_newuserdatauv(L, sizeof(*l) + len + 1, 0);
 	l->fd = -1;
 	l->owner = 0;
+	l->remove = remove && !shared;
 	memcpy(l->path, path, len + 1);
 	luaL_setmetatable(L, LOCK_MT);
-	l->fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-	if (l->fd < 0)
-		return drv_errno_fail(L, path);
-	while (flock(l->fd, op) < 0) {
-		const char *sig;
+	for (;;) {
+		l->fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+		if (l->fd < 0)
+			return drv_errno_fail(L, path);
+		while (flock(l->fd, op) < 0) {
+			const char *sig;
 
-		if (errno != EWOULDBLOCK && errno != EINTR) {
-			int err = errno;
+			if (errno != EWOULDBLOCK && errno != EINTR) {
+				int err = errno;
 
-			lock_release(l);
-			return drv_fail(L, err, "%s: %s", path, strerror(err));
+				lock_release(l);
+				return drv_fail(L, err, "%s: %s", path, strerror(err));
+			}
+			lock_holder(l->fd, holder, sizeof(holder));
+			if (deadline >= 0 && sys_clock(CLOCK_MONOTONIC) >= deadline) {
+				lock_release(l);
+				return drv_fail(L, timeout == 0 ? EWOULDBLOCK : ETIMEDOUT, "%s: held by %s%s",
+						path, holder, timeout > 0 ? " (timed out waiting)" : "");
+			}
+			if (!waited++ && opts && lua_getfield(L, opts, "on_wait") == LUA_TFUNCTION) {
+				lua_pushstring(L, holder);
+				lua_call(L, 1, 0);
+			}
+			sig = current_signals ? sig_read(current_signals, 100) : NULL;
+			if (!current_signals)
+				poll(NULL, 0, 100);
+			if (sig) {
+				lock_release(l);
+				return drv_fail(L, EINTR, "%s: interrupted by SIG%s while waiting for %s", path, sig, holder);
+			}
 		}
-		lock_holder(l->fd, holder, sizeof(holder));
-		if (deadline >= 0 && sys_clock(CLOCK_MONOTONIC) >= deadline) {
-			lock_release(l);
-			return drv_fail(L, timeout == 0 ? EWOULDBLOCK : ETIMEDOUT, "%s: held by %s%s",
-					path, holder, timeout > 0 ? " (timed out waiting)" : "");
-		}
-		if (!waited++ && opts && lua_getfield(L, opts, "on_wait") == LUA_TFUNCTION) {
-			lua_pushstring(L, holder);
-			lua_call(L, 1, 0);
-		}
-		sig = current_signals ? sig_read(current_signals, 100) : NULL;
-		if (!current_signals)
-			poll(NULL, 0, 100);
-		if (sig) {
-			lock_release(l);
-			return drv_fail(L, EINTR, "%s: interrupted by SIG%s while waiting for %s", path, sig, holder);
-		}
+		if (!l->remove || lock_is_current(l))
+			break;
+		close(l->fd);	/* its holder removed it: take the file that is there now */
+		l->fd = -1;
 	}
 	if (!shared) {
 		lock_write_holder(l->fd, owner);

@@ -58,7 +58,7 @@ return {
                                           doc = "on stop, unload the peer-memory module" },
   },
 
-  stack = function(r) return { [r.opt.PEERMEM_MODULE] = {} } end,
+  stack = function(r) return { r.opt.PEERMEM_MODULE } end,
 
   sources = function(r)
     local src = r.opt.PEERMEM_SOURCE

@@ -8,7 +8,60 @@
 --   drvrun recipes/ubuntu-ofed.lua OFED_SHA256=<sha256 of the bundle>
 --   drvrun --plan recipes/ubuntu-ofed.lua
 local distro = require "drv.distro"
+local compile = require "drv.compile"
 local fs = require "drv.fs"
+local sys = require "drv.sys"
+
+local KERNEL_TARBALL = "SOURCES/mlnx-ofed-kernel_*.orig.tar.gz"
+-- The modules of the stack, as MLNX_OFED's configure names them.
+local MODULE_FLAGS = { "--with-core-mod", "--with-user_mad-mod", "--with-user_access-mod", "--with-addr_trans-mod",
+                       "--with-mlx5-mod", "--with-ipoib-mod" }
+
+-- Debian splits the kernel headers into an arch tree and a common one: the
+-- tree's configure is given both (DKMS names only the first, and fails).
+local function configure_args(r)
+  local dirs = compile.kernel_dirs(r.kver)
+  local args = { "--kernel-version=" .. r.kver, "--kernel-sources=" .. dirs.build, "--with-linux=" .. dirs.source,
+                 "--with-linux-obj=" .. dirs.build, "--modules-dir=/lib/modules/" .. r.kver }
+  for _, list in ipairs { MODULE_FLAGS, r.opt.OFED_CONFIGURE_FLAGS } do
+    for _, flag in ipairs(list) do args[#args + 1] = flag end
+  end
+  args[#args + 1] = "-j" .. (r.opt.BUILD_JOBS > 0 and r.opt.BUILD_JOBS or sys.nproc())
+  return args
+end
+
+-- The configure's kernel checks are one silent build of a test module per
+-- check: how many are done, for its progress lines.
+local function checks_done(src)
+  return function()
+    local all = #(fs.glob(src .. "/compat/modtest/HAVE_*") or {})
+    if all == 0 then return nil end
+    return ("%d of %d kernel checks"):format(#(fs.glob(src .. "/compat/modtest/HAVE_*/testmod.o") or {}), all)
+  end
+end
+
+-- What MLNX_OFED installs under /usr/src/ofa_kernel/ARCH/KVER for modules
+-- built against it, gathered from the built tree: include/, the config* and
+-- compat* files (compat/config.h among them), Module.symvers.
+local function stage_ofa_kernel(r, src)
+  local dir = src .. ".ofa_kernel"
+  fs.remove(dir, { recursive = true, missing_ok = true })
+  r:must("stage the headers", fs.mkdir(dir .. "/compat"))
+  local files = { "include", "Module.symvers", "compat/config.h" }
+  for _, pattern in ipairs { "config*", "compat*" } do
+    for _, path in ipairs(fs.glob(src .. "/" .. pattern) or {}) do
+      local name = path:match("[^/]+$")
+      if fs.stat(path).type == "file" and name ~= "configure" then files[#files + 1] = name end
+    end
+  end
+  for _, name in ipairs(files) do
+    if not fs.exists(src .. "/" .. name) then
+      r:fail("the built tree has no %s, which modules built against OFED need", name)
+    end
+    r:copy_tree(src .. "/" .. name, dir .. "/" .. name)
+  end
+  return dir
+end
 
 local function loaded(r, names)
   local live, found = {}, {}
@@ -21,11 +74,11 @@ end
 
 return {
   name = "ubuntu-ofed",
-  version = "5.9-0.5.6.0",
+  version = "25.10-1.7.1.1",
   description = "Mellanox OFED driver container (Ubuntu)",
 
   options = {
-    D_OFED_VERSION = { default = "5.9-0.5.6.0", doc = "OFED version, as on the download page" },
+    D_OFED_VERSION = { default = "25.10-1.7.1.1", doc = "OFED version, as on the download page" },
     D_OS = { default = function() return distro.id() end, doc = "OS tag of the bundle, e.g. ubuntu22.04" },
     D_ARCH = { default = function() return distro.arch() end, doc = "CPU architecture, e.g. x86_64" },
     OFED_URL = { doc = "the OFED source bundle (https, http or file URL of any mirror)",
@@ -33,6 +86,9 @@ return {
                            .. "MLNX_OFED_SRC-debian-${D_OFED_VERSION}.tgz" },
     OFED_SHA256 = { default = "", pattern = "^" .. ("%x"):rep(64) .. "$",
                     doc = "sha256 of the bundle (required: sha256sum FILE)" },
+    OFED_CONFIGURE_FLAGS = { type = "list", default = "", build = true,
+                             doc = "more flags for the kernel tree's configure (e.g. --with-nvmf_host-mod "
+                                   .. "--with-srp-mod); the stack's own modules are always configured" },
     UNLOAD_STORAGE_MODULES = { type = "boolean", default = false,
                                doc = "unload loaded storage modules (NVMe-oF, iSER, SRP, NFS-RDMA) for the reload" },
     STORAGE_MODULES = { type = "list", default = "ib_iser ib_isert ib_srp ib_srpt nvme_rdma nvmet_rdma rpcrdma xprtrdma",
@@ -45,27 +101,20 @@ return {
                                           doc = "on stop, unload OFED and load the inbox stack back" },
     BLACKLIST = { type = "list", default = "mlx5_core mlx5_ib ib_umad ib_uverbs ib_ipoib rdma_cm rdma_ucm ib_core ib_cm",
                   doc = "inbox modules blacklisted on the host while the stack is swapped" },
-    BLACKLIST_FILE = { default = "/host/etc/modprobe.d/blacklist-ofed-modules.conf",
-                       doc = "the temporary host blacklist, only during the reload (empty: none)" },
+    BLACKLIST_FILE = { default = "/host/run/modprobe.d/drvrun-ubuntu-ofed.conf",
+                       doc = "the temporary host blacklist, only during the reload (empty: none); under the "
+                             .. "host's /run/modprobe.d, which modprobe reads, so that a reboot cannot keep it" },
     EXPOSE_PATH = { default = "/run/mellanox/drivers", doc = "where the container root is exposed (rbind)" },
     READY_FILES = { type = "list", default = "/.driver-ready ${EXPOSE_PATH}/.driver-ready",
                     doc = "files written when the driver is ready" },
   },
 
-  -- The stack the bundle provides: module = { the modules it needs }.
-  stack = {
-    mlx_compat = {},
-    ib_core = { "mlx_compat" },
-    ib_uverbs = { "ib_core", "mlx_compat" },
-    ib_umad = { "ib_core", "mlx_compat" },
-    ib_cm = { "ib_core", "mlx_compat" },
-    iw_cm = { "ib_core", "mlx_compat" },
-    rdma_cm = { "ib_cm", "iw_cm", "ib_core", "mlx_compat" },
-    rdma_ucm = { "rdma_cm", "ib_uverbs", "ib_core", "mlx_compat" },
-    ib_ipoib = { "ib_cm", "ib_core", "mlx_compat" },
-    mlx5_core = { "mlx_compat" },
-    mlx5_ib = { "mlx5_core", "ib_core", "ib_uverbs", "mlx_compat" },
-  },
+  -- The modules the stack loads, in place of the inbox ones of the same names;
+  -- what needs what comes from the build. The rest the build produces is
+  -- installed, not loaded: the dummy modules that take the place of inbox RDMA
+  -- drivers OFED's ib_core does not support (efa, irdma, mlx4_ib...), fwctl.
+  stack = { "mlx_compat", "ib_core", "mlxdevm", "ib_cm", "iw_cm", "ib_uverbs", "ib_umad", "rdma_cm", "rdma_ucm",
+            "mlx5_core", "mlx5_ib", "ib_ipoib" },
 
   sources = { bundle = { url = "${OFED_URL}", sha256 = "${OFED_SHA256}" } },
 
@@ -100,21 +149,28 @@ return {
 
   blacklist = function(r) return r.opt.BLACKLIST end,
 
+  -- The bundle's kernel tree (SOURCES/mlnx-ofed-kernel_VERSION.orig.tar.gz),
+  -- configured for KVER with the modules of the stack, then built with its make.
   build = function(r)
-    local src = r:extract(r.sources.bundle, { strip = 1 })
-    local res = r:kbuild { src = src }
-    res.keep = { include = src .. "/include", ["Module.symvers"] = src .. "/Module.symvers" }
+    local bundle = r:extract(r.sources.bundle, { strip = 1, only = KERNEL_TARBALL })
+    local tarball = fs.glob(bundle .. "/" .. KERNEL_TARBALL)[1]
+    if not tarball then
+      r:fail("%s has no %s: is it an MLNX_OFED_SRC bundle?", r.sources.bundle, KERNEL_TARBALL)
+    end
+    local src = r:extract(tarball, { strip = 1 })
+    r:configure { src = src, args = configure_args(r), progress = checks_done(src) }
+    local res = r:make { src = src }
+    res.keep = { ofa_kernel = stage_ofa_kernel(r, src) }
     return res
   end,
 
-  -- Headers and Module.symvers for modules built against OFED (peer memory),
-  -- under usr/src/ofa_kernel/ARCH/KVER with a relative `default` link, so the
-  -- link still resolves when this root is seen from the host or another container.
+  -- Headers, config and Module.symvers for modules built against OFED (peer
+  -- memory), under usr/src/ofa_kernel/ARCH/KVER with a relative `default` link,
+  -- so the link still resolves when this root is seen from the host or another container.
   install = function(r)
     local base = r:path("/usr/src/ofa_kernel")
     r:install_dir(("%s/%s/%s"):format(base, r.opt.D_ARCH, r.kver), function(dir)
-      r:copy_tree(r.kept.include, dir .. "/include")
-      r:must("install headers", fs.copy(r.kept["Module.symvers"], dir .. "/Module.symvers"))
+      r:copy_tree(r.kept.ofa_kernel, dir)
     end)
     r:must("install headers", fs.symlink(("%s/%s"):format(r.opt.D_ARCH, r.kver), base .. "/default", { replace = true }))
   end,

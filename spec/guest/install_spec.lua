@@ -7,7 +7,7 @@
 -- at /usr/local; and from the "host" (the guest): /lib/modules read-only at
 -- /host/lib/modules, /run/mellanox/drivers shared (hostPath, Bidirectional),
 -- /run/drvrun (the host-wide lock and the journal), the build cache at
--- /var/cache/drvrun and /etc/modprobe.d at /host/etc/modprobe.d. Nothing of the
+-- /var/cache/drvrun and /run/modprobe.d at /host/run/modprobe.d. Nothing of the
 -- source tree is visible inside.
 local fs = require "drv.fs"
 local kmod = require "drv.kmod"
@@ -49,7 +49,8 @@ mkdir -p "$R/run/mellanox/drivers" "$R/run/drvrun"
 mount --bind /run/mellanox/drivers "$R/run/mellanox/drivers"
 mount --bind /run/drvrun "$R/run/drvrun"
 mount --bind "$CACHE" "$R/var/cache/drvrun"
-mount --bind /etc/modprobe.d "$R/host/etc/modprobe.d"
+mkdir -p /run/modprobe.d
+mount --bind /run/modprobe.d "$R/host/run/modprobe.d"
 exec chroot "$R" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$@"
 ]]
 
@@ -57,7 +58,7 @@ exec chroot "$R" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/
 local function make_root()
   local root = assert(fs.tmpdir("container"))
   for _, d in ipairs { ".layer", "usr", "etc", "proc", "sys", "dev", "run", "tmp", "var/cache/drvrun",
-                       "host/etc/modprobe.d", "host/lib/modules" } do
+                       "host/run/modprobe.d", "host/lib/modules" } do
     assert(fs.mkdir(root .. "/" .. d))
   end
   for _, name in ipairs { "bin", "sbin", "lib", "lib32", "lib64" } do
@@ -105,7 +106,7 @@ describe("make install, run as a container root", function()
     local text = fs.read(log)
     assert.matches("drvrun entrypoint: " .. kdir:gsub("%p", "%%%0") .. ": the host's %(/host" .. kdir:gsub("%p", "%%%0")
                    .. "%) under a layer of the container's own\n", text)
-    assert.matches("blacklist: /host/etc/modprobe.d/blacklist%-ofed%-modules%.conf written", text)
+    assert.matches("blacklist: /host/run/modprobe.d/drvrun%-ubuntu%-ofed%.conf written", text)
     assert.matches("phase load done in", text)
 
     -- the container's root is exposed to the "host", with the install in it

@@ -31,7 +31,7 @@ describe("ubuntu-ofed recipe", function()
       assert.matches("O", st.taint)
       assert.matches("module=" .. n .. " srcversion=" .. built.srcversion, ready, nil, true)
     end
-    assert.matches("^recipe=ubuntu%-ofed\nversion=5%.9%-0%.5%.6%.0\nkernel=" .. sys.uname().release:gsub("%p", "%%%0")
+    assert.matches("^recipe=ubuntu%-ofed\nversion=25%.10%-1%.7%.1%.1\nkernel=" .. sys.uname().release:gsub("%p", "%%%0")
       .. "\nboot_id=" .. sys.boot_id():gsub("%p", "%%%0") .. "\n", ready)
     assert.equal(ready, fs.read(ofed.READY[2]))
     -- the container root, seen from this (another) mount namespace
@@ -105,7 +105,7 @@ describe("ubuntu-ofed recipe", function()
     assert.matches("recovery: undoing 2 changes left by an earlier run that did not stop cleanly", text, nil, true)
     local recovered = text:find("recovery: undoing", 1, true)
     assert.is_true(recovered < text:find("phase prepare started", 1, true), "recovery comes first")
-    assert.matches("stop: unloading [^\n]+, then loading back [^\n]*mlx5_ib", text:sub(recovered),
+    assert.matches("stop: unloading [^\n]+\n[^\n]+restore: loading back [^\n]*mlx5_ib", text:sub(recovered),
                    "the killed run's stack is swapped back for the inbox one")
     assert.matches("load: unload ", text, nil, true, "then the reload runs again")
     local ready = assert(fs.read(ofed.READY[2]))
@@ -114,6 +114,76 @@ describe("ubuntu-ofed recipe", function()
     assert.equal(0, assert(p2:wait(120)).status, fs.read(log2))
     ofed.assert_host_as_it_was(inbox)
     assert.is_false(fs.exists(ofed.JOURNAL))
+  end)
+
+  it("refuses a second instance, naming the live one, which stays ready and untouched", function()
+    local inbox = ofed.load_inbox()
+    local p, log = ofed.start(env)
+    assert.is_true(ofed.wait_for(ofed.READY[2], p), fs.read(log))
+    local ready = assert(fs.read(ofed.READY[1]))
+    local status, text = ofed.run(env, nil, true)
+    assert.equal(3, status, text)
+    assert.matches("instance: another ubuntu%-ofed runs on this host %(pid %d+ %(ubuntu%-ofed 25%.10%-1%.7%.1%.1 on "
+                   .. "[^)]+%) since [^)]+%); it is left as it is%. Stop it first", text)
+    assert.not_matches("recovery:", text)
+    assert.not_matches("phase prepare", text)
+    assert.is_true(p:running(), "the first one still runs")
+    assert.equal(ready, fs.read(ofed.READY[1]), "its ready files are untouched")
+    assert.equal(ready, fs.read(ofed.READY[2]))
+    assert.is_true(require("drv.mount").is_mountpoint(ofed.EXPOSE), "its exposed root is still mounted")
+    assert.is_not_nil(assert(kmod.new():state("mlx5_ib")).srcversion, "its stack is still loaded")
+    assert.is_true(sys.kill(p:pid(), "TERM"))
+    assert.equal(0, assert(p:wait(120)).status, fs.read(log))
+    ofed.assert_host_as_it_was(inbox)
+  end)
+
+  it("loads the kernel's own stack back on stop when what it replaced cannot be (an older release's files are gone)",
+    function()
+    guest.unload_all()
+    -- an older OFED release, loaded by a container that is gone with its files
+    local gone = fs.tmpdir("release-a")
+    local paths = {}
+    for name, path in pairs(guest.fixture_paths("sim-ofed-old")) do
+      paths[name] = gone .. "/" .. name .. ".ko"
+      assert(fs.copy(path, paths[name]))
+    end
+    paths.irdma = nil
+    guest.load_fixture_stack(paths)
+    assert(fs.remove(gone, { recursive = true }))
+    local p, log = ofed.start(env)
+    assert.is_true(ofed.wait_for(ofed.READY[1], p), fs.read(log))
+    assert.is_true(sys.kill(p:pid(), "TERM"))
+    assert.equal(0, assert(p:wait(120)).status, fs.read(log))
+    local text = fs.read(log)
+    assert.matches("stack: the file mlx5_ib was loaded from is not in [^\n]+: it cannot be loaded back", text)
+    assert.matches("restore: loading back the kernel's own [^\n]*mlx5_ib[^\n]* %(the files [^)]*mlx5_ib[^)]* had been "
+                   .. "loaded from are gone%)", text)
+    ofed.assert_host_as_it_was({ "ib_core", "ib_cm", "iw_cm", "ib_uverbs", "ib_umad", "rdma_cm", "rdma_ucm",
+                                 "mlx5_core", "mlx5_ib", "ib_ipoib" })
+  end)
+
+  it("loads the kernel's own stack on stop when none was loaded before (a node after a crash and a reboot)", function()
+    guest.unload_all()
+    local p, log = ofed.start(env)
+    assert.is_true(ofed.wait_for(ofed.READY[1], p), fs.read(log))
+    assert.is_true(sys.kill(p:pid(), "TERM"))
+    assert.equal(0, assert(p:wait(120)).status, fs.read(log))
+    assert.matches("restore: loading back the kernel's own [^\n]* %(none of the stack was loaded before%)", fs.read(log))
+    ofed.assert_host_as_it_was({ "ib_core", "mlx5_core", "mlx5_ib", "rdma_ucm", "ib_ipoib" })
+  end)
+
+  it("removes a blacklist a killed run left behind (it would keep the inbox driver from loading at boot)", function()
+    local inbox = ofed.load_inbox()
+    assert(fs.write(ofed.BLACKLIST, "# Written by drvrun ubuntu-ofed while it reloads the driver stack; removed after.\n"
+                                    .. "blacklist mlx5_core\n"))
+    local p, log = ofed.start(env)
+    assert.is_true(ofed.wait_for(ofed.READY[1], p), fs.read(log))
+    assert.matches("blacklist: removed " .. ofed.BLACKLIST:gsub("%p", "%%%0") .. ", left by a run of ubuntu%-ofed that "
+                   .. "did not stop cleanly", fs.read(log))
+    assert.is_false(fs.exists(ofed.BLACKLIST), "no blacklist outside a reload")
+    assert.is_true(sys.kill(p:pid(), "TERM"))
+    assert.equal(0, assert(p:wait(120)).status)
+    ofed.assert_host_as_it_was(inbox)
   end)
 
   it("refuses while a storage module uses the stack, before touching anything", function()
@@ -159,11 +229,18 @@ describe("ubuntu-ofed recipe", function()
   it("plans without changing anything", function()
     local inbox = ofed.load_inbox()
     local r = assert(proc.run({ os.getenv("DRVRUN"), "--plan", "recipes/ubuntu-ofed.lua",
-                                "OFED_SHA256=" .. env.sha }))
+                                "OFED_URL=" .. env.server:url(env.bundle), "OFED_SHA256=" .. env.sha,
+                                "CACHE_DIR=" .. fs.realpath("build/cache") }))
     assert.equal(0, r.status, r.stderr)
-    assert.matches("plan: ubuntu%-ofed 5%.9%-0%.5%.6%.0 for kernel", r.stdout)
+    assert.matches("plan: ubuntu%-ofed 25%.10%-1%.7%.1%.1 for kernel", r.stdout)
     assert.matches("\nunload 1: ib_umad mlx5_ib rdma_ucm\n", r.stdout)
-    assert.matches("\nload 1: mlx_compat\nload 2: ib_core mlx5_core\n", r.stdout)
+    assert.matches("\nload 1: mlx_compat\nload 2: ib_core mlx5_core mlxdevm\n", r.stdout, nil, true)
+    -- without the build in the cache, the names, and that the order comes with the build
+    local fresh = assert(proc.run({ os.getenv("DRVRUN"), "--plan", "recipes/ubuntu-ofed.lua",
+                                    "OFED_SHA256=" .. env.sha, "CACHE_DIR=" .. ofed.fresh_cache() }))
+    assert.equal(0, fresh.status, fresh.stderr)
+    assert.matches("\nunload 1: ib_umad mlx5_ib rdma_ucm\n", fresh.stdout)
+    assert.matches("\nload: ib_cm ib_core [^\n]+ %(after the build, in the order of their dependencies%)\n", fresh.stdout)
     assert.matches("\nmount: rbind / /run/mellanox/drivers\n", r.stdout)
     ofed.assert_host_as_it_was(inbox)
   end)

@@ -104,11 +104,11 @@ describe("tools/images.lua", function()
     end)
 
     it("follow the recipe's OFED version and bundle URL", function()
-      edit(root, "recipes/ubuntu-ofed.lua", 'D_OFED_VERSION = { default = "5.9-0.5.6.0"',
+      edit(root, "recipes/ubuntu-ofed.lua", 'D_OFED_VERSION = { default = "25.10-1.7.1.1"',
            'D_OFED_VERSION = { default = "24.10-1.1.4.0"')
       edit(root, "recipes/ubuntu-ofed.lua", "/SRPMS/", "/SOURCES/")
       fails_with(root, {
-        "FAIL docker/ubuntu/Dockerfile: ARG D_OFED_VERSION defaults to 5.9-0.5.6.0; recipe ubuntu-ofed's default is "
+        "FAIL docker/ubuntu/Dockerfile: ARG D_OFED_VERSION defaults to 25.10-1.7.1.1; recipe ubuntu-ofed's default is "
         .. "24.10-1.1.4.0",
         "FAIL docker/ubuntu/Dockerfile: no ADD of https://linux.mellanox.com/public/repo/mlnx_ofed/${D_OFED_VERSION}/SOURCES/"
         .. "MLNX_OFED_SRC-debian-${D_OFED_VERSION}.tgz (recipe ubuntu-ofed's OFED_URL default) into the image" })
@@ -116,7 +116,7 @@ describe("tools/images.lua", function()
 
     it("pass every build argument that is a recipe option on to the recipe, and declare it where it is used", function()
       edit(root, OFED_DF, "    D_ARCH=${D_ARCH} \\\n", "")
-      edit(root, OFED_DF, "ARG D_OFED_VERSION=5.9-0.5.6.0\n", "")
+      edit(root, OFED_DF, "ARG D_OFED_VERSION=25.10-1.7.1.1\n", "")
       fails_with(root, {
         "FAIL docker/ubuntu/Dockerfile: build argument D_ARCH does not reach the recipe: ENV D_ARCH=${D_ARCH} missing",
         "FAIL docker/ubuntu/Dockerfile: build argument D_ARCH is declared but nothing uses it",
@@ -226,10 +226,10 @@ describe("tools/images.lua", function()
         "FAIL deploy/ofed-driver.yaml: no volumeMount at (no path) for BLACKLIST_FILE ()",
         "FAIL deploy/nv-peer-mem.yaml: env READY_FILE is not an option of recipe peermem" })
       local root2 = tree()
-      edit(root2, "recipes/ubuntu-ofed.lua", '"/host/etc/modprobe.d/blacklist-ofed-modules.conf"',
-           '"/host/etc/modprobe.d/ofed.conf"')
-      fails_with(root2, { "FAIL deploy/ofed-driver.yaml: env BLACKLIST_FILE=/host/etc/modprobe.d/blacklist-ofed-modules.conf "
-                          .. "differs from recipe ubuntu-ofed's default /host/etc/modprobe.d/ofed.conf" })
+      edit(root2, "recipes/ubuntu-ofed.lua", '"/host/run/modprobe.d/drvrun-ubuntu-ofed.conf"',
+           '"/host/run/modprobe.d/ofed.conf"')
+      fails_with(root2, { "FAIL deploy/ofed-driver.yaml: env BLACKLIST_FILE=/host/run/modprobe.d/drvrun-ubuntu-ofed.conf "
+                          .. "differs from recipe ubuntu-ofed's default /host/run/modprobe.d/ofed.conf" })
       fs.remove(root2, { recursive = true })
     end)
 

@@ -8,6 +8,10 @@ local STACK = {
   rdma_ucm = { "rdma_cm", "ib_uverbs" }, mlx5_core = { "mlx_compat" }, mlx5_ib = { "mlx5_core", "ib_core", "ib_uverbs" },
 }
 
+local NAMES = {}
+for name in pairs(STACK) do NAMES[#NAMES + 1] = name end
+table.sort(NAMES)
+
 -- The inbox stack as /proc/modules shows it with mlx5_ib and rdma_ucm loaded.
 local function inbox()
   return {
@@ -25,8 +29,17 @@ local function inbox()
 end
 
 describe("drv.stack.plan", function()
+  it("plans the unload from the names alone; the load levels need the dependencies (known once built)", function()
+    local p = stack.plan(NAMES, inbox())
+    assert.same({ { "ib_umad", "mlx5_ib", "rdma_ucm" }, { "ib_uverbs", "mlx5_core", "rdma_cm" }, { "ib_cm", "iw_cm" },
+                  { "ib_core" } }, p.unload)
+    assert.is_nil(p.load)
+    assert.same({ "ib_cm", "ib_core", "ib_umad", "ib_uverbs", "iw_cm", "mlx5_core", "mlx5_ib", "rdma_cm", "rdma_ucm" },
+                p.loaded)
+  end)
+
   it("unloads holders first and loads dependencies first, by levels", function()
-    local p = stack.plan(STACK, inbox())
+    local p = stack.plan(NAMES, inbox(), { deps = STACK })
     assert.same({}, p.blockers)
     assert.same({ { "ib_umad", "mlx5_ib", "rdma_ucm" }, { "ib_uverbs", "mlx5_core", "rdma_cm" }, { "ib_cm", "iw_cm" },
                   { "ib_core" } }, p.unload)
@@ -39,7 +52,7 @@ describe("drv.stack.plan", function()
     live.rpcrdma = { refcount = 0, holders = {} }
     table.insert(live.rdma_cm.holders, "rpcrdma")
     live.rdma_cm.refcount = 2
-    local p = stack.plan(STACK, live)
+    local p = stack.plan(NAMES, live, { deps = STACK })
     assert.same({ "rpcrdma uses rdma_cm and is not part of the stack" }, p.blockers)
   end)
 
@@ -48,7 +61,7 @@ describe("drv.stack.plan", function()
     live.nv_peer_mem = { refcount = 0, holders = {} }
     table.insert(live.ib_core.holders, "nv_peer_mem")
     live.ib_core.refcount = 8
-    local p = stack.plan(STACK, live, { also = { "nv_peer_mem" } })
+    local p = stack.plan(NAMES, live, { also = { "nv_peer_mem" }, deps = STACK })
     assert.same({}, p.blockers)
     assert.same({ "ib_umad", "mlx5_ib", "nv_peer_mem", "rdma_cm" }, { p.unload[1][1], p.unload[1][2], p.unload[1][3],
                  p.unload[2][3] })
@@ -57,12 +70,12 @@ describe("drv.stack.plan", function()
   it("blocks when references other than modules hold a module", function()
     local live = inbox()
     live.ib_uverbs.refcount = 3 -- a process has /dev/infiniband/uverbs0 open
-    local p = stack.plan(STACK, live, { proc_root = "/nonexistent" })
+    local p = stack.plan(NAMES, live, { proc_root = "/nonexistent", deps = STACK })
     assert.same({ "ib_uverbs is in use (1 reference besides modules)" }, p.blockers)
   end)
 
   it("plans nothing to unload when none of the stack is loaded", function()
-    local p = stack.plan(STACK, {})
+    local p = stack.plan(NAMES, {}, { deps = STACK })
     assert.same({}, p.unload)
     assert.same({ { "mlx_compat" }, { "ib_core", "mlx5_core" }, { "ib_cm", "ib_umad", "ib_uverbs", "iw_cm" },
                   { "mlx5_ib", "rdma_cm" }, { "rdma_ucm" } }, p.load)

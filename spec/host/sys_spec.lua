@@ -83,6 +83,34 @@ describe("drv.sys", function()
       l:unlock()
     end)
 
+    it("with remove, leaves no file behind, and a waiter takes the lock on the file that is there", function()
+      local l = assert(sys.lock(path, { owner = "first", remove = true }))
+      local waiter = assert(proc.spawn({ os.getenv("DRVRUN"), "-e", ([[
+        local sys = require "drv.sys"
+        local l = assert(sys.lock(%q, { owner = "second", remove = true, on_wait = function()
+          io.write("waiting\n") io.stdout:flush() end }))
+        io.write("locked\n") io.stdout:flush()
+        sys.sleep(30)]]):format(path) }, { stdout = "capture" }))
+      assert.is_true(fs.exists(path))
+      -- the waiter blocks on the file that will be removed, then must lock the new one
+      sys.sleep(0.5)
+      l:unlock()
+      local held
+      for _ = 1, 300 do
+        held = (fs.read(path) or ""):match("%(second%)")
+        if held then break end
+        sys.sleep(0.05)
+      end
+      assert.truthy(held, "the waiter holds the lock on the file at the path")
+      local err = select(2, sys.lock(path, { timeout = 0, remove = true }))
+      assert.matches("held by pid %d+ %(second%)", err)
+      waiter:kill("KILL")
+      waiter:wait()
+      local last = assert(sys.lock(path, { timeout = 5, remove = true }))
+      last:unlock()
+      assert.is_false(fs.exists(path), "nothing left behind")
+    end)
+
     it("allows shared holders together", function()
       local a = assert(sys.lock(path, { shared = true }))
       local r = drvrun(("io.write(tostring(require('drv.sys').lock(%q, { shared = true, timeout = 0 }) ~= nil))")

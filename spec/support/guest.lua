@@ -30,7 +30,7 @@ function M.proc_line(name)
   end
 end
 
-M.RDMA = { "mlx_compat", "ib_core", "ib_uverbs", "ib_umad", "ib_cm", "iw_cm", "rdma_cm", "rdma_ucm",
+M.RDMA = { "irdma", "mlxdevm", "mlx_compat", "ib_core", "ib_uverbs", "ib_umad", "ib_cm", "iw_cm", "rdma_cm", "rdma_ucm",
            "ib_ipoib", "mlx5_core", "mlx5_ib", "nv_peer_mem", "nvidia_peermem", "nvidia", "rpcrdma", "ib_isert",
            "mlxfw", "psample", "pci_hyperv_intf" }
 
@@ -44,9 +44,9 @@ function M.unload_all()
 end
 
 --- The built fixture .ko files: `{ [name] = path }`.
-function M.fixture_paths()
+function M.fixture_paths(tree)
   local paths = {}
-  for _, p in ipairs(fs.glob(M.built .. "/sim-ofed/src/*/*.ko")) do
+  for _, p in ipairs(fs.glob(M.built .. "/" .. (tree or "sim-ofed") .. "/src/*/*.ko")) do
     paths[p:match("([^/]+)%.ko$")] = p
   end
   return paths
@@ -71,9 +71,11 @@ function M.wait_for_device_user(devdir, timeout)
     "no process opened a device under " .. devdir)
 end
 
---- Load the fixture OFED stack by dependency levels; returns the levels.
-function M.load_fixture_stack()
-  local deps, paths = {}, M.fixture_paths()
+--- Load the fixture OFED stack (`paths`: default the fixture_paths()) by
+-- dependency levels; returns the levels.
+function M.load_fixture_stack(paths)
+  local deps = {}
+  paths = paths or M.fixture_paths()
   for name, path in pairs(paths) do deps[name] = assert(kmod.modinfo(path)).depends end
   local levels = assert(graph.levels(deps))
   assert(stack.load(levels, paths))

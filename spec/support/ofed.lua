@@ -10,10 +10,10 @@ local M = {}
 
 M.EXPOSE = "/run/mellanox/drivers"
 M.READY = { "/.driver-ready", M.EXPOSE .. "/.driver-ready" }
-M.BLACKLIST = "/etc/modprobe.d/blacklist-ofed-modules.conf"
+M.BLACKLIST = "/run/modprobe.d/drvrun-ubuntu-ofed.conf"
 M.JOURNAL = "/run/drvrun/ubuntu-ofed.journal"
 M.STACK = { "mlx_compat", "ib_core", "ib_uverbs", "ib_umad", "ib_cm", "iw_cm", "rdma_cm", "rdma_ucm", "ib_ipoib",
-            "mlx5_core", "mlx5_ib" }
+            "mlxdevm", "mlx5_core", "mlx5_ib" }
 
 function M.sha_of(name)
   for line in io.lines(guest.fixtures .. "/SHA256SUMS") do
@@ -26,6 +26,7 @@ end
 --- The bundles, served over HTTP on 127.0.0.1, and a private copy of the build cache.
 function M.setup()
   local env = { server = httpd.start(guest.fixtures) }
+  assert(fs.mkdir("/run/modprobe.d"))
   M.index_backup = fs.tmpdir("modindex")
   assert(proc.run({ "sh", "-c", 'cp -a /lib/modules/"$1"/modules.* "$0"/', M.index_backup,
                     sys.uname().release }).status == 0)
@@ -87,9 +88,10 @@ function M.cleanup()
   for _, f in ipairs(M.READY) do fs.remove(f, { missing_ok = true }) end
 end
 
---- Run the recipe to completion (for runs that fail or do not wait).
-function M.run(env, args)
-  local p, log = M.start(env, args)
+--- Run the recipe to completion (for runs that fail or do not wait); with
+-- `others_ready`, ready files of another run may exist.
+function M.run(env, args, others_ready)
+  local p, log = M.start(env, args, others_ready)
   local r = assert(p:wait(600))
   return r.status, fs.read(log) or ""
 end

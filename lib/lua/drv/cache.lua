@@ -47,6 +47,11 @@ local function build_key(r)
   return table.concat(parts, "\n")
 end
 
+--- Where a source fetched from `url` is kept: CACHE/sources/<its file name>.
+function M.source_path(r, url)
+  return ("%s/sources/%s"):format(r.cache, url:match("([^/?#]+)[^/]*$"))
+end
+
 --- Where this run's build tree goes: CACHE/KVER/work.
 function M.work_dir(r)
   return ("%s/%s/work"):format(r.cache, r.kver)
@@ -65,13 +70,14 @@ local function read_manifest(dir)
   return ok and type(manifest) == "table" and manifest or nil
 end
 
---- The built modules of an entry (`{ name, path, srcversion, vermagic }`...) and
+--- The built modules of an entry (`{ name, path, srcversion, vermagic, depends }`...) and
 -- its kept files (`{ name = path }`); nil when the entry is missing, of another
 -- key, or a module file does not have the checksum it was stored with.
 function M.load(r, entry)
   local manifest = read_manifest(entry.dir)
   if not manifest or manifest.key ~= entry.key then return nil end
   for _, m in ipairs(manifest) do
+    if not m.depends then return nil end -- an entry of an older drvrun
     m.path = entry.dir .. "/" .. m.file
     if r:sha256(m.path) ~= m.sha256 then return nil end
   end
@@ -101,8 +107,11 @@ function M.store(r, entry, res)
   for _, m in ipairs(res.modules) do
     local file = m.name .. ".ko"
     r:must("cache " .. file, fs.copy(m.path, dir .. "/" .. file))
-    lines[#lines + 1] = ("{ name = %q, file = %q, srcversion = %q, vermagic = %q, sha256 = %q },")
-      :format(m.name, file, m.srcversion or "", m.vermagic or "", r:sha256(dir .. "/" .. file))
+    local depends = {}
+    for _, d in ipairs(m.depends or {}) do depends[#depends + 1] = ("%q"):format(d) end
+    lines[#lines + 1] = ("{ name = %q, file = %q, srcversion = %q, vermagic = %q, sha256 = %q, depends = { %s } },")
+      :format(m.name, file, m.srcversion or "", m.vermagic or "", r:sha256(dir .. "/" .. file),
+              table.concat(depends, ", "))
   end
   local keep = {}
   for _, name in ipairs(graph.sorted(res.keep or {})) do

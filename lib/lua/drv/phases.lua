@@ -17,13 +17,19 @@ local fs = require "drv.fs"
 local sys = require "drv.sys"
 local log = require "drv.log"
 
-local function fetch_source(r, key, src, dir)
+local EINTR = 4
+
+local function fetch_source(r, key, src)
   local url, sha = r:expand(src.url), r:expand(src.sha256)
-  local dest = dir .. "/" .. url:match("([^/?#]+)[^/]*$")
+  local dest = cache.source_path(r, url)
   if sha ~= "" and r:sha256(dest) == sha then
     log.info("source %s: %s already in the cache", key, dest)
   else
-    local res, err = fetch.get(url, dest, { sha256 = sha ~= "" and sha or nil, resume = true })
+    local res, err, errno = fetch.get(url, dest, { sha256 = sha ~= "" and sha or nil, resume = true,
+                                                   low_speed_time = r.opt.FETCH_STALL_TIMEOUT,
+                                                   deadline = r.opt.FETCH_TIMEOUT,
+                                                   interrupt_fd = r.signals and r.signals:fd() })
+    if errno == EINTR then r:check_cancel() end
     r:must("fetch " .. key, res, err)
   end
   return dest
@@ -40,28 +46,18 @@ local function fetch_sources(r)
       if not fs.exists(path) then r:fail("source %s: %s does not exist", key, path) end
       r.sources[key] = path
     else
-      r.sources[key] = fetch_source(r, key, src, dir)
+      r.sources[key] = fetch_source(r, key, src)
     end
     r:check_cancel()
   end
 end
 
-local function check_built(r, built)
-  local have = {}
-  for _, m in ipairs(built) do have[m.name] = m end
-  for name in pairs(r.stack) do
-    if not have[name] then r:fail("build produced no module %s (the recipe's stack names it)", name) end
-    local declared = {}
-    for _, d in ipairs(r.stack[name]) do declared[d] = true end
-    for _, d in ipairs(have[name].depends or {}) do
-      if r.stack[d] and not declared[d] then
-        log.warn("stack: %s depends on %s, which the recipe does not declare", name, d)
-      end
-    end
-  end
+-- The stack's graph from what the build produced (drv.stack.from_build).
+local function stack_from_build(r, built)
+  local deps, kernel, only = stack.from_build(r.stack, built)
+  if not deps then r:fail("%s", kernel) end
+  r.stack_deps, r.kernel_deps, r.installed_only = deps, kernel, only
 end
-
-
 
 -- Everything that can be checked before the first change is checked here.
 local function check_blacklist_dir(r)
@@ -98,13 +94,14 @@ function M.build(r)
   local cached, kept = cache.load(r, entry)
   if cached then
     log.info("build: cache hit for kernel %s (%s)", r.kver, entry.dir)
+    stack_from_build(r, cached)
     r.built, r.kept, r.cache_hit, r.build_id = cached, kept, true, entry.id
     cache.used(r, entry)
     return
   end
   if not r.recipe.build then r:fail("nothing in the build cache at %s and the recipe has no build", entry.dir) end
   local res = r.recipe.build(r)
-  check_built(r, res.modules)
+  stack_from_build(r, res.modules)
   cache.store(r, entry, res)
   r.built, r.kept = cache.load(r, entry)
   r.build_id = entry.id
@@ -129,7 +126,9 @@ local function install_modules(r)
   if changed then
     local t0 = sys.monotonic()
     log.info("install: %s changed; depmod %s (it reads every module of the kernel)", dir, r.kver)
-    r:must("depmod", compile.depmod(r.kver, r.root))
+    local ok, err, errno = compile.depmod(r.kver, r.root, { interrupt_fd = r.signals and r.signals:fd() })
+    if errno == EINTR then r:check_cancel() end
+    r:must("depmod", ok, err)
     log.info("install: depmod done in %.1f s", sys.monotonic() - t0)
     r.kmod_ctx = nil -- its indexes are the old ones
   else
@@ -137,13 +136,14 @@ local function install_modules(r)
   end
 end
 
+-- What was loaded before is remembered for stop's restore; when the built
 -- stack is loaded already no reload follows, and nothing is to be remembered.
 function M.install(r)
   r.stack_loaded = not r.opt.BUILD_ONLY and stack.verify(r:kmod(), r:built_srcversions())
   if not r.opt.BUILD_ONLY and not r.stack_loaded then
     local ctx = r:kmod()
     local names = {}
-    for _, n in ipairs(graph.sorted(r.stack)) do
+    for _, n in ipairs(r.stack) do
       if ctx:state(n) then names[#names + 1] = n end
     end
     for _, n in ipairs(r.unload_also or {}) do
@@ -172,9 +172,23 @@ local function remove_blacklist(r, entry)
   log.info("blacklist: %s removed", entry.path)
 end
 
+-- What the stack needs from the kernel (mlx5_core: psample, tls...), loaded
+-- before the old stack goes, so that the new one does not fail on an unknown
+-- symbol where nothing had loaded them yet.
+local function load_kernel_deps(r, ctx)
+  local missing = {}
+  for _, n in ipairs(r.kernel_deps) do
+    if not ctx:state(n) then missing[#missing + 1] = n end
+  end
+  if #missing == 0 then return end
+  log.info("load: first the kernel's %s (the stack needs them)", table.concat(missing, " "))
+  for _, n in ipairs(missing) do r:must("load " .. n, ctx:insert(n)) end
+end
+
 -- Modules outside the stack unloaded with it, each with the recipe's reason.
 local function say_why_also(r, plan)
-  local stack_set = r.stack
+  local stack_set = {}
+  for _, n in ipairs(r.stack) do stack_set[n] = true end
   for _, name in ipairs(graph.flatten(plan.unload)) do
     if not stack_set[name] then
       log.info("load: unloading %s first: %s", name, r.unload_why[name] or "it uses the stack")
@@ -190,14 +204,15 @@ function M.load(r)
     return
   end
   local ctx, want = r:kmod(), r:built_srcversions()
-  local plan = stack.plan(r.stack, stack.snapshot(ctx), { also = r.unload_also })
+  local plan = stack.plan(r.stack, stack.snapshot(ctx), { also = r.unload_also, deps = r.stack_deps })
   if #plan.blockers > 0 then r:fail("cannot reload the driver stack: %s", table.concat(plan.blockers, "; ")) end
+  load_kernel_deps(r, ctx)
   local unload = graph.flatten(plan.unload)
   log.info("load: unload %s", #unload > 0 and table.concat(unload, " ") or "nothing (none of the stack is loaded)")
   say_why_also(r, plan)
   log.info("load: load %s", table.concat(graph.flatten(plan.load), " "))
   local paths = {}
-  for _, m in ipairs(r.built) do paths[m.name] = m.installed or m.path end
+  for _, m in ipairs(r.built) do paths[stack.module_name(m.name)] = m.installed or m.path end
   local bl = write_blacklist(r, r.recipe.blacklist and r.recipe.blacklist(r) or {}, r.blacklist_file)
   r.journal:record({ kind = "modules", names = graph.flatten(plan.load), previous = r.previous,
                      restore = r.restore_on_stop })
@@ -234,7 +249,7 @@ local function ready_content(r)
     "boot_id=" .. (sys.boot_id() or "unknown"), "time=" .. os.date("!%Y-%m-%dT%H:%M:%SZ"),
   }
   local ctx = r:kmod()
-  for _, name in ipairs(graph.flatten(assert(graph.levels(r.stack)))) do
+  for _, name in ipairs(graph.flatten(assert(graph.levels(r.stack_deps)))) do
     local st = ctx:state(name)
     lines[#lines + 1] = ("module=%s srcversion=%s"):format(name, st and st.srcversion or "none")
   end

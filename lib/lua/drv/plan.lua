@@ -6,6 +6,8 @@ local options = require "drv.options"
 local stack = require "drv.stack"
 local graph = require "drv.graph"
 local kmod = require "drv.kmod"
+local cache = require "drv.cache"
+local fs = require "drv.fs"
 
 -- The loaded modules, for a plan: nil and why when they cannot be read.
 local function live_modules()
@@ -14,6 +16,25 @@ local function live_modules()
   local ok, live = pcall(stack.snapshot, ctx)
   if not ok then return nil, tostring(live) end
   return live
+end
+
+-- The modules of the build this run would reuse, when its sources are here
+-- already (a local path, or a download in the cache with its sha256) and the
+-- build cache holds them; nil otherwise.
+local function cached_build(r)
+  for key, src in pairs(r.source_specs) do
+    local path
+    if src.path then
+      path = r:expand(src.path)
+    else
+      local url, sha = r:expand(src.url), r:expand(src.sha256)
+      path = cache.source_path(r, url)
+      if sha == "" or r:sha256(path) ~= sha then return nil end
+    end
+    if not fs.exists(path) then return nil end
+    r.sources[key] = path
+  end
+  return (cache.load(r, cache.entry(r)))
 end
 
 --- Print what a run would do, changing nothing.
@@ -41,10 +62,19 @@ function M.plan(r, specs, out)
   if opt.BUILD_ONLY then return 0 end
   local live, why = live_modules()
   if not live then say("unload: unknown (cannot read the loaded modules: %s)", why) end
-  local p = stack.plan(r.stack, live or {}, { also = r.unload_also })
+  local built = cached_build(r)
+  local deps = built and stack.from_build(r.stack, built)
+  local p = stack.plan(r.stack, live or {}, { also = r.unload_also, deps = deps })
   for i, names in ipairs(p.unload) do say("unload %d: %s", i, table.concat(names, " ")) end
   if live and #p.unload == 0 then say("unload: nothing of the stack is loaded") end
-  for i, names in ipairs(p.load) do say("load %d: %s", i, table.concat(names, " ")) end
+  if p.load then
+    for i, names in ipairs(p.load) do say("load %d: %s", i, table.concat(names, " ")) end
+  else
+    local names = {}
+    for _, n in ipairs(r.stack) do names[#names + 1] = n end
+    table.sort(names)
+    say("load: %s (after the build, in the order of their dependencies)", table.concat(names, " "))
+  end
   for _, b in ipairs(p.blockers) do say("blocked: %s", b) end
   if recipe.expose then say("mount: rbind / %s", r:expand(recipe.expose)) end
   say("ready: %s", table.concat(opt.READY_FILES, " "))
@@ -64,9 +94,5 @@ function M.help(recipe, specs, script, kv, out)
   out:write("\nSee what a run would do here, changing nothing: drvrun --plan ", script, " [KEY=VALUE...]\n")
   return 0
 end
-
---- Entry point used by drvrun for a script that returns a recipe table.
--- @tparam table recipe the table the script returned
--- @tparam string script its path
 
 return M

@@ -14,7 +14,6 @@ local M = {}
 
 local config = require "drv.config"
 local options = require "drv.options"
-local graph = require "drv.graph"
 local run = require "drv.run"
 local phases = require "drv.phases"
 local stop = require "drv.stop"
@@ -27,6 +26,8 @@ local BUILD_PHASES = { "prepare", "await", "build", "install" }
 
 -- Fields a recipe may have: the types each may be, and whether it is required.
 -- `stack` and `sources` may be functions of the run, for choices made by options.
+-- `stack` names the modules the driver loads; what depends on what comes from
+-- the build (the modules' own `depends`).
 local FIELDS = {
   name = { "string", true }, version = { "string", true }, description = { "string", false },
   options = { "table", false }, stack = { "table|function", true }, sources = { "table|function", false },
@@ -42,11 +43,17 @@ local COMMON = {
   ROOT = { default = "/", doc = "root to install modules and headers into" },
   BUILD_ONLY = { type = "boolean", default = false,
                  doc = "fetch, build and install into ROOT for KVER; do not touch the running kernel" },
+  FETCH_TIMEOUT = { type = "integer", default = 3600, min = 0,
+                    doc = "seconds a download may take in all, retries and waits included (0: no limit)" },
+  FETCH_STALL_TIMEOUT = { type = "integer", default = 60, min = 1,
+                          doc = "seconds without a byte before a download attempt is given up (and retried)" },
   CACHE_DIR = { default = "/var/cache/drvrun", doc = "downloads and build results, per kernel" },
   CACHE_KEEP = { type = "integer", default = 2, min = 1,
                  doc = "builds kept per kernel, most recently used first (2: this one and one to roll back to)" },
   STATE_DIR = { default = "/run/drvrun", doc = "journal of host changes, for stop and crash recovery" },
   LOCK_FILE = { default = "/run/drvrun/host.lock", doc = "host-wide lock: one driver reload at a time" },
+  INSTANCE_WAIT = { type = "integer", default = 0, min = 0,
+                    doc = "seconds to wait for another instance of this recipe on the host to end (0: refuse at once)" },
   LOCK_TIMEOUT = { type = "integer", default = 600, min = 0, doc = "seconds to wait for the host-wide lock" },
   READY_FILES = { type = "list", default = "/.driver-ready", doc = "files written when the driver is ready" },
   AWAIT_TIMEOUT = { type = "integer", default = 2400, min = 0,
@@ -54,20 +61,25 @@ local COMMON = {
   WATCH_INTERVAL = { type = "integer", default = 10, min = 0,
                      doc = "while ready, seconds between checks that the modules are still loaded (0: never)" },
   STOP_TIMEOUT = { type = "integer", default = 120, min = 0, doc = "seconds stop may take before it gives up" },
-  BUILD_TIMEOUT = { type = "integer", default = 3600, min = 1, doc = "seconds a build may take" },
+  BUILD_TIMEOUT = { type = "integer", default = 3600, min = 1, doc = "seconds a build may take (all its steps)" },
   BUILD_JOBS = { type = "integer", default = 0, min = 0, doc = "parallel build jobs (0: one per CPU)" },
+  CCACHE = { type = "boolean", default = true,
+             doc = "compile through ccache when it is installed, its cache kept in CACHE_DIR: a rebuild "
+                   .. "recompiles only what changed" },
   WAIT = { type = "boolean", default = true, doc = "after ready, wait for a signal, then stop" },
 }
 
-local function check_stack(modules, level)
-  if type(modules) ~= "table" then error("recipe field 'stack': table expected, got " .. type(modules), level) end
-  for name, deps in pairs(modules) do
-    if type(name) ~= "string" or type(deps) ~= "table" then
-      error("recipe field 'stack': { module = { dependencies... } } expected", level)
+local function check_stack(names, level)
+  local expected = "recipe field 'stack': a list of module names expected ({ \"ib_core\", \"mlx5_core\" })"
+  if type(names) ~= "table" then error(expected .. ", got " .. type(names), level) end
+  local seen = {}
+  for key, name in pairs(names) do
+    if math.type(key) ~= "integer" or key > #names or type(name) ~= "string" or not name:match("^[%w_]+$") then
+      error(expected, level)
     end
+    if seen[name] then error(("recipe field 'stack': %s is listed twice"):format(name), level) end
+    seen[name] = true
   end
-  local _, err = graph.levels(modules)
-  if err then error("recipe field 'stack': " .. err, level) end
 end
 
 local function check_sources(sources, level)
@@ -149,7 +161,8 @@ local function error_text(e)
   return tostring(e)
 end
 
---- Run the lifecycle; returns the exit code.
+--- Run the lifecycle; returns the exit code: 0 done (or interrupted and
+-- stopped cleanly), 1 failed, 3 another instance of the recipe runs on the host.
 function M.run(recipe, opt)
   local r = new_run(recipe, opt)
   r.started = sys.monotonic()
@@ -159,9 +172,17 @@ function M.run(recipe, opt)
   r.signals = sys.signals({ "TERM", "INT", "HUP" })
   log.info("%s %s for kernel %s", recipe.name, recipe.version, r.kver)
   local changes_host = not opt.BUILD_ONLY
+  if changes_host then
+    local refused = stop.claim(r)
+    if refused then
+      r.signals:close()
+      return refused
+    end
+  end
   local ok, err = pcall(function()
     if changes_host then
       stop.remove_ready(r)
+      stop.remove_stale_blacklist(r)
       stop.recover(r)
     end
     for _, name in ipairs(changes_host and PHASES or BUILD_PHASES) do
@@ -180,6 +201,7 @@ function M.run(recipe, opt)
   end
   local stopped = not changes_host or (ok and not opt.WAIT) or stop.stop(r)
   stop.unlock(r)
+  stop.release(r)
   r.signals:close()
   if not stopped or r.lost then return 1 end
   if not ok and getmetatable(err) ~= run.Cancel then return 1 end

@@ -39,15 +39,16 @@ function Run:path(p)
   return self.root .. p
 end
 
-local function cancel(r, sig)
-  r.cancelled = sig
+--- Cancel the current phase for signal `sig` ("TERM"): stop runs next.
+function Run:cancel(sig)
+  self.cancelled = sig
   error(setmetatable({ signal = sig }, M.Cancel), 0)
 end
 
 --- Raise a cancel when a signal has arrived.
 function Run:check_cancel()
   local sig = self.signals and self.signals:poll()
-  if sig then cancel(self, sig) end
+  if sig then self:cancel(sig) end
 end
 
 --- Fail the current phase with a message for the operator.
@@ -84,7 +85,7 @@ function Run:wait_for(what, check, timeout)
       log.info("await: %s: waiting (%.0f s of %d s): %s", what, waited, timeout, reason or "?")
     end
     local sig = self.signals and self.signals:wait(math.min(1, timeout - waited))
-    if sig then cancel(self, sig) end
+    if sig then self:cancel(sig) end
     value, reason = check_fresh()
   end
   if sys.monotonic() - t0 >= 1 then log.info("await: %s: there after %.0f s", what, sys.monotonic() - t0) end
@@ -94,14 +95,17 @@ end
 -- Install a Debian/Ubuntu package with apt (refreshing stale package lists
 -- once); returns true, or nil and apt's own words.
 local function apt_install(r, pkg)
-  local function install()
-    return proc.run({ "apt-get", "install", "-y", "--no-install-recommends", pkg },
-                    { stderr = "stdout", timeout = r.opt.BUILD_TIMEOUT })
+  local function apt(argv)
+    local res, err = proc.run(argv, { stderr = "stdout", timeout = r.opt.BUILD_TIMEOUT,
+                                      interrupt_fd = r.signals and r.signals:fd() })
+    if res and res.interrupted then r:check_cancel() end
+    return res, err
   end
-  local res, err = install()
+  local install = { "apt-get", "install", "-y", "--no-install-recommends", pkg }
+  local res, err = apt(install)
   if res and res.status ~= 0 and res.stdout:match("Unable to locate package") then
-    proc.run({ "apt-get", "update", "-qq" }, { stderr = "stdout", timeout = r.opt.BUILD_TIMEOUT })
-    res, err = install()
+    apt({ "apt-get", "update", "-qq" })
+    res, err = apt(install)
   end
   if res and res.status == 0 then return true end
   return nil, res and res.stdout:match("E: ([^\n]*)") or err or "apt-get failed"
@@ -130,17 +134,45 @@ function Run:kmod()
   return ctx
 end
 
+-- What every build step of this run gets: the kernel, the jobs, what is left
+-- of BUILD_TIMEOUT, the signals' fd (a TERM stops the step within seconds),
+-- and ccache when CCACHE is on and it is installed.
+local function step_options(r, o)
+  o.kver = o.kver or r.kver
+  o.jobs = o.jobs or (r.opt.BUILD_JOBS > 0 and r.opt.BUILD_JOBS or nil)
+  r.build_deadline = r.build_deadline or sys.monotonic() + r.opt.BUILD_TIMEOUT
+  o.timeout = o.timeout or math.max(1, math.ceil(r.build_deadline - sys.monotonic()))
+  o.interrupt_fd = o.interrupt_fd or (r.signals and r.signals:fd())
+  if o.env == nil and r.opt.CCACHE then
+    o.env = compile.ccache_env(r.cache .. "/ccache", cache.work_dir(r))
+  end
+  return o
+end
+
+local function build_step(r, fn, o)
+  local res, err = fn(step_options(r, o))
+  r:check_cancel()
+  if not res then r:fail("%s", err) end
+  return res
+end
+
 --- Build with kbuild for this run's kernel; installs headers first when needed.
 function Run:kbuild(o)
-  o.kver = o.kver or self.kver
-  o.jobs = o.jobs or (self.opt.BUILD_JOBS > 0 and self.opt.BUILD_JOBS or nil)
-  o.timeout = o.timeout or self.opt.BUILD_TIMEOUT
-  o.kdir = o.kdir or compile.kernel_build_dir(o.kver)
-  self:ensure_headers(o.kdir, o.kver)
-  local res, err = compile.kbuild(o)
-  self:check_cancel()
-  if not res then self:fail("%s", err) end
-  return res
+  o.kdir = o.kdir or compile.kernel_build_dir(o.kver or self.kver)
+  self:ensure_headers(o.kdir, o.kver or self.kver)
+  return build_step(self, compile.kbuild, o)
+end
+
+--- Run a vendor tree's `./configure` (drv.compile.configure) for this run's
+-- kernel; installs headers first when needed.
+function Run:configure(o)
+  self:ensure_headers(compile.kernel_build_dir(self.kver), self.kver)
+  return build_step(self, compile.configure, o)
+end
+
+--- Run a vendor tree's own `make` (drv.compile.make) after its configure.
+function Run:make(o)
+  return build_step(self, compile.make, o)
 end
 
 --- Make sure kernel headers for `kver` exist; install linux-headers-KVER with apt if not.
@@ -155,7 +187,7 @@ end
 --- Extract an archive (or copy a source directory; `o` is then ignored) into a
 -- fresh directory under the build area; returns the directory.
 function Run:extract(path, o)
-  local name = path:gsub("/+$", ""):match("[^/]+$"):gsub("%.tar%.[gx]z$", ""):gsub("%.t[agx]z$", "")
+  local name = path:gsub("/+$", ""):match("[^/]+$"):gsub("%.tar%.[gx]z$", ""):gsub("%.t[agx]z$", ""):gsub("%.orig$", "")
   local dir = cache.work_dir(self) .. "/" .. name
   fs.remove(dir, { recursive = true, missing_ok = true })
   local st = fs.stat(path)
@@ -230,10 +262,14 @@ function Run:install_dir(dir, fill)
   self:must("install " .. dir, fs.write(stamp, self.build_id .. "\n"))
 end
 
---- The built modules' srcversions: `{ [name] = srcversion or false }`.
+--- The srcversions the stack's modules were built with: `{ [name] = srcversion or false }`.
 function Run:built_srcversions()
-  local want = {}
-  for _, m in ipairs(self.built) do want[m.name] = m.srcversion ~= "" and m.srcversion or false end
+  local want, in_stack = {}, {}
+  for _, n in ipairs(self.stack) do in_stack[n] = true end
+  for _, m in ipairs(self.built) do
+    local name = m.name:gsub("-", "_")
+    if in_stack[name] then want[name] = m.srcversion ~= "" and m.srcversion or false end
+  end
   return want
 end
 

@@ -68,17 +68,18 @@ local function holders_within(live, set, name)
 end
 
 --- Plan a reload.
--- @tparam table stack the new stack: `{ [name] = { dependency names... } }`
+-- @tparam table names the modules of the new stack: `{ "ib_core", ... }`
 -- @tparam table live `M.snapshot(ctx)`
 -- @tparam[opt] table opts `{ also = { names that may be unloaded with the stack (auxiliary,
---   peer-memory, storage when allowed) }, devices = "/dev/infiniband" }`
--- @treturn table `{ unload = levels (holders first), load = levels (dependencies first),
---   loaded = { names of the stack loaded now }, blockers = { "message"... } }`
-function M.plan(stack, live, opts)
+--   peer-memory, storage when allowed) }, deps = { [name] = { dependencies in the stack } } (known once
+--   built: gives the load levels), devices = "/dev/infiniband" }`
+-- @treturn table `{ unload = levels (holders first), load = levels (dependencies first; nil without
+--   deps), loaded = { names of the stack loaded now }, blockers = { "message"... } }`
+function M.plan(names, live, opts)
   opts = opts or {}
-  local also = in_set(opts.also)
+  local also, in_stack = in_set(opts.also), in_set(names)
   local replaced = {}
-  for name in pairs(stack) do
+  for _, name in ipairs(names) do
     if live[name] then replaced[#replaced + 1] = name end
   end
   table.sort(replaced)
@@ -86,7 +87,7 @@ function M.plan(stack, live, opts)
   local blockers, unload_edges = {}, {}
   for _, name in ipairs(graph.sorted(set)) do
     local m = live[name]
-    if not stack[name] and not also[name] then
+    if not in_stack[name] and not also[name] then
       local held = {}
       for _, r in ipairs(graph.sorted(set)) do
         for _, h in ipairs(live[r].holders) do if h == name then held[#held + 1] = r end end
@@ -103,9 +104,57 @@ function M.plan(stack, live, opts)
     unload_edges[name] = holders_within(live, set, name)
   end
   local unload = assert(graph.levels(unload_edges))
-  local load, err = graph.levels(stack)
-  if not load then error("stack: " .. err, 2) end
+  local load
+  if opts.deps then
+    local err
+    load, err = graph.levels(opts.deps)
+    if not load then error("stack: " .. err, 2) end
+  end
   return { unload = unload, load = load, loaded = replaced, blockers = blockers }
+end
+
+--- A module's name as the kernel lists it (`pci-hyperv-intf` -> `pci_hyperv_intf`).
+function M.module_name(name)
+  return (name:gsub("-", "_"))
+end
+
+--- The dependency graph of a stack from what a build produced (the modules'
+-- own `depends`).
+-- @tparam table names the stack's modules
+-- @tparam table built `{ { name, depends = {...} }... }` (drv.compile's modules)
+-- @treturn[1] table `{ [name] = { dependencies in the stack } }`
+-- @treturn[1] table the dependencies the build did not produce (the kernel's own), sorted
+-- @treturn[1] table the modules built besides the stack (installed, not loaded), sorted
+-- @treturn[2] nil, message
+function M.from_build(names, built)
+  local by_name, in_stack = {}, in_set(names)
+  for _, m in ipairs(built) do by_name[M.module_name(m.name)] = m end
+  local deps, kernel = {}, {}
+  for _, n in ipairs(names) do
+    local m = by_name[n]
+    if not m then
+      return nil, ("build produced no module %s (the recipe's stack names it); it built: %s")
+        :format(n, table.concat(graph.sorted(by_name), " "))
+    end
+    deps[n] = {}
+    for _, d in ipairs(m.depends or {}) do
+      d = M.module_name(d)
+      if in_stack[d] then
+        deps[n][#deps[n] + 1] = d
+      elseif by_name[d] then
+        return nil, ("%s needs %s, which the build produced but the recipe's stack does not list: add it to the stack")
+          :format(n, d)
+      else
+        kernel[d] = true
+      end
+    end
+  end
+  local only = {}
+  for name in pairs(by_name) do if not in_stack[name] then only[#only + 1] = name end end
+  table.sort(only)
+  local _, err = graph.levels(deps)
+  if err then return nil, "the built stack: " .. err end
+  return deps, graph.sorted(kernel), only
 end
 
 local function run_levels(what, levels, fn)
@@ -166,55 +215,120 @@ local function take_if_loaded(ctx, path, live)
   if mi and is_loaded_file(ctx, mi, live) then return mi end
 end
 
--- Find the files of the `missing` loaded modules (`{ [name] = live state }`)
--- that the index does not name: the in-tree ones from modules.order (one
--- read), the others by srcversion in a walk of the modules directory.
-local function find_loaded_files(ctx, missing, found)
-  local dir = ctx:dirname()
+-- The kernel's own module files, from the modules directory's modules.order
+-- (one read): `{ [name] = { path candidates } }` (modules.order omits the
+-- compression suffix the file may have).
+local function in_tree_files(dir)
+  local files = {}
   local order = io.open(dir .. "/modules.order")
   for line in order and order:lines() or function() end do
     local name = line:match("([^/]+)%.ko$")
-    name = name and name:gsub("-", "_")
-    if missing[name] then
-      for _, ext in ipairs { "", ".xz", ".zst", ".gz" } do
-        local mi = take_if_loaded(ctx, dir .. "/" .. line .. ext, missing[name])
-        if mi then found[name], missing[name] = mi, nil break end
-      end
+    if name then
+      local path = dir .. "/" .. line
+      files[M.module_name(name)] = { path, path .. ".xz", path .. ".zst", path .. ".gz" }
     end
   end
   if order then order:close() end
-  if not next(missing) then return end
-  local by_name = symvers.files_by_name({ dir })
+  return files
+end
+
+local function first_modinfo(candidates, accept)
+  for _, path in ipairs(candidates or {}) do
+    local mi = kmod.modinfo(path)
+    if mi and (not accept or accept(mi)) then return mi end
+  end
+end
+
+-- Find the files of the `missing` loaded modules (`{ [name] = live state }`)
+-- that the index does not name: the in-tree ones from modules.order, the
+-- others by srcversion in a walk of the modules directory. Returns the names
+-- of those not found.
+local function find_loaded_files(ctx, missing, found)
+  local tree = in_tree_files(ctx:dirname())
+  for name, live in pairs(missing) do
+    local mi = first_modinfo(tree[name], function(info) return is_loaded_file(ctx, info, live) end)
+    if mi then found[name], missing[name] = mi, nil end
+  end
+  if not next(missing) then return {} end
+  local by_name, lost = symvers.files_by_name({ ctx:dirname() }), {}
   for name, live in pairs(missing) do
     for _, path in ipairs(by_name[name] or {}) do
       local mi = take_if_loaded(ctx, path, live)
       if mi then found[name] = mi break end
     end
     if not found[name] then
-      log.warn("stack: the file %s was loaded from is not in %s: it cannot be loaded back", name, dir)
+      log.warn("stack: the file %s was loaded from is not in %s: it cannot be loaded back", name, ctx:dirname())
+      lost[#lost + 1] = name
     end
   end
+  table.sort(lost)
+  return lost
 end
 
---- Record what is loaded now so it can be loaded back: `{ levels, paths }`,
--- the files the loaded modules came from. The module index usually names
--- them; not when another driver was installed since (a restarted or
--- recovering container finds its own modules under updates/ already).
+--- Record what is loaded now so it can be loaded back: `{ levels, paths, lost }`,
+-- the files the loaded modules came from (`lost`: the loaded modules whose
+-- file is gone). The module index usually names them; not when another driver
+-- was installed since (a restarted or recovering container finds its own
+-- modules under updates/ already).
 function M.remember(ctx, names)
   local found, missing = {}, {}
   for _, n in ipairs(names) do
     local live, info = ctx:state(n), ctx:info(n)
-    if live and info and info.path then
-      if is_loaded_file(ctx, info, live) then found[n] = info else missing[n] = live end
+    if live and info and info.path and is_loaded_file(ctx, info, live) then
+      found[n] = info
+    elseif live then
+      missing[n] = live
     end
   end
-  if next(missing) then find_loaded_files(ctx, missing, found) end
+  local lost = next(missing) and find_loaded_files(ctx, missing, found) or {}
   local deps, paths = {}, {}
   for n, info in pairs(found) do
     paths[n] = info.path
     deps[n] = info.depends or {}
   end
+  return { levels = assert(graph.levels(deps)), paths = paths, lost = lost }
+end
+
+--- The kernel's own modules of `names` and the in-tree modules they need,
+-- from the modules directory's kernel/ tree (never updates/ or extra/):
+-- `{ levels, paths }` as `remember` gives. Names the kernel has no module for
+-- (mlx_compat) are left out.
+function M.inbox(ctx, names)
+  local tree, deps, paths = in_tree_files(ctx:dirname()), {}, {}
+  local function add(n)
+    if deps[n] then return end
+    local mi = first_modinfo(tree[n])
+    if not mi then return end
+    deps[n], paths[n] = {}, mi.path
+    for _, d in ipairs(mi.depends or {}) do
+      d = M.module_name(d)
+      add(d)
+      if deps[d] then deps[n][#deps[n] + 1] = d end
+    end
+  end
+  for _, n in ipairs(names) do add(n) end
   return { levels = assert(graph.levels(deps)), paths = paths }
+end
+
+-- Why `previous` cannot be loaded back, or nil when it can.
+local function cannot_load_back(previous)
+  if not previous or #previous.levels == 0 then return "none of the stack was loaded before" end
+  if previous.lost and #previous.lost > 0 then
+    return ("the files %s had been loaded from are gone"):format(table.concat(previous.lost, " "))
+  end
+  for _, n in ipairs(graph.flatten(previous.levels)) do
+    if not fs.exists(previous.paths[n]) then return ("%s is gone"):format(previous.paths[n]) end
+  end
+end
+
+--- What a restore of stack `names` loads back: `previous` (from `remember`)
+-- when it can be, else the kernel's own modules of the stack (as the node
+-- boots them), so that a node never ends with neither stack. Returns it, and
+-- why not `previous` (nil when it is `previous`).
+function M.load_back(ctx, names, previous)
+  local why = cannot_load_back(previous)
+  if not why then return previous end
+  return M.inbox(ctx, names), why
 end
 
 --- Swap: unload `plan.unload`, load the new stack; on a failed load, put the
@@ -236,7 +350,9 @@ function M.swap(plan, paths, options, previous)
   return nil, err, errno
 end
 
---- Unload whatever of `names` is loaded (holders first) and load `previous` back.
+--- Unload whatever of `names` is loaded (holders first) and load back what
+-- `load_back` says: `previous`, or the kernel's own modules of `names` (also
+-- when loading `previous` fails). Says what it loads back instead, and why.
 function M.restore(names, previous)
   local ctx = kmod.new()
   local live = M.snapshot(ctx)
@@ -247,11 +363,24 @@ function M.restore(names, previous)
   end
   local ok, err = M.unload(assert(graph.levels(edges)))
   if not ok then log.error("restore: %s", err) end
-  if previous then
-    ok, err = M.load(previous.levels, previous.paths)
-    if not ok then log.error("restore: %s", err); return nil, err end
+  local back, why = M.load_back(ctx, names, previous)
+  local list = table.concat(graph.flatten(back.levels), " ")
+  if why then
+    log.warn("restore: loading back the kernel's own %s (%s)", list ~= "" and list or "(none found)", why)
+  else
+    log.info("restore: loading back %s", list)
   end
-  return ok
+  ok, err = M.load(back.levels, back.paths)
+  if not ok and not why then
+    back = M.inbox(ctx, names)
+    log.error("restore: %s; loading back the kernel's own %s instead", err, table.concat(graph.flatten(back.levels), " "))
+    ok, err = M.load(back.levels, back.paths)
+  end
+  if not ok then
+    log.error("restore: %s", err)
+    return nil, err
+  end
+  return true
 end
 
 return M

@@ -5,7 +5,6 @@ local M = {}
 
 local journal = require "drv.journal"
 local stack = require "drv.stack"
-local graph = require "drv.graph"
 local kmod = require "drv.kmod"
 local mount = require "drv.mount"
 local fs = require "drv.fs"
@@ -29,9 +28,7 @@ journal.define("modules", function(e, o)
   if not e.restore then return true end
   if o.lost then log.warn("stop: the modules changed behind this run's back: leaving them as they are"); return true end
   if o.hurry then log.warn("stop: second signal: not restoring the inbox modules"); return true end
-  local back = e.previous and graph.flatten(e.previous.levels) or {}
-  log.info("stop: unloading %s (holders first), then loading back %s", table.concat(e.names, " "),
-           #back > 0 and table.concat(back, " ") or "nothing (none was loaded before)")
+  log.info("stop: unloading %s (holders first)", table.concat(e.names, " "))
   return stack.restore(e.names, e.previous)
 end)
 
@@ -60,13 +57,64 @@ function M.stop(r)
   return ok
 end
 
+local EINTR = 4
+local REFUSED = 3 -- exit code: another instance runs
+
+--- Hold this recipe's instance lock (`STATE_DIR/<name>.lock`) for the whole
+-- run, stop included: what a second instance on the host would undo (the
+-- journal, the ready files) belongs to a live run. Returns nil when held, or
+-- the exit code after saying which instance runs (INSTANCE_WAIT: how long to
+-- wait for it first).
+function M.claim(r)
+  local path = ("%s/%s.lock"):format(r.opt.STATE_DIR, r.recipe.name)
+  r:must("instance lock", fs.mkdir(r.opt.STATE_DIR))
+  local l, err, errno = sys.lock(path, {
+    timeout = r.opt.INSTANCE_WAIT, remove = true,
+    owner = ("%s %s on %s"):format(r.recipe.name, r.recipe.version, sys.hostname() or "?"),
+    on_wait = function(holder)
+      log.info("instance: another %s runs on this host (%s): waiting up to %d s for it to end", r.recipe.name,
+               holder, r.opt.INSTANCE_WAIT)
+    end,
+  })
+  if l then
+    r.instance = l
+    return nil
+  end
+  if errno == EINTR then
+    log.info("instance: %s; nothing was changed", err)
+    return 0
+  end
+  log.error("instance: another %s runs on this host (%s); it is left as it is. Stop it first (its pod or container), "
+            .. "or set INSTANCE_WAIT=SECONDS to wait for it", r.recipe.name, err:match("held by (.*)$") or err)
+  return REFUSED
+end
+
+--- Let go of the instance lock (at the very end of a run).
+function M.release(r)
+  if r.instance then r.instance:unlock() end
+  r.instance = nil
+end
+
+--- A blacklist file a killed run of this recipe left (its first line says drvrun
+-- wrote it): removed at start, under the instance lock, before anything else.
+function M.remove_stale_blacklist(r)
+  local file = r.blacklist_file
+  if not file or file == "" then return end
+  local text = fs.read(file)
+  if text and text:find("^# Written by drvrun " .. r.recipe.name:gsub("%p", "%%%0") .. " ") then
+    r:must("remove the stale blacklist " .. file, fs.remove(file))
+    log.warn("blacklist: removed %s, left by a run of %s that did not stop cleanly", file, r.recipe.name)
+  end
+end
+
 function M.lock(r)
   r:must("lock", fs.mkdir(r.opt.LOCK_FILE:match("^(.*)/[^/]*$") or "/"))
-  local l, err = sys.lock(r.opt.LOCK_FILE, {
+  local l, err, errno = sys.lock(r.opt.LOCK_FILE, {
     timeout = r.opt.LOCK_TIMEOUT,
     owner = ("%s %s"):format(r.recipe.name, r.recipe.version),
     on_wait = function(holder) log.info("lock: waiting for %s (held by %s)", r.opt.LOCK_FILE, holder) end,
   })
+  if not l and errno == EINTR then r:cancel(err:match("by SIG(%u+)") or "TERM") end
   if not l then r:fail("lock: %s", err) end
   r.lock = l
 end
