@@ -36,8 +36,7 @@ M.RDMA = { "irdma", "mlxdevm", "mlx_compat", "ib_core", "ib_uverbs", "ib_umad", 
 
 --- Unload every RDMA-related module (inbox or fixture), holders first.
 function M.unload_all()
-  local ok, err = stack.restore(M.RDMA, nil)
-  assert(ok ~= nil or err == nil, err)
+  assert(stack.unload_all(assert(kmod.new()), M.RDMA))
   for _, n in ipairs(M.RDMA) do
     assert(not M.proc_line(n), n .. " is still loaded")
   end

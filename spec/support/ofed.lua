@@ -54,26 +54,27 @@ end
 M.running = {}
 
 --- Start `recipe` as a driver container would be: in its own mount namespace
--- (mounts propagate from this one); returns the process and its log path.
-function M.start_recipe(recipe, args)
+-- (mounts propagate from this one), with environment variables `vars` added;
+-- returns the process and its log path.
+function M.start_recipe(recipe, args, vars)
   local log = os.tmpname()
   local argv = { "sh", "-c", 'exec "$@" > "$0" 2>&1', log,
                  "unshare", "-m", "--propagation", "unchanged", os.getenv("DRVRUN"), recipe }
   for _, a in ipairs(args) do argv[#argv + 1] = a end
-  local p = assert(proc.spawn(argv))
+  local p = assert(proc.spawn(argv, { env = vars }))
   M.running[#M.running + 1] = p
   return p, log
 end
 
 --- Start the OFED recipe; returns the process and its log path. Ready files
 -- must not exist, unless `after_crash` (a killed run left them).
-function M.start(env, args, after_crash)
+function M.start(env, args, after_crash, vars)
   for _, f in ipairs(after_crash and {} or M.READY) do assert(not fs.exists(f), "stale ready file " .. f) end
   local argv = { "OFED_URL=" .. env.server:url(env.bundle), "OFED_SHA256=" .. env.sha,
                  "BLACKLIST_FILE=" .. M.BLACKLIST, "CACHE_DIR=" .. (env.cache or M.fresh_cache()),
                  "LOCK_TIMEOUT=30" }
   for _, a in ipairs(args or {}) do argv[#argv + 1] = a end
-  return M.start_recipe("recipes/ubuntu-ofed.lua", argv)
+  return M.start_recipe("recipes/ubuntu-ofed.lua", argv, vars)
 end
 
 --- Stop whatever a failed spec left running (TERM, so it cleans up, then KILL).

@@ -18,6 +18,7 @@ local run = require "drv.run"
 local phases = require "drv.phases"
 local stop = require "drv.stop"
 local plan = require "drv.plan"
+local fault = require "drv.fault"
 local sys = require "drv.sys"
 local log = require "drv.log"
 
@@ -146,6 +147,7 @@ local function new_run(recipe, opt)
 end
 
 local function run_phase(r, name)
+  fault.point("before " .. name)
   r:check_cancel()
   local t0 = sys.monotonic()
   log.event("info", "phase " .. name .. " started", { phase = name })
@@ -193,6 +195,7 @@ function M.run(recipe, opt)
   if not ok then log.error("%s", error_text(err)) end
   if ok and opt.WAIT and changes_host then
     stop.unlock(r)
+    fault.point("ready")
     stop.wait_for_signal(r)
   end
   if changes_host and not r.lock and #r.journal.entries > 0 then

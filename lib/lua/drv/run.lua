@@ -19,6 +19,7 @@ local sys = require "drv.sys"
 local log = require "drv.log"
 
 M.Cancel = {} -- metatable of the error raised when a signal cancels a phase
+local EINTR = 4
 
 local Run = {}
 Run.__index = Run
@@ -150,7 +151,8 @@ local function step_options(r, o)
 end
 
 local function build_step(r, fn, o)
-  local res, err = fn(step_options(r, o))
+  local res, err, errno = fn(step_options(r, o))
+  if errno == EINTR then log.info("%s", err) end
   r:check_cancel()
   if not res then r:fail("%s", err) end
   return res

@@ -13,6 +13,7 @@ local graph = require "drv.graph"
 local log = require "drv.log"
 local sys = require "drv.sys"
 local symvers = require "drv.symvers"
+local fault = require "drv.fault"
 
 local EBUSY, EIO = 16, 5
 
@@ -341,6 +342,7 @@ function M.swap(plan, paths, options, previous)
   end
   local t0 = sys.monotonic()
   local ok, err, errno = M.unload(plan.unload)
+  fault.point("reload")
   if ok then ok, err, errno = M.load(plan.load, paths, options) end
   if ok then return true, sys.monotonic() - t0 end
   log.error("reload failed: %s; restoring the previous modules", err)
@@ -350,19 +352,25 @@ function M.swap(plan, paths, options, previous)
   return nil, err, errno
 end
 
---- Unload whatever of `names` is loaded (holders first) and load back what
--- `load_back` says: `previous`, or the kernel's own modules of `names` (also
--- when loading `previous` fails). Says what it loads back instead, and why.
-function M.restore(names, previous)
-  local ctx = kmod.new()
+--- Unload whatever of `names` is loaded, and what holds them, holders first.
+function M.unload_all(ctx, names)
   local live = M.snapshot(ctx)
   local edges = {}
   local set = graph.closure(names, function(n) return live[n] and live[n].holders or {} end)
   for n in pairs(set) do
     if live[n] then edges[n] = holders_within(live, set, n) end
   end
-  local ok, err = M.unload(assert(graph.levels(edges)))
+  return M.unload(assert(graph.levels(edges)))
+end
+
+--- Unload whatever of `names` is loaded (holders first) and load back what
+-- `load_back` says: `previous`, or the kernel's own modules of `names` (also
+-- when loading `previous` fails). Says what it loads back instead, and why.
+function M.restore(names, previous)
+  local ctx = kmod.new()
+  local ok, err = M.unload_all(ctx, names)
   if not ok then log.error("restore: %s", err) end
+  fault.point("restore")
   local back, why = M.load_back(ctx, names, previous)
   local list = table.concat(graph.flatten(back.levels), " ")
   if why then
