@@ -51,6 +51,7 @@ struct netsock {
 /* What the kernel answered to one request. */
 struct reply {
 	int err;		/* its errno; 0 when it acknowledged */
+	int done;		/* the acknowledgement (or error) was read */
 	char msg[256];		/* its extended-ack message, if any */
 	int (*parse)(struct nl_msg *, void *);
 	void *arg;
@@ -118,6 +119,7 @@ static int net_on_error(struct sockaddr_nl *who, struct nlmsgerr *e, void *arg)
 	size_t off = sizeof(*e);
 
 	(void)who;
+	r->done = 1;
 	r->err = -e->error;
 	if (!(h->nlmsg_flags & NLM_F_ACK_TLVS))
 		return NL_STOP;
@@ -135,25 +137,26 @@ static int net_on_error(struct sockaddr_nl *who, struct nlmsgerr *e, void *arg)
 static int net_on_ack(struct nl_msg *msg, void *arg)
 {
 	(void)msg;
-	(void)arg;
+	((struct reply *)arg)->done = 1;
 	return NL_STOP;
 }
 
-/* Send msg (freed here) on sk and read until its acknowledgement; 0, or -1 with r->err set. */
+/* Send msg (freed here) on sk and read until its acknowledgement, which comes
+ * in a datagram of its own after any reply; 0, or -1 with r->err set. */
 static int net_transact(struct nl_sock *sk, struct nl_msg *msg, struct reply *r)
 {
 	struct nl_cb *cb = nl_cb_alloc(NL_CB_DEFAULT);
 	int rc = -NLE_NOMEM;
 
-	r->err = 0;
+	r->err = r->done = 0;
 	r->msg[0] = '\0';
 	if (cb) {
 		nl_cb_err(cb, NL_CB_CUSTOM, net_on_error, r);
-		nl_cb_set(cb, NL_CB_ACK, NL_CB_CUSTOM, net_on_ack, NULL);
+		nl_cb_set(cb, NL_CB_ACK, NL_CB_CUSTOM, net_on_ack, r);
 		if (r->parse)
 			nl_cb_set(cb, NL_CB_VALID, NL_CB_CUSTOM, r->parse, r->arg);
 		rc = nl_send_auto(sk, msg);
-		if (rc >= 0)
+		while (rc >= 0 && !r->done)
 			rc = nl_recvmsgs(sk, cb);
 		nl_cb_put(cb);
 	}
