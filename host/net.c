@@ -1141,6 +1141,23 @@ static const char *net_check_name(lua_State *L, int idx, const char *what)
 	return s;
 }
 
+/* Write text to the sysfs file at path; 0, or -1 with errno. */
+static int net_sysfs_write(const char *path, const char *text)
+{
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	int err;
+
+	if (fd < 0)
+		return -1;
+	if (drv_write_all(fd, text, strlen(text)) < 0) {
+		err = errno;
+		close(fd);
+		errno = err;
+		return -1;
+	}
+	return close(fd);
+}
+
 /***
  * Set the number of VFs of a device (sriov_numvfs; from one number to another, set 0 first).
  * @function set_numvfs
@@ -1157,24 +1174,53 @@ static int net_l_set_numvfs(lua_State *L)
 	const char *dev = net_check_name(L, 2, "a device");
 	lua_Integer n = luaL_checkinteger(L, 3);
 	char path[PATH_MAX], buf[32];
-	int fd, len, err;
+	int err;
 
 	luaL_argcheck(L, n >= 0 && n <= INT32_MAX, 3, "a number of VFs (0 or more) expected");
 	snprintf(path, sizeof(path), SYSBUS "/%s/devices/%s/sriov_numvfs", bus, dev);
-	len = snprintf(buf, sizeof(buf), "%d\n", (int)n);
-	fd = open(path, O_WRONLY | O_CLOEXEC);
-	if (fd < 0 || drv_write_all(fd, buf, (size_t)len) < 0) {
-		err = errno;
-		if (fd >= 0)
-			close(fd);
-		if (err == ENOENT && fd < 0)
-			return drv_fail(L, err, "%s/%s: cannot set sriov_numvfs to %d: no such device, or it has no SR-IOV",
-					bus, dev, (int)n);
-		return drv_fail(L, err, "%s/%s: cannot set sriov_numvfs to %d: %s", bus, dev, (int)n, strerror(err));
-	}
-	if (close(fd) < 0)
-		return drv_fail(L, errno, "%s/%s: cannot set sriov_numvfs to %d: %s", bus, dev, (int)n, strerror(errno));
-	return drv_ok(L);
+	snprintf(buf, sizeof(buf), "%d\n", (int)n);
+	if (net_sysfs_write(path, buf) == 0)
+		return drv_ok(L);
+	err = errno;
+	if (err == ENOENT && access(path, F_OK) < 0)
+		return drv_fail(L, err, "%s/%s: cannot set sriov_numvfs to %d: no such device, or it has no SR-IOV",
+				bus, dev, (int)n);
+	return drv_fail(L, err, "%s/%s: cannot set sriov_numvfs to %d: %s", bus, dev, (int)n, strerror(err));
+}
+
+/***
+ * Unbind a device from its driver, then bind it to that driver again: the driver probes it
+ * afresh (a VF takes what its PF now says of it: its admin MAC, its GUID).
+ * @function rebind
+ * @tparam string bus
+ * @tparam string device
+ * @treturn[1] string the driver's name
+ * @treturn[2] nil, "<bus>/<device>: cannot rebind: <cause>", errno (ENODEV: no driver bound)
+ * @see sysfs-bus-pci unbind, bind
+ */
+static int net_l_rebind(lua_State *L)
+{
+	const char *bus = net_check_name(L, 1, "a bus");
+	const char *dev = net_check_name(L, 2, "a device");
+	char path[PATH_MAX], target[PATH_MAX];
+	const char *driver;
+	ssize_t n;
+
+	snprintf(path, sizeof(path), SYSBUS "/%s/devices/%s/driver", bus, dev);
+	n = readlink(path, target, sizeof(target) - 1);
+	if (n < 0)
+		return drv_fail(L, errno == ENOENT ? ENODEV : errno, "%s/%s: cannot rebind: %s", bus, dev,
+				errno == ENOENT ? "no such device, or no driver bound" : strerror(errno));
+	target[n] = '\0';
+	driver = strrchr(target, '/') ? strrchr(target, '/') + 1 : target;
+	snprintf(path, sizeof(path), SYSBUS "/%s/drivers/%.200s/unbind", bus, driver);
+	if (net_sysfs_write(path, dev) < 0)
+		return drv_fail(L, errno, "%s/%s: cannot unbind from %s: %s", bus, dev, driver, strerror(errno));
+	snprintf(path, sizeof(path), SYSBUS "/%s/drivers/%.200s/bind", bus, driver);
+	if (net_sysfs_write(path, dev) < 0)
+		return drv_fail(L, errno, "%s/%s: cannot bind to %s again: %s", bus, dev, driver, strerror(errno));
+	lua_pushstring(L, driver);
+	return 1;
 }
 
 static const luaL_Reg net_methods[] = {
@@ -1215,6 +1261,7 @@ static const luaL_Reg route_meta[] = {
 static const luaL_Reg net_funcs[] = {
 	{ "open", net_l_open },
 	{ "set_numvfs", net_l_set_numvfs },
+	{ "rebind", net_l_rebind },
 	{ NULL, NULL }
 };
 
