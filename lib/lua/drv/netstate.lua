@@ -177,24 +177,40 @@ local function label(d, link)
   return ("%s (%s)"):format(link and link.name or d.name, key(d.bus, d.device))
 end
 
+local VF_FIELDS = { "mac", "vlan", "qos", "spoofchk", "trust", "link_state" }
+
+local function same_vf(a, b)
+  if not b then return false end
+  for _, f in ipairs(VF_FIELDS) do if a[f] ~= b[f] then return false end end
+  return true
+end
+
+-- The PF's eswitch mode, VF count and VF config; true when it changed the VFs.
 local function restore_sriov(sock, report, d, link)
-  local name = label(d, link)
+  local name, changed = label(d, link), false
   if d.eswitch and sock:eswitch(d.bus, d.device) ~= d.eswitch then
     step(report, ("%s: eswitch mode %s"):format(name, d.eswitch), sock:set_eswitch(d.bus, d.device, d.eswitch))
   end
   if (d.numvfs or 0) > 0 and link.numvfs ~= d.numvfs then
     if (link.numvfs or 0) > 0 then net.set_numvfs(d.bus, d.device, 0) end
     if not step(report, ("%s: %d VFs"):format(name, d.numvfs), net.set_numvfs(d.bus, d.device, d.numvfs)) then
-      return
+      return false
+    end
+    changed = true
+    link = assert(sock:link(link.name))
+  end
+  local current = {}
+  for _, vf in ipairs(link.vfs or {}) do current[vf.vf] = vf end
+  for _, vf in ipairs(d.vfs) do
+    if not same_vf(vf, current[vf.vf]) then
+      local mac = vf.mac ~= "00:00:00:00:00:00" and vf.mac or nil
+      local what = ("%s: VF %d%s%s%s"):format(name, vf.vf, mac and " mac " .. mac or "",
+        vf.vlan and vf.vlan > 0 and " vlan " .. vf.vlan or "", vf.link_state and " link-state " .. vf.link_state or "")
+      changed = step(report, what, sock:set_vf(link.name, vf.vf, { mac = mac, vlan = vf.vlan, qos = vf.qos,
+        spoofchk = vf.spoofchk, trust = vf.trust, link_state = vf.link_state })) or changed
     end
   end
-  for _, vf in ipairs(d.vfs) do
-    local mac = vf.mac ~= "00:00:00:00:00:00" and vf.mac or nil
-    local what = ("%s: VF %d%s%s%s"):format(name, vf.vf, mac and " mac " .. mac or "",
-      vf.vlan and vf.vlan > 0 and " vlan " .. vf.vlan or "", vf.link_state and " link-state " .. vf.link_state or "")
-    step(report, what, sock:set_vf(link.name, vf.vf, { mac = mac, vlan = vf.vlan, qos = vf.qos,
-      spoofchk = vf.spoofchk, trust = vf.trust, link_state = vf.link_state }))
-  end
+  return changed
 end
 
 -- Unbind and bind each VF of the PF from its driver: the VF takes what its PF
@@ -233,8 +249,9 @@ local function restore_routes(sock, report, d, link)
 end
 
 --- Put back what the reload reset: per PF its eswitch mode, then sriov_numvfs, then each VF's
--- config; then each VF rebound (opts.rebind, default true); then per device its MTU, addresses and
--- admin state; routes last (a gateway may be on another device). What is already as saved is left.
+-- config, then (when any of that changed, and opts.rebind is not false) each VF rebound; then per
+-- device (the VFs' once their links are back) its MTU, addresses and admin state; routes last (a
+-- gateway may be on another device). What is already as saved is left as it is.
 -- @tparam table opts `{ rebind = true, timeout = 60 (for the VFs' links) }`
 -- @treturn table `{ restored = { "eth0 (pci/0000:03:00.0): mtu 9000"... },
 --   failed = { "eth0 (pci/...): address 10.0.0.1/24: <reason>"... } }`
@@ -242,18 +259,13 @@ function M.restore(sock, state, opts)
   opts = opts or {}
   local report = { restored = {}, failed = {} }
   local now = links_by_device(sock)
-  local pfs = {}
   for _, d in ipairs(pfs_of(state)) do
     local link = now[key(d.bus, d.device)]
-    if link then
-      pfs[#pfs + 1] = d
-      restore_sriov(sock, report, d, link)
-    else
+    if not link then
       step(report, label(d), nil, "the device did not come back")
+    elseif restore_sriov(sock, report, d, link) and opts.rebind ~= false then
+      rebind_vfs(report, d)
     end
-  end
-  if opts.rebind ~= false then
-    for _, d in ipairs(pfs) do if (d.numvfs or 0) > 0 then rebind_vfs(report, d) end end
   end
   local vfs = {}
   for _, d in ipairs(state.devices) do if d.physfn then vfs[#vfs + 1] = d end end
