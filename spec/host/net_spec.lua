@@ -126,6 +126,8 @@ describe("drv.net", function()
             s:set_vf("va", 0, { mac = "02:00:00:00:00:01", link_state = "enable" }))
       fails(E.ENOENT, "pci/0000:ff:1f.7: cannot set sriov_numvfs to 2: no such device, or it has no SR-IOV",
             net.set_numvfs("pci", "0000:ff:1f.7", 2))
+      fails(E.ENODEV, "pci/0000:ff:1f.7: cannot rebind: no such device, or no driver bound",
+            net.rebind("pci", "0000:ff:1f.7"))
     end)
 
     it("a devlink device that does not exist (or no devlink in the kernel)", function()

@@ -364,7 +364,7 @@ function M.guard(state, addresses)
     if own then
       reasons[#reasons + 1] = ("address %s is on %s, a device of the stack"):format(text, label(own))
     elseif r and by_name[r.dev] then
-      reasons[#reasons + 1] = ("address %s is reached through %s (route %s), a device of the stack"):format(
+      reasons[#reasons + 1] = ("address %s is reached through %s, a device of the stack (route %s)"):format(
         text, label(by_name[r.dev]), r.dst)
     end
   end
