@@ -20,7 +20,7 @@ BUILD   ?= build
 SANFLAGS =
 endif
 
-PKGS     = lua5.4 libkmod mount libcurl libarchive libcrypto
+PKGS     = lua5.4 libkmod mount libcurl libarchive libcrypto libnl-3.0 libnl-route-3.0 libnl-genl-3.0
 CC      ?= cc
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -pthread -Wall -Wextra -Werror $(SANFLAGS) \
@@ -36,7 +36,8 @@ DRVRUN   = $(BUILD)/drvrun
 
 # Debian packages: build, run and test. `make deps` installs what is missing.
 DEB_BUILD = build-essential pkg-config liblua5.4-dev libkmod-dev libmount-dev \
-            libcurl4-openssl-dev libarchive-dev libssl-dev
+            libcurl4-openssl-dev libarchive-dev libssl-dev libnl-3-dev libnl-route-3-dev \
+            libnl-genl-3-dev
 DEB_TEST  = lua5.4 lua-busted lua-check python3 openssl kmod util-linux cpio ccache \
             busybox-static qemu-system-x86 linux-image-amd64 linux-headers-amd64 \
             nodejs npm valgrind

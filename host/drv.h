@@ -52,5 +52,6 @@ int luaopen_drv_proc(lua_State *L);
 int luaopen_drv_fs(lua_State *L);
 int luaopen_drv_sys(lua_State *L);
 int luaopen_drv_archive(lua_State *L);
+int luaopen_drv_net(lua_State *L);
 
 #endif

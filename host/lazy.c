@@ -7,7 +7,7 @@
 
 #include "lazy.h"
 
-#define LAZY_MAX_LIBS 8
+#define LAZY_MAX_LIBS 12
 
 static pthread_mutex_t lazy_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct {

@@ -201,6 +201,7 @@ static void preload(lua_State *L)
 		{ "drv.fs", luaopen_drv_fs },
 		{ "drv.sys", luaopen_drv_sys },
 		{ "drv.archive", luaopen_drv_archive },
+		{ "drv.net", luaopen_drv_net },
 		{ NULL, NULL }
 	};
 

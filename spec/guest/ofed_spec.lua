@@ -140,10 +140,10 @@ describe("ubuntu-ofed recipe", function()
   it("loads the kernel's own stack back on stop when what it replaced cannot be (an older release's files are gone)",
     function()
     guest.unload_all()
-    -- an older OFED release, loaded by a container that is gone with its files
+    -- another OFED release, loaded by a container that is gone with its files
     local gone = fs.tmpdir("release-a")
     local paths = {}
-    for name, path in pairs(guest.fixture_paths("sim-ofed-old")) do
+    for name, path in pairs(guest.fixture_paths("sim-ofed-next")) do
       paths[name] = gone .. "/" .. name .. ".ko"
       assert(fs.copy(path, paths[name]))
     end

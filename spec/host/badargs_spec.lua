@@ -21,6 +21,7 @@ local signatures = {
   },
   ["drv.fetch"] = { get = { S, S, T } },
   ["drv.archive"] = { list = { S }, extract = { S, S, T } },
+  ["drv.net"] = { open = { T }, set_numvfs = { S, S, N }, rebind = { S, S } },
 }
 
 -- A value of the wrong type for a parameter whose valid example is v.

@@ -2,7 +2,7 @@
 -- (host/lazy.h): a run maps only the libraries it calls into.
 local sh = require "spec.support.sh"
 
-local LIBS = { "libcurl", "libarchive", "libkmod", "libmount", "libcrypto" }
+local LIBS = { "libcurl", "libarchive", "libkmod", "libmount", "libcrypto", "libnl" }
 
 -- The drv libraries mapped in a drvrun process after running `code`.
 local function mapped_after(code)
@@ -27,7 +27,7 @@ describe("lazily opened libraries", function()
 
   it("requiring every module maps none of them", function()
     assert.equal("", mapped_after([[
-      for _, m in ipairs { "drv.fetch", "drv.archive", "drv.kmod", "drv.mount", "drv.fs", "drv.recipe" } do
+      for _, m in ipairs { "drv.fetch", "drv.archive", "drv.kmod", "drv.mount", "drv.fs", "drv.net", "drv.recipe" } do
         require(m)
       end]]))
   end)
@@ -36,6 +36,7 @@ describe("lazily opened libraries", function()
     assert.equal("libcrypto", mapped_after([[assert(require("drv.fs").sha256("/proc/self/exe"))]]))
     assert.equal("libmount", mapped_after([[assert(require("drv.mount").find("/"))]]))
     assert.equal("libarchive", mapped_after([[assert(not require("drv.archive").list("/nonexistent"))]]))
+    assert.equal("libnl", mapped_after([[assert(require("drv.net").open():links())]]), "libnl-3, -route-3, -genl-3")
     assert.equal("libcurl libcrypto", mapped_after([[assert(not require("drv.fetch").get("http://127.0.0.1:1/x",
       os.tmpname() .. "/x", { retries = 0, quiet = true }))]]), "libcurl, and the libcrypto it links")
   end)

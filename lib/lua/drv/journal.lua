@@ -39,6 +39,22 @@ local function serialize(v, out)
   end
 end
 
+--- Data (strings, numbers, booleans, tables of them) as a Lua chunk that `decode` reads back.
+function M.encode(v)
+  local out = { "return " }
+  serialize(v, out)
+  return table.concat(out) .. "\n"
+end
+
+--- What `encode` wrote (`name` names the chunk in errors); nil, message when it is not that.
+function M.decode(text, name)
+  local chunk, err = load(text, "=" .. name, "t", {})
+  if not chunk then return nil, err end
+  local ok, v = pcall(chunk)
+  if not ok then return nil, v end
+  return v
+end
+
 --- Open the journal at `path` (nil: in memory only).
 function M.new(path)
   return setmetatable({ path = path, entries = {} }, M)
@@ -46,11 +62,9 @@ end
 
 function M:save()
   if not self.path then return true end
-  local out = { "return " }
-  serialize(self.entries, out)
   local dir = self.path:match("^(.*)/[^/]+$")
   if dir and dir ~= "" then fs.mkdir(dir) end
-  return fs.write(self.path, table.concat(out) .. "\n")
+  return fs.write(self.path, M.encode(self.entries))
 end
 
 --- Record a change; `entry.kind` must have an undo. Returns the entry.
@@ -97,9 +111,8 @@ end
 function M.recover(path)
   local text = fs.read(path)
   if not text then return nil end
-  local chunk = load(text, "=" .. path, "t", {})
-  local ok, entries = pcall(chunk or error)
-  if not ok or type(entries) ~= "table" then
+  local entries = M.decode(text, path)
+  if type(entries) ~= "table" then
     log.warn("journal %s is unreadable; ignoring it", path)
     return nil
   end

@@ -1,0 +1,375 @@
+--- drv.netstate: the network state a NIC driver reload resets, saved before
+-- the unload and restored after the load.
+--
+-- Unloading the NIC driver destroys its network devices; the new one makes
+-- them afresh with defaults (down, MTU 1500, no address, no VFs, legacy
+-- eswitch). `save` records, for every link whose driver is a module of the
+-- stack, what it had: admin state, MTU, addresses, routes, eswitch mode,
+-- sriov_numvfs and each VF's config, as plain data (`write`/`read` keep it
+-- in a file, so a run that dies between unload and restore leaves it for the
+-- next). Devices are matched across the reload by their bus address: the
+-- netdev names may change. `wait` waits for them to come back, `restore` puts
+-- back what the reload reset, in the order the kernel needs it, and `guard`
+-- says beforehand whether the reload would cut the node off.
+local M = {}
+
+local fs = require "drv.fs"
+local journal = require "drv.journal"
+local net = require "drv.net"
+local sys = require "drv.sys"
+
+local SYSBUS = "/sys/bus"
+M.VERSION = 1
+
+local function set_of(list)
+  local set = {}
+  for k, v in pairs(list) do
+    if type(k) == "number" then set[v] = true else set[k] = true end
+  end
+  return set
+end
+
+local function key(bus, device) return bus .. "/" .. device end
+
+local function basename(path) return path and path:match("([^/]+)$") end
+
+-- The PF's bus address of a VF device, nil for any other.
+local function physfn_of(bus, device)
+  return basename(fs.readlink(("%s/%s/devices/%s/physfn"):format(SYSBUS, bus, device)))
+end
+
+-- The VF device addresses of a PF, by VF index (0-based).
+local function virtfns_of(bus, device)
+  local vfs = {}
+  for _, path in ipairs(fs.glob(("%s/%s/devices/%s/virtfn*"):format(SYSBUS, bus, device)) or {}) do
+    vfs[tonumber(path:match("virtfn(%d+)$"))] = basename(fs.readlink(path))
+  end
+  return vfs
+end
+
+local function of_stack(link, modules)
+  return link.device and (modules[link.driver or ""] or modules[link.module or ""])
+end
+
+local function kept_address(a)
+  return not a.dynamic and a.scope ~= "link" and a.scope ~= "host"
+end
+
+local function saved_device(sock, link, addresses, routes)
+  local d = { bus = link.bus, device = link.device, name = link.name, admin = link.admin, mtu = link.mtu,
+              mac = link.mac, numvfs = link.numvfs, physfn = physfn_of(link.bus, link.device),
+              addresses = {}, routes = {}, vfs = {} }
+  d.eswitch = not d.physfn and sock:eswitch(link.bus, link.device) or nil
+  for _, vf in ipairs(link.vfs or {}) do d.vfs[#d.vfs + 1] = vf end
+  for _, a in ipairs(addresses) do
+    if a.dev == link.name and kept_address(a) then
+      d.addresses[#d.addresses + 1] = { family = a.family, address = a.address, prefix = a.prefix }
+    end
+  end
+  for _, r in ipairs(routes) do
+    if r.dev == link.name and r.protocol ~= "kernel" then
+      d.routes[#d.routes + 1] = { dst = r.dst, gateway = r.gateway, metric = r.metric, family = r.family }
+    end
+  end
+  return d
+end
+
+local function must(what, v, err)
+  if v == nil then error(("netstate: cannot read the %s: %s"):format(what, err), 3) end
+  return v
+end
+
+--- Record the network state of every device of the stack.
+-- @param sock a `drv.net.open()` socket
+-- @tparam table modules the stack's module names (a list or a set): a link is the stack's when its
+--   driver (ETHTOOL_GDRVINFO) or its bus device's driver module is one of them
+-- @treturn table `{ version, devices = { { bus, device, name, admin, mtu, mac, numvfs, physfn,
+--   eswitch, addresses, routes, vfs }... }, routes = the main table (for guard) }`; raises when
+--   the kernel cannot be read
+function M.save(sock, modules)
+  modules = set_of(modules)
+  local links = must("links", sock:links())
+  local addresses = must("addresses", sock:addresses())
+  local routes = must("routes", sock:routes())
+  local state = { version = M.VERSION, devices = {}, routes = {} }
+  for _, link in ipairs(links) do
+    if of_stack(link, modules) then state.devices[#state.devices + 1] = saved_device(sock, link, addresses, routes) end
+  end
+  table.sort(state.devices, function(a, b) return key(a.bus, a.device) < key(b.bus, b.device) end)
+  for _, r in ipairs(routes) do
+    state.routes[#state.routes + 1] = { dst = r.dst, gateway = r.gateway, dev = r.dev, family = r.family,
+                                        metric = r.metric }
+  end
+  return state
+end
+
+--- Keep `state` in the file at `path` (atomically).
+function M.write(path, state)
+  return fs.write(path, journal.encode(state))
+end
+
+--- The state `write` kept at `path`; nil, message when there is none or it is not one.
+function M.read(path)
+  local text, err, errno = fs.read(path)
+  if not text then return nil, err, errno end
+  local state, derr = journal.decode(text, path)
+  if type(state) ~= "table" or state.version ~= M.VERSION then
+    return nil, ("%s: not a saved network state (%s)"):format(path, derr or "version " .. tostring(state and state.version))
+  end
+  return state
+end
+
+-- The links of the stack's devices now: `{ ["bus/device"] = link }`.
+local function links_by_device(sock)
+  local found = {}
+  for _, link in ipairs(must("links", sock:links())) do
+    if link.device then found[key(link.bus, link.device)] = link end
+  end
+  return found
+end
+
+local function missing_devices(sock, devices)
+  local now, missing = links_by_device(sock), {}
+  for _, d in ipairs(devices) do
+    if not now[key(d.bus, d.device)] then missing[#missing + 1] = ("%s (was %s)"):format(key(d.bus, d.device), d.name) end
+  end
+  return missing, now
+end
+
+local function wait_for(sock, devices, timeout, what)
+  local deadline = sys.monotonic() + timeout
+  while true do
+    local missing, now = missing_devices(sock, devices)
+    if #missing == 0 then return now end
+    if sys.monotonic() >= deadline then
+      return nil, ("%d network device%s did not come back within %g s %s: %s"):format(#missing,
+        #missing > 1 and "s" or "", timeout, what, table.concat(missing, ", "))
+    end
+    sys.sleep(0.1)
+  end
+end
+
+local function pfs_of(state)
+  local pfs = {}
+  for _, d in ipairs(state.devices) do if not d.physfn then pfs[#pfs + 1] = d end end
+  return pfs
+end
+
+--- Wait until every saved device (but the VFs, which restore makes) has a link again.
+-- @tparam table opts `{ timeout = 60 }` seconds
+-- @treturn[1] table `{ ["bus/device"] = link }` the links now
+-- @treturn[2] nil, "N network devices did not come back within T s after the load: bus/dev (was eth0), ..."
+function M.wait(sock, state, opts)
+  return wait_for(sock, pfs_of(state), (opts or {}).timeout or 60, "after the load")
+end
+
+-- One restore step: run fn, and file its outcome under `what`.
+local function step(report, what, ok, err)
+  if ok then
+    report.restored[#report.restored + 1] = what
+  else
+    report.failed[#report.failed + 1] = what .. ": " .. tostring(err)
+  end
+  return ok
+end
+
+local function label(d, link)
+  return ("%s (%s)"):format(link and link.name or d.name, key(d.bus, d.device))
+end
+
+local VF_FIELDS = { "mac", "vlan", "qos", "spoofchk", "trust", "link_state" }
+
+local function same_vf(a, b)
+  if not b then return false end
+  for _, f in ipairs(VF_FIELDS) do if a[f] ~= b[f] then return false end end
+  return true
+end
+
+-- The PF's eswitch mode, VF count and VF config; true when it changed the VFs.
+local function restore_sriov(sock, report, d, link)
+  local name, changed = label(d, link), false
+  if d.eswitch and sock:eswitch(d.bus, d.device) ~= d.eswitch then
+    step(report, ("%s: eswitch mode %s"):format(name, d.eswitch), sock:set_eswitch(d.bus, d.device, d.eswitch))
+  end
+  if (d.numvfs or 0) > 0 and link.numvfs ~= d.numvfs then
+    if (link.numvfs or 0) > 0 then net.set_numvfs(d.bus, d.device, 0) end
+    if not step(report, ("%s: %d VFs"):format(name, d.numvfs), net.set_numvfs(d.bus, d.device, d.numvfs)) then
+      return false
+    end
+    changed = true
+    link = assert(sock:link(link.name))
+  end
+  local current = {}
+  for _, vf in ipairs(link.vfs or {}) do current[vf.vf] = vf end
+  for _, vf in ipairs(d.vfs) do
+    if not same_vf(vf, current[vf.vf]) then
+      local mac = vf.mac ~= "00:00:00:00:00:00" and vf.mac or nil
+      local what = ("%s: VF %d%s%s%s"):format(name, vf.vf, mac and " mac " .. mac or "",
+        vf.vlan and vf.vlan > 0 and " vlan " .. vf.vlan or "", vf.link_state and " link-state " .. vf.link_state or "")
+      changed = step(report, what, sock:set_vf(link.name, vf.vf, { mac = mac, vlan = vf.vlan, qos = vf.qos,
+        spoofchk = vf.spoofchk, trust = vf.trust, link_state = vf.link_state })) or changed
+    end
+  end
+  return changed
+end
+
+-- Unbind and bind each VF of the PF from its driver: the VF takes what its PF
+-- now says of it (its admin MAC; on real hardware its RDMA GUID), as
+-- Mellanox/ofed-docker does after a reload.
+local function rebind_vfs(report, d)
+  for i, vf in pairs(virtfns_of(d.bus, d.device)) do
+    local driver, err = net.rebind(d.bus, vf)
+    step(report, ("%s: VF %d (%s) rebound%s"):format(key(d.bus, d.device), i, vf, driver and " to " .. driver or ""),
+         driver, err)
+  end
+end
+
+local function restore_link(sock, report, d, link)
+  local name = label(d, link)
+  if link.mtu ~= d.mtu then
+    step(report, ("%s: mtu %d"):format(name, d.mtu), sock:set_link(link.name, { mtu = d.mtu }))
+  end
+  for _, a in ipairs(d.addresses) do
+    local cidr = ("%s/%d"):format(a.address, a.prefix)
+    local ok, err, errno = sock:add_address(link.name, cidr)
+    if ok or errno ~= sys.errno.EEXIST then step(report, ("%s: address %s"):format(name, cidr), ok, err) end
+  end
+  if d.admin == "up" and link.admin ~= "up" then
+    step(report, ("%s: up"):format(name), sock:set_link(link.name, { up = true }))
+  end
+end
+
+local function restore_routes(sock, report, d, link)
+  for _, r in ipairs(d.routes) do
+    local ok, err, errno = sock:add_route { dst = r.dst, gateway = r.gateway, dev = link.name, metric = r.metric }
+    if ok or errno ~= sys.errno.EEXIST then
+      step(report, ("%s: route %s%s"):format(label(d, link), r.dst, r.gateway and " via " .. r.gateway or ""), ok, err)
+    end
+  end
+end
+
+--- Put back what the reload reset: per PF its eswitch mode, then sriov_numvfs, then each VF's
+-- config, then (when any of that changed, and opts.rebind is not false) each VF rebound; then per
+-- device (the VFs' once their links are back) its MTU, addresses and admin state; routes last (a
+-- gateway may be on another device). What is already as saved is left as it is.
+-- @tparam table opts `{ rebind = true, timeout = 60 (for the VFs' links) }`
+-- @treturn table `{ restored = { "eth0 (pci/0000:03:00.0): mtu 9000"... },
+--   failed = { "eth0 (pci/...): address 10.0.0.1/24: <reason>"... } }`
+function M.restore(sock, state, opts)
+  opts = opts or {}
+  local report = { restored = {}, failed = {} }
+  local now = links_by_device(sock)
+  for _, d in ipairs(pfs_of(state)) do
+    local link = now[key(d.bus, d.device)]
+    if not link then
+      step(report, label(d), nil, "the device did not come back")
+    elseif restore_sriov(sock, report, d, link) and opts.rebind ~= false then
+      rebind_vfs(report, d)
+    end
+  end
+  local vfs = {}
+  for _, d in ipairs(state.devices) do if d.physfn then vfs[#vfs + 1] = d end end
+  local _, err = wait_for(sock, vfs, opts.timeout or 60, "after their PF's sriov_numvfs was restored")
+  if err then report.failed[#report.failed + 1] = err end
+  now = links_by_device(sock)
+  for _, d in ipairs(state.devices) do
+    local link = now[key(d.bus, d.device)]
+    if link then restore_link(sock, report, d, link) end
+  end
+  for _, d in ipairs(state.devices) do
+    local link = now[key(d.bus, d.device)]
+    if link then restore_routes(sock, report, d, link) end
+  end
+  return report
+end
+
+-- ---- guard ------------------------------------------------------------------------
+
+-- An IPv4 or IPv6 address as a string of bytes (nil if it is neither).
+local function bytes_of(text)
+  local a, b, c, d = text:match("^(%d+)%.(%d+)%.(%d+)%.(%d+)$")
+  if a then return string.char(tonumber(a), tonumber(b), tonumber(c), tonumber(d)) end
+  if not text:find(":", 1, true) then return nil end
+  local head, tail = text:match("^(.-)::(.*)$")
+  local groups = {}
+  for g in (head or text):gmatch("[^:]+") do groups[#groups + 1] = g end
+  local after = {}
+  for g in (tail or ""):gmatch("[^:]+") do after[#after + 1] = g end
+  for _ = 1, 8 - #groups - #after do groups[#groups + 1] = "0" end
+  for _, g in ipairs(after) do groups[#groups + 1] = g end
+  if #groups ~= 8 then return nil end
+  local out = {}
+  for _, g in ipairs(groups) do
+    local n = tonumber(g, 16)
+    if not n then return nil end
+    out[#out + 1] = string.char(n >> 8, n & 255)
+  end
+  return table.concat(out)
+end
+
+local function in_prefix(addr, network, prefix)
+  if #addr ~= #network then return false end
+  local full, rest = prefix // 8, prefix % 8
+  if addr:sub(1, full) ~= network:sub(1, full) then return false end
+  if rest == 0 then return true end
+  local mask = (0xff << (8 - rest)) & 0xff
+  return addr:byte(full + 1) & mask == network:byte(full + 1) & mask
+end
+
+-- The route of the main table that reaches addr (longest prefix, then lowest metric).
+local function route_to(routes, addr)
+  local best, best_len
+  for _, r in ipairs(routes) do
+    local prefix_bytes, len
+    if r.dst == "default" then
+      prefix_bytes, len = (r.family == "inet6") and ("\0"):rep(16) or ("\0"):rep(4), 0
+    else
+      local a, p = r.dst:match("^(.-)/(%d+)$")
+      prefix_bytes, len = bytes_of(a or ""), tonumber(p)
+    end
+    if net and in_prefix(addr, prefix_bytes, len) and (not best or len > best_len
+        or (len == best_len and (r.metric or 0) < (best.metric or 0))) then
+      best, best_len = r, len
+    end
+  end
+  return best
+end
+
+--- Would the reload cut the node off? True when neither the default route nor a route to one of
+-- `addresses` (e.g. the API server's, or the management network's) goes through a device of the
+-- stack, nor is one of them on such a device.
+-- @tparam table state from save
+-- @tparam[opt] table addresses `{ "10.0.0.1", "fd00::1" }`
+-- @treturn[1] true
+-- @treturn[2] false, "the default route (via 10.0.0.254) goes through eth0 (pci/0000:03:00.0), a device
+--   of the stack; address 10.0.5.1 is reached through ..."
+function M.guard(state, addresses)
+  local by_name = {}
+  for _, d in ipairs(state.devices) do by_name[d.name] = d end
+  local reasons = {}
+  for _, r in ipairs(state.routes) do
+    local d = r.dst == "default" and by_name[r.dev]
+    if d then
+      reasons[#reasons + 1] = ("the default route%s goes through %s, a device of the stack"):format(
+        r.gateway and " (via " .. r.gateway .. ")" or "", label(d))
+    end
+  end
+  for _, text in ipairs(addresses or {}) do
+    local addr = bytes_of(text) or error(("netstate.guard: '%s' is not an IPv4 or IPv6 address"):format(text), 2)
+    local own
+    for _, d in ipairs(state.devices) do
+      for _, a in ipairs(d.addresses) do if bytes_of(a.address) == addr then own = d end end
+    end
+    local r = route_to(state.routes, addr)
+    if own then
+      reasons[#reasons + 1] = ("address %s is on %s, a device of the stack"):format(text, label(own))
+    elseif r and by_name[r.dev] then
+      reasons[#reasons + 1] = ("address %s is reached through %s, a device of the stack (route %s)"):format(
+        text, label(by_name[r.dev]), r.dst)
+    end
+  end
+  if #reasons > 0 then return false, table.concat(reasons, "; ") end
+  return true
+end
+
+return M

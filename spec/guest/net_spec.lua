@@ -1,0 +1,188 @@
+-- Network continuity across the driver reload, on the guest's real kernel: the
+-- fixture NIC (sim_pci devices bound by the simulated mlx5_core) configured,
+-- its state saved, the stack swapped by hand for another build, the state
+-- restored (drv.netstate over drv.net; no recipe).
+local fs = require "drv.fs"
+local kmod = require "drv.kmod"
+local net = require "drv.net"
+local netstate = require "drv.netstate"
+local graph = require "drv.graph"
+local stack = require "drv.stack"
+local sys = require "drv.sys"
+local guest = require "spec.support.guest"
+local ofed = require "spec.support.ofed"
+
+local BUS, PF = "sim_pci", "0000:03:00.0"
+local SIMBUS = "/sys/bus/sim_pci"
+
+local function sysfs_write(path, text)
+  local f = assert(io.open(path, "w"))
+  assert(f:write(text))
+  assert(f:close())
+end
+
+-- The built stack in `dir` (built/sim-ofed or built/sim-ofed-next): deps, paths, srcversions.
+local function build_of(dir)
+  local deps, paths, srcversions = {}, {}, {}
+  for _, p in ipairs(fs.glob(guest.built .. "/" .. dir .. "/src/*/*.ko")) do
+    local info = assert(kmod.modinfo(p))
+    paths[info.name] = p
+    deps[info.name] = info.depends
+    srcversions[info.name] = info.srcversion
+  end
+  return deps, paths, srcversions
+end
+
+local function link_of(sock, device)
+  for _, l in ipairs(assert(sock:links())) do
+    if l.bus == BUS and l.device == device then return l end
+  end
+end
+
+local function contains(list, item)
+  for _, x in ipairs(list) do if x == item then return true end end
+  return false
+end
+
+-- The saved state of a device minus what may differ across the reload (its name).
+local function comparable(d)
+  local c = {}
+  for k, v in pairs(d) do if k ~= "name" then c[k] = v end end
+  table.sort(c.addresses, function(a, b) return a.address < b.address end)
+  return c
+end
+
+describe("network state across the driver reload", function()
+  local sock
+
+  setup(function()
+    guest.unload_all()
+    assert(kmod.insert_many { { name = "sim_pci", path = guest.built .. "/sim-pci/sim_pci.ko" } })
+    sysfs_write(SIMBUS .. "/new_device", "3")
+    sock = assert(net.open())
+  end)
+
+  teardown(function()
+    if sock then sock:close() end
+    guest.unload_all()
+    if fs.exists(SIMBUS) then
+      sysfs_write(SIMBUS .. "/del_device", "3")
+      assert(kmod.remove_many { "sim_pci" })
+    end
+  end)
+
+  it("is saved, survives a reload to another build of the stack, and is restored", function()
+    local old_deps, old_paths = build_of("sim-ofed")
+    assert(stack.load(assert(graph.levels(old_deps)), old_paths))
+    local pf = assert(link_of(sock, PF), "the NIC driver made a netdev for the device")
+    assert.same({ "mlx5_core", "down", 1500, 0, 4 }, { pf.driver, pf.admin, pf.mtu, pf.numvfs, pf.totalvfs })
+
+    -- eswitch mode before VFs (the driver refuses it after), then VFs and their config
+    assert.is_true(sock:set_eswitch(BUS, PF, "switchdev"))
+    assert.is_true(net.set_numvfs(BUS, PF, 2))
+    local _, busy = sock:set_eswitch(BUS, PF, "legacy")
+    assert.equal("sim_pci/0000:03:00.0: cannot set the eswitch mode to legacy: Device or resource busy "
+                 .. "(kernel: cannot change the eswitch mode while VFs are enabled)", busy)
+    assert.is_true(sock:set_vf(pf.name, 0, { mac = "02:aa:00:00:00:01", link_state = "enable", trust = true }))
+    assert.is_true(sock:set_vf(pf.name, 1, { mac = "02:aa:00:00:00:02", vlan = 10, qos = 3, spoofchk = true }))
+    assert.is_true(sock:set_link(pf.name, { up = true, mtu = 9000 }))
+    assert.is_true(sock:add_address(pf.name, "10.20.0.1/24"))
+    assert.is_true(sock:add_address(pf.name, "fd00:20::1/64"))
+    assert.is_true(sock:add_route { dst = "10.21.0.0/16", gateway = "10.20.0.254", dev = pf.name })
+    assert.equal("mlx5_core", net.rebind(BUS, "0000:03:00.1"))
+    assert.equal("mlx5_core", net.rebind(BUS, "0000:03:00.2"))
+    local vf0 = assert(link_of(sock, "0000:03:00.1"), "VF 0 has a netdev")
+    assert.equal("02:aa:00:00:00:01", vf0.mac, "a rebound VF takes its admin MAC")
+    assert.is_true(sock:set_link(vf0.name, { mtu = 4000, up = true }))
+
+    local saved = netstate.save(sock, ofed.STACK)
+    assert.equal(3, #saved.devices, "the PF and its two VFs")
+    local file = os.tmpname()
+    assert(netstate.write(file, saved))
+    assert.same(saved, assert(netstate.read(file)), "the state reads back from its file")
+    local pf_saved = saved.devices[1]
+    assert.same({ "switchdev", 2, 9000, "up" }, { pf_saved.eswitch, pf_saved.numvfs, pf_saved.mtu, pf_saved.admin })
+    assert.equal(PF, saved.devices[2].physfn)
+    assert.same({ "02:aa:00:00:00:01", "enable", true }, { pf_saved.vfs[1].mac, pf_saved.vfs[1].link_state,
+                                                          pf_saved.vfs[1].trust })
+
+    -- the reload, by hand: unload the stack, load the other build
+    local new_deps, new_paths, new_srcversions = build_of("sim-ofed-next")
+    local plan = stack.plan(new_deps, stack.snapshot(assert(kmod.new())))
+    assert.same({}, plan.blockers)
+    assert(stack.unload(plan.unload))
+    assert.is_nil(link_of(sock, PF), "unloading the driver destroyed the netdev")
+    assert(stack.load(plan.load, new_paths))
+    assert.is_true(stack.verify(assert(kmod.new()), new_srcversions), "the other build is loaded")
+
+    local t0 = sys.monotonic()
+    local back = assert(netstate.wait(sock, saved))
+    print(("    devices back %.3f s after the load"):format(sys.monotonic() - t0))
+    local fresh = back[BUS .. "/" .. PF]
+    assert.same({ "down", 1500, 0 }, { fresh.admin, fresh.mtu, fresh.numvfs }, "the new driver's defaults")
+    assert.equal("legacy", sock:eswitch(BUS, PF))
+    assert.same({}, assert(sock:addresses(fresh.name)))
+
+    t0 = sys.monotonic()
+    local report = netstate.restore(sock, assert(netstate.read(file)))
+    print(("    restored in %.3f s: %d steps"):format(sys.monotonic() - t0, #report.restored))
+    assert.same({}, report.failed)
+    local pfname = ("%s (%s/%s)"):format(fresh.name, BUS, PF)
+    for _, step in ipairs { pfname .. ": eswitch mode switchdev", pfname .. ": 2 VFs",
+                            pfname .. ": VF 0 mac 02:aa:00:00:00:01 link-state enable",
+                            pfname .. ": VF 1 mac 02:aa:00:00:00:02 vlan 10 link-state auto",
+                            BUS .. "/" .. PF .. ": VF 0 (0000:03:00.1) rebound to mlx5_core",
+                            pfname .. ": mtu 9000", pfname .. ": address 10.20.0.1/24",
+                            pfname .. ": address fd00:20::1/64", pfname .. ": up",
+                            pfname .. ": route 10.21.0.0/16 via 10.20.0.254" } do
+      assert.is_true(contains(report.restored, step), step .. " in:\n" .. table.concat(report.restored, "\n"))
+    end
+
+    local now = netstate.save(sock, ofed.STACK)
+    assert.equal(#saved.devices, #now.devices)
+    for i, d in ipairs(saved.devices) do
+      assert.same(comparable(d), comparable(now.devices[i]), d.device)
+    end
+    assert.equal("02:aa:00:00:00:01", assert(link_of(sock, "0000:03:00.1")).mac,
+                 "the rebound VF took the admin MAC its PF gave it")
+    assert.equal("02:aa:00:00:00:02", assert(link_of(sock, "0000:03:00.2")).mac)
+
+    assert.same({ restored = {}, failed = {} }, netstate.restore(sock, saved), "a second restore has nothing to do")
+    os.remove(file)
+  end)
+
+  it("says which devices did not come back", function()
+    local saved = { version = netstate.VERSION, routes = {}, devices = {
+      { bus = BUS, device = "0000:09:00.0", name = "eth9", vfs = {}, addresses = {}, routes = {} } } }
+    local t0 = sys.monotonic()
+    local ok, err = netstate.wait(sock, saved, { timeout = 0.5 })
+    assert.is_nil(ok)
+    assert.equal("1 network device did not come back within 0.5 s after the load: sim_pci/0000:09:00.0 (was eth9)", err)
+    assert.is_true(sys.monotonic() - t0 >= 0.5)
+  end)
+
+  it("guards against a reload that would take the default route or a named address with it", function()
+    local deps, paths = build_of("sim-ofed")
+    if not link_of(sock, PF) then assert(stack.load(assert(graph.levels(deps)), paths)) end
+    local pf = assert(link_of(sock, PF))
+    assert.is_true(sock:set_link(pf.name, { up = true }))
+    sock:add_address(pf.name, "10.20.0.1/24")
+    sock:add_route { dst = "10.21.0.0/16", gateway = "10.20.0.254", dev = pf.name }
+    local label = ("%s (%s/%s)"):format(pf.name, BUS, PF)
+
+    assert.is_true(netstate.guard(netstate.save(sock, ofed.STACK), { "127.0.0.1", "10.30.0.1" }),
+                   "neither the default route (none) nor those addresses use the stack")
+    local ok, why = netstate.guard(netstate.save(sock, ofed.STACK), { "10.21.3.4" })
+    assert.is_false(ok)
+    assert.equal(("address 10.21.3.4 is reached through %s, a device of the stack (route 10.21.0.0/16)"):format(label), why)
+    ok, why = netstate.guard(netstate.save(sock, ofed.STACK), { "10.20.0.1" })
+    assert.is_false(ok)
+    assert.equal(("address 10.20.0.1 is on %s, a device of the stack"):format(label), why)
+
+    assert.is_true(sock:add_route { dst = "default", gateway = "10.20.0.254", dev = pf.name })
+    ok, why = netstate.guard(netstate.save(sock, ofed.STACK))
+    assert.is_false(ok)
+    assert.equal(("the default route (via 10.20.0.254) goes through %s, a device of the stack"):format(label), why)
+    assert.is_true(netstate.guard(netstate.save(sock, { "ib_core" })), "not when the NIC driver is not in the stack")
+  end)
+end)
