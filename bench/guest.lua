@@ -181,6 +181,7 @@ local function recipe_args(extra)
   local args = { "recipes/ubuntu-ofed.lua", "OFED_URL=file://" .. BUNDLE, "OFED_SHA256=" .. BUNDLE_SHA,
                  "STATE_DIR=" .. WORK .. "/state", "LOCK_FILE=" .. WORK .. "/host.lock",
                  "BLACKLIST_FILE=/etc/modprobe.d/bench-blacklist-ofed.conf", "EXPOSE_PATH=" .. WORK .. "/expose",
+                 "UDEV_RULES_DIR=",
                  "READY_FILES=" .. READY }
   for _, a in ipairs(extra) do args[#args + 1] = a end
   return args

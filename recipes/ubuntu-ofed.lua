@@ -1,9 +1,11 @@
 --- ubuntu-ofed: the Mellanox OFED driver container for Ubuntu.
 --
--- Builds the OFED stack for the running kernel (or KVER), swaps the inbox RDMA
--- modules for it, exposes the container's root at /run/mellanox/drivers and
--- says ready. On stop: not ready, unmounted, and the inbox stack is back when
--- RESTORE_DRIVER_ON_POD_TERMINATION is true.
+-- Builds the OFED stack for the running kernel (or KVER), installs OFED's net
+-- naming udev rules on the host, swaps the inbox RDMA modules for it (the
+-- network devices' configuration kept across: drv.netcfg), exposes the
+-- container's root at /run/mellanox/drivers and says ready. On stop: not
+-- ready, unmounted, the inbox stack back when RESTORE_DRIVER_ON_POD_TERMINATION
+-- is true, the udev rules removed.
 --
 --   drvrun recipes/ubuntu-ofed.lua OFED_SHA256=<sha256 of the bundle>
 --   drvrun --plan recipes/ubuntu-ofed.lua
@@ -11,6 +13,7 @@ local distro = require "drv.distro"
 local compile = require "drv.compile"
 local fs = require "drv.fs"
 local sys = require "drv.sys"
+local log = require "drv.log"
 
 local KERNEL_TARBALL = "SOURCES/mlnx-ofed-kernel_*.orig.tar.gz"
 -- The modules of the stack, as MLNX_OFED's configure names them.
@@ -63,6 +66,69 @@ local function stage_ofa_kernel(r, src)
   return dir
 end
 
+-- OFED's net naming udev files, as the kernel tree has them: the rules, and
+-- the VF naming helper they run from /etc/infiniband (what the original
+-- container copied to the host). Each goes to the directory option named.
+local UDEV_FILES = { { src = "ofed_scripts/82-net-setup-link.rules", dir = "UDEV_RULES_DIR" },
+                     { src = "ofed_scripts/vf-net-link-name.sh", dir = "UDEV_HELPER_DIR" } }
+
+-- The udev files of the built tree, kept with the build; nil when it has none.
+local function stage_udev(r, src)
+  local dir, any = src .. ".udev", false
+  fs.remove(dir, { recursive = true, missing_ok = true })
+  r:must("stage the udev rules", fs.mkdir(dir))
+  for _, f in ipairs(UDEV_FILES) do
+    if fs.exists(src .. "/" .. f.src) then
+      r:must("stage " .. f.src, fs.copy(src .. "/" .. f.src, dir .. "/" .. f.src:match("[^/]+$"), { sync = false }))
+      any = true
+    end
+  end
+  return any and dir or nil
+end
+
+-- Refuse before anything changes when the udev directories are not there.
+local function check_udev_dirs(r)
+  local rules, helper = r.opt.UDEV_RULES_DIR, r.opt.UDEV_HELPER_DIR
+  if rules == "" then return end
+  if not fs.exists(rules) then
+    r:fail("udev rules directory %s does not exist: mount the host's /lib/udev/rules.d there, or set "
+           .. "UDEV_RULES_DIR= (empty) to install no udev rules", rules)
+  end
+  local parent = helper:match("^(.*)/[^/]+$")
+  if helper == "" or not fs.exists(parent ~= "" and parent or "/") then
+    r:fail("the udev rules run their helper from UDEV_HELPER_DIR, but %s: mount the host's /etc/infiniband "
+           .. "(or /etc) there, or set UDEV_RULES_DIR= (empty) to install no udev rules",
+           helper == "" and "it is empty" or "the directory above " .. helper .. " does not exist")
+  end
+end
+
+-- Install OFED's udev files on the host, each journaled (stop, or the next
+-- run after a crash, removes it). A file of that name the host has already
+-- is its own: left as it is.
+local function install_udev(r)
+  if r.opt.BUILD_ONLY or r.opt.UDEV_RULES_DIR == "" then return end
+  if not r.kept.udev then
+    log.warn("udev: the cached build has no udev rules (it was made by an older drvrun, or the tree has none): "
+             .. "none installed; remove %s to rebuild", r.cache)
+    return
+  end
+  r:must("udev", fs.mkdir(r.opt.UDEV_HELPER_DIR))
+  for _, f in ipairs(UDEV_FILES) do
+    local from = r.kept.udev .. "/" .. f.src:match("[^/]+$")
+    local dest = r.opt[f.dir] .. "/" .. f.src:match("[^/]+$")
+    if not fs.exists(from) then
+      log.warn("udev: the build has no %s: not installed", f.src)
+    elseif fs.exists(dest) then
+      log.info("udev: %s is there already (the host's own%s): left as it is", dest,
+               fs.sha256(dest) == fs.sha256(from) and ", the same as OFED's" or ", not OFED's")
+    else
+      r.journal:record({ kind = "file", path = dest })
+      r:must("udev " .. dest, fs.copy(from, dest))
+      log.info("udev: %s installed (removed on stop)", dest)
+    end
+  end
+end
+
 local function loaded(r, names)
   local live, found = {}, {}
   for _, m in ipairs(r:kmod():loaded()) do live[m.name] = true end
@@ -104,6 +170,12 @@ return {
     BLACKLIST_FILE = { default = "/host/run/modprobe.d/drvrun-ubuntu-ofed.conf",
                        doc = "the temporary host blacklist, only during the reload (empty: none); under the "
                              .. "host's /run/modprobe.d, which modprobe reads, so that a reboot cannot keep it" },
+    UDEV_RULES_DIR = { default = "/host/lib/udev/rules.d",
+                       doc = "the host's udev rules directory: OFED's net naming rules (82-net-setup-link.rules) "
+                             .. "are installed there while the driver runs, removed on stop (empty: none installed)" },
+    UDEV_HELPER_DIR = { default = "/host/etc/infiniband",
+                        doc = "the host's /etc/infiniband, where those rules run OFED's VF naming helper from "
+                              .. "(vf-net-link-name.sh; installed with them)" },
     EXPOSE_PATH = { default = "/run/mellanox/drivers", doc = "where the container root is exposed (rbind)" },
     READY_FILES = { type = "list", default = "/.driver-ready ${EXPOSE_PATH}/.driver-ready",
                     doc = "files written when the driver is ready" },
@@ -120,13 +192,15 @@ return {
 
   expose = "${EXPOSE_PATH}",
 
-  -- Refuse before changing anything: no checksum, or storage modules use the stack.
+  -- Refuse before changing anything: no checksum, no udev directories, or storage modules use the stack.
   prepare = function(r)
     if r.opt.OFED_SHA256 == "" then
       r:fail("OFED_SHA256 is not set: give the sha256 of %s (sha256sum FILE), as OFED_SHA256=... or in the "
              .. "environment", r.opt.OFED_URL)
     end
-    if r.opt.UNLOAD_STORAGE_MODULES or r.opt.BUILD_ONLY then return end
+    if r.opt.BUILD_ONLY then return end
+    check_udev_dirs(r)
+    if r.opt.UNLOAD_STORAGE_MODULES then return end
     local busy = loaded(r, r.opt.STORAGE_MODULES)
     if #busy > 0 then
       r:fail("storage modules are loaded and use the RDMA stack: %s. Unload them, or set "
@@ -160,14 +234,17 @@ return {
     local src = r:extract(tarball, { strip = 1 })
     r:configure { src = src, args = configure_args(r), progress = checks_done(src) }
     local res = r:make { src = src }
-    res.keep = { ofa_kernel = stage_ofa_kernel(r, src) }
+    res.keep = { ofa_kernel = stage_ofa_kernel(r, src), udev = stage_udev(r, src) }
     return res
   end,
 
   -- Headers, config and Module.symvers for modules built against OFED (peer
   -- memory), under usr/src/ofa_kernel/ARCH/KVER with a relative `default` link,
-  -- so the link still resolves when this root is seen from the host or another container.
+  -- so the link still resolves when this root is seen from the host or another
+  -- container; OFED's udev rules on the host, before the reload makes the
+  -- network devices they name.
   install = function(r)
+    install_udev(r)
     local base = r:path("/usr/src/ofa_kernel")
     r:install_dir(("%s/%s/%s"):format(base, r.opt.D_ARCH, r.kver), function(dir)
       r:copy_tree(r.kept.ofa_kernel, dir)

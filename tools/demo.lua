@@ -12,6 +12,7 @@ local httpd = require "spec.support.httpd"
 local STACK = { "mlx_compat", "ib_core", "ib_uverbs", "ib_umad", "ib_cm", "iw_cm", "rdma_cm", "rdma_ucm",
                 "ib_ipoib", "mlx5_core", "mlx5_ib" }
 local EXPOSE, BLACKLIST = "/run/mellanox/drivers", "/etc/modprobe.d/blacklist-ofed-modules.conf"
+local UDEV_RULES = "/lib/udev/rules.d/82-net-setup-link.rules" -- OFED's net naming rules, while it runs
 
 local function title(s) io.write("\n== ", s, "\n") io.stdout:flush() end
 
@@ -52,7 +53,8 @@ local server = httpd.start(fs.realpath("build/fixtures"))
 local cache = fs.tmpdir("cache")
 sh(("cp -a build/cache/ubuntu-ofed %s/ && rm -rf %s/ubuntu-ofed/sources"):format(cache, cache))
 local args = { "recipes/ubuntu-ofed.lua", "OFED_URL=" .. server:url(bundle), "OFED_SHA256=" .. sha_of(bundle),
-               "BLACKLIST_FILE=" .. BLACKLIST, "CACHE_DIR=" .. cache }
+               "BLACKLIST_FILE=" .. BLACKLIST, "CACHE_DIR=" .. cache, "UDEV_RULES_DIR=/lib/udev/rules.d",
+               "UDEV_HELPER_DIR=/etc/infiniband" }
 
 title("drvrun --plan recipes/ubuntu-ofed.lua OFED_URL=" .. server:url(bundle) .. " ...")
 assert(proc.run({ os.getenv("DRVRUN"), "--plan", table.unpack(args) }, { stdout = "inherit", stderr = "inherit" }))
@@ -73,6 +75,7 @@ local info = assert(mount.info(EXPOSE))
 io.write(("  %s is a mount (%s, %s); it holds usr/src/ofa_kernel/default -> %s\n"):format(EXPOSE, info.fstype,
   info.propagation, fs.readlink(EXPOSE .. "/usr/src/ofa_kernel/default")))
 io.write(("  temporary blacklist %s: %s\n"):format(BLACKLIST, fs.exists(BLACKLIST) and "present" or "gone"))
+io.write(("  OFED's udev rules %s: %s\n"):format(UDEV_RULES, fs.exists(UDEV_RULES) and "installed" or "MISSING"))
 
 title("kill -TERM (the pod is terminated)")
 assert(recipe:kill("TERM"))
@@ -80,7 +83,7 @@ local r = assert(recipe:wait(120))
 io.write(("  drvrun exited with status %s\n"):format(tostring(r.status or r.signal)))
 title("after stop: the inbox stack is back, nothing left behind")
 module_table()
-for _, f in ipairs { "/.driver-ready", BLACKLIST, "/run/drvrun/ubuntu-ofed.journal" } do
+for _, f in ipairs { "/.driver-ready", BLACKLIST, UDEV_RULES, "/run/drvrun/ubuntu-ofed.journal" } do
   io.write(("  %s: %s\n"):format(f, fs.exists(f) and "PRESENT" or "gone"))
 end
 io.write(("  %s mounted: %s\n"):format(EXPOSE .. "/etc", fs.exists(EXPOSE .. "/etc") and "YES" or "no"))

@@ -61,9 +61,10 @@ local IMAGES = {
       { option = "EXPOSE_PATH", propagation = "Bidirectional", host = "seed" },
       { option = "STATE_DIR" }, { option = "LOCK_FILE", parent = true }, { option = "CACHE_DIR" },
       { option = "BLACKLIST_FILE", parent = true, host = "/host" },
+      { option = "UDEV_RULES_DIR", host = "/host" }, { option = "UDEV_HELPER_DIR", host = "/host" },
     },
     timeouts = { "LOCK_TIMEOUT", "BUILD_TIMEOUT" },
-    env_overrides = { BLACKLIST_FILE = "the recipe's default" },
+    env_overrides = { BLACKLIST_FILE = "the recipe's default", UDEV_RULES_DIR = "the recipe's default" },
   },
   {
     name = "peermem", seed = SEED.peermem, recipe = "peermem",

@@ -35,6 +35,8 @@ local function assert_consistent()
   assert(not fs.exists(ofed.EXPOSE .. "/etc"), "no mount left at " .. ofed.EXPOSE)
   assert(not fs.exists(ofed.BLACKLIST), "no blacklist outside a reload")
   assert(not fs.exists(ofed.JOURNAL), "no journal left")
+  for _, f in ipairs(ofed.UDEV_FILES) do assert(not fs.exists(f), "no udev file left: " .. f) end
+  assert(not fs.exists(ofed.NETWORK), "no saved network configuration left")
   local mods = guest.proc_modules()
   for _, n in ipairs(ESSENTIAL) do assert(mods[n], n .. " is loaded (the inbox or the built stack)") end
 end

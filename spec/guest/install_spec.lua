@@ -58,7 +58,7 @@ exec chroot "$R" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/
 local function make_root()
   local root = assert(fs.tmpdir("container"))
   for _, d in ipairs { ".layer", "usr", "etc", "proc", "sys", "dev", "run", "tmp", "var/cache/drvrun",
-                       "host/run/modprobe.d", "host/lib/modules" } do
+                       "host/run/modprobe.d", "host/lib/modules", "host/lib/udev/rules.d", "host/etc" } do
     assert(fs.mkdir(root .. "/" .. d))
   end
   for _, name in ipairs { "bin", "sbin", "lib", "lib32", "lib64" } do

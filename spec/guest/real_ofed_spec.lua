@@ -33,7 +33,8 @@ end
 
 local function start(args, after_crash)
   local argv = { "OFED_URL=file://" .. BUNDLE, "OFED_SHA256=" .. SHA256, "BLACKLIST_FILE=" .. ofed.BLACKLIST,
-                 "CACHE_DIR=" .. fs.realpath("build/cache-real"), "LOCK_TIMEOUT=30" }
+                 "CACHE_DIR=" .. fs.realpath("build/cache-real"), "LOCK_TIMEOUT=30",
+                 "UDEV_RULES_DIR=" .. ofed.UDEV_RULES_DIR, "UDEV_HELPER_DIR=" .. ofed.UDEV_HELPER_DIR }
   for _, a in ipairs(args or {}) do argv[#argv + 1] = a end
   for _, f in ipairs(after_crash and {} or ofed.READY) do assert(not fs.exists(f), "stale ready file " .. f) end
   return ofed.start_recipe("recipes/ubuntu-ofed.lua", argv)

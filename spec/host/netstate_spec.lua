@@ -22,18 +22,31 @@ describe("drv.netstate", function()
     it("takes the longest prefix, IPv4 and IPv6", function()
       assert.is_true(netstate.guard(state(routes), { "10.1.2.3", "10.20.30.4", "fd00:21::1", "192.0.2.7", "::1" }))
       assert.same({ false, "address 10.20.1.1 is reached through ens1 (pci/0000:03:00.0), a device of the stack "
-                           .. "(route 10.20.0.0/16)" }, { netstate.guard(state(routes), { "10.20.1.1" }) })
+                           .. "(route 10.20.0.0/16)", { "pci/0000:03:00.0" } },
+                  { netstate.guard(state(routes), { "10.20.1.1" }) })
       assert.same({ false, "address fd00:20:0:0::ab is reached through ens1 (pci/0000:03:00.0), a device of the "
-                           .. "stack (route fd00:20::/64)" }, { netstate.guard(state(routes), { "fd00:20:0:0::ab" }) })
+                           .. "stack (route fd00:20::/64)", { "pci/0000:03:00.0" } },
+                  { netstate.guard(state(routes), { "fd00:20:0:0::ab" }) })
     end)
 
     it("names the default route and an address on a stack device, all of them", function()
       local r = { { dst = "default", gateway = "10.20.0.1", dev = "ens1", family = "inet", metric = 0 } }
-      local ok, why = netstate.guard(state(r, { { family = "inet", address = "10.20.0.5", prefix = 16 } }),
-                                     { "10.20.0.5" })
+      local ok, why, devices = netstate.guard(state(r, { { family = "inet", address = "10.20.0.5", prefix = 16 } }),
+                                              { "10.20.0.5" })
       assert.is_false(ok)
       assert.equal("the default route (via 10.20.0.1) goes through ens1 (pci/0000:03:00.0), a device of the stack; "
                    .. "address 10.20.0.5 is on ens1 (pci/0000:03:00.0), a device of the stack", why)
+      assert.same({ "pci/0000:03:00.0" }, devices, "each device named once")
+    end)
+
+    it("tells addresses from what is not one", function()
+      for _, a in ipairs { "10.0.0.1", "255.255.255.255", "fd00::1", "::1", "fe80:0:0:0:1:2:3:4" } do
+        assert.is_true(netstate.is_address(a), a)
+      end
+      for _, a in ipairs { "10.0.0.256", "300.1.1.1", "10.0.0", "api.example", "fd00::g", "fd00::12345", "fd00::-1",
+                           "1:2:3", "", 7 } do
+        assert.is_false(netstate.is_address(a), tostring(a))
+      end
     end)
 
     it("prefers the lower metric between routes of one prefix", function()
@@ -47,6 +60,42 @@ describe("drv.netstate", function()
       local ok, err = pcall(netstate.guard, state(routes), { "api.example" })
       assert.is_false(ok)
       assert.matches("netstate.guard: 'api.example' is not an IPv4 or IPv6 address", err, nil, true)
+    end)
+  end)
+
+  describe("merge and describe", function()
+    local function device(dev, name, extra)
+      local d = { bus = "pci", device = dev, name = name, driver = "mlx5_core", admin = "down", mtu = 1500,
+                  addresses = {}, routes = {}, vfs = {} }
+      for k, v in pairs(extra or {}) do d[k] = v end
+      return d
+    end
+
+    it("takes what an earlier save holds in place of the devices now, and adds the ones that are gone", function()
+      local now = { version = netstate.VERSION, routes = { "now" },
+                    devices = { device("0000:03:00.0", "eth3"), device("0000:04:00.0", "eth4") } }
+      local before = { version = netstate.VERSION, routes = { "before" },
+                       devices = { device("0000:05:00.0", "eth5", { mtu = 9000 }),
+                                   device("0000:03:00.0", "eth3", { admin = "up", mtu = 9000 }) } }
+      local merged = netstate.merge(now, before)
+      assert.same({ "now" }, merged.routes, "the routes are the ones now (for the guard)")
+      assert.same({ "pci/0000:03:00.0", "pci/0000:04:00.0", "pci/0000:05:00.0" },
+                  { netstate.device_key(merged.devices[1]), netstate.device_key(merged.devices[2]),
+                    netstate.device_key(merged.devices[3]) })
+      assert.same({ "up", 9000 }, { merged.devices[1].admin, merged.devices[1].mtu })
+      assert.equal(now.devices[2], merged.devices[2])
+      assert.equal(9000, merged.devices[3].mtu)
+    end)
+
+    it("says what a device has configured in one line", function()
+      local pf = device("0000:03:00.0", "eth3", { admin = "up", mtu = 9000, eswitch = "switchdev", numvfs = 2,
+        addresses = { { family = "inet", address = "10.0.0.1", prefix = 24 } },
+        routes = { { dst = "10.1.0.0/16" }, { dst = "default" } },
+        vfs = { { vf = 0, mac = "02:00:00:00:00:01" }, { vf = 1, mac = "00:00:00:00:00:00" } } })
+      assert.equal("eth3 (pci/0000:03:00.0, mlx5_core): up, mtu 9000, 10.0.0.1/24, 2 routes, eswitch switchdev, "
+                   .. "2 VFs (macs 02:00:00:00:00:01)", netstate.describe(pf))
+      assert.equal("eth4 (pci/0000:03:00.1, mlx5_core): down, mtu 1500, VF of 0000:03:00.0",
+                   netstate.describe(device("0000:03:00.1", "eth4", { physfn = "0000:03:00.0" })))
     end)
   end)
 

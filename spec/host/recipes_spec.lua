@@ -24,6 +24,24 @@ describe("recipes", function()
     assert.same({}, fs.dir(r.dir), "no ready file, no journal, no cache, no lock")
   end)
 
+  it("ubuntu-ofed refuses without the host's udev directories, naming them and the option", function()
+    local sha = "OFED_SHA256=" .. ("a"):rep(64)
+    local r = run("recipes/ubuntu-ofed.lua", { sha, "BLACKLIST_FILE=", "UDEV_RULES_DIR=/nonexistent/rules.d" })
+    assert.equal(1, r.status, r.stderr)
+    assert.matches("udev rules directory /nonexistent/rules.d does not exist: mount the host's /lib/udev/rules.d "
+                   .. "there, or set UDEV_RULES_DIR= (empty) to install no udev rules", r.stderr, nil, true)
+    assert.same({}, fs.dir(r.dir), "nothing changed")
+    local rules = fs.tmpdir("rules")
+    r = run("recipes/ubuntu-ofed.lua", { sha, "BLACKLIST_FILE=", "UDEV_RULES_DIR=" .. rules,
+                                         "UDEV_HELPER_DIR=/nonexistent/etc/infiniband" })
+    assert.equal(1, r.status, r.stderr)
+    assert.matches("the udev rules run their helper from UDEV_HELPER_DIR, but the directory above "
+                   .. "/nonexistent/etc/infiniband does not exist: mount the host's /etc/infiniband (or /etc) there",
+                   r.stderr, nil, true)
+    assert.same({}, fs.dir(rules), "no rule installed")
+    fs.remove(rules, { recursive = true })
+  end)
+
   it("peermem refuses to download its source without a sha256, before waiting for anything", function()
     local r = run("recipes/peermem.lua", { "D_NV_PEER_MEM_BRANCH=1.0-9" })
     assert.equal(1, r.status, r.stderr)

@@ -12,6 +12,10 @@ M.EXPOSE = "/run/mellanox/drivers"
 M.READY = { "/.driver-ready", M.EXPOSE .. "/.driver-ready" }
 M.BLACKLIST = "/run/modprobe.d/drvrun-ubuntu-ofed.conf"
 M.JOURNAL = "/run/drvrun/ubuntu-ofed.journal"
+M.NETWORK = "/run/drvrun/ubuntu-ofed.network" -- the saved network configuration, during a reload
+-- OFED's net naming udev files, in the guest's own udev directories while a run is up
+M.UDEV_RULES_DIR, M.UDEV_HELPER_DIR = "/lib/udev/rules.d", "/etc/infiniband"
+M.UDEV_FILES = { M.UDEV_RULES_DIR .. "/82-net-setup-link.rules", M.UDEV_HELPER_DIR .. "/vf-net-link-name.sh" }
 M.STACK = { "mlx_compat", "ib_core", "ib_uverbs", "ib_umad", "ib_cm", "iw_cm", "rdma_cm", "rdma_ucm", "ib_ipoib",
             "mlxdevm", "mlx5_core", "mlx5_ib" }
 
@@ -72,7 +76,7 @@ function M.start(env, args, after_crash, vars)
   for _, f in ipairs(after_crash and {} or M.READY) do assert(not fs.exists(f), "stale ready file " .. f) end
   local argv = { "OFED_URL=" .. env.server:url(env.bundle), "OFED_SHA256=" .. env.sha,
                  "BLACKLIST_FILE=" .. M.BLACKLIST, "CACHE_DIR=" .. (env.cache or M.fresh_cache()),
-                 "LOCK_TIMEOUT=30" }
+                 "LOCK_TIMEOUT=30", "UDEV_RULES_DIR=" .. M.UDEV_RULES_DIR, "UDEV_HELPER_DIR=" .. M.UDEV_HELPER_DIR }
   for _, a in ipairs(args or {}) do argv[#argv + 1] = a end
   return M.start_recipe("recipes/ubuntu-ofed.lua", argv, vars)
 end
@@ -116,6 +120,8 @@ function M.assert_host_as_it_was(before)
   end
   for _, f in ipairs(M.READY) do assert(not fs.exists(f), f .. " must not exist") end
   assert(not fs.exists(M.BLACKLIST), "no blacklist may be left behind")
+  for _, f in ipairs(M.UDEV_FILES) do assert(not fs.exists(f), "no udev file may be left behind: " .. f) end
+  assert(not fs.exists(M.NETWORK), "no saved network configuration may be left behind")
   assert(not fs.exists(M.EXPOSE .. "/etc"), "nothing may be mounted at " .. M.EXPOSE)
 end
 

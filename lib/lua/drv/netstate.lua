@@ -19,6 +19,7 @@ local net = require "drv.net"
 local sys = require "drv.sys"
 
 local SYSBUS = "/sys/bus"
+local ZERO_MAC = "00:00:00:00:00:00"
 M.VERSION = 1
 
 local function set_of(list)
@@ -56,8 +57,9 @@ local function kept_address(a)
 end
 
 local function saved_device(sock, link, addresses, routes)
-  local d = { bus = link.bus, device = link.device, name = link.name, admin = link.admin, mtu = link.mtu,
-              mac = link.mac, numvfs = link.numvfs, physfn = physfn_of(link.bus, link.device),
+  local d = { bus = link.bus, device = link.device, name = link.name, driver = link.driver or link.module,
+              admin = link.admin, mtu = link.mtu, mac = link.mac, numvfs = link.numvfs,
+              physfn = physfn_of(link.bus, link.device),
               addresses = {}, routes = {}, vfs = {} }
   d.eswitch = not d.physfn and sock:eswitch(link.bus, link.device) or nil
   for _, vf in ipairs(link.vfs or {}) do d.vfs[#d.vfs + 1] = vf end
@@ -83,7 +85,7 @@ end
 -- @param sock a `drv.net.open()` socket
 -- @tparam table modules the stack's module names (a list or a set): a link is the stack's when its
 --   driver (ETHTOOL_GDRVINFO) or its bus device's driver module is one of them
--- @treturn table `{ version, devices = { { bus, device, name, admin, mtu, mac, numvfs, physfn,
+-- @treturn table `{ version, devices = { { bus, device, name, driver, admin, mtu, mac, numvfs, physfn,
 --   eswitch, addresses, routes, vfs }... }, routes = the main table (for guard) }`; raises when
 --   the kernel cannot be read
 function M.save(sock, modules)
@@ -117,6 +119,48 @@ function M.read(path)
     return nil, ("%s: not a saved network state (%s)"):format(path, derr or "version " .. tostring(state and state.version))
   end
   return state
+end
+
+--- A saved device's bus address as the state files key it: "pci/0000:03:00.0".
+function M.device_key(d)
+  return key(d.bus, d.device)
+end
+
+--- `state` with the devices saved in `over` in place of its own of the same bus address, and
+-- those of `over` it lacks (e.g. what a run killed mid-reload saved of devices that are gone now).
+function M.merge(state, over)
+  local theirs = {}
+  for _, d in ipairs(over.devices) do theirs[key(d.bus, d.device)] = d end
+  local merged = { version = M.VERSION, routes = state.routes, devices = {} }
+  for _, d in ipairs(state.devices) do
+    local k = key(d.bus, d.device)
+    merged.devices[#merged.devices + 1] = theirs[k] or d
+    theirs[k] = nil
+  end
+  for _, d in ipairs(over.devices) do
+    if theirs[key(d.bus, d.device)] then merged.devices[#merged.devices + 1] = d end
+  end
+  table.sort(merged.devices, function(a, b) return key(a.bus, a.device) < key(b.bus, b.device) end)
+  return merged
+end
+
+local function plural(n, what) return ("%d %s%s"):format(n, what, n == 1 and "" or "s") end
+
+--- One line saying what a saved device has configured, for logs and the plan:
+-- "eth0 (pci/0000:03:00.0, mlx5_core): up, mtu 9000, 10.0.0.1/24, 1 route, eswitch switchdev, 2 VFs".
+function M.describe(d)
+  local parts = { d.admin or "?", "mtu " .. tostring(d.mtu) }
+  for _, a in ipairs(d.addresses) do parts[#parts + 1] = ("%s/%d"):format(a.address, a.prefix) end
+  if #d.routes > 0 then parts[#parts + 1] = plural(#d.routes, "route") end
+  if d.eswitch then parts[#parts + 1] = "eswitch " .. d.eswitch end
+  if (d.numvfs or 0) > 0 then
+    local macs = {}
+    for _, vf in ipairs(d.vfs) do if vf.mac and vf.mac ~= ZERO_MAC then macs[#macs + 1] = vf.mac end end
+    parts[#parts + 1] = plural(d.numvfs, "VF") .. (#macs > 0 and " (macs " .. table.concat(macs, " ") .. ")" or "")
+  end
+  if d.physfn then parts[#parts + 1] = "VF of " .. d.physfn end
+  return ("%s (%s%s): %s"):format(d.name, key(d.bus, d.device), d.driver and ", " .. d.driver or "",
+                                  table.concat(parts, ", "))
 end
 
 -- The links of the stack's devices now: `{ ["bus/device"] = link }`.
@@ -185,8 +229,31 @@ local function same_vf(a, b)
   return true
 end
 
--- The PF's eswitch mode, VF count and VF config; true when it changed the VFs.
-local function restore_sriov(sock, report, d, link)
+-- The PCI vendor id of a device ("0x15b3"), nil on a bus without one.
+local function vendor_of(bus, device)
+  return (fs.read(("%s/%s/devices/%s/vendor"):format(SYSBUS, bus, device)) or ""):match("^%s*(%S+)")
+end
+
+-- Each VF of the PF with no admin MAC is given its own current MAC as one
+-- (the seed's step for a Mellanox NIC: the rebind that follows then generates
+-- the VF's RDMA GUID from it). True when it gave one.
+local function pin_vf_macs(sock, report, d, link)
+  local pf = must("link " .. link.name, sock:link(link.name))
+  local now, virtfns, pinned = links_by_device(sock), virtfns_of(d.bus, d.device), false
+  for _, vf in ipairs(pf.vfs or {}) do
+    local vf_link = virtfns[vf.vf] and now[key(d.bus, virtfns[vf.vf])]
+    if vf.mac == ZERO_MAC and vf_link and vf_link.mac and vf_link.mac ~= ZERO_MAC then
+      local what = ("%s: VF %d mac %s (its own, so that its RDMA GUID is generated from it)"):format(
+        label(d, link), vf.vf, vf_link.mac)
+      pinned = step(report, what, sock:set_vf(link.name, vf.vf, { mac = vf_link.mac })) or pinned
+    end
+  end
+  return pinned
+end
+
+-- The PF's eswitch mode, VF count and VF config (and, for a PF of a vendor in
+-- `pin`, the VFs' MACs pinned); true when it changed the VFs.
+local function restore_sriov(sock, report, d, link, pin)
   local name, changed = label(d, link), false
   if d.eswitch and sock:eswitch(d.bus, d.device) ~= d.eswitch then
     step(report, ("%s: eswitch mode %s"):format(name, d.eswitch), sock:set_eswitch(d.bus, d.device, d.eswitch))
@@ -203,13 +270,14 @@ local function restore_sriov(sock, report, d, link)
   for _, vf in ipairs(link.vfs or {}) do current[vf.vf] = vf end
   for _, vf in ipairs(d.vfs) do
     if not same_vf(vf, current[vf.vf]) then
-      local mac = vf.mac ~= "00:00:00:00:00:00" and vf.mac or nil
+      local mac = vf.mac ~= ZERO_MAC and vf.mac or nil
       local what = ("%s: VF %d%s%s%s"):format(name, vf.vf, mac and " mac " .. mac or "",
         vf.vlan and vf.vlan > 0 and " vlan " .. vf.vlan or "", vf.link_state and " link-state " .. vf.link_state or "")
       changed = step(report, what, sock:set_vf(link.name, vf.vf, { mac = mac, vlan = vf.vlan, qos = vf.qos,
         spoofchk = vf.spoofchk, trust = vf.trust, link_state = vf.link_state })) or changed
     end
   end
+  if pin[vendor_of(d.bus, d.device) or ""] then changed = pin_vf_macs(sock, report, d, link) or changed end
   return changed
 end
 
@@ -249,21 +317,22 @@ local function restore_routes(sock, report, d, link)
 end
 
 --- Put back what the reload reset: per PF its eswitch mode, then sriov_numvfs, then each VF's
--- config, then (when any of that changed, and opts.rebind is not false) each VF rebound; then per
--- device (the VFs' once their links are back) its MTU, addresses and admin state; routes last (a
--- gateway may be on another device). What is already as saved is left as it is.
--- @tparam table opts `{ rebind = true, timeout = 60 (for the VFs' links) }`
+-- config, then (for a PF whose PCI vendor is in opts.pin_vf_macs) each VF without an admin MAC
+-- given its current MAC as one, then (when any of that changed, and opts.rebind is not false) each
+-- VF rebound; then per device (the VFs' once their links are back) its MTU, addresses and admin
+-- state; routes last (a gateway may be on another device). What is already as saved is left as it is.
+-- @tparam table opts `{ rebind = true, timeout = 60 (for the VFs' links), pin_vf_macs = { "0x15b3" } }`
 -- @treturn table `{ restored = { "eth0 (pci/0000:03:00.0): mtu 9000"... },
 --   failed = { "eth0 (pci/...): address 10.0.0.1/24: <reason>"... } }`
 function M.restore(sock, state, opts)
   opts = opts or {}
-  local report = { restored = {}, failed = {} }
+  local report, pin = { restored = {}, failed = {} }, set_of(opts.pin_vf_macs or {})
   local now = links_by_device(sock)
   for _, d in ipairs(pfs_of(state)) do
     local link = now[key(d.bus, d.device)]
     if not link then
       step(report, label(d), nil, "the device did not come back")
-    elseif restore_sriov(sock, report, d, link) and opts.rebind ~= false then
+    elseif restore_sriov(sock, report, d, link, pin) and opts.rebind ~= false then
       rebind_vfs(report, d)
     end
   end
@@ -288,19 +357,23 @@ end
 -- An IPv4 or IPv6 address as a string of bytes (nil if it is neither).
 local function bytes_of(text)
   local a, b, c, d = text:match("^(%d+)%.(%d+)%.(%d+)%.(%d+)$")
-  if a then return string.char(tonumber(a), tonumber(b), tonumber(c), tonumber(d)) end
+  if a then
+    local octets = { tonumber(a), tonumber(b), tonumber(c), tonumber(d) }
+    for _, o in ipairs(octets) do if o > 255 then return nil end end
+    return string.char(table.unpack(octets))
+  end
   if not text:find(":", 1, true) then return nil end
   local head, tail = text:match("^(.-)::(.*)$")
   local groups = {}
   for g in (head or text):gmatch("[^:]+") do groups[#groups + 1] = g end
   local after = {}
   for g in (tail or ""):gmatch("[^:]+") do after[#after + 1] = g end
-  for _ = 1, 8 - #groups - #after do groups[#groups + 1] = "0" end
+  for _ = 1, head and 8 - #groups - #after or 0 do groups[#groups + 1] = "0" end -- "::" stands for the zeros
   for _, g in ipairs(after) do groups[#groups + 1] = g end
   if #groups ~= 8 then return nil end
   local out = {}
   for _, g in ipairs(groups) do
-    local n = tonumber(g, 16)
+    local n = #g <= 4 and g:match("^%x+$") and tonumber(g, 16)
     if not n then return nil end
     out[#out + 1] = string.char(n >> 8, n & 255)
   end
@@ -327,12 +400,17 @@ local function route_to(routes, addr)
       local a, p = r.dst:match("^(.-)/(%d+)$")
       prefix_bytes, len = bytes_of(a or ""), tonumber(p)
     end
-    if net and in_prefix(addr, prefix_bytes, len) and (not best or len > best_len
+    if prefix_bytes and in_prefix(addr, prefix_bytes, len) and (not best or len > best_len
         or (len == best_len and (r.metric or 0) < (best.metric or 0))) then
       best, best_len = r, len
     end
   end
   return best
+end
+
+--- Is `text` an IPv4 or IPv6 address (as guard takes them)?
+function M.is_address(text)
+  return type(text) == "string" and bytes_of(text) ~= nil
 end
 
 --- Would the reload cut the node off? True when neither the default route nor a route to one of
@@ -342,16 +420,19 @@ end
 -- @tparam[opt] table addresses `{ "10.0.0.1", "fd00::1" }`
 -- @treturn[1] true
 -- @treturn[2] false, "the default route (via 10.0.0.254) goes through eth0 (pci/0000:03:00.0), a device
---   of the stack; address 10.0.5.1 is reached through ..."
+--   of the stack; address 10.0.5.1 is reached through ...", and the devices named: `{ "pci/0000:03:00.0" }`
 function M.guard(state, addresses)
-  local by_name = {}
+  local by_name, reasons, through = {}, {}, {}
   for _, d in ipairs(state.devices) do by_name[d.name] = d end
-  local reasons = {}
+  local function reason(d, fmt, ...)
+    reasons[#reasons + 1] = fmt:format(...)
+    through[key(d.bus, d.device)] = true
+  end
   for _, r in ipairs(state.routes) do
     local d = r.dst == "default" and by_name[r.dev]
     if d then
-      reasons[#reasons + 1] = ("the default route%s goes through %s, a device of the stack"):format(
-        r.gateway and " (via " .. r.gateway .. ")" or "", label(d))
+      reason(d, "the default route%s goes through %s, a device of the stack",
+             r.gateway and " (via " .. r.gateway .. ")" or "", label(d))
     end
   end
   for _, text in ipairs(addresses or {}) do
@@ -362,13 +443,18 @@ function M.guard(state, addresses)
     end
     local r = route_to(state.routes, addr)
     if own then
-      reasons[#reasons + 1] = ("address %s is on %s, a device of the stack"):format(text, label(own))
+      reason(own, "address %s is on %s, a device of the stack", text, label(own))
     elseif r and by_name[r.dev] then
-      reasons[#reasons + 1] = ("address %s is reached through %s, a device of the stack (route %s)"):format(
-        text, label(by_name[r.dev]), r.dst)
+      reason(by_name[r.dev], "address %s is reached through %s, a device of the stack (route %s)", text,
+             label(by_name[r.dev]), r.dst)
     end
   end
-  if #reasons > 0 then return false, table.concat(reasons, "; ") end
+  if #reasons > 0 then
+    local devices = {}
+    for k in pairs(through) do devices[#devices + 1] = k end
+    table.sort(devices)
+    return false, table.concat(reasons, "; "), devices
+  end
   return true
 end
 

@@ -8,6 +8,7 @@
 local M = {}
 
 local stack = require "drv.stack"
+local netcfg = require "drv.netcfg"
 local graph = require "drv.graph"
 local compile = require "drv.compile"
 local cache = require "drv.cache"
@@ -85,6 +86,7 @@ end
 function M.prepare(r)
   check_blacklist_dir(r)
   if r.recipe.prepare then r.recipe.prepare(r) end
+  netcfg.prepare(r)
   check_blockers(r)
 end
 
@@ -201,6 +203,7 @@ function M.load(r)
   if r.stack_loaded then
     log.info("load: the built stack is already loaded (srcversions match); no reload")
     r.reloaded = false
+    netcfg.restore_leftover(netcfg.spec(r))
     return
   end
   local ctx, want = r:kmod(), r:built_srcversions()
@@ -214,10 +217,12 @@ function M.load(r)
   local paths = {}
   for _, m in ipairs(r.built) do paths[stack.module_name(m.name)] = m.installed or m.path end
   local bl = write_blacklist(r, r.recipe.blacklist and r.recipe.blacklist(r) or {}, r.blacklist_file)
+  local net = netcfg.spec(r) -- the network devices' configuration, kept across this reload and stop's
   r.journal:record({ kind = "modules", names = graph.flatten(plan.load), previous = r.previous,
-                     restore = r.restore_on_stop })
-  local ok, down_or_err = stack.swap(plan, paths, r.recipe.module_options and r.recipe.module_options(r),
-                                     r.previous)
+                     restore = r.restore_on_stop, net = net })
+  local ok, down_or_err = netcfg.around(net, function()
+    return stack.swap(plan, paths, r.recipe.module_options and r.recipe.module_options(r), r.previous)
+  end)
   remove_blacklist(r, bl)
   if not ok then r:fail("reload: %s", down_or_err) end
   log.info("load: the stack was down for %.3f s", down_or_err)
@@ -264,6 +269,7 @@ function M.ready(r)
     r:must("ready " .. path, fs.write(path, content))
   end
   log.info("ready: %s (%.3f s after start)", table.concat(r.ready_files, ", "), sys.monotonic() - r.started)
+  netcfg.post_ready(r)
 end
 
 return M

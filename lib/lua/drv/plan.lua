@@ -4,6 +4,7 @@ local M = {}
 
 local options = require "drv.options"
 local stack = require "drv.stack"
+local netcfg = require "drv.netcfg"
 local graph = require "drv.graph"
 local kmod = require "drv.kmod"
 local cache = require "drv.cache"
@@ -76,6 +77,7 @@ function M.plan(r, specs, out)
     say("load: %s (after the build, in the order of their dependencies)", table.concat(names, " "))
   end
   for _, b in ipairs(p.blockers) do say("blocked: %s", b) end
+  netcfg.plan(r, say)
   if recipe.expose then say("mount: rbind / %s", r:expand(recipe.expose)) end
   say("ready: %s", table.concat(opt.READY_FILES, " "))
   return 0

@@ -5,6 +5,7 @@ local M = {}
 
 local journal = require "drv.journal"
 local stack = require "drv.stack"
+local netcfg = require "drv.netcfg"
 local kmod = require "drv.kmod"
 local mount = require "drv.mount"
 local fs = require "drv.fs"
@@ -29,7 +30,7 @@ journal.define("modules", function(e, o)
   if o.lost then log.warn("stop: the modules changed behind this run's back: leaving them as they are"); return true end
   if o.hurry then log.warn("stop: second signal: not restoring the inbox modules"); return true end
   log.info("stop: unloading %s (holders first)", table.concat(e.names, " "))
-  return stack.restore(e.names, e.previous)
+  return netcfg.around(e.net, function() return stack.restore(e.names, e.previous) end, o.deadline)
 end)
 
 --- Stop: ready files first, then undo the journal; a second signal hurries it.
@@ -43,7 +44,7 @@ function M.stop(r)
   end
   -- A second signal, or the deadline, hurries the rest: handlers skip slow work.
   local deadline = t0 + r.opt.STOP_TIMEOUT
-  local o = { hurry = false, lost = r.lost }
+  local o = { hurry = false, lost = r.lost, deadline = deadline }
   o.skip = function()
     if not o.hurry and (r.signals:poll() or sys.monotonic() > deadline) then
       log.warn("stop: second signal or deadline: skipping the slow parts")
