@@ -1,4 +1,4 @@
--- guest-timeout: 180 (seconds COMMAND may run in this file's guest boot, read by tools/check-guest; ~10 s here)
+-- guest-timeout: 180 (s, this file's guest boot: tools/check-guest; ~10 s here)
 -- drv.kmod against the real kernel of the guest, and loading what drv.compile built on the host.
 local kmod = require "drv.kmod"
 local compile = require "drv.compile"

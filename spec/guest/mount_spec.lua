@@ -1,4 +1,4 @@
--- guest-timeout: 60 (seconds COMMAND may run in this file's guest boot, read by tools/check-guest; ~2 s here)
+-- guest-timeout: 60 (s, this file's guest boot: tools/check-guest; ~2 s here)
 -- drv.mount on the guest's real kernel: what a driver container does to expose
 -- its root, seen from another mount namespace.
 local fs = require "drv.fs"

@@ -1,4 +1,4 @@
--- guest-timeout: 900 (seconds COMMAND may run in this file's guest boot, read by tools/check-guest; ~95 s here idle, ~200 s under load)
+-- guest-timeout: 900 (s, this file's guest boot: tools/check-guest; ~95 s here idle, ~200 s under load)
 -- recipes/ubuntu-ofed.lua end to end on the guest's real kernel: the simulated
 -- OFED bundle over HTTP on 127.0.0.1 replaces the inbox RDMA stack in use.
 local fs = require "drv.fs"

@@ -1,4 +1,4 @@
--- guest-timeout: 1200 (seconds COMMAND may run in this file's guest boot, read by tools/check-guest; ~90 s here idle, ~290 s under load)
+-- guest-timeout: 1200 (s, this file's guest boot: tools/check-guest; ~90 s here idle, ~290 s under load)
 -- recipes/peermem.lua on the guest's real kernel, next to a running OFED recipe
 -- (each in its own mount namespace) and a simulated NVIDIA driver container
 -- (its root at /run/nvidia/driver, its nvidia module loaded from there).
