@@ -1,4 +1,4 @@
--- guest-timeout: 180 (COMMAND limit of this file's guest boot; the boot took 14-21 s here at load 6-10)
+-- guest-timeout: 180 (COMMAND limit of this file's guest boot; the boot took 14-27 s here at load 6-10)
 -- drv.kmod against the real kernel of the guest, and loading what drv.compile built on the host.
 local kmod = require "drv.kmod"
 local compile = require "drv.compile"
@@ -63,7 +63,7 @@ describe("drv.kmod in a real kernel", function()
     assert(ctx:insert("rdma_ucm"))
     local holder = assert(require("drv.proc").spawn({ "sh", "-c", "exec sleep 60 < /dev/infiniband/rdma_cm" }))
     finally(function() holder:kill("KILL") holder:wait() end)
-    guest.wait_for_device_user("/dev/infiniband")
+    guest.wait_for_device_user("/dev/infiniband", 10, "sleep")
     local ok, err, errno = ctx:remove("rdma_ucm")
     assert.is_nil(ok)
     assert.matches("^rdma_ucm: in use %(refcount 1%)", err)
