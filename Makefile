@@ -118,27 +118,39 @@ check-host: $(DRVRUN) $(NODE_TOOLS)
 	DRVRUN=$(abspath $(DRVRUN)) DRVRUN_RESULTS=$(RESULTS)/check-host \
 	  $(BUSTED) spec/host
 
-# The guest reuses a build cache filled here (compiling under TCG is ~15x slower).
-CACHE = build/cache
-$(CACHE)/.stamp: $(DRVRUN) build/fixtures/SHA256SUMS recipes/ubuntu-ofed.lua $(wildcard lib/lua/drv/*.lua)
-	tools/fill-cache $(DRVRUN) $(abspath $(CACHE))
-	touch $@
-
-# The real MLNX_OFED bundle (../shared/vendor: the vendor's source, in its
-# layout), built here once, build-only: ~10 minutes on 2 CPUs, then a cache hit.
+# The guest reuses build caches filled here (compiling under TCG is ~15x
+# slower): the simulated OFED bundle and the peer-memory fixture client built
+# against it (build/cache), and the real MLNX_OFED bundle (../shared/vendor:
+# the vendor's source, in its layout) with the real nv_peer_memory built
+# against it (build/cache-real: ~10 minutes on 2 CPUs the first time, then a
+# cache hit). ROOT_SIM/ROOT_REAL are the OFED installs the clients build against.
+CACHE       = build/cache
+ROOT_SIM    = build/root-sim
 VENDOR      = ../shared/vendor
 OFED_BUNDLE = $(VENDOR)/MLNX_OFED_SRC-debian-25.10-1.7.1.1.tgz
 OFED_SHA256 = 3e42df1e2081b7ccb602c5c15fb757687b2480d9a140141b9741f245348d79c0
+PEERMEM_SRC = $(VENDOR)/nv_peer_memory-1.3-0.tar.gz
 REAL_CACHE  = build/cache-real
-$(REAL_CACHE)/.stamp: $(DRVRUN) $(OFED_BUNDLE) recipes/ubuntu-ofed.lua $(wildcard lib/lua/drv/*.lua)
-	tools/fill-cache $(DRVRUN) $(abspath $(REAL_CACHE)) $(OFED_BUNDLE) $(OFED_SHA256)
+ROOT_REAL   = build/root-real
+LIBRARY     = $(wildcard lib/lua/drv/*.lua)
+$(CACHE)/.stamp: $(DRVRUN) build/fixtures/SHA256SUMS recipes/ubuntu-ofed.lua recipes/peermem.lua $(LIBRARY)
+	tools/fill-cache ofed $(DRVRUN) $(abspath $(CACHE)) $(abspath $(ROOT_SIM))
+	tools/fill-cache peermem $(DRVRUN) $(abspath $(CACHE)) $(ROOT_SIM) $$(ls build/fixtures/nv_peer_memory-*.tgz)
 	touch $@
 
+$(REAL_CACHE)/.stamp: $(DRVRUN) fixtures $(OFED_BUNDLE) $(PEERMEM_SRC) recipes/ubuntu-ofed.lua recipes/peermem.lua $(LIBRARY)
+	tools/fill-cache ofed $(DRVRUN) $(abspath $(REAL_CACHE)) $(abspath $(ROOT_REAL)) $(OFED_BUNDLE) $(OFED_SHA256)
+	tools/fill-cache peermem $(DRVRUN) $(abspath $(REAL_CACHE)) $(ROOT_REAL) $(PEERMEM_SRC)
+	touch $@
+
+# One guest boot per spec file, each with the COMMAND timeout its header
+# declares ("-- guest-timeout: SECS"); a boot cut off does not stop the others.
+# Console logs: $(BUILD)/vm/guest-NAME.log. GUEST_SPECS=... runs some of them.
+GUEST_SPECS ?= $(wildcard spec/guest/*_spec.lua)
+
 check-guest: $(DRVRUN) fixtures $(CACHE)/.stamp $(REAL_CACHE)/.stamp
-	@mkdir -p $(BUILD)/vm
-	spec/vm/run -q --log $(BUILD)/vm/guest.log --out $(abspath $(RESULTS)) -- \
-	  env DRVRUN=$(abspath $(DRVRUN)) \
-	  DRVRUN_RESULTS=$(abspath $(RESULTS))/check-guest $(BUSTED) spec/guest
+	@tools/check-guest $(abspath $(RESULTS)) $(BUILD)/vm "$(GUEST_SPECS)" \
+	  env DRVRUN=$(abspath $(DRVRUN)) $(BUSTED)
 
 fixtures:
 	@$(MAKE) --no-print-directory -C spec/fixtures

@@ -16,11 +16,12 @@ local log = require "drv.log"
 local compile = require "drv.compile"
 local symvers = require "drv.symvers"
 local peermem = require "drv.peermem"
+local fs = require "drv.fs"
 
 local function is_url(s) return s:match("^%a[%w+.-]*://") ~= nil end
 
 local function find_ofed(r)
-  return peermem.find_ofed(r.opt.OFED_ROOT, r.kver, r.opt.D_ARCH, r:kmod())
+  return peermem.find_ofed(r.opt.OFED_ROOT, r.kver, r.opt.D_ARCH, not r.opt.BUILD_ONLY and r:kmod(), r.opt.BUILD_ONLY)
 end
 
 -- What the loaded ib_core and nvidia export, from their files.
@@ -71,10 +72,12 @@ return {
   await = function(r)
     r.ofed = r:wait_for("OFED driver in " .. r.opt.OFED_ROOT, function() return find_ofed(r) end)
     r.nvidia = r:wait_for("NVIDIA driver in " .. table.concat(r.opt.NVIDIA_ROOT, " or "), function()
-      return peermem.find_nvidia(r.opt.NVIDIA_ROOT, r.kver, r:kmod())
+      return peermem.find_nvidia(r.opt.NVIDIA_ROOT, r.kver, not r.opt.BUILD_ONLY and r:kmod(), r.opt.BUILD_ONLY)
     end)
     log.info("await: OFED headers %s, NVIDIA %s (%s)", r.ofed.ofa_kernel, r.nvidia.version, r.nvidia.ko)
-    r:build_input(r.ofed.symvers)
+    -- what the build depends on, by content: OFED's ABI and headers, the nvidia module
+    r:build_input(r.ofed.symvers, r:must("read " .. r.ofed.symvers, symvers.abi(r.ofed.symvers)))
+    r:build_input(r.ofed.ofa_kernel .. "/include")
     r:build_input(r.nvidia.ko)
     if r.opt.PEERMEM_MODULE == "nvidia_peermem" then
       local dirs = peermem.module_dirs(r.nvidia.root, r.kver)
@@ -98,14 +101,18 @@ return {
       if not m then r:fail("%s", err) end
       return { modules = { m } }
     end
+    -- As nv_peer_memory's Makefile does before its kbuild: nv-p2p.h of the NVIDIA
+    -- driver into the tree, the nvidia module's exports as a symvers file.
     local src = r:extract(r.sources.peermem, { strip = 1 })
+    r:must("copy nv-p2p.h", fs.copy(r.nvidia.include .. "/nv-p2p.h", src .. "/nv-p2p.h"))
     local nv_symvers = src .. "/nvidia.symvers"
     local symbols = r:must("read the symbols of " .. r.nvidia.ko, kmod.symbols(r.nvidia.ko))
     r:must("write " .. nv_symvers, symvers.write(nv_symvers, r.nvidia.ko, symbols))
     return r:kbuild {
       src = src,
       extra_symbols = { r.ofed.symvers, nv_symvers },
-      make_args = { "OFA_KERNEL=" .. r.ofed.ofa_kernel, "NVIDIA=" .. r.nvidia.include, "KVER=" .. r.kver },
+      -- V=1: the build log in the cache shows each compiler command, with the OFED headers it used
+      make_args = { "OFA_KERNEL=" .. r.ofed.ofa_kernel, "NVIDIA=" .. r.nvidia.include, "KVER=" .. r.kver, "V=1" },
     }
   end,
 

@@ -1,3 +1,4 @@
+-- guest-timeout: 2700 (20 cases, each a faulted run, a rerun and a stop: ~10 s each here, 3x for a slow machine, and margin)
 -- Fault injection on the real kernel: recipes/ubuntu-ofed.lua stopped by SIGTERM
 -- and by SIGKILL at each phase boundary, in the middle of the reload (the inbox
 -- stack unloaded, OFED's not loaded yet) and in the middle of stop (OFED

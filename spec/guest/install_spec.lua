@@ -1,3 +1,4 @@
+-- guest-timeout: 600 (COMMAND limit of this file's guest boot; the boot took 38-117 s here at load 6-10)
 -- The installed layout as the images ship it: `make install DESTDIR=$tmp`, then
 -- the installed entrypoint runs the installed drvrun and OFED recipe chrooted
 -- into a container root, laid out as deploy/ofed-driver.yaml lays out the pod.

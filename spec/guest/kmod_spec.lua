@@ -1,4 +1,5 @@
--- drv.kmod and drv.compile against the real kernel of the guest.
+-- guest-timeout: 180 (COMMAND limit of this file's guest boot; the boot took 14-27 s here at load 6-10)
+-- drv.kmod against the real kernel of the guest, and loading what drv.compile built on the host.
 local kmod = require "drv.kmod"
 local compile = require "drv.compile"
 local fs = require "drv.fs"
@@ -62,7 +63,7 @@ describe("drv.kmod in a real kernel", function()
     assert(ctx:insert("rdma_ucm"))
     local holder = assert(require("drv.proc").spawn({ "sh", "-c", "exec sleep 60 < /dev/infiniband/rdma_cm" }))
     finally(function() holder:kill("KILL") holder:wait() end)
-    guest.wait_for_device_user("/dev/infiniband")
+    guest.wait_for_device_user("/dev/infiniband", 10, "sleep")
     local ok, err, errno = ctx:remove("rdma_ucm")
     assert.is_nil(ok)
     assert.matches("^rdma_ucm: in use %(refcount 1%)", err)
@@ -139,33 +140,20 @@ describe("drv.kmod in a real kernel", function()
   end)
 end)
 
-describe("drv.compile in a real kernel", function()
+-- Compiling is tested on the host (spec/host/compile_spec.lua: kbuild is ~15x slower
+-- under TCG); here, loading what `make fixtures` compiled there.
+describe("a module built on the host", function()
   before_each(function() guest.unload_all() end)
   teardown(function() guest.unload_all() end)
 
-  it("builds a module and loads it", function()
-    local src = fs.tmpdir("nvbuild")
-    assert(require("drv.proc").run({ "cp", "-a", guest.built .. "/nvidia-root/usr/src/nvidia-550.54.14/nvidia/nvidia.c",
-      guest.built .. "/nvidia-root/usr/src/nvidia-550.54.14/nvidia/nv-p2p.h",
-      guest.built .. "/nvidia-root/usr/src/nvidia-550.54.14/nvidia/Kbuild", src }).status == 0)
-    local built = assert(compile.kbuild { src = src, log = src .. "/build.log" })
-    assert.equal(1, #built.modules)
-    local m = built.modules[1]
+  it("is for the running kernel and loads with the srcversion it was built with", function()
+    local path = ("%s/nvidia-root/lib/modules/%s/kernel/drivers/video/nvidia.ko"):format(guest.built, sys.uname().release)
+    local m = assert(compile.describe(path, sys.uname().release))
     assert.equal("nvidia", m.name)
-    assert.matches("^" .. sys.uname().release:gsub("%p", "%%%0") .. " ", m.vermagic)
-    assert.truthy(m.srcversion)
+    assert.matches("^%x+$", m.srcversion)
     assert.is_true(kmod.insert_many({ { name = m.name, path = m.path } }))
-    assert.equal(m.srcversion, assert(kmod.new():state("nvidia")).srcversion)
-  end)
-
-  it("fails with the end of the log when the source does not compile", function()
-    local src = fs.tmpdir("badbuild")
-    assert(fs.write(src .. "/Kbuild", "obj-m := bad.o\n"))
-    assert(fs.write(src .. "/bad.c", "this is not C;\n"))
-    local res, err, errno = compile.kbuild { src = src, jobs = 1 }
-    assert.is_nil(res)
-    assert.matches("^build badbuild[^\n]* failed %(make exited 2%); last lines of", err)
-    assert.matches("bad.c", err, nil, true)
-    assert.equal(E.EIO, errno)
+    local st = assert(kmod.new():state("nvidia"))
+    assert.equal(m.srcversion, st.srcversion)
+    assert.matches("O", st.taint)
   end)
 end)

@@ -1,3 +1,4 @@
+-- guest-timeout: 60 (COMMAND limit of this file's guest boot; the boot took 6-14 s here at load 6-10)
 -- drv.mount on the guest's real kernel: what a driver container does to expose
 -- its root, seen from another mount namespace.
 local fs = require "drv.fs"

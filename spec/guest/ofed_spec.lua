@@ -1,3 +1,4 @@
+-- guest-timeout: 1800 (COMMAND limit of this file's guest boot; the boot took 199-543 s here at load 6-10)
 -- recipes/ubuntu-ofed.lua end to end on the guest's real kernel: the simulated
 -- OFED bundle over HTTP on 127.0.0.1 replaces the inbox RDMA stack in use.
 local fs = require "drv.fs"

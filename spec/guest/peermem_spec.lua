@@ -1,3 +1,4 @@
+-- guest-timeout: 1200 (COMMAND limit of this file's guest boot; the boot took 234-349 s here at load 6-10)
 -- recipes/peermem.lua on the guest's real kernel, next to a running OFED recipe
 -- (each in its own mount namespace) and a simulated NVIDIA driver container
 -- (its root at /run/nvidia/driver, its nvidia module loaded from there).

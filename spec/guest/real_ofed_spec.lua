@@ -1,3 +1,4 @@
+-- guest-timeout: 2400 (depmod over 4000 modules once, then five swaps of the real stack: ~6 min here, 3x, and margin)
 -- recipes/ubuntu-ofed.lua with the real MLNX_OFED 25.10 source bundle
 -- (../shared/vendor), on the guest's real kernel: the inbox RDMA stack in use is
 -- swapped for the real OFED stack and back. The bundle was built on the host

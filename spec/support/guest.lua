@@ -64,10 +64,18 @@ function M.wait_until(check, timeout, p)
 end
 
 --- Wait until a process has a device under `devdir` open (a holder just
--- spawned, under emulation, may take a while to get there).
-function M.wait_for_device_user(devdir, timeout)
-  assert(M.wait_until(function() return #stack.device_users(devdir) > 0 end, timeout or 10),
-    "no process opened a device under " .. devdir)
+-- spawned, under emulation, may take a while to get there); with `comm`, a
+-- process of that name: `sh -c "exec sleep 60 < DEV"` holds DEV as sh until
+-- it has become sleep.
+function M.wait_for_device_user(devdir, timeout, comm)
+  local function held()
+    for _, user in ipairs(stack.device_users(devdir)) do
+      if not comm or user:find(" (" .. comm .. ") ", 1, true) then return true end
+    end
+    return false
+  end
+  assert(M.wait_until(held, timeout or 10),
+    ("no process%s opened a device under %s"):format(comm and " named " .. comm or "", devdir))
 end
 
 --- Load the fixture OFED stack (`paths`: default the fixture_paths()) by

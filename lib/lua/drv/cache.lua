@@ -7,7 +7,7 @@
 -- CACHE_DIR/<recipe>/<kernel>/builds/recent  the entries, most recently used first
 --
 -- The key is readable text kept in the manifest (recipe, version, kernel, the
--- content of every source and build input, the options marked `build`); the
+-- content of every source and build input, by name, not path; the options marked `build`); the
 -- entry's directory is named by a short hash of it. Phase functions call these
 -- with the run `r`; a failure fails the phase.
 local M = {}
@@ -37,7 +37,12 @@ local function build_key(r)
   for _, key in ipairs(graph.sorted(r.sources)) do
     parts[#parts + 1] = key .. "=" .. content_digest(r, r.sources[key])
   end
-  for _, path in ipairs(r.inputs) do parts[#parts + 1] = path .. "=" .. content_digest(r, path) end
+  -- by name and content, not by where they are: a build for the same inputs seen at
+  -- another path (another container's root, an image build) is the same build
+  for _, input in ipairs(r.inputs) do
+    local value = input.value and "value " .. short_hash(input.value) or content_digest(r, input.path)
+    parts[#parts + 1] = input.path:match("[^/]*$") .. "=" .. value
+  end
   for _, k in ipairs(graph.sorted(r.recipe.options or {})) do
     if r.recipe.options[k].build then
       local v = r.opt[k]

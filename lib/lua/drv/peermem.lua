@@ -38,16 +38,18 @@ local function ready_stack(ctx, ready_file, said)
   return true
 end
 
---- OFED in `root`, ready, for kernel `kver` on `arch`.
+--- OFED in `root`, ready, for kernel `kver` on `arch`; with `build_only`, its
+-- headers and Module.symvers are enough (a build for an image: nothing is loaded).
 -- @treturn[1] table `{ root, ready, ofa_kernel (headers dir), symvers (its Module.symvers) }`
 -- @treturn[2] nil, reason
-function M.find_ofed(root, kver, arch, ctx)
-  ctx = ctx or kmod.new()
+function M.find_ofed(root, kver, arch, ctx, build_only)
   local ready = root .. "/.driver-ready"
-  local text = fs.read(ready)
-  if not text then return nil, ("no %s: the OFED driver container has not said ready"):format(ready) end
-  local ok, why = ready_stack(ctx, ready, M.ready_modules(text))
-  if not ok then return nil, why end
+  if not build_only then
+    local text = fs.read(ready)
+    if not text then return nil, ("no %s: the OFED driver container has not said ready"):format(ready) end
+    local ok, why = ready_stack(ctx or kmod.new(), ready, M.ready_modules(text))
+    if not ok then return nil, why end
+  end
   local candidates = M.ofa_kernel_candidates(root, arch, kver)
   for _, dir in ipairs(candidates) do
     if fs.exists(dir .. "/Module.symvers") then
@@ -81,20 +83,31 @@ function M.first_root(roots, what)
   return nil, ("none of %s exists: mount the %s container's root there"):format(table.concat(roots, ", "), what)
 end
 
---- NVIDIA in the first of `roots` that exists, its driver loaded, for kernel `kver`.
+-- The nvidia module's file: the loaded one's, or with `build_only` the one in the root.
+local function nvidia_ko(root, kver, ctx, build_only)
+  if build_only then
+    local ko = symvers.module_files("nvidia", M.module_dirs(root, kver))[1]
+    if not ko then return nil, ("no nvidia module in %s/lib/modules/%s"):format(root, kver) end
+    return ko
+  end
+  ctx = ctx or kmod.new()
+  if not ctx:state("nvidia") then return nil, "the nvidia module is not loaded (the NVIDIA driver container loads it)" end
+  return symvers.loaded_file(ctx, "nvidia", M.module_dirs(root, kver))
+end
+
+--- NVIDIA in the first of `roots` that exists, its driver loaded (with
+-- `build_only`, installed), for kernel `kver`.
 -- @treturn[1] table `{ root, version, src (usr/src/nvidia-VERSION), include (the dir of nv-p2p.h),
 --   ko (the loaded nvidia module's file) }`
 -- @treturn[2] nil, reason
-function M.find_nvidia(roots, kver, ctx)
-  ctx = ctx or kmod.new()
+function M.find_nvidia(roots, kver, ctx, build_only)
   local root, err = M.first_root(roots, "NVIDIA driver")
   if not root then return nil, err end
   local header = newest(fs.glob(root .. "/usr/src/nvidia-*/nvidia/nv-p2p.h") or {})
   if not header then
     return nil, ("no %s/usr/src/nvidia-*/nvidia/nv-p2p.h: the NVIDIA driver is not installed there (yet)"):format(root)
   end
-  if not ctx:state("nvidia") then return nil, "the nvidia module is not loaded (the NVIDIA driver container loads it)" end
-  local ko, kerr = symvers.loaded_file(ctx, "nvidia", M.module_dirs(root, kver))
+  local ko, kerr = nvidia_ko(root, kver, ctx, build_only)
   if not ko then return nil, kerr end
   local include = header:match("^(.*)/[^/]+$")
   local src = include:match("^(.*)/[^/]+$")

@@ -90,8 +90,21 @@ function M.prepare(r)
   check_blockers(r)
 end
 
+-- One build at a time in a recipe's cache for a kernel (a build-only run for
+-- an image and a node's run may share it): they share its build tree.
+local function lock_build_tree(r)
+  local path = cache.work_dir(r) .. ".lock"
+  r:must("build lock", fs.mkdir(path:match("^(.*)/[^/]+$")))
+  local l, err, errno = sys.lock(path, { timeout = r.opt.BUILD_TIMEOUT, remove = true,
+    owner = ("%s build for %s"):format(r.recipe.name, r.kver),
+    on_wait = function(holder) log.info("build: waiting for another build in %s to end (%s)", r.cache, holder) end })
+  if not l and errno == EINTR then r:cancel(err:match("by SIG(%u+)") or "TERM") end
+  return r:must("build lock", l, err)
+end
+
 function M.build(r)
   fetch_sources(r)
+  local _ <close> = lock_build_tree(r) -- until the build phase ends
   local entry = cache.entry(r)
   local cached, kept = cache.load(r, entry)
   if cached then

@@ -206,8 +206,10 @@ end
 
 --- Declare a file or directory the build depends on besides the sources (a
 -- Module.symvers it links against): its content is part of the build cache key.
-function Run:build_input(path)
-  self.inputs[#self.inputs + 1] = path
+-- With `value` (e.g. drv.symvers.abi(path)), that is what keys the build instead
+-- of the file's content.
+function Run:build_input(path, value)
+  self.inputs[#self.inputs + 1] = { path = path, value = value }
 end
 
 --- Expand `${OPTION}` references in s.

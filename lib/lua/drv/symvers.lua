@@ -29,6 +29,19 @@ function M.read(path)
   return syms
 end
 
+--- What a Module.symvers says of the ABI, as text to key a build with: each
+-- symbol and its CRC, sorted; not the paths of the modules that export them
+-- (a build of the same sources elsewhere exports the same ABI).
+-- @treturn[1] string
+-- @treturn[2] nil, message, errno
+function M.abi(path)
+  local syms, err, errno = M.read(path)
+  if not syms then return nil, err, errno end
+  local lines = {}
+  for _, sym in ipairs(graph.sorted(syms)) do lines[#lines + 1] = ("%08x %s"):format(syms[sym].crc, sym) end
+  return table.concat(lines, "\n")
+end
+
 --- Write a Module.symvers for `module` exporting `exports` (`{ [symbol] = crc }`,
 -- e.g. `kmod.symbols(path)`), for `KBUILD_EXTRA_SYMBOLS`.
 function M.write(path, module, exports)
