@@ -89,6 +89,15 @@ describe("ubuntu-ofed's build of a bundle in the vendor's layout (BUILD_ONLY)", 
     assert.is_nil(log:find("make -j", 1, true), "no make after a failed configure")
   end)
 
+  it("fails on a bundle that does not build, with the compiler's words, and installs nothing", function()
+    local broken = assert(fs.glob(FIXTURES .. "/sim-ofed-broken-*.tgz"))[1]
+    local r = assert(proc.run(argv(dir, broken, assert(fs.sha256(broken)))))
+    assert.equal(1, r.status, r.stderr)
+    assert.matches("build mlnx%-ofed%-kernel_5%.9%-0%.5%.6%.0 failed %(make exited 2%); last lines of [^\n]+:\n", r.stderr)
+    assert.matches("mlx5_ib%.c:%d+:%d+: error:", r.stderr)
+    assert.is_false(fs.exists(dir .. "/root/lib/modules"), "nothing installed")
+  end)
+
   it("rebuilds through ccache: after the cache lost the build, the compiles are cache hits", function()
     assert.equal(0, (build(dir)))
     local ccache = dir .. "/cache/ubuntu-ofed/ccache"
