@@ -65,8 +65,8 @@ local function check_blacklist_dir(r)
   if r.opt.BUILD_ONLY or not file or file == "" then return end
   local dir = file:match("^(.*)/[^/]+$") or "."
   if not fs.exists(dir) then
-    r:fail("blacklist directory %s does not exist: mount the host's /etc there, or set BLACKLIST_FILE= "
-           .. "(empty) to reload without a blacklist", dir)
+    r:fail("blacklist directory %s does not exist: mount the host's /run/modprobe.d there, or set "
+           .. "BLACKLIST_FILE= (empty) to reload without a blacklist", dir)
   end
 end
 
@@ -91,13 +91,9 @@ end
 -- One build at a time in a recipe's cache for a kernel (a build-only run for
 -- an image and a node's run may share it): they share its build tree.
 local function lock_build_tree(r)
-  local path = cache.work_dir(r) .. ".lock"
-  r:must("build lock", fs.mkdir(path:match("^(.*)/[^/]+$")))
-  local l, err, errno = sys.lock(path, { timeout = r.opt.BUILD_TIMEOUT, remove = true,
+  return r:take_lock("build lock", cache.work_dir(r) .. ".lock", { timeout = r.opt.BUILD_TIMEOUT, remove = true,
     owner = ("%s build for %s"):format(r.recipe.name, r.kver),
     on_wait = function(holder) log.info("build: waiting for another build in %s to end (%s)", r.cache, holder) end })
-  if not l and errno == EINTR then r:cancel(err:match("by SIG(%u+)") or "TERM") end
-  return r:must("build lock", l, err)
 end
 
 function M.build(r)
