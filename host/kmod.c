@@ -799,6 +799,8 @@ static int kmod_crc_table(lua_State *L, int exported)
 	if (!mod)
 		return 3;
 	err = exported ? kmod_module_get_symbols(mod, &list) : kmod_module_get_versions(mod, &list);
+	if (err == -ENOENT)
+		err = 0;	/* the file is there (mod was made from it): it has no such section */
 	if (err < 0) {
 		kmod_module_unref(mod);
 		kmod_unref(ctx);
@@ -837,7 +839,8 @@ static int kmod_l_versions(lua_State *L)
 }
 
 /***
- * The symbols a .ko exports, with their CRCs (0 without CONFIG_MODVERSIONS).
+ * The symbols a .ko exports, with their CRCs (0 without CONFIG_MODVERSIONS); empty for
+ * a module that exports none.
  * @function symbols
  * @tparam string path
  * @treturn[1] table `{ [symbol] = crc (integer) }`
