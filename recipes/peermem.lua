@@ -45,7 +45,7 @@ end
 
 return {
   name = "peermem",
-  version = "1.0",
+  version = "1.1",
   description = "GPUDirect RDMA peer-memory client (nv_peer_mem, or the NVIDIA driver's nvidia_peermem)",
 
   options = {

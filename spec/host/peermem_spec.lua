@@ -46,8 +46,8 @@ describe("drv.symvers", function()
     for sym, crc in pairs(exports) do assert.equal(crc, back[sym].crc, sym) end
     local text = fs.read(path)
     assert.matches("^0x%x%x%x%x%x%x%x%x\tnvidia_p2p_dma_map_pages\t", text, nil, false, "sorted by symbol")
-    assert.matches("\n0x%x%x%x%x%x%x%x%x\tnvidia_p2p_free_page_table\t" .. nvidia_ko:gsub("%p", "%%%0")
-                   .. "\tEXPORT_SYMBOL\t\n", text)
+    assert.matches("\n0x%x%x%x%x%x%x%x%x\tnvidia_p2p_free_page_table\t" .. nvidia_ko:gsub("%.ko$", ""):gsub("%p", "%%%0")
+                   .. "\tEXPORT_SYMBOL\t\n", text, nil, false, "the module column as kbuild writes it: no .ko")
   end)
 
   it("passes a module built against the CRCs its providers export", function()
