@@ -182,16 +182,23 @@ local function remove_blacklist(r, entry)
 end
 
 -- What the stack needs from the kernel (mlx5_core: psample, tls...), loaded
--- before the old stack goes, so that the new one does not fail on an unknown
--- symbol where nothing had loaded them yet.
+-- from the kernel's own tree before the old stack goes, so that the new one
+-- does not fail on an unknown symbol where nothing had loaded them yet. A
+-- dependency that is neither loaded nor the kernel's fails the phase.
 local function load_kernel_deps(r, ctx)
   local missing = {}
   for _, n in ipairs(r.kernel_deps) do
     if not ctx:state(n) then missing[#missing + 1] = n end
   end
   if #missing == 0 then return end
-  log.info("load: first the kernel's %s (the stack needs them)", table.concat(missing, " "))
-  for _, n in ipairs(missing) do r:must("load " .. n, ctx:insert(n)) end
+  local inbox = stack.inbox(ctx, missing)
+  for _, n in ipairs(missing) do
+    if not inbox.paths[n] then
+      r:fail("the stack needs %s, which is not loaded and is not a module of the kernel in %s", n, ctx:dirname())
+    end
+  end
+  log.info("load: first the kernel's %s (the stack needs them)", table.concat(graph.flatten(inbox.levels), " "))
+  r:must("load the kernel's modules", stack.load(inbox.levels, inbox.paths))
 end
 
 -- Modules outside the stack unloaded with it, each with the recipe's reason.
