@@ -32,6 +32,8 @@ int drv_optfield_boolean(lua_State *L, int idx, const char *key, int def);
 int drv_checksignal(lua_State *L, int idx);
 
 /* write(2) all of buf, retrying on EINTR; 0, or -1 with errno. */
+/* Read a small file (a sysfs attribute) into buf, trailing newline and blanks trimmed; 0 or -1 with errno. */
+int drv_read_attr(const char *path, char *buf, size_t size);
 int drv_write_all(int fd, const void *buf, size_t len);
 
 /* Check that argument arg is a table or none/nil; return its absolute index or 0. */

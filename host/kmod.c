@@ -113,24 +113,6 @@ static void kmod_normalize(char *dst, const char *src, size_t size)
 	dst[i] = '\0';
 }
 
-/* Read a small sysfs attribute, trimmed; 0 or -1 with errno. */
-static int kmod_read_attr(const char *path, char *buf, size_t size)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	ssize_t n;
-
-	if (fd < 0)
-		return -1;
-	n = read(fd, buf, size - 1);
-	close(fd);
-	if (n < 0)
-		return -1;
-	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == ' '))
-		n--;
-	buf[n] = '\0';
-	return 0;
-}
-
 static int kmod_cmpstr(const void *a, const void *b)
 {
 	return strcmp(*(char *const *)a, *(char *const *)b);
@@ -172,7 +154,7 @@ static void kmod_setattr(lua_State *L, const struct kctx *c, const char *name,
 	char path[PATH_MAX * 2], buf[256];
 
 	snprintf(path, sizeof(path), "%s/module/%s/%s", c->sysfs, name, attr);
-	if (kmod_read_attr(path, buf, sizeof(buf)) < 0)
+	if (drv_read_attr(path, buf, sizeof(buf)) < 0)
 		return;
 	if (as_int)
 		lua_pushinteger(L, strtoll(buf, NULL, 10));
@@ -506,7 +488,7 @@ static int kmod_m_state(lua_State *L)
 
 	kmod_normalize(name, arg, sizeof(name));
 	snprintf(path, sizeof(path), "%s/module/%s/initstate", c->sysfs, name);
-	if (kmod_read_attr(path, buf, sizeof(buf)) < 0) {
+	if (drv_read_attr(path, buf, sizeof(buf)) < 0) {
 		snprintf(path, sizeof(path), "%s/module/%s", c->sysfs, name);
 		if (access(path, F_OK) < 0)
 			return drv_fail(L, ENOENT, "%s: not loaded", name);
@@ -604,7 +586,7 @@ static const char *kmod_push_busy(lua_State *L, const char *sysfs, const char *n
 
 	snprintf(c.sysfs, sizeof(c.sysfs), "%s", sysfs);
 	snprintf(path, sizeof(path), "%s/module/%s/refcnt", sysfs, name);
-	if (kmod_read_attr(path, buf, sizeof(buf)) == 0)
+	if (drv_read_attr(path, buf, sizeof(buf)) == 0)
 		refcnt = strtoll(buf, NULL, 10);
 	kmod_push_holders(L, &c, name);
 	holders = lua_gettop(L);
@@ -799,6 +781,8 @@ static int kmod_crc_table(lua_State *L, int exported)
 	if (!mod)
 		return 3;
 	err = exported ? kmod_module_get_symbols(mod, &list) : kmod_module_get_versions(mod, &list);
+	if (err == -ENOENT)
+		err = 0;	/* the file is there (mod was made from it): it has no such section */
 	if (err < 0) {
 		kmod_module_unref(mod);
 		kmod_unref(ctx);
@@ -837,7 +821,8 @@ static int kmod_l_versions(lua_State *L)
 }
 
 /***
- * The symbols a .ko exports, with their CRCs (0 without CONFIG_MODVERSIONS).
+ * The symbols a .ko exports, with their CRCs (0 without CONFIG_MODVERSIONS); empty for
+ * a module that exports none.
  * @function symbols
  * @tparam string path
  * @treturn[1] table `{ [symbol] = crc (integer) }`

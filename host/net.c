@@ -322,30 +322,12 @@ static const char *net_family(int family)
 	return family == AF_INET ? "inet" : family == AF_INET6 ? "inet6" : "other";
 }
 
-/* Read a small sysfs attribute, trimmed; 0 or -1 with errno. */
-static int net_read_attr(const char *path, char *buf, size_t size)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	ssize_t n;
-
-	if (fd < 0)
-		return -1;
-	n = read(fd, buf, size - 1);
-	close(fd);
-	if (n < 0)
-		return -1;
-	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == ' '))
-		n--;
-	buf[n] = '\0';
-	return 0;
-}
-
 static void net_set_int_attr(lua_State *L, const char *dir, const char *attr, const char *field)
 {
 	char path[PATH_MAX], buf[64];
 
 	snprintf(path, sizeof(path), "%s/%s", dir, attr);
-	if (net_read_attr(path, buf, sizeof(buf)) == 0) {
+	if (drv_read_attr(path, buf, sizeof(buf)) == 0) {
 		lua_pushinteger(L, strtoll(buf, NULL, 10));
 		lua_setfield(L, -2, field);
 	}

@@ -216,10 +216,16 @@ static struct signals *sig_check(lua_State *L, int idx)
 	return luaL_checkudata(L, idx, SIGNALS_MT);
 }
 
+/* Discards the signals still pending: they were this watcher's (a second TERM
+ * during a stop must not kill the process once the mask is restored). */
 static void sig_release(struct signals *w)
 {
+	struct signalfd_siginfo si;
+
 	if (w->fd < 0)
 		return;
+	while (read(w->fd, &si, sizeof(si)) == sizeof(si))
+		;
 	close(w->fd);
 	w->fd = -1;
 	pthread_sigmask(SIG_SETMASK, &w->old, NULL);
@@ -255,7 +261,8 @@ static const char *sig_read(struct signals *w, int timeout_ms)
  * Children started by drv.proc get a clean signal mask.
  * @function signals
  * @tparam table names `{ "TERM", "INT", "HUP" }`
- * @treturn[1] watcher: `:wait([timeout])`, `:poll()`, `:fd()`, `:close()`
+ * @treturn[1] watcher: `:wait([timeout])`, `:poll()`, `:fd()`, `:close()` (discards the signals still pending,
+ *   then restores the mask)
  * @treturn[2] nil, string message, integer errno
  * @see signalfd(2)
  */

@@ -16,6 +16,7 @@ local log = require "drv.log"
 local compile = require "drv.compile"
 local symvers = require "drv.symvers"
 local peermem = require "drv.peermem"
+local graph = require "drv.graph"
 local fs = require "drv.fs"
 
 local function is_url(s) return s:match("^%a[%w+.-]*://") ~= nil end
@@ -24,11 +25,15 @@ local function find_ofed(r)
   return peermem.find_ofed(r.opt.OFED_ROOT, r.kver, r.opt.D_ARCH, not r.opt.BUILD_ONLY and r:kmod(), r.opt.BUILD_ONLY)
 end
 
--- What the loaded ib_core and nvidia export, from their files.
+-- What the loaded OFED stack (every module its ready file names) and nvidia
+-- export, from their files: the kernel resolves the client's symbols from them.
 local function loaded_exports(r)
-  local ctx, providers = r:kmod(), {}
-  for name, root in pairs { ib_core = r.opt.OFED_ROOT, nvidia = r.nvidia.root } do
-    local ko, err = symvers.loaded_file(ctx, name, peermem.module_dirs(root, r.kver))
+  local ctx, providers, dirs = r:kmod(), {}, peermem.module_dirs(r.opt.OFED_ROOT, r.kver)
+  dirs[#dirs + 1] = peermem.module_dirs(r.nvidia.root, r.kver)[1]
+  local names = graph.sorted(peermem.ready_modules(fs.read(r.ofed.ready) or ""))
+  names[#names + 1] = "nvidia"
+  for _, name in ipairs(names) do
+    local ko, err = symvers.loaded_file(ctx, name, dirs)
     if ko then
       providers[name] = r:must("read the symbols of " .. ko, kmod.symbols(ko))
     else
@@ -40,7 +45,7 @@ end
 
 return {
   name = "peermem",
-  version = "1.0",
+  version = "1.1",
   description = "GPUDirect RDMA peer-memory client (nv_peer_mem, or the NVIDIA driver's nvidia_peermem)",
 
   options = {

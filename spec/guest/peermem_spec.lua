@@ -7,6 +7,7 @@ local kmod = require "drv.kmod"
 local mount = require "drv.mount"
 local proc = require "drv.proc"
 local sys = require "drv.sys"
+local symvers = require "drv.symvers"
 local guest = require "spec.support.guest"
 local ofed = require "spec.support.ofed"
 
@@ -58,6 +59,9 @@ describe("peermem recipe", function()
     env = ofed.setup()
     env.cache = ofed.fresh_cache()
     cache, root = fs.tmpdir("peermem-cache"), fs.tmpdir("peermem-root")
+    -- the client was built on the host against the same OFED and NVIDIA files
+    -- (tools/fill-cache): nothing compiles here
+    assert(proc.run({ "cp", "-a", fs.realpath("build/cache") .. "/peermem", cache }).status == 0)
     source = assert(fs.glob(guest.fixtures .. "/nv_peer_memory-*.tgz"))[1]:match("[^/]+$")
     ofed.load_inbox()
     ofed_p, ofed_log = start_ofed()
@@ -93,13 +97,14 @@ describe("peermem recipe", function()
     assert.is_false(text:find("phase build", 1, true) ~= nil, "nothing is built before what it needs is there")
   end)
 
-  it("builds against OFED and NVIDIA, loads, says ready, and unloads on SIGTERM", function()
+  it("takes its build against OFED and NVIDIA from the cache, loads, says ready, and unloads on SIGTERM", function()
     local p, log = start_peermem()
     assert.is_true(ofed.wait_for(READY, p), fs.read(log))
     local text = fs.read(log)
     assert.matches("await: OFED headers /run/mellanox/drivers/usr/src/ofa_kernel/x86_64/" .. KVER:gsub("%p", "%%%0"),
                    text)
-    assert.matches("build nv_peer_memory%-1%.0%-9 for " .. KVER:gsub("%p", "%%%0"), text)
+    assert.matches("build: cache hit for kernel " .. KVER:gsub("%p", "%%%0"), text)
+    assert.is_nil(text:find("make -j", 1, true), "no compiler here")
     -- loaded, using the OFED ib_core (not the inbox one) and the nvidia module
     assert.truthy(guest.proc_line("nv_peer_mem"))
     assert.is_true(contains(holders("ib_core"), "nv_peer_mem"), guest.proc_line("ib_core"))
@@ -115,27 +120,29 @@ describe("peermem recipe", function()
     assert.matches("O", fs.read("/sys/module/ib_core/taint") or "", nil, true, "OFED's ib_core stays")
   end)
 
-  it("refuses a module built against another Module.symvers, naming the symbol, before any insert", function()
-    -- an OFED root whose Module.symvers is not the loaded stack's: one CRC differs
-    local fake = fs.tmpdir("stale-ofed")
-    local ofa = fs.realpath(ofed.EXPOSE .. "/usr/src/ofa_kernel/default")
-    assert(fs.mkdir(fake .. "/usr/src/ofa_kernel"))
-    assert(proc.run({ "cp", "-a", ofa, fake .. "/usr/src/ofa_kernel/default" }).status == 0)
-    assert(fs.copy(ofed.EXPOSE .. "/.driver-ready", fake .. "/.driver-ready"))
-    local symvers_path = fake .. "/usr/src/ofa_kernel/default/Module.symvers"
-    local text = fs.read(symvers_path)
-    local real = text:match("0x(%x+)\tib_register_peer_memory_client\t")
-    local other = ("%08x"):format(tonumber(real, 16) ~ 0x1234)
-    assert(fs.write(symvers_path, (text:gsub("0x" .. real .. "\tib_register_peer_memory_client\t",
-                                             "0x" .. other .. "\tib_register_peer_memory_client\t"))))
+  it("refuses a client built against another OFED's Module.symvers (the real nv_peer_mem 1.3, built against the "
+     .. "real OFED 25.10), naming the symbol, before any insert", function()
+    -- an OFED root that says ready for the loaded (simulated) stack, with the real OFED's headers and symbols
+    local other = fs.tmpdir("other-ofed")
+    local ofa = ("/usr/src/ofa_kernel/x86_64/%s"):format(KVER)
+    assert(fs.mkdir(other .. "/usr/src/ofa_kernel/x86_64"))
+    assert(fs.symlink(assert(fs.realpath("build/root-real" .. ofa)), other .. ofa))
+    assert(fs.copy(ofed.EXPOSE .. "/.driver-ready", other .. "/.driver-ready"))
+    local real_cache = fs.tmpdir("real-peermem-cache")
+    assert(proc.run({ "cp", "-a", fs.realpath("build/cache-real") .. "/peermem", real_cache }).status == 0)
+    local built_against = assert(symvers.read(other .. ofa .. "/Module.symvers")).ib_register_peer_memory_client.crc
+    local loaded = assert(symvers.read(ofed.EXPOSE .. ofa .. "/Module.symvers")).ib_register_peer_memory_client.crc
+    assert.are_not.equal(built_against, loaded)
     assert.equal(0, assert(proc.run({ "dmesg", "-C" })).status, "the kernel log is cleared, to read only what follows")
 
-    local p, log = start_peermem { "OFED_ROOT=" .. fake }
+    local p, log = start_peermem { "OFED_ROOT=" .. other, "CACHE_DIR=" .. real_cache,
+                                   "PEERMEM_SOURCE=" .. fs.realpath("../shared/vendor/nv_peer_memory-1.3-0.tar.gz") }
     local r = assert(p:wait(300))
     local out = fs.read(log)
     assert.equal(1, r.status, out)
-    assert.matches(("nv_peer_mem does not match the loaded modules: ib_register_peer_memory_client (built against "
-                    .. "0x%s, the loaded ib_core exports 0x%s)"):format(other, real), out, nil, true)
+    assert.matches("build: cache hit", out, nil, true)
+    assert.matches(("nv_peer_mem does not match the loaded modules: [^\n]*ib_register_peer_memory_client %%(built against "
+                    .. "0x%08x, the loaded ib_core exports 0x%08x%%)"):format(built_against, loaded), out)
     assert.matches("rebuild", out)
     assert.is_nil(out:find("load: load", 1, true), "no insert was tried")
     assert.is_nil(guest.proc_line("nv_peer_mem"))

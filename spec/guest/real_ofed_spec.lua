@@ -22,14 +22,11 @@ local REAL = { "mlx_compat", "ib_core", "mlxdevm", "ib_cm", "iw_cm", "ib_uverbs"
                "mlx5_core", "mlx5_ib", "ib_ipoib" }
 local INBOX = { "mlx5_ib", "mlx5_core", "rdma_ucm", "rdma_cm", "ib_uverbs", "ib_core", "ib_umad", "ib_ipoib" }
 
--- The inbox stack loaded from the kernel's own files (by path: once OFED is
--- installed, the module index names its files for these names).
+-- The inbox stack, from the kernel's own files (once OFED is installed, the
+-- module index names OFED's files for these names).
 local function load_inbox()
   guest.unload_all()
-  local ctx = assert(kmod.new())
-  local inbox = stack.inbox(ctx, INBOX)
-  assert(stack.load(inbox.levels, inbox.paths))
-  for _, n in ipairs(INBOX) do assert(guest.proc_line(n), n .. " loaded") end
+  ofed.load_kernel_modules(INBOX)
 end
 
 local function start(args, after_crash)
@@ -170,5 +167,67 @@ describe("ubuntu-ofed recipe with the real MLNX_OFED 25.10 bundle", function()
     stop(p2, log2)
     assert_inbox_loaded()
     ofed.assert_host_as_it_was(INBOX)
+  end)
+end)
+
+describe("the real nv_peer_mem 1.3 on the real OFED 25.10 stack", function()
+  local NVIDIA_ROOT, READY = "/run/nvidia/driver", "/run/peermem/.driver-ready"
+  local SOURCE = fs.realpath("../shared/vendor/nv_peer_memory-1.3-0.tar.gz")
+  setup(function()
+    assert(SOURCE, "../shared/vendor/nv_peer_memory-1.3-0.tar.gz is missing")
+    assert(fs.mkdir(NVIDIA_ROOT))
+    if not mount.is_mountpoint(NVIDIA_ROOT) then assert(mount.bind(guest.built .. "/nvidia-root", NVIDIA_ROOT)) end
+  end)
+  after_each(function() ofed.cleanup() end)
+  teardown(function()
+    guest.unload_all()
+    mount.umount(NVIDIA_ROOT, { lazy = true })
+  end)
+
+  it("loads from the build cache against the real ib_uverbs and nvidia, registers its peer-memory client, and is "
+     .. "unloaded on SIGTERM and by the OFED container's stop", function()
+    load_inbox()
+    local op, olog = start()
+    assert.is_true(ofed.wait_for(ofed.READY[2], op, 900), fs.read(olog))
+    local ko = ("%s/lib/modules/%s/kernel/drivers/video/nvidia.ko"):format(NVIDIA_ROOT, KVER)
+    assert(kmod.insert_many { { name = "nvidia", path = ko } })
+    local cache = fs.tmpdir("real-peermem-cache")
+    assert(proc.run({ "cp", "-a", fs.realpath("build/cache-real") .. "/peermem", cache }).status == 0)
+    local function start_peermem()
+      return ofed.start_recipe("recipes/peermem.lua", { "PEERMEM_SOURCE=" .. SOURCE, "CACHE_DIR=" .. cache,
+        "ROOT=" .. fs.tmpdir("peermem-root"), "READY_FILES=" .. READY, "WATCH_INTERVAL=1", "LOCK_TIMEOUT=60" })
+    end
+    local p, log = start_peermem()
+    assert.is_true(ofed.wait_for(READY, p, 600), fs.read(log))
+    local text = fs.read(log)
+    assert.matches("build: cache hit", text, nil, true)
+    local st = assert(assert(kmod.new()):state("nv_peer_mem"), "nv_peer_mem is loaded")
+    assert.equal("1.3-0", st.version)
+    for _, holder in ipairs { "ib_uverbs", "nvidia" } do
+      assert.truthy((guest.proc_line(holder) or ""):find("nv_peer_mem", 1, true), holder .. " is held by nv_peer_mem")
+    end
+    assert.is_true(fs.exists("/sys/kernel/mm/memory_peers/nv_mem"), "the client registered with OFED's peer-memory API")
+    print("    nv_peer_mem " .. st.version .. " loaded; /sys/kernel/mm/memory_peers/nv_mem: " ..
+          table.concat(fs.dir("/sys/kernel/mm/memory_peers/nv_mem") or {}, " "))
+    -- the build in the cache: the real source compiled against the OFED root the OFED container exposes
+    local build_log = assert(fs.glob(cache .. "/peermem/" .. KVER .. "/builds/*/build.log"))[1]
+    local cc = assert(fs.read(build_log)):match("[^\n]*gcc[^\n]*nv_peer_mem%.c[^\n]*")
+    assert.truthy(cc, "the compiler command for nv_peer_mem.c is in " .. build_log)
+    assert.matches(" %-I/run/mellanox/drivers/usr/src/ofa_kernel/x86_64/" .. KVER:gsub("%p", "%%%0") .. "/include/? ", cc)
+    print("    " .. build_log .. ": " .. cc:match("^%s*(.-)%s*$"):sub(1, 200) .. " ...")
+
+    stop(p, log)
+    assert.is_nil(guest.proc_line("nv_peer_mem"), "unloaded on SIGTERM")
+    assert.is_false(fs.exists("/sys/kernel/mm/memory_peers/nv_mem"), "its client is gone")
+
+    -- loaded again; then the OFED container stops (restoring the inbox stack): the client goes first
+    local p2, log2 = start_peermem()
+    assert.is_true(ofed.wait_for(READY, p2, 600), fs.read(log2))
+    stop(op, olog)
+    local r = assert(p2:wait(120))
+    assert.equal(1, r.status, fs.read(log2))
+    assert.matches("watch: the driver is not loaded as built any more %(nv_peer_mem: not loaded%)", fs.read(log2))
+    assert.is_false(fs.exists(READY))
+    assert_inbox_loaded()
   end)
 end)

@@ -89,6 +89,15 @@ describe("ubuntu-ofed's build of a bundle in the vendor's layout (BUILD_ONLY)", 
     assert.is_nil(log:find("make -j", 1, true), "no make after a failed configure")
   end)
 
+  it("fails on a bundle that does not build, with the compiler's words, and installs nothing", function()
+    local broken = assert(fs.glob(FIXTURES .. "/sim-ofed-broken-*.tgz"))[1]
+    local r = assert(proc.run(argv(dir, broken, assert(fs.sha256(broken)))))
+    assert.equal(1, r.status, r.stderr)
+    assert.matches("build mlnx%-ofed%-kernel_5%.9%-0%.5%.6%.0 failed %(make exited 2%); last lines of [^\n]+:\n", r.stderr)
+    assert.matches("mlx5_ib%.c:%d+:%d+: error:", r.stderr)
+    assert.is_false(fs.exists(dir .. "/root/lib/modules"), "nothing installed")
+  end)
+
   it("rebuilds through ccache: after the cache lost the build, the compiles are cache hits", function()
     assert.equal(0, (build(dir)))
     local ccache = dir .. "/cache/ubuntu-ofed/ccache"
@@ -102,6 +111,24 @@ describe("ubuntu-ofed's build of a bundle in the vendor's layout (BUILD_ONLY)", 
     assert.equal(0, status, log)
     assert.matches("make -j", log, nil, true)
     assert.is_true(hits() >= 13, "a hit for each module's object at least: " .. hits())
+  end)
+
+  it("says a download of the bundle stalls while it does, and fails at FETCH_TIMEOUT", function()
+    local bundle, sha = sim_bundle()
+    local www = dir .. "/www"
+    assert(fs.mkdir(www))
+    assert(fs.copy(bundle, www .. "/bundle.tgz"))
+    local server = require("spec.support.httpd").start(www)
+    finally(function() server:stop() end)
+    local t0 = sys.monotonic()
+    local a = argv(dir, bundle, sha, "FETCH_STALL_TIMEOUT=3", "FETCH_TIMEOUT=12")
+    a[7] = "OFED_URL=" .. server:url("stall/bundle.tgz?send=1000&hold=60")
+    local r = assert(proc.run(a))
+    local took = sys.monotonic() - t0
+    assert.equal(1, r.status, r.stderr)
+    assert.matches("stalled: no data for %d+ s", r.stderr)
+    assert.matches("fetch bundle: [^\n]*deadline of 12 s reached", r.stderr)
+    assert.is_true(took < 40, ("bounded by FETCH_TIMEOUT (took %.0f s)"):format(took))
   end)
 
   it("stops a configure of the real bundle within 10 s of SIGTERM, leaving no compiler running", function()

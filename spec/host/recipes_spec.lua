@@ -68,7 +68,7 @@ describe("recipes", function()
                                nvidia_peermem = "load: nvidia_peermem (after the build" } do
       local r = assert(proc.run({ os.getenv("DRVRUN"), "--plan", "recipes/peermem.lua", "PEERMEM_MODULE=" .. mode }))
       assert.equal(0, r.status, r.stderr)
-      assert.matches("plan: peermem 1.0", r.stdout, nil, true)
+      assert.matches("plan: peermem 1.1", r.stdout, nil, true)
       assert.matches(fetch, r.stdout, nil, true)
     end
   end)

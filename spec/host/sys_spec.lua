@@ -48,6 +48,18 @@ describe("drv.sys", function()
       w:close()
       assert.is_nil(sys.pending_signal())
     end)
+
+    it("discards what is still pending when closed: a second TERM in a stop does not kill the process after", function()
+      local r = drvrun([[
+        local sys = require "drv.sys"
+        local w = sys.signals { "TERM" }
+        assert(sys.kill(sys.getpid(), "TERM"))
+        assert(sys.kill(sys.getpid(), "TERM"))
+        w:close()
+        io.write("still here")]])
+      assert.equal(0, r.status, r.stderr)
+      assert.equal("still here", r.stdout)
+    end)
   end)
 
   describe("lock", function()

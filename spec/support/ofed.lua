@@ -31,9 +31,7 @@ end
 function M.setup()
   local env = { server = httpd.start(guest.fixtures) }
   assert(fs.mkdir("/run/modprobe.d"))
-  M.index_backup = fs.tmpdir("modindex")
-  assert(proc.run({ "sh", "-c", 'cp -a /lib/modules/"$1"/modules.* "$0"/', M.index_backup,
-                    sys.uname().release }).status == 0)
+  M.install_once()
   env.bundle = assert(fs.glob(guest.fixtures .. "/sim-ofed-[0-9]*.tgz"))[1]:match("[^/]+$")
   env.broken = assert(fs.glob(guest.fixtures .. "/sim-ofed-broken-*.tgz"))[1]:match("[^/]+$")
   env.sha, env.broken_sha = M.sha_of(env.bundle), M.sha_of(env.broken)
@@ -125,25 +123,53 @@ function M.assert_host_as_it_was(before)
   assert(not fs.exists(M.EXPOSE .. "/etc"), "nothing may be mounted at " .. M.EXPOSE)
 end
 
---- Forget what a recipe installed into this root's /lib/modules (in a real
--- container that tree is the container's own, not the host's).
--- The module indexes are put back from a copy taken in setup: depmod reads
--- every module of the kernel, which takes most of a minute under emulation.
+local KVER = sys.uname().release
+local MODULES = "/lib/modules/" .. KVER
+local INSTALLED = MODULES .. "/updates/ubuntu-ofed"
+
+-- The files of the simulated stack's build in the build cache (tools/fill-cache).
+local function cached_build()
+  local builds = fs.realpath("build/cache") .. "/ubuntu-ofed/" .. KVER .. "/builds"
+  local id = assert(fs.read(builds .. "/recent"), "no build in build/cache: run make build/cache/.stamp"):match("%x+")
+  return assert(fs.glob(builds .. "/" .. id .. "/*.ko"))
+end
+
+--- Install the simulated stack's build from the cache under updates/ as a run
+-- of the recipe installs it, and make the module index once: depmod reads every
+-- module of the kernel, most of a minute under emulation. The runs then find
+-- their files installed and run no depmod; reset_modules puts this state back.
+function M.install_once()
+  if M.index_backup then return end
+  assert(fs.mkdir(INSTALLED))
+  for _, ko in ipairs(cached_build()) do assert(fs.copy(ko, INSTALLED .. "/" .. ko:match("[^/]+$"))) end
+  assert(proc.run({ "depmod", KVER }).status == 0)
+  M.index_backup = fs.tmpdir("modindex")
+  assert(proc.run({ "sh", "-c", 'cp -a "$1"/modules.* "$0"/', M.index_backup, MODULES }).status == 0)
+end
+
+--- Unload every RDMA module and put the installed stack and the module index
+-- back as install_once left them (a spec may install other files).
 function M.reset_modules()
   guest.unload_all()
-  local dir = "/lib/modules/" .. sys.uname().release
-  assert(fs.remove(dir .. "/updates", { recursive = true, missing_ok = true }))
-  assert(proc.run({ "sh", "-c", 'cp -a "$0"/modules.* "$1"/', M.index_backup, dir }).status == 0)
+  assert(fs.remove(MODULES .. "/updates", { recursive = true, missing_ok = true }))
+  assert(fs.mkdir(INSTALLED))
+  for _, ko in ipairs(cached_build()) do assert(fs.copy(ko, INSTALLED .. "/" .. ko:match("[^/]+$"))) end
+  assert(proc.run({ "sh", "-c", 'cp -a "$0"/modules.* "$1"/', M.index_backup, MODULES }).status == 0)
+end
+
+--- The inbox modules `names` and what they need, loaded from the kernel's own
+-- files (by path: the module index names OFED's files for these names).
+function M.load_kernel_modules(names)
+  local kmod, stack = require "drv.kmod", require "drv.stack"
+  local inbox = stack.inbox(assert(kmod.new()), names)
+  assert(stack.load(inbox.levels, inbox.paths))
+  for _, n in ipairs(names) do assert(guest.proc_line(n), n .. " loaded") end
 end
 
 --- Load the inbox stack, in use (rdma_ucm holds rdma_cm, mlx5_ib holds mlx5_core...).
 function M.load_inbox()
   M.reset_modules()
-  local kmod = require "drv.kmod"
-  local ctx = assert(kmod.new())
-  assert(ctx:insert("mlx5_ib"))
-  assert(ctx:insert("rdma_ucm"))
-  assert(ctx:insert("ib_umad"))
+  M.load_kernel_modules { "mlx5_ib", "rdma_ucm", "ib_umad" }
   return { "mlx5_ib", "mlx5_core", "rdma_ucm", "rdma_cm", "ib_uverbs", "ib_core", "ib_umad" }
 end
 

@@ -66,8 +66,8 @@ local function check_blacklist_dir(r)
   if r.opt.BUILD_ONLY or not file or file == "" then return end
   local dir = file:match("^(.*)/[^/]+$") or "."
   if not fs.exists(dir) then
-    r:fail("blacklist directory %s does not exist: mount the host's /etc there, or set BLACKLIST_FILE= "
-           .. "(empty) to reload without a blacklist", dir)
+    r:fail("blacklist directory %s does not exist: mount the host's /run/modprobe.d there, or set "
+           .. "BLACKLIST_FILE= (empty) to reload without a blacklist", dir)
   end
 end
 
@@ -93,13 +93,9 @@ end
 -- One build at a time in a recipe's cache for a kernel (a build-only run for
 -- an image and a node's run may share it): they share its build tree.
 local function lock_build_tree(r)
-  local path = cache.work_dir(r) .. ".lock"
-  r:must("build lock", fs.mkdir(path:match("^(.*)/[^/]+$")))
-  local l, err, errno = sys.lock(path, { timeout = r.opt.BUILD_TIMEOUT, remove = true,
+  return r:take_lock("build lock", cache.work_dir(r) .. ".lock", { timeout = r.opt.BUILD_TIMEOUT, remove = true,
     owner = ("%s build for %s"):format(r.recipe.name, r.kver),
     on_wait = function(holder) log.info("build: waiting for another build in %s to end (%s)", r.cache, holder) end })
-  if not l and errno == EINTR then r:cancel(err:match("by SIG(%u+)") or "TERM") end
-  return r:must("build lock", l, err)
 end
 
 function M.build(r)
@@ -188,16 +184,23 @@ local function remove_blacklist(r, entry)
 end
 
 -- What the stack needs from the kernel (mlx5_core: psample, tls...), loaded
--- before the old stack goes, so that the new one does not fail on an unknown
--- symbol where nothing had loaded them yet.
+-- from the kernel's own tree before the old stack goes, so that the new one
+-- does not fail on an unknown symbol where nothing had loaded them yet. A
+-- dependency that is neither loaded nor the kernel's fails the phase.
 local function load_kernel_deps(r, ctx)
   local missing = {}
   for _, n in ipairs(r.kernel_deps) do
     if not ctx:state(n) then missing[#missing + 1] = n end
   end
   if #missing == 0 then return end
-  log.info("load: first the kernel's %s (the stack needs them)", table.concat(missing, " "))
-  for _, n in ipairs(missing) do r:must("load " .. n, ctx:insert(n)) end
+  local inbox = stack.inbox(ctx, missing)
+  for _, n in ipairs(missing) do
+    if not inbox.paths[n] then
+      r:fail("the stack needs %s, which is not loaded and is not a module of the kernel in %s", n, ctx:dirname())
+    end
+  end
+  log.info("load: first the kernel's %s (the stack needs them)", table.concat(graph.flatten(inbox.levels), " "))
+  r:must("load the kernel's modules", stack.load(inbox.levels, inbox.paths))
 end
 
 -- Modules outside the stack unloaded with it, each with the recipe's reason.

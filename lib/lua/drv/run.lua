@@ -52,6 +52,15 @@ function Run:check_cancel()
   if sig then self:cancel(sig) end
 end
 
+--- Take `sys.lock(path, o)` (its directory made first) for `what`, or fail the
+-- phase saying who holds it; a signal while waiting cancels the phase.
+function Run:take_lock(what, path, o)
+  self:must(what, fs.mkdir(path:match("^(.*)/[^/]*$") or "/"))
+  local l, err, errno = sys.lock(path, o)
+  if not l and errno == EINTR then self:cancel(err:match("by SIG(%u+)") or "TERM") end
+  return self:must(what, l, err)
+end
+
 --- Fail the current phase with a message for the operator.
 function Run.fail(_, fmt, ...)
   error(select("#", ...) > 0 and fmt:format(...) or fmt, 0)

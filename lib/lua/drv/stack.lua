@@ -313,10 +313,10 @@ end
 
 -- Why `previous` cannot be loaded back, or nil when it can.
 local function cannot_load_back(previous)
-  if not previous or #previous.levels == 0 then return "none of the stack was loaded before" end
-  if previous.lost and #previous.lost > 0 then
+  if previous and previous.lost and #previous.lost > 0 then
     return ("the files %s had been loaded from are gone"):format(table.concat(previous.lost, " "))
   end
+  if not previous or #previous.levels == 0 then return "none of the stack was loaded before" end
   for _, n in ipairs(graph.flatten(previous.levels)) do
     if not fs.exists(previous.paths[n]) then return ("%s is gone"):format(previous.paths[n]) end
   end

@@ -108,16 +108,13 @@ function M.remove_stale_blacklist(r)
   end
 end
 
+--- Take the host-wide lock (LOCK_FILE), waiting up to LOCK_TIMEOUT.
 function M.lock(r)
-  r:must("lock", fs.mkdir(r.opt.LOCK_FILE:match("^(.*)/[^/]*$") or "/"))
-  local l, err, errno = sys.lock(r.opt.LOCK_FILE, {
+  r.lock = r:take_lock("lock", r.opt.LOCK_FILE, {
     timeout = r.opt.LOCK_TIMEOUT,
     owner = ("%s %s"):format(r.recipe.name, r.recipe.version),
     on_wait = function(holder) log.info("lock: waiting for %s (held by %s)", r.opt.LOCK_FILE, holder) end,
   })
-  if not l and errno == EINTR then r:cancel(err:match("by SIG(%u+)") or "TERM") end
-  if not l then r:fail("lock: %s", err) end
-  r.lock = l
 end
 
 -- The lock covers changes, not waiting or building: other driver containers

@@ -42,9 +42,12 @@ function M.abi(path)
   return table.concat(lines, "\n")
 end
 
---- Write a Module.symvers for `module` exporting `exports` (`{ [symbol] = crc }`,
--- e.g. `kmod.symbols(path)`), for `KBUILD_EXTRA_SYMBOLS`.
+--- Write a Module.symvers for `module` (its .ko file) exporting `exports`
+-- (`{ [symbol] = crc }`, e.g. `kmod.symbols(path)`), for `KBUILD_EXTRA_SYMBOLS`.
+-- The module column is its path without `.ko`, as kbuild writes it: modpost
+-- names the dependency of what links against it after that column.
 function M.write(path, module, exports)
+  module = module:gsub("%.ko%.?%w*$", "")
   local lines = {}
   for _, sym in ipairs(graph.sorted(exports)) do
     lines[#lines + 1] = ("0x%08x\t%s\t%s\tEXPORT_SYMBOL\t"):format(exports[sym], sym, module)
