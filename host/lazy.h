@@ -251,6 +251,7 @@ void *drv_lazy_sym(const char *soname, const char *name);
 #define rtnl_link_get_num_vf		DRV_LAZY(DRV_LAZY_NL_ROUTE, rtnl_link_get_num_vf)
 #define rtnl_link_get_operstate		DRV_LAZY(DRV_LAZY_NL_ROUTE, rtnl_link_get_operstate)
 #define rtnl_link_get_type		DRV_LAZY(DRV_LAZY_NL_ROUTE, rtnl_link_get_type)
+#define rtnl_link_has_vf_list		DRV_LAZY(DRV_LAZY_NL_ROUTE, rtnl_link_has_vf_list)
 #define rtnl_link_i2name		DRV_LAZY(DRV_LAZY_NL_ROUTE, rtnl_link_i2name)
 #define rtnl_link_name2i		DRV_LAZY(DRV_LAZY_NL_ROUTE, rtnl_link_name2i)
 #define rtnl_link_operstate2str		DRV_LAZY(DRV_LAZY_NL_ROUTE, rtnl_link_operstate2str)

@@ -439,7 +439,10 @@ static void net_set_vfs(lua_State *L, struct rtnl_link *link)
 	uint32_t n, i;
 	int k = 0;
 
-	if (rtnl_link_get_num_vf(link, &n) < 0)
+	/* A switchdev representor has its PF's VF count (IFLA_NUM_VF, from the
+	 * parent device) but no VF list: libnl's rtnl_link_vf_get would walk a
+	 * list it never made. */
+	if (rtnl_link_get_num_vf(link, &n) < 0 || !rtnl_link_has_vf_list(link))
 		return;
 	lua_createtable(L, (int)n, 0);
 	for (i = 0; i < n; i++) {

@@ -66,20 +66,20 @@ local function stage_ofa_kernel(r, src)
   return dir
 end
 
--- OFED's net naming udev files, as the kernel tree has them: the rules, and
--- the VF naming helper they run from /etc/infiniband (what the original
--- container copied to the host). Each goes to the directory option named.
-local UDEV_FILES = { { src = "ofed_scripts/82-net-setup-link.rules", dir = "UDEV_RULES_DIR" },
-                     { src = "ofed_scripts/vf-net-link-name.sh", dir = "UDEV_HELPER_DIR" } }
+-- Where an OFED udev file (UDEV_FILES) goes on the host: a rules file to the
+-- rules directory, the rest (the VF naming helper they run) to /etc/infiniband.
+local function udev_dir(r, path)
+  return path:match("%.rules$") and r.opt.UDEV_RULES_DIR or r.opt.UDEV_HELPER_DIR
+end
 
--- The udev files of the built tree, kept with the build; nil when it has none.
+-- The UDEV_FILES of the built tree, kept with the build; nil when it has none.
 local function stage_udev(r, src)
   local dir, any = src .. ".udev", false
   fs.remove(dir, { recursive = true, missing_ok = true })
   r:must("stage the udev rules", fs.mkdir(dir))
-  for _, f in ipairs(UDEV_FILES) do
-    if fs.exists(src .. "/" .. f.src) then
-      r:must("stage " .. f.src, fs.copy(src .. "/" .. f.src, dir .. "/" .. f.src:match("[^/]+$"), { sync = false }))
+  for _, path in ipairs(r.opt.UDEV_FILES) do
+    if fs.exists(src .. "/" .. path) then
+      r:must("stage " .. path, fs.copy(src .. "/" .. path, dir .. "/" .. path:match("[^/]+$"), { sync = false }))
       any = true
     end
   end
@@ -108,16 +108,15 @@ end
 local function install_udev(r)
   if r.opt.BUILD_ONLY or r.opt.UDEV_RULES_DIR == "" then return end
   if not r.kept.udev then
-    log.warn("udev: the cached build has no udev rules (it was made by an older drvrun, or the tree has none): "
-             .. "none installed; remove %s to rebuild", r.cache)
+    log.warn("udev: the build has none of %s: no udev rules installed", table.concat(r.opt.UDEV_FILES, " "))
     return
   end
   r:must("udev", fs.mkdir(r.opt.UDEV_HELPER_DIR))
-  for _, f in ipairs(UDEV_FILES) do
-    local from = r.kept.udev .. "/" .. f.src:match("[^/]+$")
-    local dest = r.opt[f.dir] .. "/" .. f.src:match("[^/]+$")
+  for _, path in ipairs(r.opt.UDEV_FILES) do
+    local name = path:match("[^/]+$")
+    local from, dest = r.kept.udev .. "/" .. name, udev_dir(r, path) .. "/" .. name
     if not fs.exists(from) then
-      log.warn("udev: the build has no %s: not installed", f.src)
+      log.warn("udev: the build has no %s: not installed", path)
     elseif fs.exists(dest) then
       log.info("udev: %s is there already (the host's own%s): left as it is", dest,
                fs.sha256(dest) == fs.sha256(from) and ", the same as OFED's" or ", not OFED's")
@@ -176,6 +175,11 @@ return {
     UDEV_HELPER_DIR = { default = "/host/etc/infiniband",
                         doc = "the host's /etc/infiniband, where those rules run OFED's VF naming helper from "
                               .. "(vf-net-link-name.sh; installed with them)" },
+    UDEV_FILES = { type = "list", default = "ofed_scripts/82-net-setup-link.rules ofed_scripts/vf-net-link-name.sh",
+                   build = true,
+                   doc = "OFED's udev files kept from the kernel tree's build and installed: *.rules into "
+                         .. "UDEV_RULES_DIR, the others into UDEV_HELPER_DIR (e.g. add "
+                         .. "ofed_scripts/83-mlnx-sf-name.rules; part of the build's key)" },
     EXPOSE_PATH = { default = "/run/mellanox/drivers", doc = "where the container root is exposed (rbind)" },
     READY_FILES = { type = "list", default = "/.driver-ready ${EXPOSE_PATH}/.driver-ready",
                     doc = "files written when the driver is ready" },

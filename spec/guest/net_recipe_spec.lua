@@ -1,4 +1,4 @@
--- guest-timeout: 1200 (six recipe runs and a plan, one depmod: the boot took 227-351 s here at load 2-6)
+-- guest-timeout: 1500 (six recipe runs and a plan, one depmod: the boot took 227-414 s here at load 2-11)
 -- Network continuity through recipes/ubuntu-ofed.lua on the guest's real kernel
 -- (drv.netcfg): the fixture NIC (sim_pci, bound by the simulated mlx5_core) is
 -- configured under another build of the stack (sim-ofed-next, loaded by hand),
@@ -21,8 +21,11 @@ local VF2 = "0000:03:00.3" -- the VF given no admin MAC: the recipe pins its own
 local VF2_MAC = "02:5e:00:00:03:03" -- the simulated driver's MAC for it
 local KDIR = "/lib/modules/" .. sys.uname().release
 local NEXT_DIR = KDIR .. "/extra/drvrun-spec-next" -- the other build, where stop's restore finds its files
-local HOOK = "sh -c 'echo hook: mtu=$(cat " .. SIMBUS .. "/devices/" .. PF
-             .. "/net/*/mtu) ready=$(cat /.driver-ready | head -n 1)'; false"
+-- Post-ready hooks: one says the PF's MTU (its netdev is the one whose port is p0) and the ready
+-- file's first line, one fails.
+local HOOK = "sh -c 'for n in " .. SIMBUS .. "/devices/" .. PF .. "/net/*; do "
+             .. "[ \"$(cat $n/phys_port_name)\" = p0 ] && echo hook: mtu=$(cat $n/mtu); done 2>/dev/null; "
+             .. "echo hook: $(head -n 1 /.driver-ready)'; false"
 
 local function sysfs_write(path, text)
   local f = assert(io.open(path, "w"))
@@ -33,6 +36,16 @@ end
 local function link_of(sock, device)
   for _, l in ipairs(assert(sock:links())) do
     if l.bus == BUS and l.device == device then return l end
+  end
+end
+
+-- The representor of `port` ("pf0vf0") on the PF's device (switchdev mode).
+local function rep_of(sock, port)
+  for _, l in ipairs(assert(sock:links())) do
+    if l.bus == BUS and l.device == PF
+       and (fs.read("/sys/class/net/" .. l.name .. "/phys_port_name") or ""):match("^%S*") == port then
+      return l
+    end
   end
 end
 
@@ -49,7 +62,8 @@ local function loaded_build(dir)
 end
 
 -- The other build of the stack, loaded by hand from NEXT_DIR, and the NIC configured under it:
--- switchdev, three VFs (two with admin MACs, one without), MTU 9000, addresses, a route, a VF's MTU.
+-- switchdev, three VFs (two with admin MACs, one without), MTU 9000, addresses, a route, a VF's MTU,
+-- a representor up with MTU 9000.
 local function configure(sock)
   guest.unload_all()
   local paths = {}
@@ -70,6 +84,7 @@ local function configure(sock)
   local vf0 = assert(link_of(sock, "0000:03:00.1"))
   assert.equal("02:aa:00:00:00:01", vf0.mac)
   assert.is_true(sock:set_link(vf0.name, { mtu = 4000, up = true }))
+  assert.is_true(sock:set_link(assert(rep_of(sock, "pf0vf0")).name, { mtu = 9000, up = true }))
   return pf
 end
 
@@ -88,15 +103,16 @@ local function comparable(d)
   return c
 end
 
-local function assert_same_network(sock, before, devices)
+-- The network now is as `before` (for the devices keyed in `only`, `{ ["sim_pci/..."] = true }`).
+local function assert_same_network(sock, before, only)
   local now = netstate.save(sock, ofed.STACK)
   local want = {}
   for _, d in ipairs(before.devices) do
-    if not devices or devices[d.device] then want[#want + 1] = comparable(d) end
+    if not only or only[netstate.device_key(d)] then want[#want + 1] = comparable(d) end
   end
   local have = {}
   for _, d in ipairs(now.devices) do
-    if not devices or devices[d.device] then have[#have + 1] = comparable(d) end
+    if not only or only[netstate.device_key(d)] then have[#have + 1] = comparable(d) end
   end
   assert.same(want, have)
   return now
@@ -157,7 +173,7 @@ describe("network continuity through the ubuntu-ofed recipe", function()
      function()
     local pf = configure(sock)
     local before = netstate.save(sock, ofed.STACK)
-    assert.equal(4, #before.devices, "the PF and its three VFs")
+    assert.equal(7, #before.devices, "the PF, its three VFs and their representors")
     local t0 = sys.monotonic()
     local p, log = ofed.start(env, { "POST_READY_HOOKS=" .. HOOK })
     assert.is_true(ofed.wait_for_log(log, "waiting for a signal", p), fs.read(log))
@@ -176,6 +192,10 @@ describe("network continuity through the ubuntu-ofed recipe", function()
     assert.matches("network: saved " .. pf.name .. " " .. label .. ": up, mtu 9000, 10.20.0.1/24, fd00:20::1/64, "
                    .. "1 route, eswitch switchdev, 3 VFs (macs 02:aa:00:00:00:01 02:aa:00:00:00:02)\n", text, nil, true)
     local newpf = ("%s (%s/%s)"):format(assert(link_of(sock, PF)).name, BUS, PF)
+    local rep = ("%s (%s/%s#pf0vf0)"):format(assert(rep_of(sock, "pf0vf0")).name, BUS, PF)
+    assert.matches(("(%s/%s#pf0vf0, mlx5_core): up, mtu 9000, representor\n"):format(BUS, PF), text, nil, true)
+    assert.matches("network: restored " .. rep .. ": mtu 9000\n", text, nil, true)
+    assert.matches("network: restored " .. rep .. ": up\n", text, nil, true)
     assert_in_order(text, {
       "load: unload ",
       "network: saved ", -- before the unload; the swap; then the wait and the restore, before the verify
@@ -192,7 +212,8 @@ describe("network continuity through the ubuntu-ofed recipe", function()
       ", 0 could not be, in ",
       "load: the stack was down for",
       "ready: /.driver-ready",
-      "hook 1 (sh): hook: mtu=9000 ready=recipe=ubuntu-ofed\n", -- after ready, with the MTU restored
+      "hook 1 (sh): hook: mtu=9000\n", -- after ready, with the MTU restored
+      "hook 1 (sh): hook: recipe=ubuntu-ofed\n",
       "ERROR hook 2 (false): failed (exit 1) after",
       "waiting for a signal",
     })
@@ -250,7 +271,7 @@ describe("network continuity through the ubuntu-ofed recipe", function()
     text = fs.read(log)
     assert.matches("WARN network: " .. why .. "; reloading anyway (ALLOW_UPLINK_RELOAD=true)", text, nil, true)
     assert(loaded_build(KDIR .. "/updates/ubuntu-ofed"))
-    assert_same_network(sock, before, { [PF] = true })
+    assert_same_network(sock, before, { [BUS .. "/" .. PF] = true })
     local routes = assert(sock:routes())
     local default
     for _, r in ipairs(routes) do
@@ -260,7 +281,7 @@ describe("network continuity through the ubuntu-ofed recipe", function()
     assert.equal(1500, assert(link_of(sock, "0000:03:00.1")).mtu, "NET_RESTORE=false: the other devices are not kept")
     stop(p, log)
     assert(loaded_build(NEXT_DIR))
-    assert_same_network(sock, before, { [PF] = true })
+    assert_same_network(sock, before, { [BUS .. "/" .. PF] = true })
   end)
 
   it("recovers a run killed between its unload and its restore: the next run restores what it saved", function()

@@ -39,6 +39,16 @@ local function link_of(sock, device)
   end
 end
 
+-- The representor of `port` ("pf0vf0") on the PF's device (switchdev mode).
+local function rep_of(sock, port)
+  for _, l in ipairs(assert(sock:links())) do
+    if l.bus == BUS and l.device == PF
+       and (fs.read("/sys/class/net/" .. l.name .. "/phys_port_name") or ""):match("^%S*") == port then
+      return l
+    end
+  end
+end
+
 local function contains(list, item)
   for _, x in ipairs(list) do if x == item then return true end end
   return false
@@ -94,24 +104,33 @@ describe("network state across the driver reload", function()
     local vf0 = assert(link_of(sock, "0000:03:00.1"), "VF 0 has a netdev")
     assert.equal("02:aa:00:00:00:01", vf0.mac, "a rebound VF takes its admin MAC")
     assert.is_true(sock:set_link(vf0.name, { mtu = 4000, up = true }))
+    -- switchdev mode: a representor per VF, on the PF's device (an OVS bridge's port, say)
+    local rep0 = assert(rep_of(sock, "pf0vf0"), "VF 0's representor")
+    assert.truthy(rep_of(sock, "pf0vf1"), "VF 1's representor")
+    assert.equal("p0", (fs.read("/sys/class/net/" .. pf.name .. "/phys_port_name") or ""):match("^%S*"))
+    assert.is_true(sock:set_link(rep0.name, { mtu = 9000, up = true }))
+    assert.same({ 2, nil }, { rep0.numvfs, rep0.vfs }, "a representor has its PF's VF count, not its VF list")
 
     local saved = netstate.save(sock, ofed.STACK)
-    assert.equal(3, #saved.devices, "the PF and its two VFs")
+    assert.equal(5, #saved.devices, "the PF, its two VFs and their representors")
     local file = os.tmpname()
     assert(netstate.write(file, saved))
     assert.same(saved, assert(netstate.read(file)), "the state reads back from its file")
     local pf_saved = saved.devices[1]
     assert.same({ "switchdev", 2, 9000, "up" }, { pf_saved.eswitch, pf_saved.numvfs, pf_saved.mtu, pf_saved.admin })
-    assert.equal(PF, saved.devices[2].physfn)
+    assert.same({ PF, "pf0vf0", 9000, "up" }, { saved.devices[2].device, saved.devices[2].port, saved.devices[2].mtu,
+                                              saved.devices[2].admin }, "a representor, keyed by its port")
+    assert.same({ "pf0vf1", "down" }, { saved.devices[3].port, saved.devices[3].admin })
+    assert.same({ "0000:03:00.1", PF }, { saved.devices[4].device, saved.devices[4].physfn })
     assert.same({ "02:aa:00:00:00:01", "enable", true }, { pf_saved.vfs[1].mac, pf_saved.vfs[1].link_state,
                                                           pf_saved.vfs[1].trust })
 
     -- the reload, by hand: unload the stack, load the other build
     local new_deps, new_paths, new_srcversions = build_of("sim-ofed-next")
-    local plan = stack.plan(new_deps, stack.snapshot(assert(kmod.new())))
+    local plan = stack.plan(graph.sorted(new_deps), stack.snapshot(assert(kmod.new())), { deps = new_deps })
     assert.same({}, plan.blockers)
     assert(stack.unload(plan.unload))
-    assert.is_nil(link_of(sock, PF), "unloading the driver destroyed the netdev")
+    assert.is_nil(link_of(sock, PF), "unloading the driver destroyed the netdevs")
     assert(stack.load(plan.load, new_paths))
     assert.is_true(stack.verify(assert(kmod.new()), new_srcversions), "the other build is loaded")
 
@@ -122,6 +141,7 @@ describe("network state across the driver reload", function()
     assert.same({ "down", 1500, 0 }, { fresh.admin, fresh.mtu, fresh.numvfs }, "the new driver's defaults")
     assert.equal("legacy", sock:eswitch(BUS, PF))
     assert.same({}, assert(sock:addresses(fresh.name)))
+    assert.is_nil(rep_of(sock, "pf0vf0"), "no representors without VFs")
 
     t0 = sys.monotonic()
     local report = netstate.restore(sock, assert(netstate.read(file)))
@@ -146,6 +166,10 @@ describe("network state across the driver reload", function()
     assert.equal("02:aa:00:00:00:01", assert(link_of(sock, "0000:03:00.1")).mac,
                  "the rebound VF took the admin MAC its PF gave it")
     assert.equal("02:aa:00:00:00:02", assert(link_of(sock, "0000:03:00.2")).mac)
+    local rep_label = ("%s (%s/%s#pf0vf0)"):format(assert(rep_of(sock, "pf0vf0")).name, BUS, PF)
+    for _, step in ipairs { rep_label .. ": mtu 9000", rep_label .. ": up" } do
+      assert.is_true(contains(report.restored, step), step .. " in:\n" .. table.concat(report.restored, "\n"))
+    end
 
     assert.same({ restored = {}, failed = {} }, netstate.restore(sock, saved), "a second restore has nothing to do")
     os.remove(file)

@@ -96,6 +96,9 @@ describe("drv.netstate", function()
                    .. "2 VFs (macs 02:00:00:00:00:01)", netstate.describe(pf))
       assert.equal("eth4 (pci/0000:03:00.1, mlx5_core): down, mtu 1500, VF of 0000:03:00.0",
                    netstate.describe(device("0000:03:00.1", "eth4", { physfn = "0000:03:00.0" })))
+      local rep = device("0000:03:00.0", "eth5", { port = "pf0vf1", admin = "up" })
+      assert.equal("eth5 (pci/0000:03:00.0#pf0vf1, mlx5_core): up, mtu 1500, representor", netstate.describe(rep))
+      assert.equal("pci/0000:03:00.0#pf0vf1", netstate.device_key(rep), "a representor is keyed apart from its PF")
     end)
   end)
 

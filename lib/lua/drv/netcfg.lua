@@ -157,8 +157,9 @@ function M.restore(spec, state, timeout)
   else
     log.error("network: %s; restoring the others", missing)
   end
+  local left = math.max(0, timeout - (sys.monotonic() - t0)) -- for the VFs and representors restore makes
   t0 = sys.monotonic()
-  local ok, report = pcall(netstate.restore, sock, state, { timeout = timeout, pin_vf_macs = { MELLANOX } })
+  local ok, report = pcall(netstate.restore, sock, state, { timeout = left, pin_vf_macs = { MELLANOX } })
   sock:close()
   if not ok then
     log.error("network: restoring the configuration saved in %s failed: %s", spec.file, tostring(report))

@@ -7,7 +7,8 @@
 -- stack, what it had: admin state, MTU, addresses, routes, eswitch mode,
 -- sriov_numvfs and each VF's config, as plain data (`write`/`read` keep it
 -- in a file, so a run that dies between unload and restore leaves it for the
--- next). Devices are matched across the reload by their bus address: the
+-- next). Devices are matched across the reload by their bus address (a
+-- switchdev representor, on its PF's device, also by its port name): the
 -- netdev names may change. `wait` waits for them to come back, `restore` puts
 -- back what the reload reset, in the order the kernel needs it, and `guard`
 -- says beforehand whether the reload would cut the node off.
@@ -30,7 +31,17 @@ local function set_of(list)
   return set
 end
 
-local function key(bus, device) return bus .. "/" .. device end
+local function key(bus, device, port) return bus .. "/" .. device .. (port and "#" .. port or "") end
+
+-- A saved device's key: its bus address, and a representor's port ("pci/0000:03:00.0#pf0vf1").
+local function dkey(d) return key(d.bus, d.device, d.port) end
+
+-- The port of a representor (switchdev mode: "pf0vf1", "pf0sf2"), nil for any other link: a
+-- representor is on its PF's bus device, the PF's own link with port p0 or none.
+local function rep_port(name)
+  local port = (fs.read("/sys/class/net/" .. name .. "/phys_port_name") or ""):match("^%s*(%S+)")
+  if port and not port:match("^p%d+$") then return port end
+end
 
 local function basename(path) return path and path:match("([^/]+)$") end
 
@@ -57,12 +68,14 @@ local function kept_address(a)
 end
 
 local function saved_device(sock, link, addresses, routes)
-  local d = { bus = link.bus, device = link.device, name = link.name, driver = link.driver or link.module,
-              admin = link.admin, mtu = link.mtu, mac = link.mac, numvfs = link.numvfs,
-              physfn = physfn_of(link.bus, link.device),
-              addresses = {}, routes = {}, vfs = {} }
-  d.eswitch = not d.physfn and sock:eswitch(link.bus, link.device) or nil
-  for _, vf in ipairs(link.vfs or {}) do d.vfs[#d.vfs + 1] = vf end
+  local d = { bus = link.bus, device = link.device, port = rep_port(link.name), name = link.name,
+              driver = link.driver or link.module, admin = link.admin, mtu = link.mtu, mac = link.mac,
+              physfn = physfn_of(link.bus, link.device), addresses = {}, routes = {}, vfs = {} }
+  if not d.port then -- a representor's VF count and config are its PF's
+    d.numvfs = link.numvfs
+    d.eswitch = not d.physfn and sock:eswitch(link.bus, link.device) or nil
+    for _, vf in ipairs(link.vfs or {}) do d.vfs[#d.vfs + 1] = vf end
+  end
   for _, a in ipairs(addresses) do
     if a.dev == link.name and kept_address(a) then
       d.addresses[#d.addresses + 1] = { family = a.family, address = a.address, prefix = a.prefix }
@@ -85,19 +98,24 @@ end
 -- @param sock a `drv.net.open()` socket
 -- @tparam table modules the stack's module names (a list or a set): a link is the stack's when its
 --   driver (ETHTOOL_GDRVINFO) or its bus device's driver module is one of them
--- @treturn table `{ version, devices = { { bus, device, name, driver, admin, mtu, mac, numvfs, physfn,
---   eswitch, addresses, routes, vfs }... }, routes = the main table (for guard) }`; raises when
+-- @treturn table `{ version, devices = { { bus, device, port (a representor's), name, driver, admin, mtu,
+--   mac, numvfs, physfn, eswitch, addresses, routes, vfs }... }, routes = the main table (for guard) }`
+--   (one link per bus device and representor port: the first, by ifindex); raises when
 --   the kernel cannot be read
 function M.save(sock, modules)
   modules = set_of(modules)
   local links = must("links", sock:links())
   local addresses = must("addresses", sock:addresses())
   local routes = must("routes", sock:routes())
-  local state = { version = M.VERSION, devices = {}, routes = {} }
+  local state, seen = { version = M.VERSION, devices = {}, routes = {} }, {}
   for _, link in ipairs(links) do
-    if of_stack(link, modules) then state.devices[#state.devices + 1] = saved_device(sock, link, addresses, routes) end
+    local d = of_stack(link, modules) and saved_device(sock, link, addresses, routes)
+    if d and not seen[dkey(d)] then -- one link per key: the first made (an IPoIB child shares its parent's)
+      seen[dkey(d)] = true
+      state.devices[#state.devices + 1] = d
+    end
   end
-  table.sort(state.devices, function(a, b) return key(a.bus, a.device) < key(b.bus, b.device) end)
+  table.sort(state.devices, function(a, b) return dkey(a) < dkey(b) end)
   for _, r in ipairs(routes) do
     state.routes[#state.routes + 1] = { dst = r.dst, gateway = r.gateway, dev = r.dev, family = r.family,
                                         metric = r.metric }
@@ -123,24 +141,24 @@ end
 
 --- A saved device's bus address as the state files key it: "pci/0000:03:00.0".
 function M.device_key(d)
-  return key(d.bus, d.device)
+  return dkey(d)
 end
 
 --- `state` with the devices saved in `over` in place of its own of the same bus address, and
 -- those of `over` it lacks (e.g. what a run killed mid-reload saved of devices that are gone now).
 function M.merge(state, over)
   local theirs = {}
-  for _, d in ipairs(over.devices) do theirs[key(d.bus, d.device)] = d end
+  for _, d in ipairs(over.devices) do theirs[dkey(d)] = d end
   local merged = { version = M.VERSION, routes = state.routes, devices = {} }
   for _, d in ipairs(state.devices) do
-    local k = key(d.bus, d.device)
+    local k = dkey(d)
     merged.devices[#merged.devices + 1] = theirs[k] or d
     theirs[k] = nil
   end
   for _, d in ipairs(over.devices) do
-    if theirs[key(d.bus, d.device)] then merged.devices[#merged.devices + 1] = d end
+    if theirs[dkey(d)] then merged.devices[#merged.devices + 1] = d end
   end
-  table.sort(merged.devices, function(a, b) return key(a.bus, a.device) < key(b.bus, b.device) end)
+  table.sort(merged.devices, function(a, b) return dkey(a) < dkey(b) end)
   return merged
 end
 
@@ -159,7 +177,8 @@ function M.describe(d)
     parts[#parts + 1] = plural(d.numvfs, "VF") .. (#macs > 0 and " (macs " .. table.concat(macs, " ") .. ")" or "")
   end
   if d.physfn then parts[#parts + 1] = "VF of " .. d.physfn end
-  return ("%s (%s%s): %s"):format(d.name, key(d.bus, d.device), d.driver and ", " .. d.driver or "",
+  if d.port then parts[#parts + 1] = "representor" end
+  return ("%s (%s%s): %s"):format(d.name, dkey(d), d.driver and ", " .. d.driver or "",
                                   table.concat(parts, ", "))
 end
 
@@ -167,7 +186,8 @@ end
 local function links_by_device(sock)
   local found = {}
   for _, link in ipairs(must("links", sock:links())) do
-    if link.device then found[key(link.bus, link.device)] = link end
+    local k = link.device and key(link.bus, link.device, rep_port(link.name))
+    if k and not found[k] then found[k] = link end
   end
   return found
 end
@@ -175,7 +195,7 @@ end
 local function missing_devices(sock, devices)
   local now, missing = links_by_device(sock), {}
   for _, d in ipairs(devices) do
-    if not now[key(d.bus, d.device)] then missing[#missing + 1] = ("%s (was %s)"):format(key(d.bus, d.device), d.name) end
+    if not now[dkey(d)] then missing[#missing + 1] = ("%s (was %s)"):format(dkey(d), d.name) end
   end
   return missing, now
 end
@@ -195,7 +215,7 @@ end
 
 local function pfs_of(state)
   local pfs = {}
-  for _, d in ipairs(state.devices) do if not d.physfn then pfs[#pfs + 1] = d end end
+  for _, d in ipairs(state.devices) do if not d.physfn and not d.port then pfs[#pfs + 1] = d end end
   return pfs
 end
 
@@ -218,7 +238,7 @@ local function step(report, what, ok, err)
 end
 
 local function label(d, link)
-  return ("%s (%s)"):format(link and link.name or d.name, key(d.bus, d.device))
+  return ("%s (%s)"):format(link and link.name or d.name, dkey(d))
 end
 
 local VF_FIELDS = { "mac", "vlan", "qos", "spoofchk", "trust", "link_state" }
@@ -319,8 +339,9 @@ end
 --- Put back what the reload reset: per PF its eswitch mode, then sriov_numvfs, then each VF's
 -- config, then (for a PF whose PCI vendor is in opts.pin_vf_macs) each VF without an admin MAC
 -- given its current MAC as one, then (when any of that changed, and opts.rebind is not false) each
--- VF rebound; then per device (the VFs' once their links are back) its MTU, addresses and admin
--- state; routes last (a gateway may be on another device). What is already as saved is left as it is.
+-- VF rebound; then per device (the VFs' and the representors' once their links are back) its MTU,
+-- addresses and admin state; routes last (a gateway may be on another device). What is already as
+-- saved is left as it is.
 -- @tparam table opts `{ rebind = true, timeout = 60 (for the VFs' links), pin_vf_macs = { "0x15b3" } }`
 -- @treturn table `{ restored = { "eth0 (pci/0000:03:00.0): mtu 9000"... },
 --   failed = { "eth0 (pci/...): address 10.0.0.1/24: <reason>"... } }`
@@ -329,24 +350,24 @@ function M.restore(sock, state, opts)
   local report, pin = { restored = {}, failed = {} }, set_of(opts.pin_vf_macs or {})
   local now = links_by_device(sock)
   for _, d in ipairs(pfs_of(state)) do
-    local link = now[key(d.bus, d.device)]
+    local link = now[dkey(d)]
     if not link then
       step(report, label(d), nil, "the device did not come back")
     elseif restore_sriov(sock, report, d, link, pin) and opts.rebind ~= false then
       rebind_vfs(report, d)
     end
   end
-  local vfs = {}
-  for _, d in ipairs(state.devices) do if d.physfn then vfs[#vfs + 1] = d end end
+  local vfs = {} -- and representors: made with the VFs
+  for _, d in ipairs(state.devices) do if d.physfn or d.port then vfs[#vfs + 1] = d end end
   local _, err = wait_for(sock, vfs, opts.timeout or 60, "after their PF's sriov_numvfs was restored")
   if err then report.failed[#report.failed + 1] = err end
   now = links_by_device(sock)
   for _, d in ipairs(state.devices) do
-    local link = now[key(d.bus, d.device)]
+    local link = now[dkey(d)]
     if link then restore_link(sock, report, d, link) end
   end
   for _, d in ipairs(state.devices) do
-    local link = now[key(d.bus, d.device)]
+    local link = now[dkey(d)]
     if link then restore_routes(sock, report, d, link) end
   end
   return report
@@ -426,7 +447,7 @@ function M.guard(state, addresses)
   for _, d in ipairs(state.devices) do by_name[d.name] = d end
   local function reason(d, fmt, ...)
     reasons[#reasons + 1] = fmt:format(...)
-    through[key(d.bus, d.device)] = true
+    through[dkey(d)] = true
   end
   for _, r in ipairs(state.routes) do
     local d = r.dst == "default" and by_name[r.dev]
