@@ -39,11 +39,11 @@ DEB_BUILD = build-essential pkg-config liblua5.4-dev libkmod-dev libmount-dev \
             libcurl4-openssl-dev libarchive-dev libssl-dev
 DEB_TEST  = lua5.4 lua-busted lua-check python3 openssl kmod util-linux cpio \
             busybox-static qemu-system-x86 linux-image-amd64 linux-headers-amd64 \
-            nodejs npm valgrind
+            nodejs npm valgrind buildah debootstrap
 DEB_ALL   = $(DEB_BUILD) $(DEB_TEST)
 
 .PHONY: all check demo install deps deps-ok clean lint fixtures doc docker-context bench \
-        check-c check-lint check-host check-guest check-memcheck
+        check-c check-lint check-host check-guest check-images check-memcheck
 
 all: $(DRVRUN)
 
@@ -69,7 +69,7 @@ RESULTS = $(BUILD)/results
 BUSTED  = $(DRVRUN) /usr/bin/busted --output=spec/support/counting.lua -Xoutput --plain
 
 # valgrind does not run under ASan: a SANITIZE=1 check leaves memcheck out.
-SUITES = check-c check-lint check-host check-guest $(if $(SANFLAGS),,check-memcheck)
+SUITES = check-c check-lint check-host check-guest check-images $(if $(SANFLAGS),,check-memcheck)
 
 check: deps-ok
 	@$(MAKE) --no-print-directory all fixtures
@@ -128,6 +128,28 @@ check-guest: $(DRVRUN) fixtures $(CACHE)/.stamp
 	spec/vm/run -q --log $(BUILD)/vm/guest.log --out $(abspath $(RESULTS)) -- \
 	  env DRVRUN=$(abspath $(DRVRUN)) \
 	  DRVRUN_RESULTS=$(abspath $(RESULTS))/check-guest $(BUSTED) spec/guest
+
+# The images built for real (tools/build-test-images: buildah, on a Debian base made with
+# debootstrap and kept in buildah's storage), then the OFED image's root run in the guest as
+# the DaemonSet runs it (spec/image/). One count for the build, the guest specs' for the rest.
+# IMAGE_OFED_BUNDLE is the bundle $(CACHE) holds a build of (tools/fill-cache), so that the
+# image reaches ready in the guest on that cache without a compiler.
+IMAGES            = build/images
+IMAGE_BASE        = localhost/debian:bookworm
+VENDOR           ?= ../shared/vendor
+IMAGE_OFED_BUNDLE = $(wildcard build/fixtures/sim-ofed-[0-9]*.tgz)
+GUEST_KVER        = $(shell ls /lib/modules | sort -V | tail -n 1)
+
+check-images: $(DRVRUN) fixtures $(CACHE)/.stamp $(NODE_TOOLS)
+	@rm -rf $(RESULTS)/images; mkdir -p $(RESULTS)/images $(BUILD)/vm
+	@if tools/run-counted $(RESULTS)/images/build nice -n 10 tools/build-test-images $(IMAGE_BASE) $(VENDOR) \
+	    "$(IMAGE_OFED_BUNDLE)" $(GUEST_KVER) $(abspath $(IMAGES)); then \
+	   spec/vm/run -q --timeout 1800 --log $(BUILD)/vm/images.log --out $(abspath $(RESULTS)) -- \
+	     env DRVRUN=$(abspath $(DRVRUN)) DRVRUN_IMAGES=$(abspath $(IMAGES)) \
+	     DRVRUN_RESULTS=$(abspath $(RESULTS))/images/guest $(BUSTED) spec/image; \
+	   rc=$$?; [ -s $(RESULTS)/images/guest ] || echo "0 1" > $(RESULTS)/images/guest; \
+	 else rc=1; fi; \
+	 cat $(RESULTS)/images/* | awk '{p+=$$1; f+=$$2} END {print p, f}' > $(RESULTS)/check-images; exit $$rc
 
 fixtures:
 	@$(MAKE) --no-print-directory -C spec/fixtures
