@@ -59,6 +59,7 @@ end
 local OFED_DF, PEER_DF = "docker/ubuntu/Dockerfile", "docker/gpu-direct/ubuntu/Dockerfile"
 local OFED_DS, PEER_DS = "deploy/ofed-driver.yaml", "deploy/nv-peer-mem.yaml"
 local PROBE = "[drvrun, /usr/local/share/drvrun/probe.lua, "
+local PRECOMPILE_RUN = 'RUN if [ -n "$PRECOMPILE_KERNEL" ]; then \\\n      drvrun '
 
 describe("tools/images.lua", function()
   local root
@@ -190,15 +191,15 @@ describe("tools/images.lua", function()
       edit(root2, OFED_DF, env, "\n")
       edit(root2, OFED_DF, "\nHEALTHCHECK ", env .. "HEALTHCHECK ")
       edit(root2, OFED_DF, "BUILD_ONLY=true KVER=", "KVER=")
-      local run = line_of(root, OFED_DF, 'RUN if [ -n "$PRECOMPILE_KERNEL" ]')
+      local run = line_of(root, OFED_DF, PRECOMPILE_RUN)
       fails_with(root, {
         ("FAIL %s:%d: the precompile does not build into CACHE_DIR=/var/lib/drvrun/precompiled, where the entrypoint "
          .. "seeds the build cache from (DRVRUN_PRECOMPILED)"):format(OFED_DF, run) })
       fails_with(root2, {
         ("FAIL %s:%d: the precompile runs before the ENV that gives the recipe its options"):format(OFED_DF,
-          line_of(root2, OFED_DF, 'RUN if [ -n "$PRECOMPILE_KERNEL" ]')),
+          line_of(root2, OFED_DF, PRECOMPILE_RUN)),
         ("FAIL %s:%d: the precompile must run drvrun /usr/local/share/drvrun/recipes/ubuntu-ofed.lua BUILD_ONLY=true "
-         .. 'KVER="$PRECOMPILE_KERNEL"'):format(OFED_DF, line_of(root2, OFED_DF, 'RUN if [ -n "$PRECOMPILE_KERNEL" ]')) })
+         .. 'KVER="$PRECOMPILE_KERNEL"'):format(OFED_DF, line_of(root2, OFED_DF, PRECOMPILE_RUN)) })
       fs.remove(root2, { recursive = true })
     end)
 
