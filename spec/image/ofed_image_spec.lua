@@ -82,12 +82,6 @@ local function entry_modules(dir)
   return mods
 end
 
-local function count(t)
-  local n = 0
-  for _ in pairs(t) do n = n + 1 end
-  return n
-end
-
 -- Ready and live with the modules of `built` (a cache entry's), no trap run;
 -- returns the image's HEALTHCHECK run in the container and the log.
 local function assert_ready(c, built)
@@ -99,14 +93,13 @@ local function assert_ready(c, built)
   local ok, ready = probe.live(ofed.READY[2])
   assert.is_true(ok, ready)
   assert.equal(#ofed.STACK, #ready.modules)
-  assert.equal(#ofed.STACK, count(built))
   local ctx = assert(kmod.new())
   for _, m in ipairs(ready.modules) do
     assert.equal(built[m.name], assert(ctx:state(m.name), m.name).srcversion, m.name)
   end
   local health = container.exec(c.p, c.env, c.img.healthcheck)
   assert.equal(0, health.status, health.stderr)
-  assert.matches("^probe: ubuntu%-ofed %S+ live: 11 modules as /%.driver%-ready says\n$", health.stdout)
+  assert.matches("^probe: ubuntu%-ofed %S+ live: " .. #ofed.STACK .. " modules as /%.driver%-ready says\n$", health.stdout)
   return text
 end
 
@@ -176,7 +169,6 @@ describe("the images, as built,", function()
      .. "package", function()
     local img = image("ofed-driver-precompiled")
     local built = entry_modules(the_entry(img.root .. PRECOMPILED))
-    assert.equal(#ofed.STACK, count(built))
     for _, name in ipairs(ofed.STACK) do assert.matches("^%x+$", built[name], name) end
     assert.is_false(fs.exists(img.root .. PRECOMPILED .. "/ubuntu-ofed/sources"), "the build's copy of the bundle")
     local status, out = run_in_image(img, { "drvrun", "--version" })
