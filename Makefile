@@ -132,8 +132,9 @@ check-guest: $(DRVRUN) fixtures $(CACHE)/.stamp
 # The images built for real (tools/build-test-images: buildah, on a Debian base made with
 # debootstrap and kept in buildah's storage), then the OFED image's root run in the guest as
 # the DaemonSet runs it (spec/image/). One count for the build, the guest specs' for the rest.
-# IMAGE_OFED_BUNDLE is the bundle $(CACHE) holds a build of (tools/fill-cache), so that the
-# image reaches ready in the guest on that cache without a compiler.
+# IMAGE_OFED_BUNDLE must be the bundle $(CACHE) holds a build of (tools/fill-cache), so that
+# the image reaches ready in the guest on that cache without a compiler: the simulated one while
+# tools/fill-cache builds that, $(VENDOR)/MLNX_OFED_SRC-debian-25.10-1.7.1.1.tgz once it builds the real one.
 IMAGES            = build/images
 IMAGE_BASE        = localhost/debian:bookworm
 VENDOR           ?= ../shared/vendor
@@ -142,7 +143,7 @@ GUEST_KVER        = $(shell ls /lib/modules | sort -V | tail -n 1)
 
 check-images: $(DRVRUN) fixtures $(CACHE)/.stamp $(NODE_TOOLS)
 	@rm -rf $(RESULTS)/images; mkdir -p $(RESULTS)/images $(BUILD)/vm
-	@if tools/run-counted $(RESULTS)/images/build nice -n 10 tools/build-test-images $(IMAGE_BASE) $(VENDOR) \
+	@if tools/run-counted $(RESULTS)/images/build tools/build-test-images $(IMAGE_BASE) $(VENDOR) \
 	    "$(IMAGE_OFED_BUNDLE)" $(GUEST_KVER) $(abspath $(IMAGES)); then \
 	   spec/vm/run -q --timeout 1800 --log $(BUILD)/vm/images.log --out $(abspath $(RESULTS)) -- \
 	     env DRVRUN=$(abspath $(DRVRUN)) DRVRUN_IMAGES=$(abspath $(IMAGES)) \
