@@ -217,12 +217,15 @@ DOCKER_CONTEXTS = docker/ubuntu docker/gpu-direct/ubuntu
 DIST_FILES      = Makefile $(HOST_SRC) $(wildcard host/*.h) tools/runtime-packages lib/probe.lua $(wildcard lib/lua/drv/*.lua) \
                   $(wildcard recipes/*.lua) docker/entrypoint
 
-docker-context: $(DOCKER_CONTEXTS:%=%/drvrun.tar.gz)
+docker-context: $(DOCKER_CONTEXTS:%=%/drvrun.tar.gz) $(DOCKER_CONTEXTS:%=%/lua-5.4)
+
+$(DOCKER_CONTEXTS:%=%/lua-5.4): %/lua-5.4: tools/lua-5.4
+	cp $< $@
 
 %/drvrun.tar.gz: $(DIST_FILES)
 	tar -czf $@ --owner=0 --group=0 --sort=name --mtime=@0 $(DIST_FILES)
 
 clean:
 	rm -rf build
-	rm -f $(DOCKER_CONTEXTS:%=%/drvrun.tar.gz)
+	rm -f $(DOCKER_CONTEXTS:%=%/drvrun.tar.gz) $(DOCKER_CONTEXTS:%=%/lua-5.4)
 	@$(MAKE) --no-print-directory -C spec/fixtures clean

@@ -398,6 +398,8 @@ local function build_deps_checks(d, file)
     if ins.keyword == "RUN" and ins.text:match("apt%-get install") then
       for _, w in ipairs(words(ins.text)) do have[w] = true end
     end
+    -- tools/lua-5.4 installs liblua5.4-dev, or builds Lua 5.4 where the base has no package
+    if ins.keyword == "RUN" and ins.text:match("/tmp/lua%-5%.4 ") then have["liblua5.4-dev"] = true end
   end
   for _, pkg in ipairs(makefile_build_deps()) do
     check(have[pkg], file, "the build stage does not install %s (the Makefile's DEB_BUILD)", pkg)
