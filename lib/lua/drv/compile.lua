@@ -270,13 +270,14 @@ function M.kbuild(o)
 end
 
 --- Run a vendor tree's `./configure ARGS` in `o.src`.
--- @tparam table o `{ src = dir, args = { "--flag"... }, log = path (default: src/.drvrun-configure.log),
+-- @tparam table o `{ src = dir, args = { "--flag"... }, log = path (default: src/.drvrun-build.log, the
+--   log make appends to next: the build cache keeps both in one build.log),
 --   timeout = seconds, env = {...}, interrupt_fd = fd, progress = function() -> text or nil }`
 -- @treturn[1] table `{ seconds, log }`
 -- @treturn[2] nil, message (with the lines of the log that matter), errno
 function M.configure(o)
   check_opts(o, "configure")
-  o = defaults(o, ".drvrun-configure.log")
+  o = defaults(o, ".drvrun-build.log")
   if not fs.exists(o.src .. "/configure") then
     return nil, ("configure %s: there is no %s/configure (is this the source tree?)"):format(o.src, o.src), ENOENT
   end
