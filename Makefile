@@ -40,11 +40,11 @@ DEB_BUILD = build-essential pkg-config liblua5.4-dev libkmod-dev libmount-dev \
             libnl-genl-3-dev
 DEB_TEST  = lua5.4 lua-busted lua-check python3 openssl kmod util-linux cpio ccache \
             busybox-static qemu-system-x86 linux-image-amd64 linux-headers-amd64 \
-            nodejs npm valgrind
+            nodejs npm valgrind buildah debootstrap
 DEB_ALL   = $(DEB_BUILD) $(DEB_TEST)
 
 .PHONY: all check demo install deps deps-ok clean lint fixtures doc docker-context bench \
-        check-c check-lint check-host check-guest check-memcheck
+        check-c check-lint check-host check-guest check-images check-memcheck
 
 all: $(DRVRUN)
 
@@ -70,7 +70,7 @@ RESULTS = $(BUILD)/results
 BUSTED  = $(DRVRUN) /usr/bin/busted --output=spec/support/counting.lua -Xoutput --plain
 
 # valgrind does not run under ASan: a SANITIZE=1 check leaves memcheck out.
-SUITES = check-c check-lint check-host check-guest $(if $(SANFLAGS),,check-memcheck)
+SUITES = check-c check-lint check-host check-guest check-images $(if $(SANFLAGS),,check-memcheck)
 
 check: deps-ok
 	@$(MAKE) --no-print-directory all fixtures
@@ -126,7 +126,7 @@ check-host: $(DRVRUN) $(NODE_TOOLS)
 # cache hit). ROOT_SIM/ROOT_REAL are the OFED installs the clients build against.
 CACHE       = build/cache
 ROOT_SIM    = build/root-sim
-VENDOR      = ../shared/vendor
+VENDOR     ?= ../shared/vendor
 OFED_BUNDLE = $(VENDOR)/MLNX_OFED_SRC-debian-25.10-1.7.1.1.tgz
 OFED_SHA256 = 3e42df1e2081b7ccb602c5c15fb757687b2480d9a140141b9741f245348d79c0
 PEERMEM_SRC = $(VENDOR)/nv_peer_memory-1.3-0.tar.gz
@@ -151,6 +151,30 @@ GUEST_SPECS ?= $(wildcard spec/guest/*_spec.lua)
 check-guest: $(DRVRUN) fixtures $(CACHE)/.stamp $(REAL_CACHE)/.stamp
 	@tools/check-guest $(abspath $(RESULTS)) $(BUILD)/vm "$(GUEST_SPECS)" \
 	  env DRVRUN=$(abspath $(DRVRUN)) $(BUSTED)
+
+# The images built for real (tools/build-test-images: buildah, on a Debian base made with
+# debootstrap and kept in buildah's storage), then the OFED image's root run in the guest as
+# the DaemonSet runs it (spec/image/). One count for the build, the guest specs' for the rest.
+# The OFED image carries the real bundle (IMAGE_OFED_BUNDLE), and $(IMAGE_CACHE) holds a build
+# of it (tools/fill-cache), so that the image reaches ready in the guest on that cache without a
+# compiler, as a node whose build cache is filled does. The precompiled image is built from the
+# simulated bundle (its compile, at image build time, takes seconds; the real one's 15 minutes).
+IMAGES            = build/images
+IMAGE_BASE        = localhost/debian:bookworm
+IMAGE_OFED_BUNDLE = $(OFED_BUNDLE)
+IMAGE_CACHE       = $(REAL_CACHE)
+GUEST_KVER        = $(shell ls /lib/modules | sort -V | tail -n 1)
+
+check-images: $(DRVRUN) fixtures $(CACHE)/.stamp $(REAL_CACHE)/.stamp $(NODE_TOOLS)
+	@rm -rf $(RESULTS)/images; mkdir -p $(RESULTS)/images $(BUILD)/vm
+	@if tools/run-counted $(RESULTS)/images/build tools/build-test-images $(IMAGE_BASE) $(VENDOR) \
+	    "$(IMAGE_OFED_BUNDLE)" $(GUEST_KVER) $(abspath $(IMAGES)); then \
+	   spec/vm/run -q --timeout 1800 --log $(BUILD)/vm/images.log --out $(abspath $(RESULTS)) -- \
+	     env DRVRUN=$(abspath $(DRVRUN)) DRVRUN_IMAGES=$(abspath $(IMAGES)) DRVRUN_IMAGE_CACHE=$(abspath $(IMAGE_CACHE)) \
+	     DRVRUN_RESULTS=$(abspath $(RESULTS))/images/guest $(BUSTED) spec/image; \
+	   rc=$$?; [ -s $(RESULTS)/images/guest ] || echo "0 1" > $(RESULTS)/images/guest; \
+	 else rc=1; fi; \
+	 cat $(RESULTS)/images/* | awk '{p+=$$1; f+=$$2} END {print p, f}' > $(RESULTS)/check-images; exit $$rc
 
 fixtures:
 	@$(MAKE) --no-print-directory -C spec/fixtures
@@ -193,12 +217,15 @@ DOCKER_CONTEXTS = docker/ubuntu docker/gpu-direct/ubuntu
 DIST_FILES      = Makefile $(HOST_SRC) $(wildcard host/*.h) tools/runtime-packages lib/probe.lua $(wildcard lib/lua/drv/*.lua) \
                   $(wildcard recipes/*.lua) docker/entrypoint
 
-docker-context: $(DOCKER_CONTEXTS:%=%/drvrun.tar.gz)
+docker-context: $(DOCKER_CONTEXTS:%=%/drvrun.tar.gz) $(DOCKER_CONTEXTS:%=%/lua-5.4)
+
+$(DOCKER_CONTEXTS:%=%/lua-5.4): %/lua-5.4: tools/lua-5.4
+	cp $< $@
 
 %/drvrun.tar.gz: $(DIST_FILES)
 	tar -czf $@ --owner=0 --group=0 --sort=name --mtime=@0 $(DIST_FILES)
 
 clean:
 	rm -rf build
-	rm -f $(DOCKER_CONTEXTS:%=%/drvrun.tar.gz)
+	rm -f $(DOCKER_CONTEXTS:%=%/drvrun.tar.gz) $(DOCKER_CONTEXTS:%=%/lua-5.4)
 	@$(MAKE) --no-print-directory -C spec/fixtures clean

@@ -146,8 +146,10 @@ static const char **proc_envp(lua_State *L, int opts)
 	}
 	if (env) {
 		for (lua_pushnil(L); lua_next(L, env); lua_pop(L, 1)) {
+			if (lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1))
+				continue;	/* false: unset */
 			if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
-				luaL_argerror(L, opts, "field 'env': string keys and values expected");
+				luaL_argerror(L, opts, "field 'env': string keys and values (or false, to unset) expected");
 			lua_pushfstring(L, "%s=%s", lua_tostring(L, -2), lua_tostring(L, -1));
 			envp[i++] = lua_tostring(L, -1);
 			lua_rawsetp(L, LUA_REGISTRYINDEX, &envp[i - 1]); /* keep it alive */
@@ -683,7 +685,7 @@ static int proc_setup(lua_State *L, struct process *p, int default_inherit, int 
  * A non-zero exit is not a failure here: look at result.status.
  * @function run
  * @tparam table argv `{ "make", "-C", dir, ... }` (PATH is searched for argv[1])
- * @tparam[opt] table opts `{ env = { K = "v" }, clear_env = false, cwd = dir, timeout = seconds,
+ * @tparam[opt] table opts `{ env = { K = "v", UNSET = false }, clear_env = false, cwd = dir, timeout = seconds,
  *   kill_after = 5, interrupt_fd = fd (readable => stop the program, result.interrupted), stdin = "data", stdout = "capture"|"inherit"|"null",
  *   stderr = "capture"|"inherit"|"null"|"stdout", log = path, max_capture = 1 MiB,
  *   on_line = function(stream, line), on_tick = function(seconds since start), tick = 10 (seconds between

@@ -26,20 +26,22 @@ local function find_ofed(r)
 end
 
 -- What the loaded OFED stack (every module its ready file names) and nvidia
--- export, from their files: the kernel resolves the client's symbols from them.
+-- export, from their files in their containers' roots: the kernel resolves the
+-- client's symbols from them.
 local function loaded_exports(r)
-  local ctx, providers, dirs = r:kmod(), {}, peermem.module_dirs(r.opt.OFED_ROOT, r.kver)
-  dirs[#dirs + 1] = peermem.module_dirs(r.nvidia.root, r.kver)[1]
-  local names = graph.sorted(peermem.ready_modules(fs.read(r.ofed.ready) or ""))
-  names[#names + 1] = "nvidia"
-  for _, name in ipairs(names) do
-    local ko, err = symvers.loaded_file(ctx, name, dirs)
+  local ctx, providers = r:kmod(), {}
+  local function add(name, root)
+    local ko, err = symvers.loaded_file(ctx, name, peermem.module_dirs(root, r.kver))
     if ko then
       providers[name] = r:must("read the symbols of " .. ko, kmod.symbols(ko))
     else
       log.warn("load: cannot check symbol CRCs against %s: %s (the kernel still checks them)", name, err)
     end
   end
+  for _, name in ipairs(graph.sorted(peermem.ready_modules(fs.read(r.ofed.ready) or ""))) do
+    add(name, r.opt.OFED_ROOT)
+  end
+  add("nvidia", r.nvidia.root)
   return providers
 end
 

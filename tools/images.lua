@@ -43,8 +43,11 @@ local SEED = {
 --   arg_options: build arguments that are recipe options (ENV NAME=${NAME} passes them on;
 --                a default, when the recipe's is a constant, must be the recipe's)
 --   run_mounts:  the container side of the seed's `docker run -v`, and the option it must be
---   sources:     fetched at image build time (ADD, from the recipe's default URL) and handed
---                to the recipe through ENV (file_url: as a file:// URL; digest: its sha256 in image.env)
+--   own_args:    the build arguments of this project (not the seed's), with their defaults
+--   sources:     put into the image by the build stage: downloaded from the recipe's default
+--                URL, or `local_arg` (a path in the build context) when that is set; handed to
+--                the recipe through ENV (file_url: as a file:// URL; digest: its sha256 in image.env)
+--   precompile:  PRECOMPILE_KERNEL builds the recipe into the image's own build cache
 --   mounts:      options that are host paths in the DaemonSet (parent: the option is a file;
 --                host: "seed" = the host side of the seed's -v, "/host" = under /host is the
 --                host's root, else the same path on the host)
@@ -55,8 +58,11 @@ local IMAGES = {
     name = "ofed", seed = SEED.ofed, recipe = "ubuntu-ofed",
     dockerfile = "docker/ubuntu/Dockerfile", manifest = "deploy/ofed-driver.yaml",
     arg_options = { "D_OFED_VERSION", "D_OS", "D_ARCH" },
+    own_args = { LUA = "auto", LUA_URL = true, LUA_SHA256 = true, OFED_BUNDLE = "", PRECOMPILE_KERNEL = "" },
     run_mounts = { ["/run/mellanox/drivers"] = "EXPOSE_PATH" },
-    sources = { { env = "OFED_URL", url_option = "OFED_URL", file_url = true, digest = "OFED_SHA256" } },
+    sources = { { env = "OFED_URL", url_option = "OFED_URL", file_url = true, digest = "OFED_SHA256",
+                  local_arg = "OFED_BUNDLE" } },
+    precompile = true,
     mounts = {
       { option = "EXPOSE_PATH", propagation = "Bidirectional", host = "seed" },
       { option = "STATE_DIR" }, { option = "LOCK_FILE", parent = true }, { option = "CACHE_DIR" },
@@ -70,8 +76,9 @@ local IMAGES = {
     name = "peermem", seed = SEED.peermem, recipe = "peermem",
     dockerfile = "docker/gpu-direct/ubuntu/Dockerfile", manifest = "deploy/nv-peer-mem.yaml",
     arg_options = { "D_NV_PEER_MEM_BRANCH" },
+    own_args = { LUA = "auto", LUA_URL = true, LUA_SHA256 = true, PEERMEM_ARCHIVE = "" },
     run_mounts = { ["/run/mellanox/drivers"] = "OFED_ROOT", ["/run/nvidia/drivers"] = "NVIDIA_ROOT" },
-    sources = { { env = "PEERMEM_SOURCE", url_option = "PEERMEM_SOURCE" } },
+    sources = { { env = "PEERMEM_SOURCE", url_option = "PEERMEM_SOURCE", local_arg = "PEERMEM_ARCHIVE" } },
     mounts = {
       { option = "OFED_ROOT", propagation = "HostToContainer", host = "seed" },
       { option = "NVIDIA_ROOT", propagation = "HostToContainer", host = "seed" },
@@ -81,6 +88,12 @@ local IMAGES = {
     env_overrides = { READY_FILES = "any" },
   },
 }
+
+-- Build arguments that are not the image's: Debian's, for apt-get.
+local TOOL_ARGS = { DEBIAN_FRONTEND = true }
+
+-- Lua 5.4's release source (the build stage compiles it where the base has no package).
+local LUA_RELEASE_URL = "^https://www%.lua%.org/ftp/lua%-5%.4%.%d+%.tar%.gz$"
 
 -- Variables Docker defines for every stage.
 local PREDEFINED_ARGS = { HTTP_PROXY = true, HTTPS_PROXY = true, FTP_PROXY = true, NO_PROXY = true, ALL_PROXY = true,
@@ -282,6 +295,53 @@ local function build_arg_checks(img, d, recipe, file)
         "the seed builds %s from docker/: its context is not this file's directory", seed.last)
 end
 
+-- An ARG declared in several stages has one default.
+local function arg_default_checks(d, file)
+  local first = {}
+  for _, st in ipairs(d.stages) do
+    for k, v in pairs(stage_props(st, "ARG")) do
+      if first[k] == nil then first[k] = v
+      else
+        check(first[k] == v, file, "ARG %s defaults to %s in one stage and to %s in another", k, show(first[k]), show(v))
+      end
+    end
+  end
+end
+
+local function sorted_keys(t)
+  local ks = {}
+  for k in pairs(t) do ks[#ks + 1] = k end
+  table.sort(ks)
+  return table.concat(ks, " ")
+end
+
+-- This project's build arguments (not the seed's): the known ones, each declared, used and
+-- with its default (a string), none other; Lua's release source pinned by sha256.
+local function own_arg_checks(img, d, file)
+  local args = all_args(d)
+  for k in pairs(args) do
+    if not k:match("^D_") and not TOOL_ARGS[k] then
+      check(img.own_args[k] ~= nil, file, "build argument %s is not one tools/images.lua knows (%s): add it there",
+            k, sorted_keys(img.own_args))
+    end
+  end
+  for k, default in pairs(img.own_args) do
+    if check(args[k] ~= nil, file, "build argument %s is not declared", k) then
+      check(uses_variable(d, k), file, "build argument %s is declared but nothing uses it", k)
+      check(type(default) ~= "string" or (args[k] or "") == default, file, "ARG %s defaults to %s; it must be %s",
+            k, show(args[k]), default == "" and "empty" or default)
+    end
+  end
+  if args.LUA_URL then
+    check(args.LUA_URL:match(LUA_RELEASE_URL) ~= nil, file, "ARG LUA_URL defaults to %s, not a Lua 5.4 release "
+          .. "source of www.lua.org (https://www.lua.org/ftp/lua-5.4.N.tar.gz)", args.LUA_URL)
+  end
+  if args.LUA_SHA256 then
+    check(args.LUA_SHA256:match("^" .. ("%x"):rep(64) .. "$") ~= nil, file, "ARG LUA_SHA256 defaults to %s, not a sha256",
+          show(args.LUA_SHA256))
+  end
+end
+
 local function stage_named(d, name)
   for _, st in ipairs(d.stages) do if st.from.stage == name then return st end end
 end
@@ -339,6 +399,8 @@ local function build_deps_checks(d, file)
     if ins.keyword == "RUN" and ins.text:match("apt%-get install") then
       for _, w in ipairs(words(ins.text)) do have[w] = true end
     end
+    -- tools/lua-5.4 installs liblua5.4-dev, or builds Lua 5.4 where the base has no package
+    if ins.keyword == "RUN" and ins.text:match("/tmp/lua%-5%.4 ") then have["liblua5.4-dev"] = true end
   end
   for _, pkg in ipairs(makefile_build_deps()) do
     check(have[pkg], file, "the build stage does not install %s (the Makefile's DEB_BUILD)", pkg)
@@ -355,6 +417,36 @@ local function install_prefix(d)
   end
 end
 
+-- The RUN of a stage before the image stage whose text has `text`.
+local function build_run_with(d, text)
+  for i = 1, #d.stages - 1 do
+    for _, ins in ipairs(d.stages[i].instructions) do
+      if ins.keyword == "RUN" and ins.text:find(text, 1, true) then return ins end
+    end
+  end
+end
+
+-- The build stage puts a source into /out (the image gets /out): downloaded from the recipe's
+-- default URL, or, when src.local_arg is set, that file of the build context; ENV hands it to
+-- the recipe (and image.env its sha256).
+local function source_checks(d, recipe, src, env, file)
+  local url = (recipe.specs[src.url_option] or {}).default
+  local run = url and build_run_with(d, url)
+  if not check(run ~= nil, file, "the build stage downloads no %s (recipe %s's %s default)", tostring(url),
+               recipe.table.name, src.url_option) then return end
+  local dest = run.text:match("%-o /out(/%S+) ")
+  if not check(dest ~= nil, file, "the download of %s is not written under /out (curl -o /out/PATH)", url) then return end
+  check(run.text:find(('"$%s" /out%s'):format(src.local_arg, dest), 1, true) ~= nil, file,
+        "the build stage does not put %s (a file of the build context) at /out%s when it is set", src.local_arg, dest)
+  local want = (src.file_url and "file://" or "") .. dest
+  check(env[src.env] == want, file, "ENV %s is %s; the bundle fetched at build time is %s", src.env, show(env[src.env]), want)
+  if src.digest then
+    check(run.text:find(src.digest .. "=$(sha256sum /out" .. dest, 1, true) ~= nil
+          and run.text:find("> /out/etc/drvrun/image.env", 1, true) ~= nil, file,
+          "%s of %s is not written to /etc/drvrun/image.env (the entrypoint exports it)", src.digest, dest)
+  end
+end
+
 local function env_checks(img, d, recipe, file)
   local env, st = image_env(d)
   for k in pairs(env) do
@@ -364,27 +456,7 @@ local function env_checks(img, d, recipe, file)
   for _, k in ipairs(img.arg_options) do
     check(raw[k] == "${" .. k .. "}", file, "build argument %s does not reach the recipe: ENV %s=${%s} missing", k, k, k)
   end
-  for _, src in ipairs(img.sources) do
-    local url = (recipe.specs[src.url_option] or {}).default
-    local dest
-    for _, ins in ipairs(st.instructions) do
-      if ins.keyword == "ADD" and ins.args[1] == url then dest = ins.args[#ins.args] end
-    end
-    if check(dest ~= nil, file, "no ADD of %s (recipe %s's %s default) into the image", tostring(url),
-             recipe.table.name, src.url_option) then
-      local want = (src.file_url and "file://" or "") .. dest
-      check(raw[src.env] == want, file, "ENV %s is %s; the bundle fetched at build time is %s", src.env,
-            show(raw[src.env]), want)
-      if src.digest then
-        local text = {}
-        for _, ins in ipairs(st.instructions) do if ins.keyword == "RUN" then text[#text + 1] = ins.text end end
-        text = table.concat(text, "\n")
-        check(text:find(src.digest .. "=$(sha256sum " .. dest, 1, true) ~= nil
-              and text:find("/etc/drvrun/image.env", 1, true) ~= nil, file,
-              "%s of %s is not written to /etc/drvrun/image.env (the entrypoint exports it)", src.digest, dest)
-      end
-    end
-  end
+  for _, src in ipairs(img.sources) do source_checks(d, recipe, src, raw, file) end
   return env
 end
 
@@ -437,6 +509,32 @@ local function entry_checks(img, d, recipe, env, file, install)
   return prefix
 end
 
+-- The default of one of the entrypoint's variables (${NAME:-default}).
+local function entrypoint_default(name)
+  local text = assert(fs.read(SOURCE .. "/docker/entrypoint"))
+  return assert(text:match(name .. ":%-([^}]+)}"), "docker/entrypoint: no " .. name .. " default")
+end
+
+-- PRECOMPILE_KERNEL: the image stage builds the image's recipe build-only for that kernel, after
+-- the ENV that gives the recipe its options, into the build cache the entrypoint seeds from.
+local function precompile_checks(img, d, prefix, file)
+  local st = final_stage(d)
+  local run, env_line
+  for _, ins in ipairs(st.instructions) do
+    if ins.keyword == "ENV" then env_line = ins.line end
+    if ins.keyword == "RUN" and contains(ins.variables, "PRECOMPILE_KERNEL") then run = ins end
+  end
+  if not check(run ~= nil, file, "no RUN of the image stage uses PRECOMPILE_KERNEL") then return end
+  local where = ("%s:%d"):format(file, run.line)
+  check(env_line ~= nil and env_line < run.line, where, "the precompile runs before the ENV that gives the recipe "
+        .. "its options")
+  local cmd = ('drvrun %s/share/drvrun/recipes/%s.lua BUILD_ONLY=true KVER="$PRECOMPILE_KERNEL"'):format(prefix, img.recipe)
+  check(run.text:find(cmd, 1, true) ~= nil, where, "the precompile must run %s", cmd)
+  local seeds_from = entrypoint_default("DRVRUN_PRECOMPILED")
+  check(run.text:find("CACHE_DIR=" .. seeds_from .. " ", 1, true) ~= nil, where, "the precompile does not build into "
+        .. "CACHE_DIR=%s, where the entrypoint seeds the build cache from (DRVRUN_PRECOMPILED)", seeds_from)
+end
+
 -- The seed's `docker run`: its mounts are where the recipe looks by default.
 local function run_line_checks(img, recipe, env, file)
   local run = parse_docker(img.seed.run)
@@ -457,11 +555,15 @@ local function dockerfile_checks(img, d, recipe, install)
   if #d.stages == 0 then return fail(file, "no FROM") end
   scope_checks(d, file)
   build_arg_checks(img, d, recipe, file)
+  arg_default_checks(d, file)
+  own_arg_checks(img, d, file)
   stage_checks(d, file, img.root .. "/" .. file:match("^(.*)/[^/]+$"))
   build_deps_checks(d, file)
   local env = env_checks(img, d, recipe, file)
   run_line_checks(img, recipe, env, file)
-  return env, entry_checks(img, d, recipe, env, file, install)
+  local prefix = entry_checks(img, d, recipe, env, file, install)
+  if img.precompile and prefix then precompile_checks(img, d, prefix, file) end
+  return env, prefix
 end
 
 -- ---- manifests --------------------------------------------------------------------------
@@ -524,15 +626,10 @@ local function option_mount(pod, c, spec, value)
   return nil, table.concat(tried, " or ")
 end
 
--- Where the entrypoint looks for the host's /lib/modules (DRVRUN_HOST_MODULES).
-local function entrypoint_host_modules()
-  local text = assert(fs.read(SOURCE .. "/docker/entrypoint"))
-  return assert(text:match("DRVRUN_HOST_MODULES:%-([^}]+)}"), "docker/entrypoint: no DRVRUN_HOST_MODULES default")
-end
 
 -- The host's /lib/modules, read-only where the entrypoint looks for it.
 local function host_modules_checks(pod, c, file)
-  local want = entrypoint_host_modules()
+  local want = entrypoint_default("DRVRUN_HOST_MODULES")
   local vm, host = mount_of(pod, c, want)
   if check(vm ~= nil and vm.mountPath:gsub("/$", "") == want, file,
            "no volumeMount at %s (the entrypoint's DRVRUN_HOST_MODULES) for the host's /lib/modules", want) then
@@ -664,10 +761,15 @@ local function manifest_checks(img, m, recipe, env, prefix, base_image)
   return { hosts = hosts, selector = pod.nodeSelector or {} }
 end
 
--- Both DaemonSets on one node: one lock, one OFED root.
+-- Both images build drvrun on the same Lua; both DaemonSets on one node: one lock, one OFED root.
 local function cross_checks(seen)
   local ofed, peer = seen.ofed, seen.peermem
   if not (ofed and peer) then return end
+  for _, k in ipairs { "LUA_URL", "LUA_SHA256" } do
+    check(ofed.args[k] == peer.args[k], "docker/", "the Dockerfiles pin different Lua sources: ARG %s is %s and %s",
+          k, show(ofed.args[k]), show(peer.args[k]))
+  end
+  if not (ofed.hosts and peer.hosts) then return end
   local file = "deploy/"
   check(ofed.hosts.LOCK_FILE ~= nil and ofed.hosts.LOCK_FILE == peer.hosts.LOCK_FILE, file,
         "the host-wide lock is not the same host directory in both DaemonSets (%s, %s)",
@@ -726,7 +828,8 @@ local function check_image(img, files, install, seen)
   if not check(recipe ~= nil, ("recipes/%s.lua"):format(img.recipe), "%s (the %s image runs it)",
                tostring(rerr), img.dockerfile) then return end
   local env, prefix = dockerfile_checks(img, d, recipe, install)
-  seen[img.name] = manifest_checks(img, m, recipe, env or {}, prefix, all_args(d).D_BASE_IMAGE)
+  seen[img.name] = manifest_checks(img, m, recipe, env or {}, prefix, all_args(d).D_BASE_IMAGE) or {}
+  seen[img.name].args = all_args(d)
 end
 
 local function main(args)

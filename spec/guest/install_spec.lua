@@ -17,43 +17,42 @@ local sys = require "drv.sys"
 local probe = require "drv.probe"
 local guest = require "spec.support.guest"
 local ofed = require "spec.support.ofed"
+local container = require "spec.support.container"
+local sh = require "spec.support.sh"
 
 local MARKER = "/.drvrun-container-root"
 local RECIPE = "/usr/local/share/drvrun/recipes/ubuntu-ofed.lua"
 local ENTRYPOINT = "/usr/local/share/drvrun/entrypoint"
 local PROBE = "/usr/local/share/drvrun/probe.lua"
 
--- Mount the container root's filesystems, then run drvrun chrooted into it.
--- $1 root, $2 the DESTDIR, $3 the build cache; the rest: the command (the image's ENTRYPOINT).
-local CONTAINER = [[
-set -e
-R=$1 DEST=$2 CACHE=$3
-shift 3
-mount --make-private "$(findmnt -n -o TARGET -T "$R")"
+-- The root's file systems: the guest's /usr under a writable layer without
+-- /usr/lib/modules, the install at /usr/local, the guest's /etc read-only.
+-- Each file matching `pattern`: its sha256, inode and change time (a file
+-- written again, even with the same bytes, is not the same).
+local function digests(pattern)
+  local t = {}
+  for _, f in ipairs(fs.glob(pattern) or {}) do
+    local st = assert(fs.stat(f))
+    t[f] = ("%s %d %s"):format(fs.sha256(f), st.ino, st.ctime)
+  end
+  return t
+end
+
+local function prepare(dest)
+  return ([[
 mount --bind "$R" "$R"
 mount --make-private "$R"
 mount -t tmpfs tmpfs "$R/.layer"
 mkdir "$R/.layer/upper" "$R/.layer/work"
 mount -t overlay overlay -o "lowerdir=/usr,upperdir=$R/.layer/upper,workdir=$R/.layer/work" "$R/usr"
-mount --bind "$DEST/usr/local" "$R/usr/local"
+mount --bind %s/usr/local "$R/usr/local"
 mount -t tmpfs tmpfs "$R/usr/lib/modules"
-mount --bind /lib/modules "$R/host/lib/modules"
-mount -o remount,bind,ro "$R/host/lib/modules"
 mount --bind /etc "$R/etc"
 mount -o remount,bind,ro "$R/etc"
-mount -t proc proc "$R/proc"
-mount -t sysfs sysfs "$R/sys"
-mount --rbind /dev "$R/dev"
 mount -t tmpfs tmpfs "$R/run"
 mount -t tmpfs tmpfs "$R/tmp"
-mkdir -p "$R/run/mellanox/drivers" "$R/run/drvrun"
-mount --bind /run/mellanox/drivers "$R/run/mellanox/drivers"
-mount --bind /run/drvrun "$R/run/drvrun"
-mount --bind "$CACHE" "$R/var/cache/drvrun"
-mkdir -p /run/modprobe.d
-mount --bind /run/modprobe.d "$R/host/run/modprobe.d"
-exec chroot "$R" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$@"
-]]
+]]):format(sh.quote(dest))
+end
 
 -- An empty root: mount points, the guest's top-level links (/bin -> usr/bin...), a marker.
 local function make_root()
@@ -70,12 +69,23 @@ local function make_root()
   return root
 end
 
+-- The volumes of deploy/ofed-driver.yaml's pod, from the guest as the host.
+local function volumes(cache)
+  return {
+    { host = "/run/mellanox/drivers", path = "/run/mellanox/drivers", propagation = "Bidirectional" },
+    { host = "/run/drvrun", path = "/run/drvrun" },
+    { host = cache, path = "/var/cache/drvrun" },
+    { host = "/run/modprobe.d", path = "/host/run/modprobe.d" },
+    { host = "/lib/modules", path = "/host/lib/modules", read_only = true },
+  }
+end
+
 local function start_container(root, dest, cache, env)
-  local log = os.tmpname()
-  local argv = { "sh", "-c", 'exec "$@" > "$0" 2>&1', log, "unshare", "-m", "--propagation", "unchanged",
-                 "sh", "-c", CONTAINER, "container", root, dest, cache, ENTRYPOINT, RECIPE,
-                 "OFED_URL=" .. env.server:url(env.bundle), "OFED_SHA256=" .. env.sha, "LOCK_TIMEOUT=30" }
-  local p = assert(proc.spawn(argv))
+  local p, log = container.start {
+    root = root, prepare = prepare(dest), volumes = volumes(cache),
+    env = { "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" },
+    argv = { ENTRYPOINT, RECIPE, "OFED_URL=" .. env.server:url(env.bundle), "OFED_SHA256=" .. env.sha, "LOCK_TIMEOUT=30" },
+  }
   ofed.running[#ofed.running + 1] = p
   return p, log
 end
@@ -102,6 +112,7 @@ describe("make install, run as a container root", function()
     local inbox = ofed.load_inbox()
     local kdir = "/lib/modules/" .. sys.uname().release
     local index = fs.sha256(kdir .. "/modules.dep")
+    local updates = digests(kdir .. "/updates/*/*")
     local p, log = start_container(root, dest, ofed.fresh_cache(), env)
     assert.is_true(ofed.wait_for(ofed.READY[2], p), fs.read(log))
     local text = fs.read(log)
@@ -123,10 +134,9 @@ describe("make install, run as a container root", function()
       assert.equal(m.srcversion, assert(ctx:state(m.name)).srcversion, m.name)
     end
     -- the liveness probe as the kubelet runs it: in the container's namespace and root
-    local r = assert(proc.run({ "nsenter", "-t", tostring(p:pid()), "-m", "-r", "/usr/local/bin/drvrun", PROBE,
-                                ofed.READY[2] }))
+    local r = container.exec(p, nil, { "/usr/local/bin/drvrun", PROBE, ofed.READY[2] })
     assert.equal(0, r.status, r.stderr)
-    assert.matches("^probe: ubuntu%-ofed 5%.9%-0%.5%.6%.0 live: 11 modules as /run/mellanox/drivers/%.driver%-ready says\n$",
+    assert.matches("^probe: ubuntu%-ofed 25%.10%-1%.7%.1%.1 live: 12 modules as /run/mellanox/drivers/%.driver%-ready says\n$",
                    r.stdout)
 
     assert.is_true(sys.kill(p:pid(), "TERM"))
@@ -137,7 +147,7 @@ describe("make install, run as a container root", function()
     assert.is_false(fs.exists(ofed.JOURNAL))
     assert.is_false(fs.exists(ofed.BLACKLIST))
     -- what the recipe installed stayed in the container: the host's tree is as it was
-    assert.is_false(fs.exists(kdir .. "/updates/ubuntu-ofed"))
+    assert.same(updates, digests(kdir .. "/updates/*/*"))
     assert.equal(index, fs.sha256(kdir .. "/modules.dep"))
     for _, n in ipairs(inbox) do
       local st = assert(ctx:state(n), n .. " reloaded")

@@ -24,14 +24,19 @@ local function tree()
   return root
 end
 
--- Replace `from` (plain text, found exactly once) with `to` in root/file.
-local function edit(root, file, from, to)
+-- Replace `from` (plain text, found exactly `times` times, default once) with `to` in root/file.
+local function edit(root, file, from, to, times)
   local path = root .. "/" .. file
   local text = assert(fs.read(path))
-  local at = text:find(from, 1, true)
-  assert(at, ("%s does not contain %q"):format(file, from))
-  assert(not text:find(from, at + 1, true), ("%s contains %q more than once"):format(file, from))
-  assert(fs.write(path, text:sub(1, at - 1) .. to .. text:sub(at + #from)))
+  local parts, at = {}, 1
+  while true do
+    local i = text:find(from, at, true)
+    if not i then break end
+    parts[#parts + 1] = text:sub(at, i - 1) .. to
+    at = i + #from
+  end
+  assert(#parts == (times or 1), ("%s contains %q %d times, not %d"):format(file, from, #parts, times or 1))
+  assert(fs.write(path, table.concat(parts) .. text:sub(at)))
 end
 
 -- The number of the line of root/file where `text` (plain) first occurs.
@@ -54,6 +59,7 @@ end
 local OFED_DF, PEER_DF = "docker/ubuntu/Dockerfile", "docker/gpu-direct/ubuntu/Dockerfile"
 local OFED_DS, PEER_DS = "deploy/ofed-driver.yaml", "deploy/nv-peer-mem.yaml"
 local PROBE = "[drvrun, /usr/local/share/drvrun/probe.lua, "
+local PRECOMPILE_RUN = 'RUN if [ -n "$PRECOMPILE_KERNEL" ]; then \\\n      drvrun '
 
 describe("tools/images.lua", function()
   local root
@@ -93,7 +99,7 @@ describe("tools/images.lua", function()
 
     it("keep the seed's defaults, and the base image, D_OS and the node selector agree", function()
       edit(root, OFED_DF, "ARG D_BASE_IMAGE=ubuntu:20.04", "ARG D_BASE_IMAGE=ubuntu:22.04")
-      edit(root, PEER_DF, "ARG D_NV_PEER_MEM_BRANCH=master", "ARG D_NV_PEER_MEM_BRANCH=main")
+      edit(root, PEER_DF, "ARG D_NV_PEER_MEM_BRANCH=master", "ARG D_NV_PEER_MEM_BRANCH=main", 2)
       fails_with(root, {
         "FAIL docker/ubuntu/Dockerfile: ARG D_BASE_IMAGE defaults to ubuntu:22.04; the seed's default is ubuntu:20.04",
         "FAIL docker/ubuntu/Dockerfile: ARG D_OS defaults to ubuntu20.04, but the default base image ubuntu:22.04 is "
@@ -110,18 +116,18 @@ describe("tools/images.lua", function()
       fails_with(root, {
         "FAIL docker/ubuntu/Dockerfile: ARG D_OFED_VERSION defaults to 25.10-1.7.1.1; recipe ubuntu-ofed's default is "
         .. "24.10-1.1.4.0",
-        "FAIL docker/ubuntu/Dockerfile: no ADD of https://linux.mellanox.com/public/repo/mlnx_ofed/${D_OFED_VERSION}/SOURCES/"
-        .. "MLNX_OFED_SRC-debian-${D_OFED_VERSION}.tgz (recipe ubuntu-ofed's OFED_URL default) into the image" })
+        "FAIL docker/ubuntu/Dockerfile: the build stage downloads no https://linux.mellanox.com/public/repo/mlnx_ofed/"
+        .. "${D_OFED_VERSION}/SOURCES/MLNX_OFED_SRC-debian-${D_OFED_VERSION}.tgz (recipe ubuntu-ofed's OFED_URL default)" })
     end)
 
     it("pass every build argument that is a recipe option on to the recipe, and declare it where it is used", function()
       edit(root, OFED_DF, "    D_ARCH=${D_ARCH} \\\n", "")
-      edit(root, OFED_DF, "ARG D_OFED_VERSION=25.10-1.7.1.1\n", "")
+      edit(root, OFED_DF, "ARG D_OFED_VERSION=25.10-1.7.1.1\nARG OFED_BUNDLE=", "ARG OFED_BUNDLE=")
       fails_with(root, {
         "FAIL docker/ubuntu/Dockerfile: build argument D_ARCH does not reach the recipe: ENV D_ARCH=${D_ARCH} missing",
         "FAIL docker/ubuntu/Dockerfile: build argument D_ARCH is declared but nothing uses it",
-        ("FAIL %s:%d: ADD uses ${D_OFED_VERSION}, which this stage does not declare"):format(OFED_DF,
-          line_of(root, OFED_DF, "\nADD https:")) })
+        ("FAIL %s:%d: RUN uses ${D_OFED_VERSION}, which this stage does not declare"):format(OFED_DF,
+          line_of(root, OFED_DF, "\nRUN mkdir -p /out/usr/src")) })
     end)
 
     it("hand the sources fetched at build time to the recipe, and set only recipe options", function()
@@ -144,6 +150,57 @@ describe("tools/images.lua", function()
         "FAIL docker/ubuntu/Dockerfile: .dockerignore leaves drvrun.tar.gz out of the build context, but ADD drvrun.tar.gz "
         .. "needs it",
         "FAIL docker/ubuntu/Dockerfile: the build stage does not install libcurl4-openssl-dev (the Makefile's DEB_BUILD)" })
+    end)
+
+    it("know every build argument of their own, with its default, one in every stage, and pin one Lua", function()
+      edit(root, OFED_DF, "ARG LUA=auto", "ARG LUA=source")
+      edit(root, OFED_DF, "ARG PRECOMPILE_KERNEL=\n", "ARG PRECOMPILE_KERNEL=\nARG PRECOMPILE_JOBS=2\n")
+      edit(root, PEER_DF, "ARG LUA_URL=https://www.lua.org/ftp/lua-5.4.", "ARG LUA_URL=https://example.org/lua-5.4.")
+      edit(root, PEER_DF, "ARG LUA_SHA256=4f", "ARG LUA_SHA256=5f")
+      edit(root, PEER_DF, "ARG D_NV_PEER_MEM_BRANCH=master\nARG DEBIAN", "ARG D_NV_PEER_MEM_BRANCH=1.3-0\nARG DEBIAN")
+      fails_with(root, {
+        "FAIL docker/ubuntu/Dockerfile: ARG LUA defaults to source; it must be auto",
+        "FAIL docker/ubuntu/Dockerfile: build argument PRECOMPILE_JOBS is not one tools/images.lua knows "
+        .. "(LUA LUA_SHA256 LUA_URL OFED_BUNDLE PRECOMPILE_KERNEL): add it there",
+        "FAIL docker/gpu-direct/ubuntu/Dockerfile: ARG LUA_URL defaults to https://example.org/lua-5.4.",
+        ", not a Lua 5.4 release source of www.lua.org",
+        "FAIL docker/gpu-direct/ubuntu/Dockerfile: ARG D_NV_PEER_MEM_BRANCH defaults to master in one stage and to 1.3-0 "
+        .. "in another",
+        "FAIL docker/: the Dockerfiles pin different Lua sources: ARG LUA_SHA256 is 4f",
+        "FAIL docker/: the Dockerfiles pin different Lua sources: ARG LUA_URL is https://www.lua.org/ftp/lua-5.4." })
+    end)
+
+    it("take a vendor source from the build context when its argument names one, else download it", function()
+      edit(root, OFED_DF, 'install -m 0644 "$OFED_BUNDLE" /out/usr/src/', 'install -m 0644 "$OFED_BUNDLE" /out/tmp/')
+      edit(root, PEER_DF, "ARG PEERMEM_ARCHIVE=\n", "ARG PEERMEM_ARCHIVE=vendor/nv_peer_memory-1.3-0.tar.gz\n")
+      edit(root, PEER_DF, "curl -fSL --retry 3 -o /out/usr/src/nv_peer_memory.tar.gz",
+           "curl -fSL --retry 3 -o /usr/src/nv_peer_memory.tar.gz")
+      fails_with(root, {
+        "FAIL docker/ubuntu/Dockerfile: the build stage does not put OFED_BUNDLE (a file of the build context) at "
+        .. "/out/usr/src/MLNX_OFED_SRC-debian-${D_OFED_VERSION}.tgz when it is set",
+        "FAIL docker/gpu-direct/ubuntu/Dockerfile: ARG PEERMEM_ARCHIVE defaults to vendor/nv_peer_memory-1.3-0.tar.gz; "
+        .. "it must be empty",
+        "FAIL docker/gpu-direct/ubuntu/Dockerfile: the download of https://github.com/Mellanox/nv_peer_memory/archive/"
+        .. "${D_NV_PEER_MEM_BRANCH}.tar.gz is not written under /out (curl -o /out/PATH)" })
+    end)
+
+    it("precompile the image's recipe, with its environment, into the cache the entrypoint seeds from", function()
+      edit(root, OFED_DF, "CACHE_DIR=/var/lib/drvrun/precompiled ROOT=", "CACHE_DIR=/var/cache/drvrun ROOT=")
+      local root2 = tree()
+      local env = assert(fs.read(OFED_DF):match("\nENV D_OFED_VERSION=.-\n    BLACKLIST_FILE=\n"))
+      edit(root2, OFED_DF, env, "\n")
+      edit(root2, OFED_DF, "\nHEALTHCHECK ", env .. "HEALTHCHECK ")
+      edit(root2, OFED_DF, "BUILD_ONLY=true KVER=", "KVER=")
+      local run = line_of(root, OFED_DF, PRECOMPILE_RUN)
+      fails_with(root, {
+        ("FAIL %s:%d: the precompile does not build into CACHE_DIR=/var/lib/drvrun/precompiled, where the entrypoint "
+         .. "seeds the build cache from (DRVRUN_PRECOMPILED)"):format(OFED_DF, run) })
+      fails_with(root2, {
+        ("FAIL %s:%d: the precompile runs before the ENV that gives the recipe its options"):format(OFED_DF,
+          line_of(root2, OFED_DF, PRECOMPILE_RUN)),
+        ("FAIL %s:%d: the precompile must run drvrun /usr/local/share/drvrun/recipes/ubuntu-ofed.lua BUILD_ONLY=true "
+         .. 'KVER="$PRECOMPILE_KERNEL"'):format(OFED_DF, line_of(root2, OFED_DF, PRECOMPILE_RUN)) })
+      fs.remove(root2, { recursive = true })
     end)
 
     it("run the installed entrypoint, recipe and probe, on a ready file of the recipe", function()

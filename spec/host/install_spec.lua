@@ -58,13 +58,61 @@ describe("make install", function()
     after_each(function() os.remove(envfile) end)
 
     -- Run the installed entrypoint with the installed drvrun first in PATH.
-    local function entrypoint(env_text, env)
+    local function entrypoint(env_text, env, args)
       assert(fs.write(envfile, env_text))
       local e = { PATH = dest .. "/usr/bin:" .. os.getenv("PATH"), DRVRUN_IMAGE_ENV = envfile }
       for k, v in pairs(env or {}) do e[k] = v end
-      return assert(proc.run({ dest .. "/usr/share/drvrun/entrypoint", "--plan",
-                               dest .. "/usr/share/drvrun/recipes/ubuntu-ofed.lua" }, { env = e }))
+      local argv = { dest .. "/usr/share/drvrun/entrypoint", "--plan", dest .. "/usr/share/drvrun/recipes/ubuntu-ofed.lua" }
+      for _, a in ipairs(args or {}) do argv[#argv + 1] = a end
+      return assert(proc.run(argv, { env = e }))
     end
+
+    -- A build cache holding one build (PRECOMPILE_KERNEL's layout): its directory under dir.
+    local function precompiled(dir, id, manifest)
+      local entry = ("%s/ubuntu-ofed/6.1.0-57-amd64/builds/%s"):format(dir, id)
+      assert(fs.mkdir(entry .. "/keep/include"))
+      assert(fs.write(entry .. "/mlx5_core.ko", "module " .. id .. "\n"))
+      assert(fs.write(entry .. "/keep/include/x.h", "header\n"))
+      assert(fs.write(entry .. "/manifest.lua", manifest))
+      return entry:sub(#dir + 1)
+    end
+
+    it("copies the image's precompiled builds into the build cache, those it lacks", function()
+      local image, cache = assert(fs.tmpdir("precompiled")), assert(fs.tmpdir("cache"))
+      local new = precompiled(image, "1111", "return { key = 'new' }\n")
+      local held = precompiled(image, "2222", "return { key = 'image' }\n")
+      precompiled(cache, "2222", "return { key = 'cache' }\n")
+      local env = { DRVRUN_PRECOMPILED = image, CACHE_DIR = cache, OFED_SHA256 = ("a"):rep(64) }
+      local r = entrypoint("", env)
+      assert.equal(0, r.status, r.stderr)
+      assert.equal("drvrun entrypoint: " .. cache .. new .. ": the build the image holds (precompiled)\n", r.stderr)
+      for _, f in ipairs { "/manifest.lua", "/mlx5_core.ko", "/keep/include/x.h" } do
+        assert.equal(fs.read(image .. new .. f), fs.read(cache .. new .. f), f)
+      end
+      assert.equal("return { key = 'cache' }\n", fs.read(cache .. held .. "/manifest.lua"))
+      assert.same({ "1111", "2222" }, fs.dir(cache .. "/ubuntu-ofed/6.1.0-57-amd64/builds"))
+      -- CACHE_DIR as an argument is the recipe's too: the entrypoint copies there
+      local other = assert(fs.tmpdir("cache"))
+      r = entrypoint("", env, { "CACHE_DIR=" .. other })
+      assert.equal(0, r.status, r.stderr)
+      assert.matches("\nbuild: ubuntu%-ofed into " .. other:gsub("%p", "%%%0") .. "/ubuntu%-ofed/", r.stdout)
+      assert.equal(fs.read(image .. held .. "/manifest.lua"), fs.read(other .. held .. "/manifest.lua"))
+      assert.equal(fs.read(image .. new .. "/manifest.lua"), fs.read(other .. new .. "/manifest.lua"))
+      for _, d in ipairs { image, cache, other } do fs.remove(d, { recursive = true }) end
+    end)
+
+    it("says when it cannot copy a precompiled build, and runs the recipe all the same", function()
+      local image = assert(fs.tmpdir("precompiled"))
+      local new = precompiled(image, "1111", "return {}\n")
+      local blocker = os.tmpname() -- a file where the cache's directory would be
+      local r = entrypoint("", { DRVRUN_PRECOMPILED = image, CACHE_DIR = blocker, OFED_SHA256 = ("a"):rep(64) })
+      assert.equal(0, r.status, r.stderr)
+      assert.matches("drvrun entrypoint: cannot copy " .. (image .. new):gsub("%p", "%%%0") .. " into the build cache as "
+                     .. (blocker .. new):gsub("%p", "%%%0") .. ": the recipe builds instead\n", r.stderr)
+      assert.matches("plan: ubuntu%-ofed ", r.stdout)
+      os.remove(blocker)
+      fs.remove(image, { recursive = true })
+    end)
 
     it("exports the defaults the image computed at build time to the recipe", function()
       local r = entrypoint("# computed at build time\nOFED_SHA256=" .. ("a"):rep(64) .. "\n")

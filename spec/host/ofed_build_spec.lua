@@ -78,13 +78,16 @@ describe("ubuntu-ofed's build of a bundle in the vendor's layout (BUILD_ONLY)", 
     end
     assert.matches("KVERSION=" .. KVER, fs.read(ofa .. "/configure.mk.kernel"), nil, true)
     assert.equal(ARCH .. "/" .. KVER, fs.readlink(dir .. "/root/usr/src/ofa_kernel/default"))
+    local kept = assert(fs.read(assert(fs.glob(dir .. "/cache/ubuntu-ofed/" .. KVER .. "/builds/*/build.log"))[1]))
+    assert.matches("Created configure.mk.kernel", kept, nil, true, "the cache keeps the configure's log")
+    assert.matches("mlx5_ib", kept, nil, true, "and make's")
   end)
 
   it("fails on a configure error with the configure's words, and builds nothing", function()
     local status, log = build(dir, "OFED_CONFIGURE_FLAGS=--with-nvmf_host-mod --with-bogus")
     assert.equal(1, status, log)
     assert.matches("configure mlnx%-ofed%-kernel_5%.9%-0%.5%.6%.0 failed %(configure exited 1%); last lines of [^\n]+"
-                   .. "%.drvrun%-configure%.log:\n", log)
+                   .. "%.drvrun%-build%.log:\n", log)
     assert.matches("-E- Unsupported option: --with-bogus", log, nil, true)
     assert.is_nil(log:find("make -j", 1, true), "no make after a failed configure")
   end)

@@ -45,10 +45,11 @@ function M.setup()
   return env
 end
 
---- A fresh copy of the build cache without the downloaded sources, so the bundle is fetched over HTTP.
-function M.fresh_cache()
+--- A fresh copy of a build cache (`from`, default build/cache) without the
+-- downloaded sources, so the bundle is fetched again.
+function M.fresh_cache(from)
   local cache = fs.tmpdir("cache")
-  assert(proc.run({ "cp", "-a", fs.realpath("build/cache") .. "/ubuntu-ofed", cache }).status == 0)
+  assert(proc.run({ "cp", "-a", fs.realpath(from or "build/cache") .. "/ubuntu-ofed", cache }).status == 0)
   fs.remove(cache .. "/ubuntu-ofed/sources", { recursive = true, missing_ok = true })
   return cache
 end

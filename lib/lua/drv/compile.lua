@@ -169,11 +169,22 @@ local function progress(o)
   return on_line, on_tick, function() return objects end
 end
 
+-- A build step does not inherit the flags of a make that runs drvrun (make -s
+-- would silence its log, a jobserver would not be its own).
+local NO_OUTER_MAKE = { MAKEFLAGS = false, MFLAGS = false, MAKELEVEL = false, MAKEOVERRIDES = false }
+
+local function step_env(env)
+  local e = {}
+  for k, v in pairs(NO_OUTER_MAKE) do e[k] = v end
+  for k, v in pairs(env or {}) do e[k] = v end
+  return e
+end
+
 -- Run one build step: `{ label, argv, cwd, env, log, timeout, interrupt_fd, progress }`.
 -- Returns proc.run's result, or nil, message (with the log lines that matter), errno.
 local function run_step(o)
   local on_line, on_tick, objects = progress(o)
-  local res, err, errno = proc.run(o.argv, { cwd = o.cwd, env = o.env, log = o.log, timeout = o.timeout,
+  local res, err, errno = proc.run(o.argv, { cwd = o.cwd, env = step_env(o.env), log = o.log, timeout = o.timeout,
                                              interrupt_fd = o.interrupt_fd, stderr = "stdout",
                                              max_capture = 256 * 1024, on_line = on_line,
                                              on_tick = on_tick, tick = PROGRESS_EVERY })
@@ -259,13 +270,14 @@ function M.kbuild(o)
 end
 
 --- Run a vendor tree's `./configure ARGS` in `o.src`.
--- @tparam table o `{ src = dir, args = { "--flag"... }, log = path (default: src/.drvrun-configure.log),
+-- @tparam table o `{ src = dir, args = { "--flag"... }, log = path (default: src/.drvrun-build.log, the
+--   log make appends to next: the build cache keeps both in one build.log),
 --   timeout = seconds, env = {...}, interrupt_fd = fd, progress = function() -> text or nil }`
 -- @treturn[1] table `{ seconds, log }`
 -- @treturn[2] nil, message (with the lines of the log that matter), errno
 function M.configure(o)
   check_opts(o, "configure")
-  o = defaults(o, ".drvrun-configure.log")
+  o = defaults(o, ".drvrun-build.log")
   if not fs.exists(o.src .. "/configure") then
     return nil, ("configure %s: there is no %s/configure (is this the source tree?)"):format(o.src, o.src), ENOENT
   end
