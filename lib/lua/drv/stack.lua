@@ -188,12 +188,12 @@ end
 --- Which stack modules are loaded with the srcversion they were built with.
 -- @treturn boolean all match
 -- @treturn table `{ "name: loaded X, built Y"... }` mismatches
--- @treturn table `{ [name] = ctx:state(name) }` the states read (what is loaded)
+-- @treturn table `{ [name] = { name, initstate, srcversion } }` what is loaded (ctx:state)
 function M.verify(ctx, built)
   local bad, states = {}, {}
   for _, name in ipairs(graph.sorted(built)) do
     local want = built[name]
-    local st = ctx:state(name)
+    local st = ctx:state(name, { "srcversion" })
     states[name] = st
     if not st then
       bad[#bad + 1] = name .. ": not loaded"
