@@ -190,10 +190,11 @@ demo: deps-ok
 
 # ---- benchmarks (not part of check) -------------------------------------------
 # make bench: every contender against its baseline in one run; build/bench.json.
+# BENCH_ONLY=host|guest|real runs one part (see bench/main.lua).
 bench: deps-ok
 	@tools/deps ensure curl
-	@$(MAKE) --no-print-directory all fixtures build/floor $(CACHE)/.stamp
-	@env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL $(DRVRUN) bench/main.lua
+	@$(MAKE) --no-print-directory all fixtures build/floor $(CACHE)/.stamp $(REAL_CACHE)/.stamp
+	@env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL VENDOR=$(abspath $(VENDOR)) $(DRVRUN) bench/main.lua
 
 build/floor: bench/floor.c
 	$(CC) -O2 -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -o $@ $<

@@ -5,19 +5,22 @@
 --   build/drvrun bench/main.lua          (make bench builds what it needs first)
 --
 -- environment: BENCH_REPS (repetitions of the reload and warm restart runs, 5),
--- BENCH_ONLY=host|guest (one part only, while working on it).
+-- BENCH_REAL_REPS (of the real stack's cold builds, 1), BENCH_ONLY=host|guest|real
+-- or build|fetch|startup, comma-separated (some parts only, while working on
+-- them), VENDOR (../shared/vendor).
 --
--- On this machine: build (drvrun's parallel kbuild vs the seed's per-module
--- make loop; a cache hit), fetch (1 GiB over HTTP on 127.0.0.1: drv.fetch vs
--- curl -o + sha256sum; resume after a cut), start-up (drvrun -e '' vs lua5.4
--- and bash). In the real-kernel guest (bench/guest.lua): reload downtime, cold
--- start, warm restart, peak RSS.
+-- On this machine: build (drvrun's build of the simulated bundle, configure and
+-- one make, vs the seed's per-module make loop; a cache hit), fetch (1 GiB over
+-- HTTP on 127.0.0.1: drv.fetch vs curl -o + sha256sum; resume after a cut),
+-- start-up (drvrun -e '' vs lua5.4 and bash); the real MLNX_OFED stack's build
+-- (bench/real.lua: cold vs the vendor's configure and make, rebuilds, a cache
+-- hit). In the real-kernel guest (bench/guest.lua): reload downtime, cold start,
+-- warm restart, peak RSS, for the simulated stack, and reload downtime and warm
+-- restart for the real one.
 local fs = require "drv.fs"
 local sys = require "drv.sys"
 local proc = require "drv.proc"
-local graph = require "drv.graph"
 local compile = require "drv.compile"
-local archive = require "drv.archive"
 local fetch = require "drv.fetch"
 local util = require "bench.util"
 local httpd = require "spec.support.httpd"
@@ -29,6 +32,12 @@ local KERNELS = assert(fs.dir("/lib/modules"))
 local K = KERNELS[#KERNELS] -- the installed kernel, as tools/fill-cache picks it
 local ONLY = os.getenv("BENCH_ONLY")
 local RECIPE = dofile("recipes/ubuntu-ofed.lua")
+-- The real MLNX_OFED bundle (../shared/vendor/README.md); VENDOR=DIR when it is elsewhere.
+local VENDOR = assert(fs.realpath(os.getenv("VENDOR") or "../shared/vendor"), "no ../shared/vendor: set VENDOR=DIR")
+local REAL_BUNDLE = VENDOR .. "/MLNX_OFED_SRC-debian-25.10-1.7.1.1.tgz"
+local REAL_SHA256 = "3e42df1e2081b7ccb602c5c15fb757687b2480d9a140141b9741f245348d79c0"
+-- The guest part's limit: one run took ~N s here at load 6 (doc/testing.md); 3x and margin.
+local GUEST_TIMEOUT = 3600
 local say = util.say
 local rows = {}
 
@@ -68,76 +77,84 @@ end
 
 -- ---- build ---------------------------------------------------------------------------
 
-local function fresh_tree(name)
-  local dir = OUT .. "/build/" .. name
-  fs.remove(dir, { recursive = true, missing_ok = true })
-  assert(fs.mkdir(dir))
-  assert(archive.extract(bundle(), dir, { strip = 1 }))
-  return dir
-end
-
 local function count_ko(dir)
   return #compile.find_modules(dir)
 end
 
+-- The recipe in build-only mode for the installed kernel: `drvrun recipes/ubuntu-ofed.lua
+-- BUILD_ONLY=true ... extra...`; seconds and the run's output.
+local function recipe_build(cache_dir, root, bundle_path, sha, extra, env)
+  local argv = { DRVRUN, "recipes/ubuntu-ofed.lua", "BUILD_ONLY=true", "KVER=" .. K, "ROOT=" .. root,
+                 "CACHE_DIR=" .. cache_dir, "OFED_URL=file://" .. bundle_path, "OFED_SHA256=" .. sha }
+  for _, a in ipairs(extra or {}) do argv[#argv + 1] = a end
+  local t0 = sys.monotonic()
+  local res = util.must(argv, { env = env })
+  return sys.monotonic() - t0, res.stdout
+end
+
+-- A cache hit: the recipe in build-only mode on a copy of a filled build cache,
+-- with every compiler and make trapped on PATH; a configure (./configure in the
+-- tree, no PATH lookup) shows in its log and leaves a build tree.
+local TRAPPED = { "make", "gmake", "cc", "gcc", "gcc-12", "x86_64-linux-gnu-gcc", "x86_64-linux-gnu-gcc-12",
+                  "cc1", "as", "ld", "clang", "ccache" }
+
+local function bench_cache_hit(label, cache_dir, bundle_path, sha)
+  local trap = OUT .. "/trap"
+  local path, runs = util.trap(trap, TRAPPED)
+  util.must({ "cp", "-a", cache_dir, trap .. "/cache" })
+  assert(fs.mkdir(trap .. "/root"))
+  local hit, out = recipe_build(trap .. "/cache", trap .. "/root", bundle_path, sha, nil, { PATH = path })
+  if not out:match("cache hit") then error("the build-only run did not hit the cache:\n" .. out) end
+  local ran = runs()
+  for line in out:gmatch("[^\n]+") do
+    if line:match("configure [^:]+: %./configure") then ran[#ran + 1] = line end
+  end
+  if fs.exists(("%s/cache/ubuntu-ofed/%s/work"):format(trap, K)) then ran[#ran + 1] = "a build tree was extracted" end
+  rows[#rows + 1] = util.info("build" .. label .. ": cache hit (recipe, BUILD_ONLY)", hit, "s")
+  rows[#rows + 1] = util.absolute("build" .. label .. ": compiler, make or configure runs on a cache hit", #ran,
+    "runs", "<=", 0)
+  say("build%s: cache hit in %.2f s, %d compiler, make or configure runs%s", label, hit, #ran,
+    #ran > 0 and (": " .. table.concat(ran, "; ")) or "")
+  fs.remove(trap, { recursive = true })
+end
+
+-- drvrun's build (the recipe, build-only, empty cache: configure, then one make
+-- -jN over the tree) against the seed's (a make per module, in dependency order),
+-- each from the bundle, on a fresh extraction, in turns.
 local function bench_build()
   local kdir = compile.kernel_build_dir(K)
-  local order = graph.flatten(assert(graph.levels(RECIPE.stack)))
+  local built = util.built_stack(RECIPE.stack, util.cached_build(ROOT .. "/build/cache", "ubuntu-ofed", K).modules)
+  local sha = fs.sha256(bundle())
   local t = { parallel = {}, sequential = {} }
   for rep = 1, 2 do
     for j = 0, 1 do
       local which = (rep + j) % 2 == 0 and "parallel" or "sequential"
-      local dir = fresh_tree(which)
-      local t0 = sys.monotonic()
+      local dir = OUT .. "/build/" .. which
+      fs.remove(dir, { recursive = true, missing_ok = true })
+      local dt, n
       if which == "parallel" then
-        local quiet = require("drv.log")
-        local level = quiet.level
-        quiet.set_level("warn")
-        local res, err = compile.kbuild({ src = dir, kver = K, kdir = kdir })
-        quiet.set_level(level)
-        if not res then error("drvrun build: " .. err) end
+        dt = recipe_build(dir .. "/cache", dir .. "/root", bundle(), sha)
+        n = count_ko(("%s/root/lib/modules/%s/updates/ubuntu-ofed"):format(dir, K))
       else
-        local argv = { "sh", "bench/seq-build.sh", kdir, dir }
-        for _, m in ipairs(order) do argv[#argv + 1] = m end
+        local t0 = sys.monotonic()
+        local src = util.kernel_tree(bundle(), dir .. "/tree")
+        local argv = { "sh", "bench/seq-build.sh", kdir, src }
+        for _, m in ipairs(built.order) do argv[#argv + 1] = m end
         util.must(argv)
+        dt = sys.monotonic() - t0
+        n = count_ko(src .. "/src")
       end
-      local dt = sys.monotonic() - t0
-      local n = count_ko(dir)
-      if n ~= #order then error(("%s build produced %d modules, not %d"):format(which, n, #order)) end
+      if n ~= #built.order then error(("%s build produced %d modules, not %d"):format(which, n, #built.order)) end
       t[which][#t[which] + 1] = dt
       say("build %d/2 %-10s %.1f s (%d modules, %d CPUs)", rep, which, dt, n, sys.nproc())
     end
   end
   local p, s = util.median(t.parallel), util.median(t.sequential)
-  rows[#rows + 1] = util.info("build cold: drvrun (one kbuild, make -j" .. sys.nproc() .. ")", p, "s")
+  rows[#rows + 1] = util.info("build cold: drvrun (recipe: configure, one make -j" .. sys.nproc() .. ")", p, "s")
   rows[#rows + 1] = util.info("build cold: seed (make per module, in order)", s, "s")
   rows[#rows + 1] = util.target("build: sequential / parallel (speed-up)", p, "s", s, s / p, ">=", 1.6)
   fs.remove(OUT .. "/build", { recursive = true })
-
-  -- A cache hit: the recipe in build-only mode with every compiler and make trapped.
-  local trap = OUT .. "/trap"
-  fs.remove(trap, { recursive = true, missing_ok = true })
-  assert(fs.mkdir(trap .. "/bin"))
-  for _, name in ipairs({ "make", "gmake", "cc", "gcc", "gcc-12", "x86_64-linux-gnu-gcc", "x86_64-linux-gnu-gcc-12",
-                          "cc1", "as", "ld", "clang" }) do
-    assert(fs.write(trap .. "/bin/" .. name, ('#!/bin/sh\necho "%s $*" >> %s/runs\nexit 1\n'):format(name, trap),
-      { mode = 493 }))
-  end
-  util.must({ "cp", "-a", ROOT .. "/build/cache", trap .. "/cache" })
-  assert(fs.mkdir(trap .. "/root"))
-  local sha = fs.sha256(bundle())
-  local t0 = sys.monotonic()
-  local res = util.must({ DRVRUN, "recipes/ubuntu-ofed.lua", "BUILD_ONLY=true", "KVER=" .. K, "ROOT=" .. trap .. "/root",
-                          "CACHE_DIR=" .. trap .. "/cache", "OFED_URL=file://" .. bundle(), "OFED_SHA256=" .. sha },
-                        { env = { PATH = trap .. "/bin:" .. os.getenv("PATH") } })
-  local hit = sys.monotonic() - t0
-  if not res.stdout:match("cache hit") then error("the build-only run did not hit the cache:\n" .. res.stdout) end
-  local runs = 0
-  for _ in (fs.read(trap .. "/runs") or ""):gmatch("[^\n]+") do runs = runs + 1 end
-  rows[#rows + 1] = util.info("build: cache hit (recipe, BUILD_ONLY)", hit, "s")
-  rows[#rows + 1] = util.absolute("build: compiler runs on a cache hit", runs, "runs", "<=", 0)
-  say("build: cache hit in %.2f s, %d compiler or make runs", hit, runs)
-  fs.remove(trap, { recursive = true })
+  bench_cache_hit("", ROOT .. "/build/cache", bundle(), sha)
 end
 
 -- ---- fetch ---------------------------------------------------------------------------
@@ -211,22 +228,25 @@ end
 
 -- ---- the real-kernel guest ---------------------------------------------------------
 
--- The new stack installed as the recipe installs it, with its index: depmod
--- runs here (under a second) rather than in the guest (minutes over 9p).
-local function stage_index()
-  local stage = OUT .. "/stage/lib/modules/" .. K
-  fs.remove(OUT .. "/stage", { recursive = true, missing_ok = true })
+-- A stack's build installed as the recipe installs it, with its index, under
+-- OUT/stage-NAME: depmod runs here (under a second) rather than in the guest
+-- (minutes over 9p), which copies them into its /lib/modules.
+local function stage_index(name, cache_dir)
+  local base = OUT .. "/stage-" .. name
+  local stage = base .. "/lib/modules/" .. K
+  fs.remove(base, { recursive = true, missing_ok = true })
   assert(fs.mkdir(stage .. "/updates/ubuntu-ofed"))
-  for _, name in ipairs(assert(fs.dir("/lib/modules/" .. K))) do
-    if not name:match("^modules%.") or name == "modules.builtin" or name == "modules.builtin.modinfo"
-       or name == "modules.order" then
-      if name ~= "updates" then assert(fs.symlink("/lib/modules/" .. K .. "/" .. name, stage .. "/" .. name)) end
+  for _, entry in ipairs(assert(fs.dir("/lib/modules/" .. K))) do
+    if not entry:match("^modules%.") or entry == "modules.builtin" or entry == "modules.builtin.modinfo"
+       or entry == "modules.order" then
+      if entry ~= "updates" then assert(fs.symlink("/lib/modules/" .. K .. "/" .. entry, stage .. "/" .. entry)) end
     end
   end
-  local kos = fs.glob(ROOT .. "/build/cache/ubuntu-ofed/" .. K .. "/builds/*/*.ko")
-  assert(#kos > 0, "no build cache: run tools/fill-cache")
-  for _, ko in ipairs(kos) do assert(fs.copy(ko, stage .. "/updates/ubuntu-ofed/" .. ko:match("[^/]+$"))) end
-  util.must({ "depmod", "-b", OUT .. "/stage", K })
+  local build = util.cached_build(cache_dir, "ubuntu-ofed", K)
+  for _, m in ipairs(build.modules) do
+    assert(fs.copy(build.dir .. "/" .. m.file, stage .. "/updates/ubuntu-ofed/" .. m.file))
+  end
+  util.must({ "depmod", "-b", base, K })
 end
 
 -- The runtime as an image holds it (make install), for the guest's restarts.
@@ -236,38 +256,59 @@ local function stage_install()
 end
 
 local function bench_guest()
-  stage_index()
+  stage_index("sim", ROOT .. "/build/cache")
+  stage_index("real", ROOT .. "/build/cache-real")
   stage_install()
   local dir = OUT .. "/guest"
   fs.remove(dir, { recursive = true, missing_ok = true })
   assert(fs.mkdir(dir))
-  local argv = { "spec/vm/run", "-q", "--timeout", "900", "--log", OUT .. "/guest-console.log", "--out", dir }
+  local argv = { "spec/vm/run", "-q", "--timeout", tostring(GUEST_TIMEOUT), "--log", OUT .. "/guest-console.log",
+                 "--out", dir, "--env", "VENDOR=" .. VENDOR }
   if os.getenv("BENCH_REPS") then argv[#argv + 1] = "--env"; argv[#argv + 1] = "BENCH_REPS=" .. os.getenv("BENCH_REPS") end
   for _, a in ipairs({ "--", DRVRUN, "bench/guest.lua", dir .. "/rows.lua" }) do argv[#argv + 1] = a end
   local res = assert(proc.run(argv, { stdout = "inherit", stderr = "inherit" }))
   local chunk = loadfile(dir .. "/rows.lua", "t", {})
-  if not chunk then
-    rows[#rows + 1] = util.missing("guest part", nil, nil, "no results (spec/vm/run exited " .. tostring(res.status) .. ")")
+  local got = chunk and chunk() or {}
+  add(got)
+  local said = false -- the guest's own row for what failed there
+  for _, r in ipairs(got) do said = said or r.error ~= nil end
+  if not chunk or (res.status ~= 0 and not said) then
+    rows[#rows + 1] = util.missing("guest part", nil, nil, (chunk and "cut off" or "no results")
+      .. " (spec/vm/run exited " .. tostring(res.status) .. ")")
     return
   end
-  add(chunk())
-  fs.remove(OUT .. "/stage", { recursive = true, missing_ok = true })
-  fs.remove(OUT .. "/install", { recursive = true, missing_ok = true })
+  for _, d in ipairs({ "stage-sim", "stage-real", "install" }) do
+    fs.remove(OUT .. "/" .. d, { recursive = true, missing_ok = true })
+  end
 end
 
 -- ---- main ---------------------------------------------------------------------------
 
 local t0 = sys.monotonic()
 assert(fs.mkdir(OUT))
+local function bench_real()
+  require("bench.real").run({ rows = rows, out = OUT, kver = K, bundle = REAL_BUNDLE, sha = REAL_SHA256,
+                              recipe_build = recipe_build, cache_hit = bench_cache_hit })
+end
+
+-- { group, name, function }: BENCH_ONLY names groups or parts, comma-separated.
 local parts = {
-  { "guest", bench_guest }, { "host", bench_build }, { "host", bench_fetch }, { "host", bench_startup },
+  { "guest", "guest", bench_guest }, { "host", "build", bench_build }, { "host", "fetch", bench_fetch },
+  { "host", "startup", bench_startup }, { "real", "real", bench_real },
 }
+local function selected(p)
+  if not ONLY then return true end
+  for want in ONLY:gmatch("[^,%s]+") do
+    if want == p[1] or want == p[2] then return true end
+  end
+  return false
+end
 for _, p in ipairs(parts) do
-  if not ONLY or ONLY == p[1] then
-    local ok, err = pcall(p[2])
+  if selected(p) then
+    local ok, err = pcall(p[3])
     if not ok then
       say("FAILED: %s", tostring(err))
-      rows[#rows + 1] = util.missing(p[1] .. " part", nil, nil, tostring(err):match("^[^\n]*"))
+      rows[#rows + 1] = util.missing(p[2] .. " part", nil, nil, tostring(err):match("^[^\n]*"))
     end
   end
 end

@@ -10,6 +10,10 @@ local M = {}
 
 local proc = require "drv.proc"
 local sys = require "drv.sys"
+local fs = require "drv.fs"
+local archive = require "drv.archive"
+local stack = require "drv.stack"
+local graph = require "drv.graph"
 
 function M.median(list)
   local s = {}
@@ -43,6 +47,11 @@ function M.must(argv, opts)
   return res
 end
 
+--- The load averages, as /proc/loadavg gives them ("1.20 0.98 0.87").
+function M.load()
+  return (fs.read("/proc/loadavg") or ""):match("^(%S+ %S+ %S+)") or "?"
+end
+
 function M.say(fmt, ...)
   io.stderr:write("bench: ", fmt:format(...), "\n")
   io.stderr:flush()
@@ -60,6 +69,11 @@ function M.target(name, value, unit, baseline, ratio, op, limit)
   if ratio then pass = (op == "<=" and ratio <= limit) or (op == ">=" and ratio >= limit) end
   return { name = name, value = value, unit = unit, baseline = baseline, ratio = ratio,
            target = ("%s %g"):format(op, limit), pass = pass or false }
+end
+
+--- A row that compares a contender with a baseline, with no target.
+function M.compare(name, value, unit, baseline, ratio)
+  return { name = name, value = value, unit = unit, baseline = baseline, ratio = ratio }
 end
 
 --- A row with a target on the value itself (ratio = value / limit).
@@ -125,6 +139,65 @@ function M.json(rows)
     out[#out + 1] = "  {" .. table.concat(parts, ", ") .. "}"
   end
   return "[\n" .. table.concat(out, ",\n") .. "\n]\n"
+end
+
+local KERNEL_TARBALL = "SOURCES/mlnx-ofed-kernel_*.orig.tar.gz"
+
+--- The kernel tree of an OFED bundle in the vendor's layout (`KERNEL_TARBALL`),
+-- extracted afresh into `dir`; returns `dir`.
+function M.kernel_tree(bundle, dir)
+  local outer = dir .. ".bundle"
+  for _, d in ipairs({ dir, outer }) do assert(fs.remove(d, { recursive = true, missing_ok = true })) end
+  assert(fs.mkdir(outer))
+  assert(archive.extract(bundle, outer, { strip = 1, only = KERNEL_TARBALL }))
+  local tarball = assert(fs.glob(outer .. "/" .. KERNEL_TARBALL)[1], bundle .. " has no " .. KERNEL_TARBALL)
+  assert(fs.mkdir(dir))
+  assert(archive.extract(tarball, dir, { strip = 1 }))
+  assert(fs.remove(outer, { recursive = true }))
+  return dir
+end
+
+--- The latest build of a recipe in a build cache (tools/fill-cache filled it):
+-- `{ dir, modules = manifest entries }`.
+function M.cached_build(cache_dir, recipe, kver)
+  local builds = ("%s/%s/%s/builds"):format(cache_dir, recipe, kver)
+  local id = assert((fs.read(builds .. "/recent") or ""):match("%x+"), "no build in " .. builds .. ": run tools/fill-cache")
+  local dir = builds .. "/" .. id
+  local manifest = assert(loadfile(dir .. "/manifest.lua", "t", {}))()
+  return { dir = dir, modules = manifest }
+end
+
+--- A recipe's stack as built: `{ names, deps = { [name] = deps in the stack }, order = every module
+-- built, the stack's and the others' (installed only), dependencies first }`.
+function M.built_stack(names, modules)
+  local deps = assert(stack.from_build(names, modules))
+  local all, built = {}, {}
+  for _, m in ipairs(modules) do built[stack.module_name(m.name)] = m end
+  for name, m in pairs(built) do
+    all[name] = {}
+    for _, d in ipairs(m.depends or {}) do
+      if built[stack.module_name(d)] then all[name][#all[name] + 1] = stack.module_name(d) end
+    end
+  end
+  return { names = names, deps = deps, order = graph.flatten(assert(graph.levels(all))) }
+end
+
+--- Programs that record each run in `dir`/runs and fail, on a PATH of their
+-- own (`dir`/bin): a run with it first on PATH that runs one of them is seen.
+-- Returns the PATH and a function that gives the runs recorded.
+function M.trap(dir, names)
+  assert(fs.remove(dir, { recursive = true, missing_ok = true }))
+  assert(fs.mkdir(dir .. "/bin"))
+  for _, name in ipairs(names) do
+    assert(fs.write(dir .. "/bin/" .. name, ('#!/bin/sh\necho "%s $*" >> %s/runs\nexit 1\n'):format(name, dir),
+      { mode = 493 }))
+  end
+  local function runs()
+    local list = {}
+    for line in (fs.read(dir .. "/runs") or ""):gmatch("[^\n]+") do list[#list + 1] = line end
+    return list
+  end
+  return dir .. "/bin:" .. os.getenv("PATH"), runs
 end
 
 --- Rows as Lua source (the guest hands its rows to the host this way).

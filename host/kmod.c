@@ -472,10 +472,38 @@ static int kmod_m_lookup(lua_State *L)
 	return 1;
 }
 
+/* The fields ctx:state can read, each from its sysfs attribute (holders: a directory). */
+static const char *const state_fields[] = { "refcount", "srcversion", "version", "size", "taint", "holders", NULL };
+
+/* Which of state_fields the optional list at idx names (all when absent), as bits. */
+static unsigned kmod_state_wanted(lua_State *L, int idx)
+{
+	unsigned want = 0;
+
+	if (lua_isnoneornil(L, idx))
+		return ~0u;
+	luaL_checktype(L, idx, LUA_TTABLE);
+	for (lua_Integer i = 1; lua_rawgeti(L, idx, i) != LUA_TNIL; i++) {
+		const char *f = lua_tostring(L, -1);
+		int k;
+
+		for (k = 0; f && state_fields[k] && strcmp(f, state_fields[k]) != 0; k++)
+			;
+		if (!f || !state_fields[k])
+			return (unsigned)luaL_argerror(L, idx, lua_pushfstring(L, "unknown field '%s'", f ? f : "?"));
+		want |= 1u << k;
+		lua_pop(L, 1);
+	}
+	lua_pop(L, 1);
+	return want;
+}
+
 /***
  * A module's live state, from sysfs.
  * @function ctx:state
  * @tparam string name
+ * @tparam[opt] table fields only these of `refcount srcversion version size taint holders` (each
+ *   is a file of sysfs to read: `{ "srcversion" }` is a fifth of the reads)
  * @treturn[1] table `{ name, initstate = "live"|"coming"|"going"|"builtin", refcount, holders = {…},
  *   srcversion, version, taint ("" when none), size }`
  * @treturn[2] nil, "<name>: not loaded", ENOENT
@@ -484,6 +512,7 @@ static int kmod_m_state(lua_State *L)
 {
 	struct kctx *c = kmod_checkctx(L, 1);
 	const char *arg = luaL_checkstring(L, 2);
+	unsigned want = kmod_state_wanted(L, 3);
 	char name[256], path[PATH_MAX * 2], buf[64];
 
 	kmod_normalize(name, arg, sizeof(name));
@@ -499,17 +528,26 @@ static int kmod_m_state(lua_State *L)
 	lua_setfield(L, -2, "name");
 	lua_pushstring(L, buf);
 	lua_setfield(L, -2, "initstate");
-	lua_pushinteger(L, 0);
-	lua_setfield(L, -2, "refcount");
-	kmod_setattr(L, c, name, "refcnt", "refcount", 1);
-	kmod_setattr(L, c, name, "srcversion", "srcversion", 0);
-	kmod_setattr(L, c, name, "version", "version", 0);
-	kmod_setattr(L, c, name, "coresize", "size", 1);
-	lua_pushliteral(L, "");
-	lua_setfield(L, -2, "taint");
-	kmod_setattr(L, c, name, "taint", "taint", 0);
-	kmod_push_holders(L, c, name);
-	lua_setfield(L, -2, "holders");
+	if (want & 1u << 0) {
+		lua_pushinteger(L, 0);
+		lua_setfield(L, -2, "refcount");
+		kmod_setattr(L, c, name, "refcnt", "refcount", 1);
+	}
+	if (want & 1u << 1)
+		kmod_setattr(L, c, name, "srcversion", "srcversion", 0);
+	if (want & 1u << 2)
+		kmod_setattr(L, c, name, "version", "version", 0);
+	if (want & 1u << 3)
+		kmod_setattr(L, c, name, "coresize", "size", 1);
+	if (want & 1u << 4) {
+		lua_pushliteral(L, "");
+		lua_setfield(L, -2, "taint");
+		kmod_setattr(L, c, name, "taint", "taint", 0);
+	}
+	if (want & 1u << 5) {
+		kmod_push_holders(L, c, name);
+		lua_setfield(L, -2, "holders");
+	}
 	return 1;
 }
 

@@ -140,20 +140,42 @@ static const char *exe_dir(char *buf, size_t size)
 	return dirname(buf);
 }
 
-/* First of DIR/../REL (source tree or installed prefix) that holds a "drv"
- * directory, else the compiled-in fallback. */
-static const char *find_dir(char *out, size_t size, const char *const rels[],
+/* dir (canonical: no symlinks, no . or ..) joined with rel, its .. resolved
+ * lexically, which is where they lead when dir has no symlinks: no realpath(3)
+ * walk, a readlink per component, at every start. */
+static void join_canonical(char *out, size_t size, const char *dir, const char *rel)
+{
+	char buf[PATH_MAX + 64];
+	size_t n;
+
+	snprintf(out, size, "%s", dir);
+	snprintf(buf, sizeof(buf), "%s", rel);
+	for (char *save = NULL, *c = strtok_r(buf, "/", &save); c; c = strtok_r(NULL, "/", &save)) {
+		n = strlen(out);
+		if (strcmp(c, ".") == 0)
+			continue;
+		if (strcmp(c, "..") == 0) {
+			char *slash = strrchr(out, '/');
+
+			if (slash)
+				*(slash == out ? slash + 1 : slash) = '\0';
+			continue;
+		}
+		snprintf(out + n, size - n, "%s%s", n > 0 && out[n - 1] == '/' ? "" : "/", c);
+	}
+}
+
+/* First of DIR/../REL (source tree or installed prefix) that holds probe,
+ * DIR being the running executable's directory, else the compiled-in fallback. */
+static const char *find_dir(char *out, size_t size, const char *exe_dir, const char *const rels[],
 			    const char *probe, const char *fallback)
 {
-	char exe[PATH_MAX], cand[PATH_MAX + 64];
-	const char *dir = exe_dir(exe, sizeof(exe));
+	char cand[PATH_MAX + 64];
 
-	for (int i = 0; dir && rels[i]; i++) {
-		snprintf(cand, sizeof(cand), "%s/%s/%s", dir, rels[i], probe);
-		if (!file_exists(cand))
-			continue;
-		snprintf(cand, sizeof(cand), "%s/%s", dir, rels[i]);
-		if (realpath(cand, out))
+	for (int i = 0; exe_dir && rels[i]; i++) {
+		join_canonical(out, size, exe_dir, rels[i]);
+		snprintf(cand, sizeof(cand), "%s/%s", out, probe);
+		if (file_exists(cand))
 			return out;
 	}
 	snprintf(out, size, "%s", fallback);
@@ -433,14 +455,15 @@ static int pmain(lua_State *L)
 	/* build/drvrun, build/san/drvrun, or PREFIX/bin/drvrun */
 	static const char *const librels[] = { "../lib/lua", "../../lib/lua", "../share/drvrun/lua", NULL };
 	static const char *const reciperels[] = { "../recipes", "../../recipes", "../share/drvrun/recipes", NULL };
-	char libdir[PATH_MAX], recipedir[PATH_MAX];
+	char libdir[PATH_MAX], recipedir[PATH_MAX], exe[PATH_MAX];
+	const char *dir = exe_dir(exe, sizeof(exe));
 	int code;
 
 	luaL_checkversion(L);
 	luaL_openlibs(L);
 	preload(L);
-	find_dir(libdir, sizeof(libdir), librels, "drv", DRV_LIBDIR);
-	find_dir(recipedir, sizeof(recipedir), reciperels, ".", DRV_RECIPEDIR);
+	find_dir(libdir, sizeof(libdir), dir, librels, "drv", DRV_LIBDIR);
+	find_dir(recipedir, sizeof(recipedir), dir, reciperels, ".", DRV_RECIPEDIR);
 	set_path(L, libdir);
 	drv_use_compiled_chunks(L);
 	if (o->compile)

@@ -1,12 +1,17 @@
 /* mount.c - drv.mount: mounts through libmount, and queries of
- * /proc/self/mountinfo. Propagation changes are plain mount(2) calls: there is
- * nothing for libmount to add to them. libmount never writes /etc/mtab here. */
+ * /proc/self/mountinfo. Bind mounts, remounts and propagation changes are plain
+ * mount(2) calls, and whether a path is a mount point is statx(2)'s answer
+ * when the kernel gives it: there is nothing for libmount to add to them, and
+ * loading it (with libblkid, libselinux and libpcre2) is most of what exposing
+ * a root costs a restart in an emulated guest. libmount never writes /etc/mtab here. */
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <libmount.h>
@@ -108,10 +113,18 @@ static int mnt_bind(lua_State *L, int recursive_default)
 	int opts = drv_opttable(L, 3);
 	int rec = drv_optfield_boolean(L, opts, "recursive", recursive_default);
 	int ro = drv_optfield_boolean(L, opts, "readonly", 0);
+	int err;
 
 	if (access(source, F_OK) < 0)
 		return drv_fail(L, errno, "mount %s: %s: %s", target, source, strerror(errno));
-	return mnt_do_mount(L, source, target, NULL, mnt_join(L, rec ? "rbind" : "bind", ro ? "ro" : NULL));
+	if (mount(source, target, NULL, MS_BIND | (rec ? MS_REC : 0), NULL) < 0)
+		return drv_fail(L, errno, "mount %s: %s", target, strerror(errno));
+	if (ro && mount(NULL, target, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY, NULL) < 0) {
+		err = errno;
+		umount2(target, MNT_DETACH); /* not left writable */
+		return drv_fail(L, err, "mount %s: read-only: %s", target, strerror(err));
+	}
+	return drv_ok(L);
 }
 
 /***
@@ -286,8 +299,15 @@ static int mnt_l_is_mountpoint(lua_State *L)
 {
 	const char *path = luaL_checkstring(L, 1);
 	char buf[PATH_MAX];
-	struct libmnt_table *tb = mnt_table(L);
+	struct libmnt_table *tb;
+	struct statx stx;
+	int rc = statx(AT_FDCWD, path, AT_NO_AUTOMOUNT, STATX_TYPE, &stx);
 
+	if (rc < 0 && errno == ENOENT)
+		return lua_pushboolean(L, 0), 1;
+	if (rc == 0 && (stx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT))
+		return lua_pushboolean(L, (stx.stx_attributes & STATX_ATTR_MOUNT_ROOT) != 0), 1;
+	tb = mnt_table(L); /* a kernel before 5.8, or statx refused */
 	if (!tb)
 		return 3;
 	lua_pushboolean(L, mnt_at(tb, mnt_canon(path, buf)) != NULL);

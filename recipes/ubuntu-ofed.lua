@@ -26,6 +26,10 @@ local function configure_args(r)
   local dirs = compile.kernel_dirs(r.kver)
   local args = { "--kernel-version=" .. r.kver, "--kernel-sources=" .. dirs.build, "--with-linux=" .. dirs.source,
                  "--with-linux-obj=" .. dirs.build, "--modules-dir=/lib/modules/" .. r.kver }
+  -- No debug info unless asked: the vendor's packages strip it from the
+  -- modules they install (strip -g), and generating it costs a fifth of the
+  -- compile and ten times the modules' size (mlx5_core: 167 MB).
+  args[#args + 1] = r.opt.OFED_DEBUG_INFO and "--with-debug-info" or "--without-debug-info"
   for _, list in ipairs { MODULE_FLAGS, r.opt.OFED_CONFIGURE_FLAGS } do
     for _, flag in ipairs(list) do args[#args + 1] = flag end
   end
@@ -129,10 +133,10 @@ local function install_udev(r)
 end
 
 local function loaded(r, names)
-  local live, found = {}, {}
-  for _, m in ipairs(r:kmod():loaded()) do live[m.name] = true end
+  local ctx, found = r:kmod(), {}
   for _, n in ipairs(names) do
-    if live[n] then found[#found + 1] = n end
+    local st = ctx:state(n, {}) -- its initstate only, not every module's
+    if st and st.initstate ~= "builtin" then found[#found + 1] = n end
   end
   return found
 end
@@ -154,6 +158,8 @@ return {
     OFED_CONFIGURE_FLAGS = { type = "list", default = "", build = true,
                              doc = "more flags for the kernel tree's configure (e.g. --with-nvmf_host-mod "
                                    .. "--with-srp-mod); the stack's own modules are always configured" },
+    OFED_DEBUG_INFO = { type = "boolean", default = false, build = true,
+                        doc = "build the modules with debug info (the vendor's packages strip it: strip -g)" },
     UNLOAD_STORAGE_MODULES = { type = "boolean", default = false,
                                doc = "unload loaded storage modules (NVMe-oF, iSER, SRP, NFS-RDMA) for the reload" },
     STORAGE_MODULES = { type = "list", default = "ib_iser ib_isert ib_srp ib_srpt nvme_rdma nvmet_rdma rpcrdma xprtrdma",

@@ -110,6 +110,12 @@ describe("drv.kmod lookups", function()
     assert.same({ name = "ib_core", initstate = "live", refcount = 2, holders = { "ib_uverbs", "rdma_cm" },
                   srcversion = "ABC123", taint = "OE" }, c:state("ib-core"))
     assert.same({ nil, "mlx5_ib: not loaded", E.ENOENT }, { c:state("mlx5_ib") })
+    assert.same({ name = "ib_core", initstate = "live", srcversion = "ABC123" }, c:state("ib_core", { "srcversion" }))
+    assert.same({ name = "ib_core", initstate = "live", refcount = 2, holders = { "ib_uverbs", "rdma_cm" } },
+                c:state("ib_core", { "holders", "refcount" }))
+    assert.same({ nil, "mlx5_ib: not loaded", E.ENOENT }, { c:state("mlx5_ib", { "srcversion" }) })
+    assert.has_error(function() c:state("ib_core", { "srcversoin" }) end,
+                     "bad argument #2 to 'state' (unknown field 'srcversoin')")
     fs.remove(root, { recursive = true })
   end)
 

@@ -83,6 +83,26 @@ describe("ubuntu-ofed's build of a bundle in the vendor's layout (BUILD_ONLY)", 
     assert.matches("mlx5_ib", kept, nil, true, "and make's")
   end)
 
+  it("builds the modules without debug info, as the vendor's packages install them, unless OFED_DEBUG_INFO=true",
+     function()
+    local function debug_sections(root)
+      local ko = ("%s/lib/modules/%s/updates/ubuntu-ofed/mlx5_core.ko"):format(root, KVER)
+      local r = assert(proc.run({ "readelf", "-S", "-W", ko }))
+      assert.equal(0, r.status, r.stderr)
+      return select(2, r.stdout:gsub("%.debug_info", ""))
+    end
+    local status, log = build(dir)
+    assert.equal(0, status, log)
+    assert.matches(" --without-debug-info", log, nil, true)
+    assert.equal(0, debug_sections(dir .. "/root"))
+    assert(fs.remove(dir .. "/root", { recursive = true }))
+    status, log = build(dir, "OFED_DEBUG_INFO=true")
+    assert.equal(0, status, log)
+    assert.is_nil(log:find("build: cache hit", 1, true), "another build: OFED_DEBUG_INFO keys the cache")
+    assert.matches(" --with-debug-info", log, nil, true)
+    assert.is_true(debug_sections(dir .. "/root") > 0, "mlx5_core.ko has a .debug_info section")
+  end)
+
   it("fails on a configure error with the configure's words, and builds nothing", function()
     local status, log = build(dir, "OFED_CONFIGURE_FLAGS=--with-nvmf_host-mod --with-bogus")
     assert.equal(1, status, log)

@@ -82,7 +82,9 @@ function M.event(level, msg, fields)
   if not LEVELS[level] then error("unknown log level '" .. tostring(level) .. "'", 2) end
   if not M.enabled(level) then return end
   local line = (M.format == "json" and format_json or format_text)(level, msg, fields or {})
-  M.out:write(line, "\n")
+  -- one write(2) a line: stderr is unbuffered, and each write wakes the reader
+  -- (the container runtime's log pipe)
+  M.out:write(line .. "\n")
   M.out:flush()
 end
 

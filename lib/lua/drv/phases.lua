@@ -150,7 +150,10 @@ end
 -- What was loaded before is remembered for stop's restore; when the built
 -- stack is loaded already no reload follows, and nothing is to be remembered.
 function M.install(r)
-  r.stack_loaded = not r.opt.BUILD_ONLY and stack.verify(r:kmod(), r:built_srcversions())
+  if not r.opt.BUILD_ONLY then
+    local _
+    r.stack_loaded, _, r.verified = stack.verify(r:kmod(), r:built_srcversions())
+  end
   if not r.opt.BUILD_ONLY and not r.stack_loaded then
     local ctx = r:kmod()
     local names = {}
@@ -242,8 +245,9 @@ function M.load(r)
   remove_blacklist(r, bl)
   if not ok then r:fail("reload: %s", down_or_err) end
   log.info("load: the stack was down for %.3f s", down_or_err)
-  local good, bad = stack.verify(r:kmod(), want)
+  local good, bad, states = stack.verify(r:kmod(), want)
   if not good then r:fail("verify: %s", table.concat(bad, "; ")) end
+  r.verified = states
   r.reloaded = true
   if r.recipe.after_load then r.recipe.after_load(r) end
 end
@@ -269,9 +273,9 @@ local function ready_content(r)
     "recipe=" .. r.recipe.name, "version=" .. r.recipe.version, "kernel=" .. r.kver,
     "boot_id=" .. (sys.boot_id() or "unknown"), "time=" .. os.date("!%Y-%m-%dT%H:%M:%SZ"),
   }
-  local ctx = r:kmod()
+  -- The stack as the load (or, with nothing to reload, install) verified it.
   for _, name in ipairs(graph.flatten(assert(graph.levels(r.stack_deps)))) do
-    local st = ctx:state(name)
+    local st = r.verified[name]
     lines[#lines + 1] = ("module=%s srcversion=%s"):format(name, st and st.srcversion or "none")
   end
   return table.concat(lines, "\n") .. "\n"

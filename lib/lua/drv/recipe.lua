@@ -17,7 +17,6 @@ local options = require "drv.options"
 local run = require "drv.run"
 local phases = require "drv.phases"
 local stop = require "drv.stop"
-local plan = require "drv.plan"
 local fault = require "drv.fault"
 local netcfg = require "drv.netcfg"
 local sys = require "drv.sys"
@@ -215,13 +214,13 @@ end
 
 --- Print what a run would do, changing nothing (drv.plan).
 function M.plan(recipe, opt, out)
-  return plan.plan(new_run(recipe, opt), option_specs(recipe), out)
+  return require("drv.plan").plan(new_run(recipe, opt), option_specs(recipe), out)
 end
 
 --- Print how to run a recipe and its options with their values here, given
 -- the KEY=VALUE arguments `kv` (`drvrun RECIPE --help`).
 function M.help(recipe, script, kv, out)
-  return plan.help(recipe, option_specs(recipe), script, kv, out)
+  return require("drv.plan").help(recipe, option_specs(recipe), script, kv, out)
 end
 
 --- Entry point used by drvrun for a script that returns a recipe table.

@@ -12,7 +12,6 @@ local fs = require "drv.fs"
 local graph = require "drv.graph"
 local log = require "drv.log"
 local sys = require "drv.sys"
-local symvers = require "drv.symvers"
 local fault = require "drv.fault"
 
 local EBUSY, EIO = 16, 5
@@ -189,18 +188,20 @@ end
 --- Which stack modules are loaded with the srcversion they were built with.
 -- @treturn boolean all match
 -- @treturn table `{ "name: loaded X, built Y"... }` mismatches
+-- @treturn table `{ [name] = { name, initstate, srcversion } }` what is loaded (ctx:state)
 function M.verify(ctx, built)
-  local bad = {}
+  local bad, states = {}, {}
   for _, name in ipairs(graph.sorted(built)) do
     local want = built[name]
-    local st = ctx:state(name)
+    local st = ctx:state(name, { "srcversion" })
+    states[name] = st
     if not st then
       bad[#bad + 1] = name .. ": not loaded"
     elseif want and st.srcversion ~= want then
       bad[#bad + 1] = ("%s: loaded srcversion %s, built %s"):format(name, tostring(st.srcversion), want)
     end
   end
-  return #bad == 0, bad
+  return #bad == 0, bad, states
 end
 
 -- Is `info` (modinfo of a file) the module loaded as `live`? An out-of-tree
@@ -251,7 +252,7 @@ local function find_loaded_files(ctx, missing, found)
     if mi then found[name], missing[name] = mi, nil end
   end
   if not next(missing) then return {} end
-  local by_name, lost = symvers.files_by_name({ ctx:dirname() }), {}
+  local by_name, lost = require("drv.symvers").files_by_name({ ctx:dirname() }), {}
   for name, live in pairs(missing) do
     for _, path in ipairs(by_name[name] or {}) do
       local mi = take_if_loaded(ctx, path, live)
