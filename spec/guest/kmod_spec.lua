@@ -119,9 +119,11 @@ describe("drv.kmod in a real kernel", function()
       assert.matches("O", st.taint)
     end
     -- and drv.stack plans unloading them by levels, holders first, which the kernel accepts
-    local stk = {}
-    for name, path in pairs(guest.fixture_paths()) do stk[name] = assert(kmod.modinfo(path)).depends end
-    local p = require("drv.stack").plan(stk, require("drv.stack").snapshot(ctx))
+    local stk, names = {}, {}
+    for name, path in pairs(guest.fixture_paths()) do
+      stk[name], names[#names + 1] = assert(kmod.modinfo(path)).depends, name
+    end
+    local p = require("drv.stack").plan(names, require("drv.stack").snapshot(ctx), { deps = stk })
     assert.same({}, p.blockers)
     assert.same({ "mlx_compat" }, p.unload[#p.unload], "the module everything depends on goes last")
     for _, level in ipairs(p.unload) do assert.is_true(kmod.remove_many(level)) end
