@@ -115,7 +115,7 @@ $(NODE_TOOLS): tools/images/package.json tools/images/package-lock.json
 	touch $@
 
 check-host: $(DRVRUN) $(NODE_TOOLS)
-	DRVRUN=$(abspath $(DRVRUN)) DRVRUN_RESULTS=$(RESULTS)/check-host \
+	DRVRUN=$(abspath $(DRVRUN)) VENDOR=$(abspath $(VENDOR)) DRVRUN_RESULTS=$(RESULTS)/check-host \
 	  $(BUSTED) spec/host
 
 # The guest reuses build caches filled here (compiling under TCG is ~15x
@@ -150,7 +150,7 @@ GUEST_SPECS ?= $(wildcard spec/guest/*_spec.lua)
 
 check-guest: $(DRVRUN) fixtures $(CACHE)/.stamp $(REAL_CACHE)/.stamp
 	@tools/check-guest $(abspath $(RESULTS)) $(BUILD)/vm "$(GUEST_SPECS)" \
-	  env DRVRUN=$(abspath $(DRVRUN)) $(BUSTED)
+	  env DRVRUN=$(abspath $(DRVRUN)) VENDOR=$(abspath $(VENDOR)) $(BUSTED)
 
 # The images built for real (tools/build-test-images: buildah, on a Debian base made with
 # debootstrap and kept in buildah's storage), then the OFED image's root run in the guest as

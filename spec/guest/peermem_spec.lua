@@ -136,7 +136,7 @@ describe("peermem recipe", function()
     assert.equal(0, assert(proc.run({ "dmesg", "-C" })).status, "the kernel log is cleared, to read only what follows")
 
     local p, log = start_peermem { "OFED_ROOT=" .. other, "CACHE_DIR=" .. real_cache,
-                                   "PEERMEM_SOURCE=" .. fs.realpath("../shared/vendor/nv_peer_memory-1.3-0.tar.gz") }
+                                   "PEERMEM_SOURCE=" .. require("spec.support.vendor").need("nv_peer_memory-1.3-0.tar.gz") }
     local r = assert(p:wait(300))
     local out = fs.read(log)
     assert.equal(1, r.status, out)

@@ -1,6 +1,6 @@
 -- guest-timeout: 2400 (depmod over 4000 modules once, then five swaps of the real stack: ~6 min here, 3x, and margin)
 -- recipes/ubuntu-ofed.lua with the real MLNX_OFED 25.10 source bundle
--- (../shared/vendor), on the guest's real kernel: the inbox RDMA stack in use is
+-- (VENDOR, ../shared/vendor), on the guest's real kernel: the inbox RDMA stack in use is
 -- swapped for the real OFED stack and back. The bundle was built on the host
 -- (make check builds it once, build-only, into build/cache-real), so the run
 -- here finds it in the build cache; installing it runs depmod once.
@@ -14,8 +14,9 @@ local guest = require "spec.support.guest"
 local ofed = require "spec.support.ofed"
 
 local KVER = sys.uname().release
-local BUNDLE = fs.realpath("../shared/vendor/MLNX_OFED_SRC-debian-25.10-1.7.1.1.tgz")
-local SHA256 = "3e42df1e2081b7ccb602c5c15fb757687b2480d9a140141b9741f245348d79c0"
+local vendor = require "spec.support.vendor"
+local SHA256 = vendor.OFED_SHA256
+local BUNDLE
 local INSTALLED = ("/lib/modules/%s/updates/ubuntu-ofed"):format(KVER)
 -- The modules that replace the inbox ones, and the inbox stack as it is in use.
 local REAL = { "mlx_compat", "ib_core", "mlxdevm", "ib_cm", "iw_cm", "ib_uverbs", "ib_umad", "rdma_cm", "rdma_ucm",
@@ -75,7 +76,7 @@ end
 
 describe("ubuntu-ofed recipe with the real MLNX_OFED 25.10 bundle", function()
   setup(function()
-    assert(BUNDLE, "../shared/vendor/MLNX_OFED_SRC-debian-25.10-1.7.1.1.tgz is missing")
+    BUNDLE = vendor.need(vendor.OFED_BUNDLE)
     assert(fs.mkdir("/run/modprobe.d"))
     assert(fs.mkdir(ofed.EXPOSE))
     if not mount.is_mountpoint(ofed.EXPOSE) then
@@ -173,9 +174,9 @@ end)
 
 describe("the real nv_peer_mem 1.3 on the real OFED 25.10 stack", function()
   local NVIDIA_ROOT, READY = "/run/nvidia/driver", "/run/peermem/.driver-ready"
-  local SOURCE = fs.realpath("../shared/vendor/nv_peer_memory-1.3-0.tar.gz")
+  local SOURCE
   setup(function()
-    assert(SOURCE, "../shared/vendor/nv_peer_memory-1.3-0.tar.gz is missing")
+    SOURCE = vendor.need(vendor.PEERMEM_SOURCE)
     assert(fs.mkdir(NVIDIA_ROOT))
     if not mount.is_mountpoint(NVIDIA_ROOT) then assert(mount.bind(guest.built .. "/nvidia-root", NVIDIA_ROOT)) end
   end)

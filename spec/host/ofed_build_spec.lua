@@ -1,7 +1,7 @@
 -- recipes/ubuntu-ofed.lua's build of a bundle in the vendor's layout
 -- (SOURCES/mlnx-ofed-kernel_*.orig.tar.gz: configure, then make), build-only on
 -- this machine for the installed kernel: the simulated bundle for what the
--- build does, the real one (../shared/vendor) for a SIGTERM in its configure.
+-- build does, the real one (spec/support/vendor.lua) for a SIGTERM in its configure.
 local fs = require "drv.fs"
 local proc = require "drv.proc"
 local sys = require "drv.sys"
@@ -9,8 +9,7 @@ local sys = require "drv.sys"
 local KVER = assert(fs.dir("/lib/modules"))[1]
 local ARCH = sys.uname().machine
 local FIXTURES = fs.realpath("build/fixtures")
-local REAL = fs.realpath("../shared/vendor/MLNX_OFED_SRC-debian-25.10-1.7.1.1.tgz")
-local REAL_SHA256 = "3e42df1e2081b7ccb602c5c15fb757687b2480d9a140141b9741f245348d79c0"
+local vendor = require "spec.support.vendor"
 
 local function sim_bundle()
   local path = assert(fs.glob(FIXTURES .. "/sim-ofed-[0-9]*.tgz"))[1]
@@ -59,7 +58,7 @@ describe("ubuntu-ofed's build of a bundle in the vendor's layout (BUILD_ONLY)", 
                    source = fs.realpath("/lib/modules/" .. KVER .. "/source") }
     assert.matches("configure mlnx-ofed-kernel_5.9-0.5.6.0: ./configure --kernel-version=" .. KVER
                    .. " --kernel-sources=" .. dirs.build .. " --with-linux=" .. dirs.source .. " --with-linux-obj="
-                   .. dirs.build .. " --modules-dir=/lib/modules/" .. KVER .. " --with-core-mod", log, nil, true)
+                   .. dirs.build .. " --modules-dir=/lib/modules/" .. KVER .. " --without-debug-info --with-core-mod", log, nil, true)
     assert.matches("build mlnx-ofed-kernel_5.9-0.5.6.0: 13 modules in", log, nil, true)
     local updates = ("%s/root/lib/modules/%s/updates/ubuntu-ofed"):format(dir, KVER)
     local installed = assert(fs.dir(updates))
@@ -155,9 +154,8 @@ describe("ubuntu-ofed's build of a bundle in the vendor's layout (BUILD_ONLY)", 
   end)
 
   it("stops a configure of the real bundle within 10 s of SIGTERM, leaving no compiler running", function()
-    assert(REAL, "../shared/vendor/MLNX_OFED_SRC-debian-25.10-1.7.1.1.tgz is missing")
     local log = dir .. "/log"
-    local a = argv(dir, REAL, REAL_SHA256)
+    local a = argv(dir, vendor.need(vendor.OFED_BUNDLE), vendor.OFED_SHA256)
     local p = assert(proc.spawn({ "sh", "-c", 'exec "$@" 2> "$0"', log, table.unpack(a) }))
     local work = ("%s/cache/ubuntu-ofed/%s/work"):format(dir, KVER)
     local configuring = false
