@@ -58,7 +58,8 @@ describe("ubuntu-ofed's build of a bundle in the vendor's layout (BUILD_ONLY)", 
                    source = fs.realpath("/lib/modules/" .. KVER .. "/source") }
     assert.matches("configure mlnx-ofed-kernel_5.9-0.5.6.0: ./configure --kernel-version=" .. KVER
                    .. " --kernel-sources=" .. dirs.build .. " --with-linux=" .. dirs.source .. " --with-linux-obj="
-                   .. dirs.build .. " --modules-dir=/lib/modules/" .. KVER .. " --without-debug-info --with-core-mod", log, nil, true)
+                   .. dirs.build .. " --modules-dir=/lib/modules/" .. KVER .. " --without-debug-info --with-core-mod",
+                   log, nil, true)
     assert.matches("build mlnx-ofed-kernel_5.9-0.5.6.0: 13 modules in", log, nil, true)
     local updates = ("%s/root/lib/modules/%s/updates/ubuntu-ofed"):format(dir, KVER)
     local installed = assert(fs.dir(updates))
