@@ -14,9 +14,10 @@ local proc = require "drv.proc"
 local sys = require "drv.sys"
 local guest = require "spec.support.guest"
 local ofed = require "spec.support.ofed"
+local simnic = require "spec.support.simnic"
 
-local BUS, PF = "sim_pci", "0000:03:00.0"
-local SIMBUS = "/sys/bus/sim_pci"
+local BUS, PF, SIMBUS = simnic.BUS, simnic.PF, simnic.SIMBUS
+local sysfs_write, link_of, rep_of = simnic.sysfs_write, simnic.link_of, simnic.rep_of
 local VF2 = "0000:03:00.3" -- the VF given no admin MAC: the recipe pins its own
 local VF2_MAC = "02:5e:00:00:03:03" -- the simulated driver's MAC for it
 local KDIR = "/lib/modules/" .. sys.uname().release
@@ -26,28 +27,6 @@ local NEXT_DIR = KDIR .. "/extra/drvrun-spec-next" -- the other build, where sto
 local HOOK = "sh -c 'for n in " .. SIMBUS .. "/devices/" .. PF .. "/net/*; do "
              .. "[ \"$(cat $n/phys_port_name)\" = p0 ] && echo hook: mtu=$(cat $n/mtu); done 2>/dev/null; "
              .. "echo hook: $(head -n 1 /.driver-ready)'; false"
-
-local function sysfs_write(path, text)
-  local f = assert(io.open(path, "w"))
-  assert(f:write(text))
-  assert(f:close())
-end
-
-local function link_of(sock, device)
-  for _, l in ipairs(assert(sock:links())) do
-    if l.bus == BUS and l.device == device then return l end
-  end
-end
-
--- The representor of `port` ("pf0vf0") on the PF's device (switchdev mode).
-local function rep_of(sock, port)
-  for _, l in ipairs(assert(sock:links())) do
-    if l.bus == BUS and l.device == PF
-       and (fs.read("/sys/class/net/" .. l.name .. "/phys_port_name") or ""):match("^%S*") == port then
-      return l
-    end
-  end
-end
 
 -- The srcversions of the stack's .ko files in `dir` (the other build, or what the recipe installed).
 local function srcversions(dir)

@@ -11,15 +11,10 @@ local stack = require "drv.stack"
 local sys = require "drv.sys"
 local guest = require "spec.support.guest"
 local ofed = require "spec.support.ofed"
+local simnic = require "spec.support.simnic"
 
-local BUS, PF = "sim_pci", "0000:03:00.0"
-local SIMBUS = "/sys/bus/sim_pci"
-
-local function sysfs_write(path, text)
-  local f = assert(io.open(path, "w"))
-  assert(f:write(text))
-  assert(f:close())
-end
+local BUS, PF, SIMBUS = simnic.BUS, simnic.PF, simnic.SIMBUS
+local sysfs_write, link_of, rep_of = simnic.sysfs_write, simnic.link_of, simnic.rep_of
 
 -- The built stack in `dir` (built/sim-ofed or built/sim-ofed-next): deps, paths, srcversions.
 local function build_of(dir)
@@ -31,22 +26,6 @@ local function build_of(dir)
     srcversions[info.name] = info.srcversion
   end
   return deps, paths, srcversions
-end
-
-local function link_of(sock, device)
-  for _, l in ipairs(assert(sock:links())) do
-    if l.bus == BUS and l.device == device then return l end
-  end
-end
-
--- The representor of `port` ("pf0vf0") on the PF's device (switchdev mode).
-local function rep_of(sock, port)
-  for _, l in ipairs(assert(sock:links())) do
-    if l.bus == BUS and l.device == PF
-       and (fs.read("/sys/class/net/" .. l.name .. "/phys_port_name") or ""):match("^%S*") == port then
-      return l
-    end
-  end
 end
 
 local function contains(list, item)
