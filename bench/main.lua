@@ -303,15 +303,37 @@ local function selected(p)
   end
   return false
 end
+-- The rows of the parts a BENCH_ONLY run leaves out, from the last run that
+-- had them (OUT/rows.lua), so that build/bench.json keeps every part's rows.
+local SAVED = OUT .. "/rows.lua"
+local function earlier_rows(p)
+  local chunk = ONLY and loadfile(SAVED, "t", {})
+  local kept = {}
+  for _, r in ipairs(chunk and chunk() or {}) do
+    if r.part == p[2] then kept[#kept + 1] = r end
+  end
+  return kept
+end
+
+local today = os.date("!%Y-%m-%d")
 for _, p in ipairs(parts) do
   if selected(p) then
+    local first = #rows + 1
     local ok, err = pcall(p[3])
     if not ok then
       say("FAILED: %s", tostring(err))
       rows[#rows + 1] = util.missing(p[2] .. " part", nil, nil, tostring(err):match("^[^\n]*"))
     end
+    for i = first, #rows do rows[i].part, rows[i].date = p[2], today end
+  else
+    local kept = earlier_rows(p)
+    if #kept > 0 then
+      add(kept)
+      say("%s: %d rows from the run of %s (%s)", p[2], #kept, kept[1].date or "?", SAVED)
+    end
   end
 end
+assert(fs.write(SAVED, util.serialize(rows)))
 local text = util.format(rows)
 io.write("\n", text)
 assert(fs.write(ROOT .. "/build/bench.json", util.json(rows)))

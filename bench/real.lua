@@ -141,7 +141,7 @@ function M.run(ctx)
   local d, v = util.median(t.drvrun), util.median(t.vendor)
   rows[#rows + 1] = util.info(("real build cold: drvrun (recipe BUILD_ONLY, empty cache and ccache; %s)"):format(each),
     d, "s")
-  rows[#rows + 1] = util.info(("real build cold: drvrun's configure, make (last run)"), drv_steps[1], "s")
+  rows[#rows + 1] = util.info("real build cold: drvrun's configure (last run)", drv_steps[1], "s")
   rows[#rows + 1] = util.info(("real build cold: vendor (configure --default --build-dummy-mods, make; %s)"):format(each),
     v, "s")
   rows[#rows + 1] = util.target("real build cold: drvrun / vendor", d, "s", v, d / v, "<=", 1.0)

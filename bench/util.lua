@@ -127,7 +127,7 @@ local function json(v)
   return '"' .. tostring(v):gsub('[%c"\\]', function(c) return ESC[c] or ("\\u%04x"):format(c:byte()) end) .. '"'
 end
 
-local FIELDS = { "name", "value", "unit", "baseline", "ratio", "target", "pass" }
+local FIELDS = { "name", "value", "unit", "baseline", "ratio", "target", "pass", "part", "date" }
 
 --- The rows as a JSON array of objects (fields in a fixed order; `error` when set).
 function M.json(rows)
@@ -205,7 +205,7 @@ function M.serialize(rows)
   local out = { "return {" }
   for _, r in ipairs(rows) do
     local parts = {}
-    for _, k in ipairs({ "name", "value", "unit", "baseline", "ratio", "target", "pass", "error" }) do
+    for _, k in ipairs({ "name", "value", "unit", "baseline", "ratio", "target", "pass", "error", "part", "date" }) do
       local v = r[k]
       if v ~= nil then
         parts[#parts + 1] = ("%s = %s"):format(k, type(v) == "string" and ("%q"):format(v) or
