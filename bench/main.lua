@@ -306,10 +306,11 @@ end
 -- The rows of the parts a BENCH_ONLY run leaves out, from the last run that
 -- had them (OUT/rows.lua), so that build/bench.json keeps every part's rows.
 local SAVED = OUT .. "/rows.lua"
+local saved_chunk = ONLY and loadfile(SAVED, "t", {})
+local saved = saved_chunk and saved_chunk() or {}
 local function earlier_rows(p)
-  local chunk = ONLY and loadfile(SAVED, "t", {})
   local kept = {}
-  for _, r in ipairs(chunk and chunk() or {}) do
+  for _, r in ipairs(saved) do
     if r.part == p[2] then kept[#kept + 1] = r end
   end
   return kept
