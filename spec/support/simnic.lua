@@ -32,4 +32,22 @@ function M.rep_of(sock, port)
   end
 end
 
+--- Configure the PF `pf` (its link from link_of) as the network specs do: VF 0
+-- and VF 1 given MACs and settings, the PF up with MTU 9000, an IPv4 and an
+-- IPv6 address and a route, and VFs 0 and 1 rebound so that they take their MACs
+-- (their RDMA GUID with them, on real hardware). The VFs must exist.
+function M.configure_pf(sock, pf)
+  local net = require "drv.net"
+  assert(sock:set_vf(pf.name, 0, { mac = "02:aa:00:00:00:01", link_state = "enable", trust = true }))
+  assert(sock:set_vf(pf.name, 1, { mac = "02:aa:00:00:00:02", vlan = 10, qos = 3, spoofchk = true }))
+  assert(sock:set_link(pf.name, { up = true, mtu = 9000 }))
+  assert(sock:add_address(pf.name, "10.20.0.1/24"))
+  assert(sock:add_address(pf.name, "fd00:20::1/64"))
+  assert(sock:add_route { dst = "10.21.0.0/16", gateway = "10.20.0.254", dev = pf.name })
+  for _, vf in ipairs({ "0000:03:00.1", "0000:03:00.2" }) do
+    local driver = assert(net.rebind(M.BUS, vf))
+    assert(driver == "mlx5_core", vf .. " rebound to " .. driver .. ", not mlx5_core")
+  end
+end
+
 return M
