@@ -8,7 +8,10 @@
  * time of the source it was compiled from (luaL_loadfilex skips such a line);
  * the chunk is used only while the source still has both, so an edited or
  * replaced source is read instead, as Python's .pyc files work. A chunk that
- * does not load (another Lua release) is ignored. */
+ * does not load (another Lua release) is ignored.
+ *
+ * As drv.chunk, the same for data files that are Lua chunks (a build cache's
+ * manifest): load one, compile one. */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -82,14 +85,22 @@ static int chunk_load_current(lua_State *L, const char *path, const char *compil
 	return rc;
 }
 
+/* path's compiled chunk when current, else path itself in mode (NULL: text
+ * or binary); *compiled says which (may be NULL). */
+static int chunk_loadfile(lua_State *L, const char *path, const char *mode, int *compiled)
+{
+	char name[PATH_MAX];
+	int current = path && snprintf(name, sizeof(name), "%sc", path) < (int)sizeof(name) &&
+		      chunk_load_current(L, path, name) == LUA_OK;
+
+	if (compiled)
+		*compiled = current;
+	return current ? LUA_OK : luaL_loadfilex(L, path, mode);
+}
+
 int drv_loadfile(lua_State *L, const char *path)
 {
-	char compiled[PATH_MAX];
-
-	if (path && snprintf(compiled, sizeof(compiled), "%sc", path) < (int)sizeof(compiled) &&
-	    chunk_load_current(L, path, compiled) == LUA_OK)
-		return LUA_OK;
-	return luaL_loadfilex(L, path, NULL);
+	return chunk_loadfile(L, path, NULL, NULL);
 }
 
 static int chunk_writer(lua_State *L, const void *p, size_t size, void *f)
@@ -109,8 +120,10 @@ static int chunk_parse(lua_State *L, const char *path, const char *name)
 	size_t n, len;
 	int err;
 
-	if (!f)
-		return luaL_fileresult(L, 0, path), LUA_ERRFILE;
+	if (!f) {
+		lua_pushfstring(L, "%s: %s", path, strerror(errno));
+		return LUA_ERRFILE;
+	}
 	luaL_buffinit(L, &b);
 	while ((n = fread(buf, 1, sizeof(buf), f)) > 0)
 		luaL_addlstring(&b, buf, n);
@@ -172,6 +185,73 @@ int drv_compile_file(lua_State *L, const char *path, const char *name)
 		return LUA_ERRFILE;
 	}
 	return LUA_OK;
+}
+
+/***
+ * Load the Lua file at path as a function, from its compiled chunk (path .. "c",
+ * written by `compile`) while that is current, else from its text (text only:
+ * a binary chunk is taken only from a compiled file whose stamp matches).
+ * @function load
+ * @tparam string path
+ * @tparam[opt] table env the chunk's environment (its _ENV)
+ * @treturn[1] function
+ * @treturn[1] boolean true when it came from the compiled chunk
+ * @treturn[2] nil, string message
+ */
+static int chunk_l_load(lua_State *L)
+{
+	const char *path = luaL_checkstring(L, 1);
+	int has_env = !lua_isnoneornil(L, 2), compiled;
+
+	if (has_env)
+		luaL_checktype(L, 2, LUA_TTABLE);
+	if (chunk_loadfile(L, path, "t", &compiled) != LUA_OK) {
+		luaL_pushfail(L);
+		lua_insert(L, -2);
+		return 2;
+	}
+	if (has_env) {
+		lua_pushvalue(L, 2);
+		if (!lua_setupvalue(L, -2, 1))
+			lua_pop(L, 1);	/* a chunk without upvalues uses no globals */
+	}
+	lua_pushboolean(L, compiled);
+	return 2;
+}
+
+/***
+ * Compile the Lua file at path into path .. "c", which `load` (and require)
+ * then use while path keeps its size and modification time.
+ * @function compile
+ * @tparam string path
+ * @tparam[opt] string name the chunk's name in messages (default: path)
+ * @treturn[1] true
+ * @treturn[2] nil, string message
+ */
+static int chunk_l_compile(lua_State *L)
+{
+	const char *path = luaL_checkstring(L, 1);
+	const char *name = luaL_optstring(L, 2, path);
+
+	if (drv_compile_file(L, path, name) != LUA_OK) {
+		luaL_pushfail(L);
+		lua_insert(L, -2);
+		return 2;
+	}
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+static const luaL_Reg chunk_funcs[] = {
+	{ "load", chunk_l_load },
+	{ "compile", chunk_l_compile },
+	{ NULL, NULL }
+};
+
+int luaopen_drv_chunk(lua_State *L)
+{
+	luaL_newlib(L, chunk_funcs);
+	return 1;
 }
 
 /* package.searchers[2], the Lua file searcher, through drv_loadfile. */

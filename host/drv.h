@@ -31,9 +31,9 @@ int drv_optfield_boolean(lua_State *L, int idx, const char *key, int def);
 /* Signal at idx: a name ("TERM", "SIGTERM") or a number; raises on an unknown name. */
 int drv_checksignal(lua_State *L, int idx);
 
-/* write(2) all of buf, retrying on EINTR; 0, or -1 with errno. */
 /* Read a small file (a sysfs attribute) into buf, trailing newline and blanks trimmed; 0 or -1 with errno. */
 int drv_read_attr(const char *path, char *buf, size_t size);
+/* write(2) all of buf, retrying on EINTR; 0, or -1 with errno. */
 int drv_write_all(int fd, const void *buf, size_t len);
 
 /* Check that argument arg is a table or none/nil; return its absolute index or 0. */
@@ -47,6 +47,7 @@ int drv_loadfile(lua_State *L, const char *path);
 int drv_compile_file(lua_State *L, const char *path, const char *name);
 void drv_use_compiled_chunks(lua_State *L);
 
+int luaopen_drv_chunk(lua_State *L);
 int luaopen_drv_kmod(lua_State *L);
 int luaopen_drv_mount(lua_State *L);
 int luaopen_drv_fetch(lua_State *L);

@@ -268,15 +268,17 @@ static int fs_clear_dir(int fd, dev_t dev, char *where, size_t wsize)
 	return rc;
 }
 
+/* Is the directory at path the root directory? */
 static int fs_is_root(const char *path)
 {
 	char real[PATH_MAX];
 
-	if (path[0] == '\0')
-		return 1;
-	if (realpath(path, real) && strcmp(real, "/") == 0)
-		return 1;
-	return 0;
+	return realpath(path, real) && strcmp(real, "/") == 0;
+}
+
+static int fs_refuse_root(lua_State *L, const char *path)
+{
+	return drv_fail(L, EINVAL, "refusing to remove '%s': the root directory or an empty path", path);
 }
 
 /***
@@ -301,13 +303,15 @@ static int fs_remove(lua_State *L)
 	struct stat st;
 	int fd;
 
-	if (fs_is_root(path))
-		return drv_fail(L, EINVAL, "refusing to remove '%s': the root directory or an empty path", path);
+	if (path[0] == '\0')
+		return fs_refuse_root(L, path);
 	if (lstat(path, &st) < 0) {
 		if (errno == ENOENT && missing_ok)
 			return drv_ok(L);
 		return fs_fail_path(L, path);
 	}
+	if (S_ISDIR(st.st_mode) && fs_is_root(path))
+		return fs_refuse_root(L, path);
 	if (!S_ISDIR(st.st_mode)) {
 		if (unlink(path) < 0)
 			return fs_fail_path(L, path);
@@ -523,7 +527,7 @@ static const char *fs_type_name(mode_t m)
 
 static void fs_push_stat(lua_State *L, const struct stat *st)
 {
-	lua_createtable(L, 0, 10);
+	lua_createtable(L, 0, 13);
 	lua_pushstring(L, fs_type_name(st->st_mode));
 	lua_setfield(L, -2, "type");
 	lua_pushinteger(L, (lua_Integer)st->st_size);
@@ -538,6 +542,10 @@ static void fs_push_stat(lua_State *L, const struct stat *st)
 	lua_setfield(L, -2, "mtime");
 	lua_pushnumber(L, (lua_Number)st->st_ctim.tv_sec + st->st_ctim.tv_nsec / 1e9);
 	lua_setfield(L, -2, "ctime");
+	lua_pushinteger(L, (lua_Integer)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec);
+	lua_setfield(L, -2, "mtime_ns");
+	lua_pushinteger(L, (lua_Integer)st->st_ctim.tv_sec * 1000000000 + st->st_ctim.tv_nsec);
+	lua_setfield(L, -2, "ctime_ns");
 	lua_pushinteger(L, (lua_Integer)st->st_dev);
 	lua_setfield(L, -2, "dev");
 	lua_pushinteger(L, (lua_Integer)st->st_ino);
@@ -566,7 +574,8 @@ static int fs_do_stat(lua_State *L, int follow)
  * @function stat
  * @tparam string path
  * @treturn[1] table `{ type = "file"|"directory"|"link"|"socket"|"fifo"|"char"|"block",
- *   size, mode, uid, gid, mtime, ctime, dev, ino, nlink, rdev (devices only) }`
+ *   size, mode, uid, gid, mtime, ctime, mtime_ns, ctime_ns, dev, ino, nlink, rdev (devices only) }`:
+ *   mtime and ctime in seconds (a float), mtime_ns and ctime_ns the same in nanoseconds (an integer)
  * @treturn[2] nil, string message, integer errno
  * @see stat(2)
  */

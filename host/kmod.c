@@ -570,6 +570,68 @@ static void kmod_push_csv(lua_State *L, const char *s)
 	}
 }
 
+/* All of the file at path (a /proc file: its size is not known), NUL-terminated,
+ * in a new buffer (free it); NULL with errno. */
+static char *kmod_read_all(const char *path)
+{
+	size_t len = 0, cap = 16384;
+	char *buf = malloc(cap), *grown;
+	int fd = open(path, O_RDONLY | O_CLOEXEC), saved;
+	ssize_t n = 0;
+
+	if (fd < 0 || !buf)
+		goto fail;
+	for (;;) {
+		if (cap - len < 2) {
+			if (!(grown = realloc(buf, cap * 2)))
+				goto fail;
+			buf = grown;
+			cap *= 2;
+		}
+		n = read(fd, buf + len, cap - len - 1);
+		if (n == 0)
+			break;
+		if (n < 0 && errno != EINTR)
+			goto fail;
+		if (n > 0)
+			len += (size_t)n;
+	}
+	close(fd);
+	buf[len] = '\0';
+	return buf;
+fail:
+	saved = errno;
+	free(buf);
+	if (fd >= 0)
+		close(fd);
+	errno = saved;
+	return NULL;
+}
+
+/* One line of <proc>/modules ("name size refcount holders state address"), as a table. */
+static int kmod_push_loaded(lua_State *L, char *line)
+{
+	char *field[5], *save = NULL;
+	int k = 0;
+
+	for (char *t = strtok_r(line, " ", &save); t && k < 5; t = strtok_r(NULL, " ", &save))
+		field[k++] = t;
+	if (k < 5)
+		return 0;
+	lua_createtable(L, 0, 5);
+	lua_pushstring(L, field[0]);
+	lua_setfield(L, -2, "name");
+	lua_pushinteger(L, strtoll(field[1], NULL, 10));
+	lua_setfield(L, -2, "size");
+	lua_pushinteger(L, strtoll(field[2], NULL, 10));
+	lua_setfield(L, -2, "refcount");
+	kmod_push_csv(L, field[3]);
+	lua_setfield(L, -2, "holders");
+	lua_pushstring(L, field[4]);
+	lua_setfield(L, -2, "state");
+	return 1;
+}
+
 /***
  * The loaded modules, in <proc>/modules order.
  * @function ctx:loaded
@@ -579,36 +641,17 @@ static void kmod_push_csv(lua_State *L, const char *s)
 static int kmod_m_loaded(lua_State *L)
 {
 	struct kctx *c = kmod_checkctx(L, 1);
-	char path[PATH_MAX + 16], line[4096];
+	char path[PATH_MAX + 16], *text, *save = NULL;
 	int n = 0;
-	FILE *f;
 
 	snprintf(path, sizeof(path), "%s/modules", c->proc);
-	f = fopen(path, "re");
-	if (!f)
+	if (!(text = kmod_read_all(path)))
 		return drv_errno_fail(L, path);
 	lua_newtable(L);
-	while (fgets(line, sizeof(line), f)) {
-		char name[256], holders[3072], state[32];
-		long long size;
-		int refcnt;
-
-		if (sscanf(line, "%255s %lld %d %3071s %31s", name, &size, &refcnt, holders, state) != 5)
-			continue;
-		lua_createtable(L, 0, 5);
-		lua_pushstring(L, name);
-		lua_setfield(L, -2, "name");
-		lua_pushinteger(L, size);
-		lua_setfield(L, -2, "size");
-		lua_pushinteger(L, refcnt);
-		lua_setfield(L, -2, "refcount");
-		kmod_push_csv(L, holders);
-		lua_setfield(L, -2, "holders");
-		lua_pushstring(L, state);
-		lua_setfield(L, -2, "state");
-		lua_rawseti(L, -2, ++n);
-	}
-	fclose(f);
+	for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
+		if (kmod_push_loaded(L, line))
+			lua_rawseti(L, -2, ++n);
+	free(text);
 	return 1;
 }
 

@@ -216,6 +216,7 @@ static void set_path(lua_State *L, const char *libdir)
 static void preload(lua_State *L)
 {
 	static const luaL_Reg modules[] = {
+		{ "drv.chunk", luaopen_drv_chunk },
 		{ "drv.kmod", luaopen_drv_kmod },
 		{ "drv.mount", luaopen_drv_mount },
 		{ "drv.fetch", luaopen_drv_fetch },

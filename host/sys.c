@@ -65,16 +65,10 @@ static int sys_boot_id(lua_State *L)
 {
 	static const char path[] = "/proc/sys/kernel/random/boot_id";
 	char buf[64];
-	FILE *f = fopen(path, "re");
-	size_t n;
 
-	if (!f)
+	if (drv_read_attr(path, buf, sizeof(buf)) < 0)
 		return drv_errno_fail(L, path);
-	n = fread(buf, 1, sizeof(buf) - 1, f);
-	fclose(f);
-	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == ' '))
-		n--;
-	lua_pushlstring(L, buf, n);
+	lua_pushstring(L, buf);
 	return 1;
 }
 
@@ -138,6 +132,37 @@ static int sys_monotonic(lua_State *L)
 static int sys_time(lua_State *L)
 {
 	lua_pushnumber(L, sys_clock(CLOCK_REALTIME));
+	return 1;
+}
+
+/* t as UTC, "2026-12-01T15:44:44Z", by arithmetic (days to civil date, after
+ * H. Hinnant): gmtime and strftime load the time zone (tzset reads
+ * /etc/localtime) for a time they write in UTC. */
+static void sys_utc_string(long long t, char *buf, size_t size)
+{
+	long long days = (t >= 0 ? t : t - 86399) / 86400, secs = t - days * 86400;
+	long long era = (days + 719468 >= 0 ? days + 719468 : days + 719468 - 146096) / 146097;
+	long long doe = days + 719468 - era * 146097;
+	long long yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+	long long doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+	long long mp = (5 * doy + 2) / 153, month = mp < 10 ? mp + 3 : mp - 9;
+
+	snprintf(buf, size, "%04lld-%02lld-%02lldT%02lld:%02lld:%02lldZ", yoe + era * 400 + (month <= 2),
+		 month, doy - (153 * mp + 2) / 5 + 1, secs / 3600, secs / 60 % 60, secs % 60);
+}
+
+/***
+ * A time as UTC, in the form logs and ready files use.
+ * @function utc
+ * @tparam[opt] integer t seconds since the epoch (default: now)
+ * @treturn string `2026-12-01T15:44:44Z`
+ */
+static int sys_utc(lua_State *L)
+{
+	char buf[96]; /* room for any year, for the compiler's format check */
+
+	sys_utc_string(luaL_opt(L, luaL_checkinteger, 1, (lua_Integer)time(NULL)), buf, sizeof(buf));
+	lua_pushstring(L, buf);
 	return 1;
 }
 
@@ -433,12 +458,10 @@ static int lock_is_current(const struct lock *l)
 
 static void lock_write_holder(int fd, const char *owner)
 {
-	char buf[512], when[32];
-	time_t now = time(NULL);
-	struct tm tm;
+	char buf[512], when[96];
 	int n;
 
-	strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&now, &tm));
+	sys_utc_string((long long)time(NULL), when, sizeof(when));
 	n = snprintf(buf, sizeof(buf), "pid %d (%s) since %s\n", (int)getpid(), owner, when);
 	if (ftruncate(fd, 0) == 0 && pwrite(fd, buf, (size_t)n, 0) < 0) {
 		/* advisory only */
@@ -562,6 +585,7 @@ static const luaL_Reg sys_funcs[] = {
 	{ "nproc", sys_nproc },
 	{ "monotonic", sys_monotonic },
 	{ "time", sys_time },
+	{ "utc", sys_utc },
 	{ "sleep", sys_sleep },
 	{ "isatty", sys_isatty },
 	{ "kill", sys_kill },

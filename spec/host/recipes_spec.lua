@@ -173,7 +173,11 @@ return {
     assert.matches("install: depmod done in", log, nil, true)
     assert.is_true(fs.exists(("%s/root/lib/modules/%s/updates/hello/hello.ko"):format(dir, kver)))
     assert.same({ "Kbuild", "hello.c" }, (function() local l = fs.dir(src) table.sort(l) return l end)())
+    local compiled = builds .. "/" .. last_used() .. "/manifest.luac"
+    assert.is_true(fs.exists(compiled), "the manifest is stored compiled too")
+    assert(fs.remove(compiled)) -- as an older drvrun left it
     assert.matches("build: cache hit", build(), nil, true)
+    assert.is_true(fs.exists(compiled), "compiled at its first load")
     assert(fs.write(src .. "/hello.c", '#include <linux/module.h>\nMODULE_LICENSE("GPL");\nMODULE_VERSION("2");\n'))
     assert.is_nil(build():find("cache hit", 1, true), "a changed source file is rebuilt")
     assert.matches("build: cache hit", build(), nil, true)

@@ -25,6 +25,15 @@ describe("drv.sys", function()
     assert.equal(0, sys.geteuid())
   end)
 
+  it("writes a time as UTC as os.date does, without the time zone", function()
+    local times = { 0, 59, 86399, 86400, 951782400, 951868800, 4107542400, 4107628800, -1, -86401, -2208988800 }
+    for _ = 1, 2000 do times[#times + 1] = math.random(-2 ^ 33, 2 ^ 34) end
+    for _, t in ipairs(times) do assert.equal(os.date("!%Y-%m-%dT%H:%M:%SZ", t), sys.utc(t), t) end
+    local now = os.time()
+    assert.is_true(sys.utc() == os.date("!%Y-%m-%dT%H:%M:%SZ", now) or sys.utc() == os.date("!%Y-%m-%dT%H:%M:%SZ", now + 1))
+    assert.has_error(function() sys.utc("soon") end)
+  end)
+
   it("gives the host name, as the kernel has it", function()
     assert.equal((assert(fs.read("/proc/sys/kernel/hostname")):gsub("\n$", "")), sys.hostname())
   end)

@@ -3,7 +3,8 @@
 -- CACHE_DIR/<recipe>/sources/        fetched sources
 -- CACHE_DIR/<recipe>/<kernel>/work/  the build tree of the build under way
 -- CACHE_DIR/<recipe>/<kernel>/builds/<id>/  one entry per build key: the built
---   modules, the files install needs (keep/), build.log and manifest.lua
+--   modules, the files install needs (keep/), build.log and manifest.lua (with
+--   manifest.luac, its compiled chunk: a restart loads that, not the text)
 -- CACHE_DIR/<recipe>/<kernel>/builds/recent  the entries, most recently used first
 --
 -- The key is readable text kept in the manifest (recipe, version, kernel, the
@@ -12,6 +13,7 @@
 -- with the run `r`; a failure fails the phase.
 local M = {}
 
+local chunk = require "drv.chunk"
 local compile = require "drv.compile"
 local graph = require "drv.graph"
 local fs = require "drv.fs"
@@ -69,10 +71,16 @@ function M.entry(r)
   return { key = key, id = id, dir = builds .. "/" .. id, builds = builds }
 end
 
+-- The manifest's text is compiled once (an entry stored by an older drvrun,
+-- on its first load): parsing it costs a warm restart more than loading it.
 local function read_manifest(dir)
-  local chunk = load(fs.read(dir .. "/manifest.lua") or "", "=manifest", "t", {})
-  local ok, manifest = pcall(chunk)
-  return ok and type(manifest) == "table" and manifest or nil
+  local path = dir .. "/manifest.lua"
+  local fn, compiled = chunk.load(path, {})
+  if not fn then return nil end
+  local ok, manifest = pcall(fn)
+  if not ok or type(manifest) ~= "table" then return nil end
+  if not compiled then chunk.compile(path, "manifest") end
+  return manifest
 end
 
 --- The built modules of an entry (`{ name, path, srcversion, vermagic, depends }`...) and
@@ -127,6 +135,7 @@ function M.store(r, entry, res)
   lines[#lines + 1] = "keep = {" .. table.concat(keep, ", ") .. "},"
   lines[#lines + 1] = "sources = {" .. table.concat(fetched_sources(r), ", ") .. "} }"
   r:must("cache manifest", fs.write(dir .. "/manifest.lua", table.concat(lines, "\n") .. "\n"))
+  chunk.compile(dir .. "/manifest.lua", "manifest")
 end
 
 local function recent_builds(builds)

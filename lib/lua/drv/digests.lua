@@ -21,7 +21,7 @@ Memo.__index = Memo
 local SETTLED = 1
 
 local function stamp(st)
-  return ("%d:%d:%d:%.9f:%.9f"):format(st.dev, st.ino, st.size, st.mtime, st.ctime)
+  return ("%d:%d:%d:%d:%d"):format(st.dev, st.ino, st.size, st.mtime_ns, st.ctime_ns)
 end
 
 --- The memo kept in `file` (absent or unreadable: an empty one).

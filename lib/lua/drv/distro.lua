@@ -1,6 +1,7 @@
 --- drv.distro: facts about the distribution drvrun runs on.
 local M = {}
 
+local fs = require "drv.fs"
 local sys = require "drv.sys"
 
 local ESCAPES = { ["\\"] = "\\", ['"'] = '"', ["$"] = "$", ["`"] = "`" }
@@ -20,15 +21,14 @@ end
 -- @treturn[1] table `{ ID = "ubuntu", VERSION_ID = "22.04", ... }`
 -- @treturn[2] nil, message
 function M.os_release(path)
-  local f, err = io.open(path or "/etc/os-release")
-  if not f and not path then f, err = io.open("/usr/lib/os-release") end
-  if not f then return nil, err end
+  local text, err = fs.read(path or "/etc/os-release")
+  if not text and not path then text, err = fs.read("/usr/lib/os-release") end
+  if not text then return nil, err end
   local t = {}
-  for line in f:lines() do
+  for line in text:gmatch("[^\n]+") do
     local k, v = line:match("^%s*([%w_]+)=(.-)%s*$")
     if k then t[k] = unquote(v) end
   end
-  f:close()
   return t
 end
 

@@ -11,6 +11,7 @@
 local M = {}
 
 local config = require "drv.config"
+local sys = require "drv.sys"
 local io, os, table = io, os, table
 local pairs, tostring, type, select = pairs, tostring, type, select
 
@@ -41,9 +42,30 @@ local function json_string(s)
   end) .. '"'
 end
 
+--- Seconds (a duration) to the millisecond, `1.500`, like ("%.3f"):format(s)
+-- but by integer arithmetic: a restart's log lines then never run the C
+-- library's floating-point printf, which costs a fresh process in an emulated
+-- guest more than all of its lifecycle's Lua code.
+function M.seconds(s)
+  if not (s >= 0 and s < 1e12) then return ("%.3f"):format(s) end
+  local ms = math.floor(s * 1000 + 0.5)
+  return ("%d.%03d"):format(ms // 1000, ms % 1000)
+end
+
+-- tostring(v), with a float of at most three decimals (a duration) written
+-- the same way without the C library's float printf (see M.seconds).
+local function number_text(v)
+  if math.type(v) ~= "float" or not (v >= 0 and v < 1e12) then return tostring(v) end
+  local ms = math.floor(v * 1000 + 0.5)
+  if ms / 1000 ~= v then return tostring(v) end
+  local text = M.seconds(v):gsub("0+$", "")
+  return text:sub(-1) == "." and text .. "0" or text
+end
+
 local function json_value(v)
   local t = type(v)
-  if t == "number" or t == "boolean" then return tostring(v) end
+  if t == "number" then return number_text(v) end
+  if t == "boolean" then return tostring(v) end
   return json_string(tostring(v))
 end
 
@@ -54,9 +76,16 @@ local function sorted_keys(t)
   return keys
 end
 
-local function timestamp()
-  return os.date("!%Y-%m-%dT%H:%M:%SZ")
+local last_time, last_stamp
+
+--- `t` (seconds since the epoch, default now) as UTC, `2026-12-01T15:44:44Z`
+-- (drv.sys.utc: os.date would load the time zone to write a UTC time).
+function M.timestamp(t)
+  t = t or os.time()
+  if t ~= last_time then last_time, last_stamp = t, sys.utc(t) end
+  return last_stamp
 end
+local timestamp = M.timestamp
 
 local function format_json(level, msg, fields)
   local parts = { '"time":' .. json_string(timestamp()), '"level":' .. json_string(level),
@@ -70,7 +99,8 @@ end
 local function format_text(level, msg, fields)
   local parts = { timestamp(), level:upper(), msg }
   for _, k in pairs(sorted_keys(fields)) do
-    local v = tostring(fields[k])
+    local v = fields[k]
+    v = type(v) == "number" and number_text(v) or tostring(v)
     if v:find("[%s\"]") then v = json_string(v) end
     parts[#parts + 1] = k .. "=" .. v
   end
@@ -90,6 +120,7 @@ end
 
 local function logger(level)
   return function(fmt, ...)
+    if not M.enabled(level) then return end
     local msg = select("#", ...) > 0 and fmt:format(...) or fmt
     M.event(level, msg)
   end

@@ -16,7 +16,13 @@
 -- ALLOW_UPLINK_RELOAD); after ready, `post_ready` runs POST_READY_HOOKS.
 local M = {}
 
-local netstate = require "drv.netstate"
+-- drv.netstate (the largest module) loads at its first use: a run on a node
+-- whose stack has no network device, or a restart that reloads nothing,
+-- never reads or writes a device's state.
+local netstate = setmetatable({}, { __index = function(t, k)
+  setmetatable(t, { __index = require "drv.netstate" })
+  return t[k]
+end })
 local net = require "drv.net"
 local fs = require "drv.fs"
 local proc = require "drv.proc"
@@ -64,8 +70,9 @@ end
 local function has_stack_netdev(modules)
   local set = {}
   for _, n in ipairs(modules) do set[n] = true end
-  for _, path in ipairs(fs.glob("/sys/class/net/*/device/driver/module") or {}) do
-    if set[(fs.readlink(path) or ""):match("([^/]+)$") or ""] then return true end
+  for _, dev in ipairs(fs.dir("/sys/class/net") or {}) do
+    local link = fs.readlink("/sys/class/net/" .. dev .. "/device/driver/module")
+    if link and set[link:match("([^/]+)$") or ""] then return true end
   end
   return false
 end

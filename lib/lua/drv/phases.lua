@@ -271,7 +271,7 @@ end
 local function ready_content(r)
   local lines = {
     "recipe=" .. r.recipe.name, "version=" .. r.recipe.version, "kernel=" .. r.kver,
-    "boot_id=" .. (sys.boot_id() or "unknown"), "time=" .. os.date("!%Y-%m-%dT%H:%M:%SZ"),
+    "boot_id=" .. (sys.boot_id() or "unknown"), "time=" .. log.timestamp(),
   }
   -- The stack as the load (or, with nothing to reload, install) verified it.
   for _, name in ipairs(graph.flatten(assert(graph.levels(r.stack_deps)))) do
@@ -288,7 +288,7 @@ function M.ready(r)
     if dir then r:must("ready " .. path, fs.mkdir(dir)) end
     r:must("ready " .. path, fs.write(path, content))
   end
-  log.info("ready: %s (%.3f s after start)", table.concat(r.ready_files, ", "), sys.monotonic() - r.started)
+  log.info("ready: %s (%s s after start)", table.concat(r.ready_files, ", "), log.seconds(sys.monotonic() - r.started))
   netcfg.post_ready(r)
 end
 

@@ -155,8 +155,9 @@ local function run_phase(r, name)
   phases[name](r)
   local saved, err = r.digests:save()
   if not saved then log.warn("cache: cannot keep the file digests: %s", err) end
-  log.event("info", ("phase %s done in %.3f s"):format(name, sys.monotonic() - t0),
-            { phase = name, seconds = tonumber(("%.3f"):format(sys.monotonic() - t0)) })
+  local seconds = sys.monotonic() - t0
+  log.event("info", ("phase %s done in %s s"):format(name, log.seconds(seconds)),
+            { phase = name, seconds = math.floor(seconds * 1000 + 0.5) / 1000 })
 end
 
 local function error_text(e)
