@@ -254,20 +254,73 @@ int luaopen_drv_chunk(lua_State *L)
 	return 1;
 }
 
+/* Template tpl (its first len bytes) with each '?' replaced by mod, in buf; 0 when it does not fit. */
+static int chunk_fill(char *buf, size_t size, const char *tpl, size_t len, const char *mod)
+{
+	size_t n = 0, m = strlen(mod);
+
+	for (size_t i = 0; i < len; i++) {
+		size_t add = tpl[i] == '?' ? m : 1;
+
+		if (n + add >= size)
+			return 0;
+		if (tpl[i] == '?')
+			memcpy(buf + n, mod, m);
+		else
+			buf[n] = tpl[i];
+		n += add;
+	}
+	buf[n] = '\0';
+	return 1;
+}
+
+/* The first file of package.path for module name that exists, in buf; NULL
+ * with the files tried pushed, worded as package.searchpath words them. A
+ * stat, not the fopen(3) and fclose(3) of package.searchpath: the loader opens
+ * the file (or its compiled chunk) next. */
+static const char *chunk_find(lua_State *L, const char *name, char *buf, size_t size)
+{
+	char mod[PATH_MAX];
+	const char *tpl;
+	luaL_Buffer tried;
+	struct stat st;
+
+	lua_getglobal(L, "package");
+	lua_getfield(L, -1, "path");
+	tpl = luaL_checkstring(L, -1);
+	snprintf(mod, sizeof(mod), "%s", name);
+	for (char *c = mod; *c; c++)
+		if (*c == '.')
+			*c = '/';
+	luaL_buffinit(L, &tried);
+	while (*tpl) {
+		size_t len = strcspn(tpl, ";");
+
+		if (len > 0 && chunk_fill(buf, size, tpl, len, mod)) {
+			if (stat(buf, &st) == 0) {
+				luaL_pushresult(&tried);
+				lua_pop(L, 3); /* the message, path, package */
+				return buf;
+			}
+			luaL_addstring(&tried, luaL_bufflen(&tried) ? "\n\tno file '" : "no file '");
+			luaL_addstring(&tried, buf);
+			luaL_addchar(&tried, '\'');
+		}
+		tpl += len + (tpl[len] == ';');
+	}
+	luaL_pushresult(&tried);
+	return NULL;
+}
+
 /* package.searchers[2], the Lua file searcher, through drv_loadfile. */
 static int chunk_searcher(lua_State *L)
 {
 	const char *name = luaL_checkstring(L, 1);
-	const char *path;
+	char buf[PATH_MAX];
+	const char *path = chunk_find(L, name, buf, sizeof(buf));
 
-	lua_getglobal(L, "package");
-	lua_getfield(L, -1, "searchpath");
-	lua_pushstring(L, name);
-	lua_getfield(L, -3, "path");
-	lua_call(L, 2, 2);
-	if (lua_isnil(L, -2))
+	if (!path)
 		return 1;	/* the message: where it looked */
-	path = lua_tostring(L, -2);
 	if (drv_loadfile(L, path) != LUA_OK)
 		return luaL_error(L, "error loading module '%s' from file '%s':\n\t%s",
 				  name, path, lua_tostring(L, -1));

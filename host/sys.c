@@ -185,6 +185,26 @@ static int sys_sleep(lua_State *L)
 }
 
 /***
+ * Write all of data to descriptor fd with write(2), unbuffered: a log line in
+ * one call (io.stderr goes through stdio).
+ * @function write
+ * @tparam integer fd
+ * @tparam string data
+ * @treturn[1] true
+ * @treturn[2] nil, string message, integer errno
+ */
+static int sys_write(lua_State *L)
+{
+	int fd = (int)luaL_checkinteger(L, 1);
+	size_t len;
+	const char *data = luaL_checklstring(L, 2, &len);
+
+	if (drv_write_all(fd, data, len) < 0)
+		return drv_errno_fail(L, "write");
+	return drv_ok(L);
+}
+
+/***
  * Whether a file or descriptor is a terminal.
  * @function isatty
  * @tparam file|integer f io.stderr, or a descriptor number
@@ -588,6 +608,7 @@ static const luaL_Reg sys_funcs[] = {
 	{ "utc", sys_utc },
 	{ "sleep", sys_sleep },
 	{ "isatty", sys_isatty },
+	{ "write", sys_write },
 	{ "kill", sys_kill },
 	{ "signals", sys_signals },
 	{ "pending_signal", sys_pending_signal },

@@ -12,14 +12,16 @@ local M = {}
 
 local config = require "drv.config"
 local sys = require "drv.sys"
-local io, os, table = io, os, table
+local os, table = os, table
 local pairs, tostring, type, select = pairs, tostring, type, select
 
 local LEVELS = { error = 1, warn = 2, info = 3, debug = 4 }
 
 M.level = config.log_level or "info"
 M.format = config.log_format or "text"
-M.out = io.stderr
+-- Where lines go: anything with :write and :flush (a file); stderr, a line
+-- in one write(2), by default.
+M.out = { write = function(_, s) return sys.write(2, s) end, flush = function() end }
 
 --- Set the level ("error", "warn", "info", "debug").
 function M.set_level(level)
