@@ -71,6 +71,7 @@ function M.check_specs(specs, level)
 end
 
 local function interpolate(s, values, name)
+  if not s:find("${", 1, true) then return s end -- most defaults: no pattern run over them
   return (s:gsub("%${([%w_]+)}", function(ref)
     local v = values[ref]
     if v == nil then error(("option %s refers to ${%s}, which is not set"):format(name, ref), 0) end
