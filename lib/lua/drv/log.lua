@@ -44,23 +44,28 @@ local function json_string(s)
   end) .. '"'
 end
 
+-- A duration in whole milliseconds; nil out of durations' range (negative, huge, NaN).
+local function millis(s)
+  if s >= 0 and s < 1e12 then return math.floor(s * 1000 + 0.5) end
+end
+
+local function fixed3(ms) return ("%d.%03d"):format(ms // 1000, ms % 1000) end
+
 --- Seconds (a duration) to the millisecond, `1.500`, like ("%.3f"):format(s)
 -- but by integer arithmetic: a restart's log lines then never run the C
 -- library's floating-point printf, which costs a fresh process in an emulated
 -- guest more than all of its lifecycle's Lua code.
 function M.seconds(s)
-  if not (s >= 0 and s < 1e12) then return ("%.3f"):format(s) end
-  local ms = math.floor(s * 1000 + 0.5)
-  return ("%d.%03d"):format(ms // 1000, ms % 1000)
+  local ms = millis(s)
+  return ms and fixed3(ms) or ("%.3f"):format(s)
 end
 
 -- tostring(v), with a float of at most three decimals (a duration) written
 -- the same way without the C library's float printf (see M.seconds).
 local function number_text(v)
-  if math.type(v) ~= "float" or not (v >= 0 and v < 1e12) then return tostring(v) end
-  local ms = math.floor(v * 1000 + 0.5)
-  if ms / 1000 ~= v then return tostring(v) end
-  local text = M.seconds(v):gsub("0+$", "")
+  local ms = math.type(v) == "float" and millis(v)
+  if not ms or ms / 1000 ~= v then return tostring(v) end
+  local text = fixed3(ms):gsub("0+$", "")
   return text:sub(-1) == "." and text .. "0" or text
 end
 
