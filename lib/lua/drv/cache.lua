@@ -71,8 +71,9 @@ function M.entry(r)
   return { key = key, id = id, dir = builds .. "/" .. id, builds = builds }
 end
 
--- The manifest's text is compiled once (an entry stored by an older drvrun,
--- on its first load): parsing it costs a warm restart more than loading it.
+-- The manifest's text is compiled at its first load (the one right after the
+-- store, or an older drvrun's entry's): parsing it costs a warm restart more
+-- than loading it.
 local function read_manifest(dir)
   local path = dir .. "/manifest.lua"
   local fn, compiled = chunk.load(path, {})
@@ -135,7 +136,6 @@ function M.store(r, entry, res)
   lines[#lines + 1] = "keep = {" .. table.concat(keep, ", ") .. "},"
   lines[#lines + 1] = "sources = {" .. table.concat(fetched_sources(r), ", ") .. "} }"
   r:must("cache manifest", fs.write(dir .. "/manifest.lua", table.concat(lines, "\n") .. "\n"))
-  chunk.compile(dir .. "/manifest.lua", "manifest")
 end
 
 local function recent_builds(builds)
