@@ -60,6 +60,29 @@ describe("drv.options.resolve", function()
     assert.equal("", assert(options.resolve(specs, { SHA = "" }, env {})).SHA)
   end)
 
+  it("calls a function default when the option is first read, not before, and only once", function()
+    local calls = 0
+    local lazy = { OS = { default = function() calls = calls + 1; return "debian12" end, doc = "os tag" },
+                   TAG = { default = function(o) return o.OS .. "-x" end, doc = "tag" },
+                   URL = { default = "https://mirror/${OS}.tgz", doc = "url" },
+                   ARCH = { default = function() error("uname failed", 0) end, doc = "arch" } }
+    local o = assert(options.resolve(lazy, {}, env {}))
+    assert.equal(1, calls) -- URL refers to it
+    assert.equal("https://mirror/debian12.tgz", o.URL)
+    assert.is_nil(rawget(o, "TAG"))
+    assert.equal("debian12-x", o.TAG)
+    assert.equal("default", o._origin.TAG)
+    assert.equal(1, calls)
+    for _ = 1, 2 do -- its error at every read, not "refers to itself" at the second
+      local ok, err = pcall(function() return o.ARCH end)
+      assert.is_false(ok)
+      assert.matches("uname failed$", err)
+    end
+    assert.equal("s390x", assert(options.resolve(lazy, {}, env { ARCH = "s390x" })).ARCH)
+    local _, err = options.resolve(lazy, { ARCH = 7 }, env {})
+    assert.equal("option ARCH (from argument): string expected, got number", err)
+  end)
+
   it("reports a reference to an unset option", function()
     local o, err = options.resolve({ A = { default = "${B}", doc = "a" } }, {}, env {})
     assert.is_nil(o)

@@ -3,8 +3,9 @@
 -- An option is declared as `NAME = { default = v, type = "string"|"boolean"|"integer"|"list",
 -- doc = "what it does", choices = {...}, pattern = "^lua pattern$", min = n, build = true }`
 -- (`min`: the least an integer may be; `build`: the value changes what is built, so it is part of the
--- build cache key). A default may be a function of the options resolved so far, or a string with
--- `${OTHER}` references.
+-- build cache key). A default may be a string with `${OTHER}` references, or a function of the
+-- options, called when the option is first read (a fact of the host no one asks for, such as
+-- an OS tag the image's environment sets anyway, is not looked up).
 local M = {}
 
 local sorted_names = require("drv.graph").sorted
@@ -90,7 +91,9 @@ function M.parse_args(args)
 end
 
 
---- Resolve every option: argument, else environment, else default.
+--- Resolve every option: argument, else environment, else default. A default
+-- that is a function is called when the option is first read (an error it
+-- raises is raised there); every other value is checked here.
 -- @tparam table specs declarations
 -- @tparam table args `{ KEY = "VALUE" }` from the command line
 -- @tparam[opt] function getenv defaults to os.getenv
@@ -103,7 +106,7 @@ function M.resolve(specs, args, getenv)
       return nil, ("unknown option %s (known: %s)"):format(k, table.concat(sorted_names(specs), ", "))
     end
   end
-  local values, origin, resolving = {}, {}, {}
+  local values, origin, resolving, deferred = {}, {}, {}, {}
   local function get(name)
     if origin[name] then return values[name] end
     if resolving[name] then error(("option %s: its default refers to itself"):format(name), 0) end
@@ -126,11 +129,23 @@ function M.resolve(specs, args, getenv)
     return v
   end
   for _, name in ipairs(sorted_names(specs)) do
-    local ok, err = pcall(get, name)
-    if not ok then return nil, err end
+    if type(specs[name].default) == "function" and args[name] == nil and getenv(name) == nil then
+      deferred[name] = true
+    else
+      local ok, err = pcall(get, name)
+      if not ok then return nil, err end
+    end
   end
   values._origin = origin
-  return values
+  return setmetatable(values, { __index = function(_, name)
+    if not deferred[name] or origin[name] then return nil end
+    local ok, v = pcall(get, name)
+    if not ok then
+      for k in pairs(resolving) do if not origin[k] then resolving[k] = nil end end -- a later read tries again
+      error(v, 2)
+    end
+    return v
+  end })
 end
 
 local DOC_COLUMN = 34 -- width of "NAME=value" before its doc
