@@ -10,7 +10,6 @@
 --   drvrun recipes/ubuntu-ofed.lua OFED_SHA256=<sha256 of the bundle>
 --   drvrun --plan recipes/ubuntu-ofed.lua
 local distro = require "drv.distro"
-local compile = require "drv.compile"
 local fs = require "drv.fs"
 local sys = require "drv.sys"
 local log = require "drv.log"
@@ -23,7 +22,7 @@ local MODULE_FLAGS = { "--with-core-mod", "--with-user_mad-mod", "--with-user_ac
 -- Debian splits the kernel headers into an arch tree and a common one: the
 -- tree's configure is given both (DKMS names only the first, and fails).
 local function configure_args(r)
-  local dirs = compile.kernel_dirs(r.kver)
+  local dirs = require("drv.compile").kernel_dirs(r.kver) -- loaded at the build, not at every start
   local args = { "--kernel-version=" .. r.kver, "--kernel-sources=" .. dirs.build, "--with-linux=" .. dirs.source,
                  "--with-linux-obj=" .. dirs.build, "--modules-dir=/lib/modules/" .. r.kver }
   -- No debug info unless asked: the vendor's packages strip it from the

@@ -14,7 +14,6 @@
 local M = {}
 
 local chunk = require "drv.chunk"
-local compile = require "drv.compile"
 local graph = require "drv.graph"
 local fs = require "drv.fs"
 local log = require "drv.log"
@@ -30,7 +29,9 @@ local function content_digest(r, path)
   local st = fs.stat(path)
   if not st or st.type ~= "directory" then return r:sha256(path) or "?" end
   local lines = {}
-  for _, f in ipairs(compile.find_files(path)) do lines[#lines + 1] = f:sub(#path + 2) .. " " .. (r:sha256(f) or "?") end
+  for _, f in ipairs(require("drv.compile").find_files(path)) do -- loaded here, not at the start
+    lines[#lines + 1] = f:sub(#path + 2) .. " " .. (r:sha256(f) or "?")
+  end
   return "tree " .. short_hash(table.concat(lines, "\n"))
 end
 

@@ -10,7 +10,6 @@ local M = {}
 local stack = require "drv.stack"
 local netcfg = require "drv.netcfg"
 local graph = require "drv.graph"
-local compile = require "drv.compile"
 local cache = require "drv.cache"
 local fetch = require "drv.fetch"
 local mount = require "drv.mount"
@@ -137,7 +136,8 @@ local function install_modules(r)
   if changed then
     local t0 = sys.monotonic()
     log.info("install: %s changed; depmod %s (it reads every module of the kernel)", dir, r.kver)
-    local ok, err, errno = compile.depmod(r.kver, r.root, { interrupt_fd = r.signals and r.signals:fd() })
+    local depmod = require("drv.compile").depmod -- loaded here, not at the start: most restarts install nothing
+    local ok, err, errno = depmod(r.kver, r.root, { interrupt_fd = r.signals and r.signals:fd() })
     if errno == EINTR then r:check_cancel() end
     r:must("depmod", ok, err)
     log.info("install: depmod done in %.1f s", sys.monotonic() - t0)

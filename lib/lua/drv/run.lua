@@ -7,7 +7,6 @@
 -- copy and install. See doc/recipes.md.
 local M = {}
 
-local compile = require "drv.compile"
 local digests = require "drv.digests"
 local cache = require "drv.cache"
 local journal = require "drv.journal"
@@ -17,6 +16,8 @@ local proc = require "drv.proc"
 local fs = require "drv.fs"
 local sys = require "drv.sys"
 local log = require "drv.log"
+-- drv.compile at the first build: a restart that finds its build cached does not load it.
+local function compiler() return require "drv.compile" end
 
 M.Cancel = {} -- metatable of the error raised when a signal cancels a phase
 local EINTR = 4
@@ -154,7 +155,7 @@ local function step_options(r, o)
   o.timeout = o.timeout or math.max(1, math.ceil(r.build_deadline - sys.monotonic()))
   o.interrupt_fd = o.interrupt_fd or (r.signals and r.signals:fd())
   if o.env == nil and r.opt.CCACHE then
-    o.env = compile.ccache_env(r.cache .. "/ccache", cache.work_dir(r))
+    o.env = compiler().ccache_env(r.cache .. "/ccache", cache.work_dir(r))
   end
   return o
 end
@@ -169,21 +170,21 @@ end
 
 --- Build with kbuild for this run's kernel; installs headers first when needed.
 function Run:kbuild(o)
-  o.kdir = o.kdir or compile.kernel_build_dir(o.kver or self.kver)
+  o.kdir = o.kdir or compiler().kernel_build_dir(o.kver or self.kver)
   self:ensure_headers(o.kdir, o.kver or self.kver)
-  return build_step(self, compile.kbuild, o)
+  return build_step(self, compiler().kbuild, o)
 end
 
 --- Run a vendor tree's `./configure` (drv.compile.configure) for this run's
 -- kernel; installs headers first when needed.
 function Run:configure(o)
-  self:ensure_headers(compile.kernel_build_dir(self.kver), self.kver)
-  return build_step(self, compile.configure, o)
+  self:ensure_headers(compiler().kernel_build_dir(self.kver), self.kver)
+  return build_step(self, compiler().configure, o)
 end
 
 --- Run a vendor tree's own `make` (drv.compile.make) after its configure.
 function Run:make(o)
-  return build_step(self, compile.make, o)
+  return build_step(self, compiler().make, o)
 end
 
 --- Make sure kernel headers for `kver` exist; install linux-headers-KVER with apt if not.
