@@ -27,6 +27,13 @@
 
 #define STAMP_MAX 128
 
+/* The first line of the compiled chunk of a source with stat st. */
+static void chunk_stamp_of(const struct stat *st, char *stamp, size_t size)
+{
+	snprintf(stamp, size, "#drvrun compiled chunk: size %lld, mtime %lld.%09ld\n",
+		 (long long)st->st_size, (long long)st->st_mtim.tv_sec, st->st_mtim.tv_nsec);
+}
+
 /* The first line of path's compiled chunk, from path's stat. */
 static int chunk_stamp(const char *path, char *stamp, size_t size)
 {
@@ -34,8 +41,7 @@ static int chunk_stamp(const char *path, char *stamp, size_t size)
 
 	if (stat(path, &st) < 0)
 		return -1;
-	snprintf(stamp, size, "#drvrun compiled chunk: size %lld, mtime %lld.%09ld\n",
-		 (long long)st.st_size, (long long)st.st_mtim.tv_sec, st.st_mtim.tv_nsec);
+	chunk_stamp_of(&st, stamp, size);
 	return 0;
 }
 
@@ -60,17 +66,23 @@ static char *chunk_read(const char *path, size_t *len)
 	return buf;
 }
 
-/* Load compiled's chunk when its first line is path's stamp: read in one go
- * (a start loads some twenty of them: each system call counts in an emulated
- * guest). LUA_OK with the chunk pushed, else nothing pushed. */
-static int chunk_load_current(lua_State *L, const char *path, const char *compiled)
+/* Load compiled's chunk when its first line is path's stamp (from st, path's
+ * stat, when the caller has it): read in one go (a start loads some twenty of
+ * them: each system call counts in an emulated guest). LUA_OK with the chunk
+ * pushed, else nothing pushed. */
+static int chunk_load_current(lua_State *L, const char *path, const struct stat *st,
+			      const char *compiled)
 {
 	char want[STAMP_MAX];
 	size_t len, skip;
 	char *buf;
 	int rc;
 
-	if (chunk_stamp(path, want, sizeof(want)) < 0 || !(buf = chunk_read(compiled, &len)))
+	if (st)
+		chunk_stamp_of(st, want, sizeof(want));
+	else if (chunk_stamp(path, want, sizeof(want)) < 0)
+		return LUA_ERRFILE;
+	if (!(buf = chunk_read(compiled, &len)))
 		return LUA_ERRFILE;
 	skip = strlen(want);
 	rc = LUA_ERRFILE;
@@ -86,12 +98,13 @@ static int chunk_load_current(lua_State *L, const char *path, const char *compil
 }
 
 /* path's compiled chunk when current, else path itself in mode (NULL: text
- * or binary); *compiled says which (may be NULL). */
-static int chunk_loadfile(lua_State *L, const char *path, const char *mode, int *compiled)
+ * or binary); *compiled says which (may be NULL); st: path's stat, or NULL. */
+static int chunk_loadfile(lua_State *L, const char *path, const struct stat *st, const char *mode,
+			  int *compiled)
 {
 	char name[PATH_MAX];
 	int current = path && snprintf(name, sizeof(name), "%sc", path) < (int)sizeof(name) &&
-		      chunk_load_current(L, path, name) == LUA_OK;
+		      chunk_load_current(L, path, st, name) == LUA_OK;
 
 	if (compiled)
 		*compiled = current;
@@ -100,7 +113,7 @@ static int chunk_loadfile(lua_State *L, const char *path, const char *mode, int 
 
 int drv_loadfile(lua_State *L, const char *path)
 {
-	return chunk_loadfile(L, path, NULL, NULL);
+	return chunk_loadfile(L, path, NULL, NULL, NULL);
 }
 
 static int chunk_writer(lua_State *L, const void *p, size_t size, void *f)
@@ -205,7 +218,7 @@ static int chunk_l_load(lua_State *L)
 
 	if (has_env)
 		luaL_checktype(L, 2, LUA_TTABLE);
-	if (chunk_loadfile(L, path, "t", &compiled) != LUA_OK) {
+	if (chunk_loadfile(L, path, NULL, "t", &compiled) != LUA_OK) {
 		luaL_pushfail(L);
 		lua_insert(L, -2);
 		return 2;
@@ -274,16 +287,15 @@ static int chunk_fill(char *buf, size_t size, const char *tpl, size_t len, const
 	return 1;
 }
 
-/* The first file of package.path for module name that exists, in buf; NULL
- * with the files tried pushed, worded as package.searchpath words them. A
- * stat, not the fopen(3) and fclose(3) of package.searchpath: the loader opens
- * the file (or its compiled chunk) next. */
-static const char *chunk_find(lua_State *L, const char *name, char *buf, size_t size)
+/* The first file of package.path for module name that exists, in buf, its
+ * stat in *st; NULL with the files tried pushed, worded as package.searchpath
+ * words them. A stat, not the fopen(3) and fclose(3) of package.searchpath:
+ * the loader opens the file (or its compiled chunk) next. */
+static const char *chunk_find(lua_State *L, const char *name, char *buf, size_t size, struct stat *st)
 {
 	char mod[PATH_MAX];
 	const char *tpl;
 	luaL_Buffer tried;
-	struct stat st;
 
 	lua_getglobal(L, "package");
 	lua_getfield(L, -1, "path");
@@ -297,7 +309,7 @@ static const char *chunk_find(lua_State *L, const char *name, char *buf, size_t 
 		size_t len = strcspn(tpl, ";");
 
 		if (len > 0 && chunk_fill(buf, size, tpl, len, mod)) {
-			if (stat(buf, &st) == 0) {
+			if (stat(buf, st) == 0) {
 				luaL_pushresult(&tried);
 				lua_pop(L, 3); /* the message, path, package */
 				return buf;
@@ -317,11 +329,12 @@ static int chunk_searcher(lua_State *L)
 {
 	const char *name = luaL_checkstring(L, 1);
 	char buf[PATH_MAX];
-	const char *path = chunk_find(L, name, buf, sizeof(buf));
+	struct stat st;
+	const char *path = chunk_find(L, name, buf, sizeof(buf), &st);
 
 	if (!path)
 		return 1;	/* the message: where it looked */
-	if (drv_loadfile(L, path) != LUA_OK)
+	if (chunk_loadfile(L, path, &st, NULL, NULL) != LUA_OK)
 		return luaL_error(L, "error loading module '%s' from file '%s':\n\t%s",
 				  name, path, lua_tostring(L, -1));
 	lua_pushstring(L, path);
