@@ -28,7 +28,13 @@ CFLAGS  += -std=c11 -D_GNU_SOURCE -pthread -Wall -Wextra -Werror $(SANFLAGS) \
            -DDRV_LIBDIR='"$(DATADIR)/lua"' -DDRV_RECIPEDIR='"$(DATADIR)/recipes"'
 # --as-needed: nothing refers to the libraries of drv.* at link time (host/lazy.h opens them at first use)
 LDFLAGS += $(SANFLAGS) -pthread -Wl,-E -Wl,--as-needed
-LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
+LDLIBS  += $(LUA_LIBS) $(shell pkg-config --libs $(filter-out lua5.4,$(PKGS)) 2>/dev/null) -lm
+# Lua linked in where its static library is there (Debian's liblua5.4-dev has it; a Lua built
+# from source has only that), as Debian's own lua5.4 is: a start has one shared library fewer to
+# map and bind (a driver container starts on every restart), and the image needs no Lua package.
+# -Wl,-E keeps the C API visible to Lua C modules (lfs, busted's).
+LUA_A   := $(shell $(CC) -print-file-name=liblua5.4.a)
+LUA_LIBS = $(if $(filter /%,$(LUA_A)),$(LUA_A) -ldl,$(shell pkg-config --libs lua5.4 2>/dev/null))
 
 HOST_SRC = $(wildcard host/*.c)
 HOST_OBJ = $(HOST_SRC:host/%.c=$(BUILD)/obj/%.o)
