@@ -595,6 +595,41 @@ static int fs_lstat(lua_State *L)
 }
 
 /***
+ * What tells that a regular file changed without reading it, as git's index
+ * keeps it: `"dev:ino:size:mtime_ns:ctime_ns"` (a writer cannot set ctime
+ * back), with its mtime and ctime in seconds. One string, not stat's table: a
+ * restart asks it of every file of its build.
+ * @function identity
+ * @tparam string path (links followed)
+ * @treturn[1] string stamp, number mtime, number ctime
+ * @treturn[2] false, string type: not a regular file ("directory"...)
+ * @treturn[3] nil, string message, integer errno
+ * @see stat(2)
+ */
+static int fs_identity(lua_State *L)
+{
+	const char *path = luaL_checkstring(L, 1);
+	char stamp[128];
+	struct stat st;
+
+	if (stat(path, &st) < 0)
+		return fs_fail_path(L, path);
+	if (!S_ISREG(st.st_mode)) {
+		lua_pushboolean(L, 0);
+		lua_pushstring(L, fs_type_name(st.st_mode));
+		return 2;
+	}
+	snprintf(stamp, sizeof(stamp), "%lld:%lld:%lld:%lld:%lld", (long long)(lua_Integer)st.st_dev,
+		 (long long)(lua_Integer)st.st_ino, (long long)st.st_size,
+		 (long long)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec,
+		 (long long)st.st_ctim.tv_sec * 1000000000 + st.st_ctim.tv_nsec);
+	lua_pushstring(L, stamp);
+	lua_pushnumber(L, (lua_Number)st.st_mtim.tv_sec + st.st_mtim.tv_nsec / 1e9);
+	lua_pushnumber(L, (lua_Number)st.st_ctim.tv_sec + st.st_ctim.tv_nsec / 1e9);
+	return 3;
+}
+
+/***
  * Whether something (a dangling link too) exists at path.
  * @function exists
  * @tparam string path
@@ -788,6 +823,7 @@ static const luaL_Reg fs_funcs[] = {
 	{ "rename", fs_rename },
 	{ "copy", fs_copy },
 	{ "stat", fs_stat },
+	{ "identity", fs_identity },
 	{ "lstat", fs_lstat },
 	{ "exists", fs_exists },
 	{ "dir", fs_dir },

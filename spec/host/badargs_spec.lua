@@ -7,7 +7,7 @@ local S, T, N, F = "s", {}, 1, function() end -- valid string, table, number, fu
 local signatures = {
   ["drv.fs"] = {
     read = { S }, write = { S, S, T }, mkdir = { S, T }, remove = { S, T }, symlink = { S, S, T },
-    readlink = { S }, realpath = { S }, rename = { S, S }, copy = { S, S, T }, stat = { S }, lstat = { S },
+    readlink = { S }, realpath = { S }, rename = { S, S }, copy = { S, S, T }, stat = { S }, lstat = { S }, identity = { S },
     exists = { S }, dir = { S }, glob = { S }, sha256 = { S }, chmod = { S, N },
   },
   ["drv.proc"] = { run = { { "true" }, T }, spawn = { { "true" }, T }, which = { S } },

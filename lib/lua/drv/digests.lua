@@ -20,10 +20,6 @@ Memo.__index = Memo
 -- file systems that keep whole seconds).
 local SETTLED = 1
 
-local function stamp(st)
-  return ("%d:%d:%d:%d:%d"):format(st.dev, st.ino, st.size, st.mtime_ns, st.ctime_ns)
-end
-
 --- The memo kept in `file` (absent or unreadable: an empty one).
 -- Its lines are "sha256 stamp path". A start reads the whole memo (a hundred
 -- lines for a real stack) but uses some of it: a line is only indexed by its
@@ -59,13 +55,13 @@ end
 
 --- sha256 of the file at path: remembered, or computed and remembered.
 function Memo:sha256(path)
-  local st = fs.stat(path)
-  if not st or st.type ~= "file" then return fs.sha256(path) end
-  local s, e = stamp(st), self:entry(path)
+  local s, mtime, ctime = fs.identity(path) -- "dev:ino:size:mtime_ns:ctime_ns"
+  if not s then return fs.sha256(path) end
+  local e = self:entry(path)
   if e and e.stamp == s then return e.sha end
   local sha, err, errno = fs.sha256(path)
   if not sha then return nil, err, errno end
-  if math.max(st.mtime, st.ctime) < sys.time() - self.settled then
+  if math.max(mtime, ctime) < sys.time() - self.settled then
     self.known[path], self.dirty = { sha = sha, stamp = s }, true
   end
   return sha
