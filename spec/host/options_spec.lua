@@ -76,8 +76,11 @@ describe("drv.options.resolve", function()
     for _ = 1, 2 do -- its error at every read, not "refers to itself" at the second
       local ok, err = pcall(function() return o.ARCH end)
       assert.is_false(ok)
-      assert.matches("uname failed$", err)
+      assert.equal("option ARCH: its default failed: uname failed", err)
     end
+    local described = table.concat(options.describe(lazy, o), "\n") -- --help and the plan say it, not raise it
+    assert.matches("ARCH= +arch %[option ARCH: its default failed: uname failed%]", described)
+    assert.matches("TAG=debian12%-x +tag %[default%]", described)
     assert.equal("s390x", assert(options.resolve(lazy, {}, env { ARCH = "s390x" })).ARCH)
     local _, err = options.resolve(lazy, { ARCH = 7 }, env {})
     assert.equal("option ARCH (from argument): string expected, got number", err)

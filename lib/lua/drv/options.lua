@@ -142,7 +142,9 @@ function M.resolve(specs, args, getenv)
     local ok, v = pcall(get, name)
     if not ok then
       for k in pairs(resolving) do if not origin[k] then resolving[k] = nil end end -- a later read tries again
-      error(v, 2)
+      v = tostring(v)
+      if v:sub(1, #name + 8) ~= "option " .. name .. " " then v = ("option %s: its default failed: %s"):format(name, v) end
+      error(v, 0)
     end
     return v
   end })
@@ -156,11 +158,14 @@ local DOC_COLUMN = 34 -- width of "NAME=value" before its doc
 function M.describe(specs, values)
   local lines = {}
   for _, name in ipairs(sorted_names(specs)) do
-    local v = values and values[name]
+    local ok, v = true, nil
+    if values then ok, v = pcall(function() return values[name] end) end -- a default may fail
+    local origin = values and values._origin and (ok and values._origin[name] or v)
+    if not ok then v = nil end
     if type(v) == "table" then v = table.concat(v, " ") end
     if not values and type(specs[name].default) ~= "function" then v = specs[name].default end
     local setting = name .. "=" .. tostring(v == nil and "" or v)
-    local doc = specs[name].doc .. (values and values._origin and (" [" .. values._origin[name] .. "]") or "")
+    local doc = specs[name].doc .. (origin and (" [" .. origin .. "]") or "")
     if #setting > DOC_COLUMN then
       lines[#lines + 1] = "  " .. setting
       setting = ""
