@@ -5,14 +5,23 @@
  * land outside the destination: an absolute path, a ".." component, a link
  * that points out, a path through a link, a hard link to something not in the
  * archive, a device or fifo. The second pass extracts with libarchive's own
- * SECURE_NODOTDOT and SECURE_SYMLINKS checks on as well. */
+ * SECURE_NODOTDOT and SECURE_SYMLINKS checks on as well.
+ *
+ * extract() runs in a forked child, which reports its result through a pipe:
+ * the process that stays (a driver container waits for days) never maps
+ * libarchive and what Debian's links with it (libxml2, ICU and libstdc++ for
+ * the XAR format: ~2.8 MiB resident), and a fault while parsing a downloaded
+ * archive cannot take that process down. */
 #include <errno.h>
+#include <fcntl.h>
 #include <fnmatch.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <archive.h>
 #include <archive_entry.h>
@@ -380,9 +389,131 @@ static int arc_extract_all(lua_State *L, struct handles *h, const char *path, co
 	return 1;
 }
 
+struct extract_args {
+	const char *path, *dest, *only;
+	int strip, mk, owner;
+};
+
+/* The extraction itself (in the child): 1 result (the table) or 3 (a failure). */
+static int arc_extract_here(lua_State *L)
+{
+	const struct extract_args *a = lua_touserdata(L, 1);
+	char real[PATH_MAX];
+	struct handles *h;
+	int n;
+
+	h = arc_new_handles(L);
+	if (arc_open(L, h, a->path) < 0) {
+		arc_release(h);
+		return 3;
+	}
+	n = arc_check(L, h, a->path, a->strip);
+	if (n) {
+		arc_release(h);
+		return n;
+	}
+	if (a->mk)
+		mkdir(a->dest, 0755); /* a missing parent fails below, with its own errno */
+	if (!realpath(a->dest, real)) {
+		arc_release(h);
+		return drv_errno_fail(L, a->dest);
+	}
+	if (arc_open(L, h, a->path) < 0) {
+		arc_release(h);
+		return 3;
+	}
+	n = arc_extract_all(L, h, a->path, real, a->strip, a->owner, a->only);
+	arc_release(h);
+	return n;
+}
+
+static int arc_write_all(int fd, const char *buf, size_t len)
+{
+	while (len > 0) {
+		ssize_t n = write(fd, buf, len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return -1;
+		buf += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/* In the child: extract, write "ok ENTRIES BYTES" or "fail ERRNO\nMESSAGE" to fd, and end
+ * without returning to Lua (its state here is the child's copy). */
+static void arc_child(lua_State *L, int fd, struct extract_args *a)
+{
+	char head[64];
+	const char *msg = "";
+	int rc, top = lua_gettop(L);
+
+	lua_pushcfunction(L, arc_extract_here);
+	lua_pushlightuserdata(L, a);
+	rc = lua_pcall(L, 1, LUA_MULTRET, 0);
+	if (rc == LUA_OK && lua_istable(L, top + 1)) {
+		lua_getfield(L, top + 1, "entries");
+		lua_getfield(L, top + 1, "bytes");
+		snprintf(head, sizeof(head), "ok %lld %lld", (long long)lua_tointeger(L, -2),
+			 (long long)lua_tointeger(L, -1));
+	} else {
+		int err = rc == LUA_OK ? (int)lua_tointeger(L, top + 3) : ENOMEM;
+
+		msg = lua_tostring(L, rc == LUA_OK ? top + 2 : -1);
+		snprintf(head, sizeof(head), "fail %d\n", err > 0 ? err : EIO);
+		if (!msg)
+			msg = "extraction failed";
+	}
+	_exit(arc_write_all(fd, head, strlen(head)) < 0 || arc_write_all(fd, msg, strlen(msg)) < 0);
+}
+
+/* In the parent: the child's report on fd, pushed as extract returns it. */
+static int arc_child_result(lua_State *L, int fd, pid_t pid, const char *path)
+{
+	luaL_Buffer b;
+	char buf[4096];
+	const char *r;
+	long long entries, bytes;
+	int status = 0, err;
+	ssize_t n;
+
+	luaL_buffinit(L, &b);
+	while ((n = read(fd, buf, sizeof(buf))) != 0) {
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			break;
+		luaL_addlstring(&b, buf, (size_t)n);
+	}
+	close(fd);
+	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+		;
+	luaL_pushresult(&b);
+	r = lua_tostring(L, -1);
+	if (WIFSIGNALED(status))
+		return drv_fail(L, EIO, "%s: the extraction process was killed by signal %d", path, WTERMSIG(status));
+	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) /* valgrind's error exit too, in check-memcheck */
+		return drv_fail(L, EIO, "%s: the extraction process exited with status %d", path,
+				WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+	if (sscanf(r, "ok %lld %lld", &entries, &bytes) == 2) {
+		lua_createtable(L, 0, 2);
+		lua_pushinteger(L, (lua_Integer)entries);
+		lua_setfield(L, -2, "entries");
+		lua_pushinteger(L, (lua_Integer)bytes);
+		lua_setfield(L, -2, "bytes");
+		return 1;
+	}
+	if (sscanf(r, "fail %d\n", &err) == 1 && strchr(r, '\n'))
+		return drv_fail(L, err, "%s", strchr(r, '\n') + 1);
+	return drv_fail(L, EIO, "%s: the extraction process ended without a result", path);
+}
+
 /***
- * Extract an archive (tar, tar.gz/xz/bz2/zst, zip) under destdir, safely.
- * Nothing is written when any entry is refused.
+ * Extract an archive (tar, tar.gz/xz/bz2/zst, zip) under destdir, safely, in a
+ * child process (this one never loads libarchive). Nothing is written when any
+ * entry is refused.
  * @function extract
  * @tparam string path
  * @tparam string destdir
@@ -396,41 +527,32 @@ static int arc_extract_all(lua_State *L, struct handles *h, const char *path, co
  */
 static int arc_extract(lua_State *L)
 {
-	const char *path = luaL_checkstring(L, 1);
-	const char *dest = luaL_checkstring(L, 2);
-	int opts = drv_opttable(L, 3);
-	int strip = (int)drv_optfield_integer(L, opts, "strip", 0);
-	int mk = drv_optfield_boolean(L, opts, "mkdir", 1);
-	int owner = drv_optfield_boolean(L, opts, "owner", 0);
-	const char *only = drv_optfield_string(L, opts, "only", NULL);
-	char real[PATH_MAX];
-	struct handles *h;
-	int n;
+	struct extract_args a;
+	int opts, fds[2];
+	pid_t pid;
 
-	luaL_argcheck(L, strip >= 0, 3, "field 'strip': must not be negative");
-	h = arc_new_handles(L);
-	if (arc_open(L, h, path) < 0) {
-		arc_release(h);
-		return 3;
+	a.path = luaL_checkstring(L, 1);
+	a.dest = luaL_checkstring(L, 2);
+	opts = drv_opttable(L, 3);
+	a.strip = (int)drv_optfield_integer(L, opts, "strip", 0);
+	a.mk = drv_optfield_boolean(L, opts, "mkdir", 1);
+	a.owner = drv_optfield_boolean(L, opts, "owner", 0);
+	a.only = drv_optfield_string(L, opts, "only", NULL);
+	luaL_argcheck(L, a.strip >= 0, 3, "field 'strip': must not be negative");
+	if (pipe2(fds, O_CLOEXEC) < 0)
+		return drv_errno_fail(L, "pipe");
+	pid = fork();
+	if (pid < 0) {
+		close(fds[0]);
+		close(fds[1]);
+		return drv_errno_fail(L, "fork");
 	}
-	n = arc_check(L, h, path, strip);
-	if (n) {
-		arc_release(h);
-		return n;
+	if (pid == 0) {
+		close(fds[0]);
+		arc_child(L, fds[1], &a);
 	}
-	if (mk)
-		mkdir(dest, 0755); /* a missing parent fails below, with its own errno */
-	if (!realpath(dest, real)) {
-		arc_release(h);
-		return drv_errno_fail(L, dest);
-	}
-	if (arc_open(L, h, path) < 0) {
-		arc_release(h);
-		return 3;
-	}
-	n = arc_extract_all(L, h, path, real, strip, owner, only);
-	arc_release(h);
-	return n;
+	close(fds[1]);
+	return arc_child_result(L, fds[0], pid, a.path);
 }
 
 static const luaL_Reg arc_meta[] = {

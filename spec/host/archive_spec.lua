@@ -27,6 +27,20 @@ describe("drv.archive", function()
     assert.equal(2, fs.stat(dir .. "/out/hard").nlink)
   end)
 
+  it("extracts in a child process: the caller never maps libarchive and its dependencies", function()
+    local t = tarball("good.tgz", "dir:top/", "file:top/a.txt:hello")
+    local code = ([[
+      local r = assert(require("drv.archive").extract(%q, %q, { strip = 1 }))
+      local maps = assert(require("drv.fs").read("/proc/self/maps"))
+      local function has(lib) return tostring(maps:find(lib, 1, true) ~= nil) end
+      io.write(r.entries, " ", has("libarchive"), " ", has("libxml2"))
+    ]]):format(t, dir .. "/out")
+    local r = assert(proc.run({ os.getenv("DRVRUN") or "build/drvrun", "-e", code }))
+    assert.equal(0, r.status, r.stderr)
+    assert.equal("1 false false", r.stdout)
+    assert.equal("hello", fs.read(dir .. "/out/a.txt"))
+  end)
+
   it("extracts only the entries matching a glob, and says when none does", function()
     local t = tarball("bundle.tgz", "dir:B/", "dir:B/SOURCES/", "file:B/SOURCES/k_1.orig.tar.gz:K",
       "file:B/SOURCES/rdma-core_1.orig.tar.gz:U", "file:B/SOURCES/sub/k_2.orig.tar.gz:deep")
