@@ -427,21 +427,6 @@ static int arc_extract_here(lua_State *L)
 	return n;
 }
 
-static int arc_write_all(int fd, const char *buf, size_t len)
-{
-	while (len > 0) {
-		ssize_t n = write(fd, buf, len);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return -1;
-		buf += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
 /* In the child: extract, write "ok ENTRIES BYTES" or "fail ERRNO\nMESSAGE" to fd, and end
  * without returning to Lua (its state here is the child's copy). */
 static void arc_child(lua_State *L, int fd, struct extract_args *a)
@@ -466,7 +451,7 @@ static void arc_child(lua_State *L, int fd, struct extract_args *a)
 		if (!msg)
 			msg = "extraction failed";
 	}
-	_exit(arc_write_all(fd, head, strlen(head)) < 0 || arc_write_all(fd, msg, strlen(msg)) < 0);
+	_exit(drv_write_all(fd, head, strlen(head)) < 0 || drv_write_all(fd, msg, strlen(msg)) < 0);
 }
 
 /* In the parent: the child's report on fd, pushed as extract returns it. */
