@@ -525,6 +525,17 @@ static const char *fs_type_name(mode_t m)
 	return "block";
 }
 
+/* A file time in seconds (a float), and the same in nanoseconds (an integer). */
+static lua_Number fs_seconds(const struct timespec *t)
+{
+	return (lua_Number)t->tv_sec + t->tv_nsec / 1e9;
+}
+
+static long long fs_nanoseconds(const struct timespec *t)
+{
+	return (long long)t->tv_sec * 1000000000 + t->tv_nsec;
+}
+
 static void fs_push_stat(lua_State *L, const struct stat *st)
 {
 	lua_createtable(L, 0, 13);
@@ -538,13 +549,13 @@ static void fs_push_stat(lua_State *L, const struct stat *st)
 	lua_setfield(L, -2, "uid");
 	lua_pushinteger(L, st->st_gid);
 	lua_setfield(L, -2, "gid");
-	lua_pushnumber(L, (lua_Number)st->st_mtim.tv_sec + st->st_mtim.tv_nsec / 1e9);
+	lua_pushnumber(L, fs_seconds(&st->st_mtim));
 	lua_setfield(L, -2, "mtime");
-	lua_pushnumber(L, (lua_Number)st->st_ctim.tv_sec + st->st_ctim.tv_nsec / 1e9);
+	lua_pushnumber(L, fs_seconds(&st->st_ctim));
 	lua_setfield(L, -2, "ctime");
-	lua_pushinteger(L, (lua_Integer)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec);
+	lua_pushinteger(L, (lua_Integer)fs_nanoseconds(&st->st_mtim));
 	lua_setfield(L, -2, "mtime_ns");
-	lua_pushinteger(L, (lua_Integer)st->st_ctim.tv_sec * 1000000000 + st->st_ctim.tv_nsec);
+	lua_pushinteger(L, (lua_Integer)fs_nanoseconds(&st->st_ctim));
 	lua_setfield(L, -2, "ctime_ns");
 	lua_pushinteger(L, (lua_Integer)st->st_dev);
 	lua_setfield(L, -2, "dev");
@@ -620,12 +631,11 @@ static int fs_identity(lua_State *L)
 		return 2;
 	}
 	snprintf(stamp, sizeof(stamp), "%lld:%lld:%lld:%lld:%lld", (long long)(lua_Integer)st.st_dev,
-		 (long long)(lua_Integer)st.st_ino, (long long)st.st_size,
-		 (long long)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec,
-		 (long long)st.st_ctim.tv_sec * 1000000000 + st.st_ctim.tv_nsec);
+		 (long long)(lua_Integer)st.st_ino, (long long)st.st_size, fs_nanoseconds(&st.st_mtim),
+		 fs_nanoseconds(&st.st_ctim));
 	lua_pushstring(L, stamp);
-	lua_pushnumber(L, (lua_Number)st.st_mtim.tv_sec + st.st_mtim.tv_nsec / 1e9);
-	lua_pushnumber(L, (lua_Number)st.st_ctim.tv_sec + st.st_ctim.tv_nsec / 1e9);
+	lua_pushnumber(L, fs_seconds(&st.st_mtim));
+	lua_pushnumber(L, fs_seconds(&st.st_ctim));
 	return 3;
 }
 
