@@ -5,7 +5,7 @@
 --   build/drvrun bench/main.lua          (make bench builds what it needs first)
 --
 -- environment: BENCH_REPS (repetitions of the reload and warm restart runs, 5),
--- BENCH_REAL_REPS (of the real stack's cold builds, 1), BENCH_ONLY=host|guest|real
+-- BENCH_REAL_REPS (of the real stack's cold builds, 3), BENCH_ONLY=host|guest|real
 -- or build|fetch|startup, comma-separated (some parts only, while working on
 -- them), VENDOR (../shared/vendor).
 --
