@@ -146,6 +146,14 @@ int drv_checksignal(lua_State *L, int idx)
 	return luaL_argerror(L, idx, lua_pushfstring(L, "unknown signal '%s'", name));
 }
 
+double drv_clock(clockid_t id)
+{
+	struct timespec ts;
+
+	clock_gettime(id, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
 int drv_write_all(int fd, const void *buf, size_t len)
 {
 	const char *p = buf;

@@ -4,6 +4,7 @@
 
 #include <lua.h>
 #include <lauxlib.h>
+#include <time.h>
 
 #define DRV_VERSION "0.1.0"
 
@@ -33,6 +34,9 @@ int drv_checksignal(lua_State *L, int idx);
 
 /* Read a small file (a sysfs attribute) into buf, trailing newline and blanks trimmed; 0 or -1 with errno. */
 int drv_read_attr(const char *path, char *buf, size_t size);
+/* Seconds on clock id (CLOCK_MONOTONIC for durations and deadlines), with fractions. */
+double drv_clock(clockid_t id);
+
 /* write(2) all of buf, retrying on EINTR; 0, or -1 with errno. */
 int drv_write_all(int fd, const void *buf, size_t len);
 

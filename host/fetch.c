@@ -123,14 +123,6 @@ struct fetch_job {
 	char part[];		/* "<dest>.part" */
 };
 
-static double fetch_now(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 /* ---- the job: one idempotent release for __gc, __close and every exit ---- */
 
 static void job_release(struct fetch_job *j)
@@ -419,7 +411,7 @@ static int fetch_xferinfo(void *ud, curl_off_t dltotal, curl_off_t dlnow,
 	double t;
 
 	(void)dltotal, (void)dlnow, (void)ultotal, (void)ulnow;
-	t = fetch_now();
+	t = drv_clock(CLOCK_MONOTONIC);
 	if (!j->begun && t - j->t_data < j->o->stall_after)
 		return 0;	/* status line and headers: wait for a body or a stall */
 	if (j->o->progress) {
@@ -629,7 +621,7 @@ static size_t fetch_write(char *p, size_t size, size_t n, void *ud)
 	EVP_DigestUpdate(j->md, p, len);
 	j->bytes += (curl_off_t)len;
 	j->transferred += (curl_off_t)len;
-	j->t_data = fetch_now();
+	j->t_data = drv_clock(CLOCK_MONOTONIC);
 	return len;
 }
 
@@ -757,7 +749,7 @@ static enum outcome stall_error(struct fetch_job *j, const char *detail)
 
 	received(got, sizeof(got), j->bytes, j->total);
 	return job_fail(j, TRANSIENT, ETIMEDOUT, "stalled: no data for %.0f s (%s)%s%s",
-			floor(fetch_now() - j->t_data), got, detail ? "; " : "", detail ? detail : "");
+			floor(drv_clock(CLOCK_MONOTONIC) - j->t_data), got, detail ? "; " : "", detail ? detail : "");
 }
 
 /* curl's timeout or low-speed limit: in words when the transfer had stalled. */
@@ -766,7 +758,7 @@ static enum outcome timeout_error(struct fetch_job *j, const char *detail)
 	int too_slow = strncmp(detail, "Operation too slow", 18) == 0;
 	char got[80];
 
-	if (fetch_now() - j->t_data >= j->o->stall_after)
+	if (drv_clock(CLOCK_MONOTONIC) - j->t_data >= j->o->stall_after)
 		return stall_error(j, too_slow ? NULL : detail);
 	if (!too_slow)
 		return job_fail(j, TRANSIENT, ETIMEDOUT, "%s", detail);
@@ -872,7 +864,7 @@ static enum outcome fetch_verify(struct fetch_job *j)
 /* Stop the transfer: interrupted, past the deadline, or stalled. */
 static int fetch_stopped(struct fetch_job *j)
 {
-	double t = fetch_now();
+	double t = drv_clock(CLOCK_MONOTONIC);
 
 	if (interrupt_pending(j))
 		j->interrupted = 1;
@@ -890,7 +882,7 @@ static int wait_ms(const struct fetch_job *j)
 
 	if (j->deadline_at > 0 && j->deadline_at < end)
 		end = j->deadline_at;
-	left = ceil((end - fetch_now()) * 1000);
+	left = ceil((end - drv_clock(CLOCK_MONOTONIC)) * 1000);
 	return left < 0 ? 0 : left > FETCH_WAIT_MS ? FETCH_WAIT_MS : (int)left;
 }
 
@@ -928,7 +920,7 @@ static CURLcode fetch_perform(struct fetch_job *j)
 /* The attempt the deadline cut short: why, in words, for the history. */
 static enum outcome deadline_cut(struct fetch_job *j)
 {
-	double idle = fetch_now() - j->t_data;
+	double idle = drv_clock(CLOCK_MONOTONIC) - j->t_data;
 	char got[80];
 
 	received(got, sizeof(got), j->bytes, j->total);
@@ -950,7 +942,7 @@ static enum outcome fetch_attempt(struct fetch_job *j)
 	j->total = -1;
 	j->retry_after = 0;
 	j->quarter = 0;
-	j->t_attempt = j->last_show = j->t_data = fetch_now();
+	j->t_attempt = j->last_show = j->t_data = drv_clock(CLOCK_MONOTONIC);
 	j->stall_next = j->o->stall_after;
 	j->offset = j->bytes;
 	if (j->offset > 0) {
@@ -1014,9 +1006,9 @@ static enum outcome fetch_attempt(struct fetch_job *j)
 static int fetch_sleep(const struct fetch_job *j, double s)
 {
 	struct pollfd pfd = { .fd = j->o->interrupt_fd, .events = POLLIN };
-	double end = fetch_now() + s, left;
+	double end = drv_clock(CLOCK_MONOTONIC) + s, left;
 
-	while ((left = end - fetch_now()) > 0)
+	while ((left = end - drv_clock(CLOCK_MONOTONIC)) > 0)
 		if (poll(&pfd, 1, (int)ceil(left * 1000)) > 0)
 			return 1;
 	return 0;
@@ -1249,7 +1241,7 @@ static enum outcome fetch_run(struct fetch_job *j)
 		if (r != TRANSIENT || j->attempts > o->retries)
 			return r;
 		delay = fmax(delay, j->retry_after);
-		if (j->deadline_at > 0 && fetch_now() + delay >= j->deadline_at) {
+		if (j->deadline_at > 0 && drv_clock(CLOCK_MONOTONIC) + delay >= j->deadline_at) {
 			j->retry_due = delay;
 			return DEADLINE;
 		}
@@ -1321,7 +1313,7 @@ static int deadline_fail(lua_State *L, struct fetch_job *j)
 	return drv_fail(L, ETIMEDOUT, "%s: deadline of %s s reached: %d attempt%s in %s s, "
 			"%s received in all%s; %s%s", j->url, dl,
 			j->attempts, j->attempts == 1 ? "" : "s",
-			seconds(took, sizeof(took), fetch_now() - j->t0), got, size,
+			seconds(took, sizeof(took), drv_clock(CLOCK_MONOTONIC) - j->t0), got, size,
 			j->history, retry);
 }
 
@@ -1407,7 +1399,7 @@ static int fetch_get(lua_State *L)
 	j->o = &o;
 	j->errslot = 5;
 	j->keep_part = o.resume;
-	j->t0 = fetch_now();
+	j->t0 = drv_clock(CLOCK_MONOTONIC);
 	j->deadline_at = o.deadline > 0 ? j->t0 + o.deadline : 0;
 	j->retry_due = -1;
 	j->size = -1;
@@ -1457,7 +1449,7 @@ static int fetch_get(lua_State *L)
 	}
 	if (o.show != SHOW_NONE) {
 		j->total = j->bytes;
-		show_progress(j, fetch_now(), 1);
+		show_progress(j, drv_clock(CLOCK_MONOTONIC), 1);
 	}
 	job_release(j);
 
@@ -1471,7 +1463,7 @@ static int fetch_get(lua_State *L)
 	lua_pushboolean(L, j->resumed);
 	lua_setfield(L, -2, "resumed");
 	set_field_integer(L, "attempts", j->attempts);
-	lua_pushnumber(L, fetch_now() - j->t0);
+	lua_pushnumber(L, drv_clock(CLOCK_MONOTONIC) - j->t0);
 	lua_setfield(L, -2, "seconds");
 	return 1;
 }

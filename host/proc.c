@@ -54,14 +54,6 @@ struct process {
 	enum stream_mode out_mode, err_mode;
 };
 
-static double proc_now(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 static enum stream_mode proc_mode(lua_State *L, int opts, const char *key,
 				  enum stream_mode def, int allow_stdout)
 {
@@ -372,7 +364,7 @@ static void proc_call_on_line(lua_State *L, struct process *p, const char *name,
 /* on_tick(seconds since the start), when it is due; an error kills the process too. */
 static void proc_maybe_tick(lua_State *L, struct process *p)
 {
-	double now = proc_now();
+	double now = drv_clock(CLOCK_MONOTONIC);
 
 	if (p->on_tick_ref == LUA_NOREF || now < p->next_tick)
 		return;
@@ -509,7 +501,7 @@ static int proc_pump(lua_State *L, struct process *p, double deadline)
 		if (p->interrupt_fd >= 0)
 			fds[nfds++] = (struct pollfd){ .fd = p->interrupt_fd, .events = POLLIN };
 		if (deadline >= 0) {
-			double left = deadline - proc_now();
+			double left = deadline - drv_clock(CLOCK_MONOTONIC);
 
 			if (left <= 0)
 				return PUMP_DEADLINE;
@@ -517,7 +509,7 @@ static int proc_pump(lua_State *L, struct process *p, double deadline)
 				timeout = (int)(left * 1000) + 1;
 		}
 		if (p->on_tick_ref != LUA_NOREF) {
-			double left = fmax(p->next_tick - proc_now(), 0);
+			double left = fmax(p->next_tick - drv_clock(CLOCK_MONOTONIC), 0);
 
 			if (timeout < 0 || left * 1000 < timeout)
 				timeout = (int)(left * 1000) + 1;
@@ -571,7 +563,7 @@ static void proc_push_result(lua_State *L, struct process *p, pid_t pid)
 	lua_setfield(L, -2, "stdout");
 	lua_pushlstring(L, p->err.buf ? p->err.buf : "", p->err.len);
 	lua_setfield(L, -2, "stderr");
-	lua_pushnumber(L, proc_now() - p->started);
+	lua_pushnumber(L, drv_clock(CLOCK_MONOTONIC) - p->started);
 	lua_setfield(L, -2, "seconds");
 	lua_pushinteger(L, pid);
 	lua_setfield(L, -2, "pid");
@@ -663,7 +655,7 @@ static int proc_setup(lua_State *L, struct process *p, int default_inherit, int 
 			return drv_errno_fail(L, log);
 		}
 	}
-	p->started = proc_now();
+	p->started = drv_clock(CLOCK_MONOTONIC);
 	p->next_tick = p->started + p->tick;
 	rc = proc_search(argv[0], path, sizeof(path));
 	if (rc == 0)
@@ -721,7 +713,7 @@ static int proc_run(lua_State *L)
 		p->timed_out = !p->interrupted;
 		p->interrupt_fd = -1;
 		proc_kill_group(p, SIGTERM);
-		if (proc_pump(L, p, proc_now() + kill_after) != PUMP_DONE) {
+		if (proc_pump(L, p, drv_clock(CLOCK_MONOTONIC) + kill_after) != PUMP_DONE) {
 			proc_kill_group(p, SIGKILL);
 			proc_pump(L, p, -1);
 		}
@@ -778,7 +770,7 @@ static int proc_m_wait(lua_State *L)
 
 	luaL_argcheck(L, pid > 0 || p->status || p->started > 0, 1, "process was never started");
 	if (p->pid > 0) {
-		int r = proc_pump(L, p, timeout >= 0 ? proc_now() + timeout : -1);
+		int r = proc_pump(L, p, timeout >= 0 ? drv_clock(CLOCK_MONOTONIC) + timeout : -1);
 
 		if (r == PUMP_INTERRUPTED)
 			return drv_fail(L, EINTR, "%s", "interrupted");

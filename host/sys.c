@@ -21,14 +21,6 @@
 #define LOCK_MT "drv.sys.lock"
 #define SIGNALS_MT "drv.sys.signals"
 
-static double sys_clock(clockid_t id)
-{
-	struct timespec ts;
-
-	clock_gettime(id, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 /***
  * uname(2) as a table.
  * @function uname
@@ -120,7 +112,7 @@ static int sys_nproc(lua_State *L)
  */
 static int sys_monotonic(lua_State *L)
 {
-	lua_pushnumber(L, sys_clock(CLOCK_MONOTONIC));
+	lua_pushnumber(L, drv_clock(CLOCK_MONOTONIC));
 	return 1;
 }
 
@@ -131,7 +123,7 @@ static int sys_monotonic(lua_State *L)
  */
 static int sys_time(lua_State *L)
 {
-	lua_pushnumber(L, sys_clock(CLOCK_REALTIME));
+	lua_pushnumber(L, drv_clock(CLOCK_REALTIME));
 	return 1;
 }
 
@@ -510,7 +502,7 @@ static int sys_lock(lua_State *L)
 	int remove = drv_optfield_boolean(L, opts, "remove", 0);
 	const char *owner = drv_optfield_string(L, opts, "owner", "drvrun");
 	int op = (shared ? LOCK_SH : LOCK_EX) | LOCK_NB;
-	double deadline = timeout >= 0 ? sys_clock(CLOCK_MONOTONIC) + timeout : -1;
+	double deadline = timeout >= 0 ? drv_clock(CLOCK_MONOTONIC) + timeout : -1;
 	char holder[512];
 	int waited = 0;
 	struct lock *l;
@@ -539,7 +531,7 @@ static int sys_lock(lua_State *L)
 				return drv_fail(L, err, "%s: %s", path, strerror(err));
 			}
 			lock_holder(l->fd, holder, sizeof(holder));
-			if (deadline >= 0 && sys_clock(CLOCK_MONOTONIC) >= deadline) {
+			if (deadline >= 0 && drv_clock(CLOCK_MONOTONIC) >= deadline) {
 				lock_release(l);
 				return drv_fail(L, timeout == 0 ? EWOULDBLOCK : ETIMEDOUT, "%s: held by %s%s",
 						path, holder, timeout > 0 ? " (timed out waiting)" : "");
