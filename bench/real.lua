@@ -26,7 +26,7 @@ local CHANGED = "drivers/infiniband/hw/mlx5/main.c" -- the driver source a "new 
 
 local say = util.say
 
--- Untimed, before and after each build: removing a built tree frees its blocks
+-- Untimed, before each build: removing a built tree frees its blocks
 -- at the next journal commit, with a discard on this disk (the vendor's tree,
 -- with debug info, is the larger), and a build's written-out files are still
 -- being written back after it ends; the next contender must not pay for either.

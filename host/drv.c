@@ -146,12 +146,17 @@ int drv_checksignal(lua_State *L, int idx)
 	return luaL_argerror(L, idx, lua_pushfstring(L, "unknown signal '%s'", name));
 }
 
+double drv_seconds(const struct timespec *t)
+{
+	return (double)t->tv_sec + t->tv_nsec / 1e9;
+}
+
 double drv_clock(clockid_t id)
 {
 	struct timespec ts;
 
 	clock_gettime(id, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+	return drv_seconds(&ts);
 }
 
 int drv_write_all(int fd, const void *buf, size_t len)

@@ -34,6 +34,8 @@ int drv_checksignal(lua_State *L, int idx);
 
 /* Read a small file (a sysfs attribute) into buf, trailing newline and blanks trimmed; 0 or -1 with errno. */
 int drv_read_attr(const char *path, char *buf, size_t size);
+/* A time in seconds, with fractions. */
+double drv_seconds(const struct timespec *t);
 /* Seconds on clock id (CLOCK_MONOTONIC for durations and deadlines), with fractions. */
 double drv_clock(clockid_t id);
 

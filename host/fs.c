@@ -525,12 +525,7 @@ static const char *fs_type_name(mode_t m)
 	return "block";
 }
 
-/* A file time in seconds (a float), and the same in nanoseconds (an integer). */
-static lua_Number fs_seconds(const struct timespec *t)
-{
-	return (lua_Number)t->tv_sec + t->tv_nsec / 1e9;
-}
-
+/* A file time in nanoseconds (an integer; drv_seconds gives it in seconds). */
 static long long fs_nanoseconds(const struct timespec *t)
 {
 	return (long long)t->tv_sec * 1000000000 + t->tv_nsec;
@@ -549,9 +544,9 @@ static void fs_push_stat(lua_State *L, const struct stat *st)
 	lua_setfield(L, -2, "uid");
 	lua_pushinteger(L, st->st_gid);
 	lua_setfield(L, -2, "gid");
-	lua_pushnumber(L, fs_seconds(&st->st_mtim));
+	lua_pushnumber(L, drv_seconds(&st->st_mtim));
 	lua_setfield(L, -2, "mtime");
-	lua_pushnumber(L, fs_seconds(&st->st_ctim));
+	lua_pushnumber(L, drv_seconds(&st->st_ctim));
 	lua_setfield(L, -2, "ctime");
 	lua_pushinteger(L, (lua_Integer)fs_nanoseconds(&st->st_mtim));
 	lua_setfield(L, -2, "mtime_ns");
@@ -634,8 +629,8 @@ static int fs_identity(lua_State *L)
 		 (long long)(lua_Integer)st.st_ino, (long long)st.st_size, fs_nanoseconds(&st.st_mtim),
 		 fs_nanoseconds(&st.st_ctim));
 	lua_pushstring(L, stamp);
-	lua_pushnumber(L, fs_seconds(&st.st_mtim));
-	lua_pushnumber(L, fs_seconds(&st.st_ctim));
+	lua_pushnumber(L, drv_seconds(&st.st_mtim));
+	lua_pushnumber(L, drv_seconds(&st.st_ctim));
 	return 3;
 }
 
