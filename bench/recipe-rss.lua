@@ -8,8 +8,10 @@ if not out or not script then
   os.exit(2)
 end
 local args = table.move(arg, 3, #arg, 1, {})
-local recipe = assert(loadfile(script))()
-local code = require("drv.recipe").main(recipe, script, args)
+local chunk = require "drv.chunk"
+local env = chunk.environment()
+local recipe = assert(chunk.load(script, env))()
+local code = require("drv.recipe").main(recipe, script, args, env)
 local kb
 for line in io.lines("/proc/self/status") do
   kb = kb or line:match("^VmHWM:%s*(%d+) kB")

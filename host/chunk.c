@@ -255,9 +255,65 @@ static int chunk_l_compile(lua_State *L)
 	return 1;
 }
 
+/* A script's require: the script's own, noting each module asked for and the
+ * line asking (upvalue 1, a list of { name, line }), so that a script that turns
+ * out to be a recipe can be checked for raw C modules (drv.recipe). */
+static int script_require(lua_State *L)
+{
+	lua_Debug ar;
+	int n;
+
+	luaL_checkstring(L, 1);
+	lua_createtable(L, 0, 2);
+	lua_pushvalue(L, 1);
+	lua_setfield(L, -2, "name");
+	if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "l", &ar) && ar.currentline > 0) {
+		lua_pushinteger(L, ar.currentline);
+		lua_setfield(L, -2, "line");
+	}
+	n = (int)luaL_len(L, lua_upvalueindex(1));
+	lua_rawseti(L, lua_upvalueindex(1), n + 1);
+	lua_getglobal(L, "require");
+	lua_pushvalue(L, 1);
+	lua_call(L, 1, 2);
+	return 2;
+}
+
+/* The environment a script runs in, as nmap's scripts do: its globals land in a
+ * table of its own, reads fall through to the standard ones; its require notes
+ * what it asks for (the metatable's `required`). Pushed onto the stack. */
+void drv_push_script_env(lua_State *L)
+{
+	lua_newtable(L);			/* env */
+	lua_createtable(L, 0, 2);		/* its metatable */
+	lua_pushglobaltable(L);
+	lua_setfield(L, -2, "__index");
+	lua_newtable(L);
+	lua_pushvalue(L, -1);
+	lua_setfield(L, -3, "required");
+	lua_pushcclosure(L, script_require, 1);
+	lua_setfield(L, -3, "require");
+	lua_setmetatable(L, -2);
+}
+
+/***
+ * A fresh environment for a script, as drvrun runs scripts (a recipe is one):
+ * its globals land in it, reads fall through to the standard ones; its
+ * `require` is the global one, noting each module asked for and the line
+ * asking in the metatable's `required` (a list of `{ name, line }`).
+ * @function environment
+ * @treturn table
+ */
+static int chunk_l_environment(lua_State *L)
+{
+	drv_push_script_env(L);
+	return 1;
+}
+
 static const luaL_Reg chunk_funcs[] = {
 	{ "load", chunk_l_load },
 	{ "compile", chunk_l_compile },
+	{ "environment", chunk_l_environment },
 	{ NULL, NULL }
 };
 

@@ -52,6 +52,8 @@ int drv_opttable(lua_State *L, int arg);
 int drv_loadfile(lua_State *L, const char *path);
 int drv_compile_file(lua_State *L, const char *path, const char *name);
 void drv_use_compiled_chunks(lua_State *L);
+/* Push a fresh environment for a script (chunk.environment). */
+void drv_push_script_env(lua_State *L);
 
 int luaopen_drv_chunk(lua_State *L);
 int luaopen_drv_kmod(lua_State *L);

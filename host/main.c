@@ -383,8 +383,9 @@ static int run_inline(lua_State *L, char **argv, int last)
 	return EXIT_OK;
 }
 
-/* A script that returns a table is a recipe: hand it to drv.recipe.main. */
-static int run_recipe(lua_State *L, const char *script)
+/* A script that returns a table is a recipe: hand it to drv.recipe.main with the
+ * environment it ran in (at index env). */
+static int run_recipe(lua_State *L, const char *script, int env)
 {
 	int status;
 
@@ -398,7 +399,8 @@ static int run_recipe(lua_State *L, const char *script)
 	lua_insert(L, -2);	/* main, recipe */
 	lua_pushstring(L, script);
 	lua_getglobal(L, "arg");
-	status = docall(L, 3, 1);
+	lua_pushvalue(L, env);
+	status = docall(L, 4, 1);
 	if (status != LUA_OK)
 		return report(L, status), EXIT_SCRIPT;
 	return (int)luaL_optinteger(L, -1, EXIT_OK);
@@ -407,15 +409,19 @@ static int run_recipe(lua_State *L, const char *script)
 static int run_script(lua_State *L, int argc, char **argv, int script)
 {
 	const char *fname = argv[script];
-	int status;
+	int status, env;
 
 	if (strcmp(fname, "-") == 0)
 		fname = NULL;
+	drv_push_script_env(L);
+	env = lua_gettop(L);
 	status = drv_loadfile(L, fname);
 	if (status != LUA_OK) {
 		report(L, status);
 		return EXIT_USAGE;
 	}
+	lua_pushvalue(L, env);
+	lua_setupvalue(L, -2, 1);	/* the chunk's _ENV */
 	for (int i = script + 1; i < argc; i++)
 		lua_pushstring(L, argv[i]);
 	status = docall(L, argc - script - 1, 1);
@@ -424,7 +430,7 @@ static int run_script(lua_State *L, int argc, char **argv, int script)
 		return EXIT_SCRIPT;
 	}
 	if (lua_istable(L, -1))
-		return run_recipe(L, fname ? fname : "stdin");
+		return run_recipe(L, fname ? fname : "stdin", env);
 	lua_pop(L, 1);
 	return EXIT_OK;
 }

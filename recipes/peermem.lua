@@ -11,41 +11,30 @@
 --   drvrun recipes/peermem.lua D_NV_PEER_MEM_BRANCH=1.1-0 PEERMEM_SHA256=<sha256 of the archive>
 --   drvrun recipes/peermem.lua PEERMEM_MODULE=nvidia_peermem
 local distro = require "drv.distro"
-local kmod = require "drv.kmod"
 local log = require "drv.log"
-local compile = require "drv.compile"
 local symvers = require "drv.symvers"
 local peermem = require "drv.peermem"
-local graph = require "drv.graph"
 local fs = require "drv.fs"
 
 local function is_url(s) return s:match("^%a[%w+.-]*://") ~= nil end
 
-local function find_ofed(r)
-  return peermem.find_ofed(r.opt.OFED_ROOT, r.kver, r.opt.D_ARCH, not r.opt.BUILD_ONLY and r:kmod(), r.opt.BUILD_ONLY)
+local function find_nvidia(r)
+  return peermem.find_nvidia(r.opt.NVIDIA_ROOT, r.kver, nil, r.opt.BUILD_ONLY)
 end
 
--- What the loaded OFED stack (every module its ready file names) and nvidia
--- export, from their files in their containers' roots: the kernel resolves the
--- client's symbols from them.
-local function loaded_exports(r)
-  local ctx, providers = r:kmod(), {}
-  local function add(name, root)
-    local ko, err = symvers.loaded_file(ctx, name, peermem.module_dirs(root, r.kver))
-    if ko then
-      providers[name] = r:must("read the symbols of " .. ko, kmod.symbols(ko))
-    else
-      log.warn("load: cannot check symbol CRCs against %s: %s (the kernel still checks them)", name, err)
-    end
-  end
-  for _, name in ipairs(graph.sorted(peermem.ready_modules(fs.read(r.ofed.ready) or ""))) do
-    add(name, r.opt.OFED_ROOT)
-  end
-  add("nvidia", r.nvidia.root)
-  return providers
+-- The modules the client resolves its symbols from: the OFED stack as its ready file names it
+-- (in OFED's root), and nvidia (in NVIDIA's).
+local function providers(r)
+  local modules = {}
+  for _, m in ipairs(r.requires.ofed.modules) do modules[#modules + 1] = { name = m.name, root = r.requires.ofed.root } end
+  modules[#modules + 1] = { name = "nvidia", root = r.nvidia.root }
+  local exports, missing = peermem.loaded_exports(modules, r.kver)
+  for _, why in ipairs(missing) do log.warn("load: cannot check symbol CRCs against %s (the kernel still checks them)", why) end
+  return exports
 end
 
 return {
+  api = 3,
   name = "peermem",
   version = "1.1",
   description = "GPUDirect RDMA peer-memory client (nv_peer_mem, or the NVIDIA driver's nvidia_peermem)",
@@ -62,9 +51,11 @@ return {
     PEERMEM_SHA256 = { default = "", pattern = "^" .. ("%x"):rep(64) .. "$",
                        doc = "sha256 of the source archive (required for an http(s) PEERMEM_SOURCE)" },
     D_ARCH = { default = function() return distro.arch() end, doc = "CPU architecture, e.g. x86_64" },
-    RESTORE_DRIVER_ON_POD_TERMINATION = { type = "boolean", default = true,
-                                          doc = "on stop, unload the peer-memory module" },
   },
+
+  -- OFED's stack loaded and ready, its root (headers, Module.symvers) where OFED_ROOT says:
+  -- waited for before anything else; an OFED reload unloads this recipe's module first.
+  requires = { ofed = { recipe = "ubuntu-ofed", root = "${OFED_ROOT}" } },
 
   stack = function(r) return { r.opt.PEERMEM_MODULE } end,
 
@@ -75,11 +66,11 @@ return {
     return { peermem = { path = src } }
   end,
 
-  -- Before anything else: OFED ready, NVIDIA's driver loaded with its headers.
+  -- OFED's headers (it is ready: required), and NVIDIA's driver loaded with its headers.
   await = function(r)
-    r.ofed = r:wait_for("OFED driver in " .. r.opt.OFED_ROOT, function() return find_ofed(r) end)
+    r.ofed = r:must("OFED in " .. r.opt.OFED_ROOT, peermem.ofed_headers(r.requires.ofed.root, r.kver, r.opt.D_ARCH))
     r.nvidia = r:wait_for("NVIDIA driver in " .. table.concat(r.opt.NVIDIA_ROOT, " or "), function()
-      return peermem.find_nvidia(r.opt.NVIDIA_ROOT, r.kver, not r.opt.BUILD_ONLY and r:kmod(), r.opt.BUILD_ONLY)
+      return find_nvidia(r)
     end)
     log.info("await: OFED headers %s, NVIDIA %s (%s)", r.ofed.ofa_kernel, r.nvidia.version, r.nvidia.ko)
     -- what the build depends on, by content: OFED's ABI and headers, the nvidia module
@@ -103,18 +94,13 @@ return {
   end,
 
   build = function(r)
-    if r.shipped then
-      local m, err = compile.describe(r.shipped, r.kver)
-      if not m then r:fail("%s", err) end
-      return { modules = { m } }
-    end
+    if r.shipped then return { modules = { r:module_file(r.shipped) } } end
     -- As nv_peer_memory's Makefile does before its kbuild: nv-p2p.h of the NVIDIA
     -- driver into the tree, the nvidia module's exports as a symvers file.
     local src = r:extract(r.sources.peermem, { strip = 1 })
     r:must("copy nv-p2p.h", fs.copy(r.nvidia.include .. "/nv-p2p.h", src .. "/nv-p2p.h"))
     local nv_symvers = src .. "/nvidia.symvers"
-    local symbols = r:must("read the symbols of " .. r.nvidia.ko, kmod.symbols(r.nvidia.ko))
-    r:must("write " .. nv_symvers, symvers.write(nv_symvers, r.nvidia.ko, symbols))
+    r:must("write " .. nv_symvers, symvers.write(nv_symvers, r.nvidia.ko))
     return r:kbuild {
       src = src,
       extra_symbols = { r.ofed.symvers, nv_symvers },
@@ -123,14 +109,12 @@ return {
     }
   end,
 
-  -- Under the host-wide lock, so OFED is not mid-reload: it must still be the
-  -- stack that said ready, and the module must agree with what it exports.
+  -- Under the host-wide lock (the library has checked OFED is still ready as it was): the
+  -- module must agree with what the loaded stack and nvidia export.
   before_load = function(r)
-    local _, why = find_ofed(r)
-    if why then r:fail("OFED is not ready any more: %s; not loading a peer-memory client now", why) end
-    local providers = loaded_exports(r)
+    local exports = providers(r)
     for _, m in ipairs(r.built) do
-      local ok, bad = symvers.check(m.path, providers)
+      local ok, bad = symvers.check(m.path, exports)
       if not ok then
         r:fail("%s does not match the loaded modules: %s. It was built against %s, which is not the Module.symvers "
                .. "of the loaded stack: make OFED_ROOT the root of the OFED container that loaded it (or restart "

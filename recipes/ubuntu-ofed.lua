@@ -11,7 +11,6 @@
 --   drvrun --plan recipes/ubuntu-ofed.lua
 local distro = require "drv.distro"
 local fs = require "drv.fs"
-local sys = require "drv.sys"
 local log = require "drv.log"
 
 local KERNEL_TARBALL = "SOURCES/mlnx-ofed-kernel_*.orig.tar.gz"
@@ -32,7 +31,7 @@ local function configure_args(r)
   for _, list in ipairs { MODULE_FLAGS, r.opt.OFED_CONFIGURE_FLAGS } do
     for _, flag in ipairs(list) do args[#args + 1] = flag end
   end
-  args[#args + 1] = "-j" .. (r.opt.BUILD_JOBS > 0 and r.opt.BUILD_JOBS or sys.nproc())
+  args[#args + 1] = "-j" .. r.opt.BUILD_JOBS
   return args
 end
 
@@ -124,23 +123,15 @@ local function install_udev(r)
       log.info("udev: %s is there already (the host's own%s): left as it is", dest,
                fs.sha256(dest) == fs.sha256(from) and ", the same as OFED's" or ", not OFED's")
     else
-      r.journal:record({ kind = "file", path = dest })
+      r:journal_file(dest)
       r:must("udev " .. dest, fs.copy(from, dest))
       log.info("udev: %s installed (removed on stop)", dest)
     end
   end
 end
 
-local function loaded(r, names)
-  local ctx, found = r:kmod(), {}
-  for _, n in ipairs(names) do
-    local st = ctx:state(n, {}) -- its initstate only, not every module's
-    if st and st.initstate ~= "builtin" then found[#found + 1] = n end
-  end
-  return found
-end
-
 return {
+  api = 3,
   name = "ubuntu-ofed",
   version = "25.10-1.7.1.1",
   description = "Mellanox OFED driver container (Ubuntu)",
@@ -165,10 +156,10 @@ return {
                         doc = "storage modules that use the RDMA stack" },
     AUX_MODULES = { type = "list", default = "mlx5_vdpa mlx5_fwctl mlx5_dpll",
                     doc = "auxiliary modules unloaded with the stack" },
-    PEERMEM_MODULES = { type = "list", default = "nv_peer_mem nvidia_peermem",
-                        doc = "peer-memory clients: unloaded first (a peermem recipe loads them back)" },
-    RESTORE_DRIVER_ON_POD_TERMINATION = { type = "boolean", default = true,
-                                          doc = "on stop, unload OFED and load the inbox stack back" },
+    PEER_MEMORY_CLIENTS = { type = "list", default = "nvidia_peermem",
+                            doc = "peer-memory clients another driver container loads (the NVIDIA driver's "
+                                  .. "nvidia_peermem): unloaded first. A recipe that requires this one (peermem) "
+                                  .. "needs no naming: its modules are unloaded first, and it loads them back" },
     BLACKLIST = { type = "list", default = "mlx5_core mlx5_ib ib_umad ib_uverbs ib_ipoib rdma_cm rdma_ucm ib_core ib_cm",
                   doc = "inbox modules blacklisted on the host while the stack is swapped" },
     BLACKLIST_FILE = { default = "/host/run/modprobe.d/drvrun-ubuntu-ofed.conf",
@@ -200,6 +191,8 @@ return {
   sources = { bundle = { url = "${OFED_URL}", sha256 = "${OFED_SHA256}" } },
 
   expose = "${EXPOSE_PATH}",
+  devices = "/dev/infiniband", -- the stack's device files: a process holding one blocks the reload, named
+  network = { pin_vf_macs = { "0x15b3" } }, -- Mellanox VFs get an admin MAC before their rebind (their RDMA GUID)
 
   -- Refuse before changing anything: no checksum, no udev directories, or storage modules use the stack.
   prepare = function(r)
@@ -210,7 +203,7 @@ return {
     if r.opt.BUILD_ONLY then return end
     check_udev_dirs(r)
     if r.opt.UNLOAD_STORAGE_MODULES then return end
-    local busy = loaded(r, r.opt.STORAGE_MODULES)
+    local busy = r:loaded(r.opt.STORAGE_MODULES)
     if #busy > 0 then
       r:fail("storage modules are loaded and use the RDMA stack: %s. Unload them, or set "
              .. "UNLOAD_STORAGE_MODULES=true to let the reload unload them", table.concat(busy, ", "))
@@ -224,8 +217,8 @@ return {
       for _, n in ipairs(list) do also[#also + 1], why[n] = n, reason end
     end
     add(r.opt.AUX_MODULES, "an auxiliary module of the stack")
-    add(r.opt.PEERMEM_MODULES, "a peer-memory client of ib_core, which is being replaced "
-                               .. "(its own container loads it back against the new stack)")
+    add(r.opt.PEER_MEMORY_CLIENTS, "a peer-memory client of ib_core, which is being replaced "
+                                   .. "(its own container loads it back against the new stack)")
     if r.opt.UNLOAD_STORAGE_MODULES then add(r.opt.STORAGE_MODULES, "a storage module (UNLOAD_STORAGE_MODULES=true)") end
     return also, why
   end,

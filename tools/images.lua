@@ -156,10 +156,8 @@ end
 
 local function load_recipe(root, name)
   local path = ("%s/recipes/%s.lua"):format(root, name)
-  local ok, recipe = pcall(dofile, path)
-  if not ok then return nil, ("cannot load it: %s"):format(tostring(recipe)) end
-  local valid, err = pcall(recipe_lib.check, recipe)
-  if not valid then return nil, tostring(err) end
+  local recipe, err = recipe_lib.load(path)
+  if not recipe then return nil, ("cannot load it: %s"):format(err) end
   return { table = recipe, specs = recipe_lib.option_specs(recipe), path = path }
 end
 

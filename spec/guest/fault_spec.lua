@@ -20,7 +20,7 @@ local POINTS = { "before prepare", "before await", "before build", "before insta
 local SIGNALS = { "TERM", "KILL" }
 local KVER = sys.uname().release
 
--- Every ready file of `files` that exists names a stack loaded as it says (drv.probe).
+-- Every ready file of `files` that exists names a stack loaded as it says (drv.ready).
 local function ready_files_true(files)
   for _, f in ipairs(files) do
     if fs.exists(f) then

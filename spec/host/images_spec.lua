@@ -349,7 +349,7 @@ describe("make docker-context", function()
     end
     assert.is_nil(pkgs:find("liblua", 1, true), pkgs) -- Lua is linked in (its static library)
     for _, f in ipairs { "/bin/drvrun", "/share/drvrun/entrypoint", "/share/drvrun/probe.lua",
-                         "/share/drvrun/recipes/ubuntu-ofed.lua", "/share/drvrun/lua/drv/probe.lua" } do
+                         "/share/drvrun/recipes/ubuntu-ofed.lua", "/share/drvrun/lua/drv/ready.lua" } do
       assert.is_true(fs.exists(out .. f), f)
     end
     r = assert(proc.run({ out .. "/bin/drvrun", "--plan", out .. "/share/drvrun/recipes/ubuntu-ofed.lua",

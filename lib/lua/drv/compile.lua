@@ -4,7 +4,7 @@
 -- Every step logs to a file, reports progress while it runs (a line every
 -- 10 s, even while the step prints nothing), honours a timeout and an
 -- interrupt descriptor (a signal set's fd: the step's process group is killed
--- and the call returns EINTR), and fails with the lines of its log that matter.
+-- and the call returns "EINTR"), and fails with the lines of its log that matter.
 -- Modules are built with `CONFIG_MODULE_SRCVERSION_ALL=y`, so that every module
 -- built has a srcversion that tells it apart from the kernel's own.
 --
@@ -21,10 +21,11 @@ local fs = require "drv.fs"
 local sys = require "drv.sys"
 local log = require "drv.log"
 
-local EIO, ENOENT, ETIMEDOUT, ENOEXEC, EINTR = 5, 2, 110, 8, 4
 local PROGRESS_EVERY = 10 -- seconds between "still building" lines
 local SRCVERSION_ALL = "CONFIG_MODULE_SRCVERSION_ALL=y"
-local CCACHE_BIN = "/usr/lib/ccache" -- Debian's ccache: gcc, cc... that go through the cache
+-- Where a distribution's ccache package puts its compiler links (gcc, cc... that go through the
+-- cache): Debian and Ubuntu, Fedora and RHEL (64-bit).
+local CCACHE_DIRS = { "/usr/lib/ccache", "/usr/lib64/ccache" }
 
 --- The kernel build directory for a release, under an optional root.
 function M.kernel_build_dir(kver, root)
@@ -122,7 +123,7 @@ end
 local function check_vermagic(mod, kver)
   local release = mod.vermagic and mod.vermagic:match("^(%S+)")
   if release ~= kver then
-    return nil, ("%s: built for kernel %s, not %s"):format(mod.path, tostring(release), kver), ENOEXEC
+    return nil, ("%s: built for kernel %s, not %s"):format(mod.path, tostring(release), kver), "ENOEXEC"
   end
   return true
 end
@@ -151,8 +152,12 @@ end
 -- kernel object's compile); the include files are read from the dependency
 -- file kbuild has every compile write (-MMD).
 function M.ccache_env(dir, base)
-  if not fs.exists(CCACHE_BIN .. "/gcc") then return nil end
-  return { PATH = CCACHE_BIN .. ":" .. (os.getenv("PATH") or "/usr/bin:/bin"), CCACHE_DIR = dir,
+  local bin
+  for _, d in ipairs(CCACHE_DIRS) do
+    if fs.exists(d .. "/gcc") then bin = d break end
+  end
+  if not bin then return nil end
+  return { PATH = bin .. ":" .. (os.getenv("PATH") or "/usr/bin:/bin"), CCACHE_DIR = dir,
            CCACHE_BASEDIR = base, CCACHE_NOHASHDIR = "1", CCACHE_MAXSIZE = "4G", CCACHE_DEPEND = "1" }
 end
 
@@ -193,11 +198,11 @@ local function run_step(o)
                                              max_capture = 256 * 1024, on_line = on_line,
                                              on_tick = on_tick, tick = PROGRESS_EVERY })
   if not res then return nil, ("%s: %s"):format(o.label, err), errno end
-  if res.interrupted then return nil, ("%s: interrupted after %.0f s (log: %s)"):format(o.label, res.seconds, o.log), EINTR end
+  if res.interrupted then return nil, ("%s: interrupted after %.0f s (log: %s)"):format(o.label, res.seconds, o.log), "EINTR" end
   if res.timed_out then
-    return nil, ("%s: timed out after %d s (log: %s)"):format(o.label, o.timeout, o.log), ETIMEDOUT
+    return nil, ("%s: timed out after %d s (log: %s)"):format(o.label, o.timeout, o.log), "ETIMEDOUT"
   end
-  if res.status ~= 0 then return nil, failure_text(o.label, o.argv[1]:match("[^/]+$"), res, o.log), EIO end
+  if res.status ~= 0 then return nil, failure_text(o.label, o.argv[1]:match("[^/]+$"), res, o.log), "EIO" end
   res.objects = objects()
   return res
 end
@@ -231,7 +236,7 @@ local function collect(o, label, res)
     modules[#modules + 1] = mod
   end
   if #modules == 0 then
-    return nil, ("%s: make succeeded but produced no .ko files (log: %s)"):format(label, o.log), ENOENT
+    return nil, ("%s: make succeeded but produced no .ko files (log: %s)"):format(label, o.log), "ENOENT"
   end
   log.info("%s: %d modules in %.1f s", label, #modules, res.seconds)
   return { modules = modules, seconds = res.seconds, log = o.log, objects = res.objects }
@@ -254,14 +259,14 @@ end
 --   log = path (default: src/.drvrun-build.log), timeout = seconds, target = "modules",
 --   env = { K = "v" } (e.g. `ccache_env`), interrupt_fd = fd }`
 -- @treturn[1] table `{ modules = { {name, path, srcversion, vermagic, version, depends}... }, seconds, log }`
--- @treturn[2] nil, message (with the last lines of the log), errno (EINTR when interrupted)
+-- @treturn[2] nil, message (with the last lines of the log), errno ("EINTR" when interrupted)
 function M.kbuild(o)
   check_opts(o, "kbuild")
   o = defaults(o, ".drvrun-build.log")
   o.kdir = o.kdir or M.kernel_build_dir(o.kver)
   if not fs.exists(o.kdir .. "/Makefile") then
     return nil, ("kernel build directory %s not found: install the headers (linux-headers-%s)")
-      :format(o.kdir, o.kver), ENOENT
+      :format(o.kdir, o.kver), "ENOENT"
   end
   local label = "build " .. o.src:match("[^/]+$")
   log.info("%s for %s: make -j%d", label, o.kver, o.jobs)
@@ -283,7 +288,7 @@ function M.configure(o)
   check_opts(o, "configure")
   o = defaults(o, ".drvrun-build.log")
   if not fs.exists(o.src .. "/configure") then
-    return nil, ("configure %s: there is no %s/configure (is this the source tree?)"):format(o.src, o.src), ENOENT
+    return nil, ("configure %s: there is no %s/configure (is this the source tree?)"):format(o.src, o.src), "ENOENT"
   end
   local label = "configure " .. o.src:match("[^/]+$")
   local argv = { "./configure" }
@@ -325,10 +330,10 @@ function M.depmod(kver, basedir, o)
   local res, err, errno = proc.run({ "depmod", "-b", basedir or "/", kver }, { stderr = "stdout",
                                      timeout = o.timeout, interrupt_fd = o.interrupt_fd })
   if not res then return nil, "depmod: " .. err, errno end
-  if res.interrupted then return nil, "depmod: interrupted", EINTR end
-  if res.timed_out then return nil, ("depmod: timed out after %d s"):format(o.timeout), ETIMEDOUT end
+  if res.interrupted then return nil, "depmod: interrupted", "EINTR" end
+  if res.timed_out then return nil, ("depmod: timed out after %d s"):format(o.timeout), "ETIMEDOUT" end
   if res.status ~= 0 then
-    return nil, ("depmod %s failed: %s"):format(kver, last_lines(res.stdout, 5)), EIO
+    return nil, ("depmod %s failed: %s"):format(kver, last_lines(res.stdout, 5)), "EIO"
   end
   return true
 end

@@ -7,9 +7,10 @@
 -- (drv.netstate) to a file next to the journal, waited for after the load
 -- (NET_WAIT_TIMEOUT), restored, and the log says what was restored and what
 -- could not be. The file outlives a run killed mid-reload: the next one
--- restores it. VFs of a Mellanox NIC without an admin MAC are given theirs
--- before they are rebound, so that their RDMA GUID is generated from it (what
--- the original OFED container did after its reload).
+-- restores it. VFs of the PCI vendors a recipe names (its `network.pin_vf_macs`:
+-- OFED's, Mellanox) without an admin MAC are given theirs before they are
+-- rebound, so that their RDMA GUID is generated from it (what the original
+-- OFED container did after its reload).
 --
 -- Before anything changes, `prepare` refuses a reload that would take the
 -- node's default route, or a GUARD_ADDRESSES address, with it (unless
@@ -28,8 +29,6 @@ local fs = require "drv.fs"
 local proc = require "drv.proc"
 local sys = require "drv.sys"
 local log = require "drv.log"
-
-local MELLANOX = "0x15b3" -- PCI vendor id
 
 --- The options every recipe gets from this module (drv.recipe adds them to its common ones).
 M.OPTIONS = {
@@ -91,11 +90,12 @@ end
 -- entry, so that stop and a recovering run do the same. nil when nothing is kept (NET_RESTORE=false,
 -- and no uplink the guard let through).
 -- @treturn table `{ file = STATE_DIR/<recipe>.network, modules = {...}, timeout = NET_WAIT_TIMEOUT,
---   only = { "bus/device"... } (NET_RESTORE=false: the uplink's devices) }`
+--   only = { "bus/device"... } (NET_RESTORE=false: the uplink's devices), pin_vf_macs = { PCI vendor ids } }`
 function M.spec(r)
   if not r.opt.NET_RESTORE and not r.net_uplinks then return nil end
   return { file = ("%s/%s.network"):format(r.opt.STATE_DIR, r.recipe.name), modules = stack_modules(r),
-           timeout = r.opt.NET_WAIT_TIMEOUT, only = not r.opt.NET_RESTORE and r.net_uplinks or nil }
+           timeout = r.opt.NET_WAIT_TIMEOUT, only = not r.opt.NET_RESTORE and r.net_uplinks or nil,
+           pin_vf_macs = r.recipe.network and r.recipe.network.pin_vf_macs }
 end
 
 local function only(state, keys)
@@ -166,7 +166,7 @@ function M.restore(spec, state, timeout)
   end
   local left = math.max(0, timeout - (sys.monotonic() - t0)) -- for the VFs and representors restore makes
   t0 = sys.monotonic()
-  local ok, report = pcall(netstate.restore, sock, state, { timeout = left, pin_vf_macs = { MELLANOX } })
+  local ok, report = pcall(netstate.restore, sock, state, { timeout = left, pin_vf_macs = spec.pin_vf_macs })
   sock:close()
   if not ok then
     log.error("network: restoring the configuration saved in %s failed: %s", spec.file, tostring(report))

@@ -3,7 +3,8 @@
 -- An option is declared as `NAME = { default = v, type = "string"|"boolean"|"integer"|"list",
 -- doc = "what it does", choices = {...}, pattern = "^lua pattern$", min = n, build = true }`
 -- (`min`: the least an integer may be; `build`: the value changes what is built, so it is part of the
--- build cache key). A default may be a string with `${OTHER}` references, or a function of the
+-- build cache key; `value = function(v)`: what the value means, decided here once, e.g. BUILD_JOBS'
+-- "0: one per CPU" becomes the number of CPUs). A default may be a string with `${OTHER}` references, or a function of the
 -- options, called when the option is first read (a fact of the host no one asks for, such as
 -- an OS tag the image's environment sets anyway, is not looked up).
 local M = {}
@@ -11,7 +12,8 @@ local M = {}
 local sorted_names = require("drv.graph").sorted
 
 local TYPES = { string = true, boolean = true, integer = true, list = true }
-local SPEC_KEYS = { default = true, type = true, doc = true, choices = true, pattern = true, min = true, build = true }
+local SPEC_KEYS = { default = true, type = true, doc = true, choices = true, pattern = true, min = true, build = true,
+                    value = true }
 
 local BOOLEANS = { ["true"] = true, ["1"] = true, yes = true, on = true,
                    ["false"] = false, ["0"] = false, no = false, off = false, [""] = false }
@@ -67,6 +69,9 @@ function M.check_specs(specs, level)
       error(("option %s: unknown type '%s'"):format(name, tostring(spec.type)), level + 1)
     end
     if spec.min and spec.type ~= "integer" then error(("option %s: min needs type = \"integer\""):format(name), level + 1) end
+    if spec.value and type(spec.value) ~= "function" then
+      error(("option %s: value must be a function"):format(name), level + 1)
+    end
     if not spec.doc then error(("option %s: needs a doc string"):format(name), level + 1) end
   end
 end
@@ -125,6 +130,7 @@ function M.resolve(specs, args, getenv)
     local v, err = convert(name, spec, raw, from)
     if err then error(err, 0) end
     if spec.min and v < spec.min then error(invalid(name, from, ("%d is less than %d"):format(v, spec.min)), 0) end
+    if spec.value then v = spec.value(v) end
     values[name], origin[name] = v, from
     return v
   end

@@ -1,20 +1,14 @@
 --- drv.peermem: find what a GPUDirect peer-memory client is built and loaded
--- against: the OFED driver container's root (ready, with ofa_kernel headers and
+-- against: the OFED driver container's root (its ofa_kernel headers and
 -- Module.symvers) and the NVIDIA driver container's root (nv-p2p.h and the
--- loaded nvidia module's file). Each finder returns `nil, reason` while the
--- thing is not there yet, so a recipe can wait for it with `r:wait_for`.
+-- loaded nvidia module's file), and what the loaded modules export. Each
+-- finder returns `nil, reason` while the thing is not there yet, so a recipe
+-- can wait for it with `r:wait_for`.
 local M = {}
 
 local fs = require "drv.fs"
 local kmod = require "drv.kmod"
 local symvers = require "drv.symvers"
-
---- What a ready file says: `{ [module] = srcversion }` from its `module=NAME srcversion=X` lines.
-function M.ready_modules(text)
-  local mods = {}
-  for name, sv in text:gmatch("module=(%S+) srcversion=(%S+)") do mods[name] = sv end
-  return mods
-end
 
 --- The ofa_kernel directories to try, in order (as nv_peer_memory's Makefile does).
 function M.ofa_kernel_candidates(root, arch, kver)
@@ -27,38 +21,37 @@ function M.module_dirs(root, kver)
   return { ("%s/lib/modules/%s"):format(root, kver) }
 end
 
--- The ib_core loaded is the one the ready file names.
-local function ready_stack(ctx, ready_file, said)
-  local live = ctx:state("ib_core")
-  if not live then return nil, ("ib_core is not loaded, yet %s exists"):format(ready_file) end
-  if said.ib_core and said.ib_core ~= live.srcversion then
-    return nil, ("the loaded ib_core (srcversion %s) is not the one %s names (%s): OFED is being reloaded")
-      :format(tostring(live.srcversion), ready_file, said.ib_core)
-  end
-  return true
-end
-
---- OFED in `root`, ready, for kernel `kver` on `arch`; with `build_only`, its
--- headers and Module.symvers are enough (a build for an image: nothing is loaded).
--- @treturn[1] table `{ root, ready, ofa_kernel (headers dir), symvers (its Module.symvers) }`
+--- OFED's headers and Module.symvers in its container's `root`, for kernel `kver` on `arch`
+-- (the recipe requires OFED: the library has waited for its ready file already).
+-- @treturn[1] table `{ root, ofa_kernel (headers dir), symvers (its Module.symvers) }`
 -- @treturn[2] nil, reason
-function M.find_ofed(root, kver, arch, ctx, build_only)
-  local ready = root .. "/.driver-ready"
-  if not build_only then
-    local text = fs.read(ready)
-    if not text then return nil, ("no %s: the OFED driver container has not said ready"):format(ready) end
-    local ok, why = ready_stack(ctx or kmod.new(), ready, M.ready_modules(text))
-    if not ok then return nil, why end
-  end
+function M.ofed_headers(root, kver, arch)
   local candidates = M.ofa_kernel_candidates(root, arch, kver)
   for _, dir in ipairs(candidates) do
     if fs.exists(dir .. "/Module.symvers") then
       local real = fs.realpath(dir)
-      return { root = root, ready = ready, ofa_kernel = real, symvers = real .. "/Module.symvers" }
+      return { root = root, ofa_kernel = real, symvers = real .. "/Module.symvers" }
     end
   end
   return nil, ("no Module.symvers in %s (OFED_ROOT must be the OFED driver container's root)")
     :format(table.concat(candidates, ", "))
+end
+
+--- What loaded modules export, from their files in their containers' roots (the kernel
+-- resolves a client's symbols from them): `{ [module] = { [symbol] = crc } }`, and the
+-- modules whose file was not found, each with why.
+-- @tparam table modules `{ { name, root }... }`
+-- @tparam string kver
+-- @tparam[opt] userdata ctx a drv.kmod context (default: a new one)
+function M.loaded_exports(modules, kver, ctx)
+  ctx = ctx or assert(kmod.new())
+  local providers, missing = {}, {}
+  for _, m in ipairs(modules) do
+    local ko, err = symvers.loaded_file(ctx, m.name, M.module_dirs(m.root, kver))
+    local exports = ko and kmod.symbols(ko)
+    if exports then providers[m.name] = exports else missing[#missing + 1] = ("%s: %s"):format(m.name, err) end
+  end
+  return providers, missing
 end
 
 local function newest(paths)

@@ -1,10 +1,17 @@
---- drv.run: the run object a recipe's phase functions are handed (`r`).
+--- drv.run: a run of a recipe: its private state, and `r`, the recipe's view of it.
 --
--- What a phase needs from the lifecycle: the resolved options (`r.opt`), the
--- kernel (`r.kver`), the install root, the build cache, and helpers that fail
--- the phase with a message for the operator instead of a traceback (`r:fail`,
--- `r:must`), wait with progress (`r:wait_for`), build (`r:kbuild`), extract,
--- copy and install. See doc/recipes.md.
+-- The lifecycle (drv.lifecycle) keeps everything about a run in one private
+-- state object; a recipe's functions are handed `r`, a narrow view of it:
+--
+-- * fields, read-only: `r.opt` (the resolved options), `r.kver`, `r.root`,
+--   `r.stack`, `r.sources` (local paths, by key), `r.built` (the modules, once
+--   built), `r.kept` (files kept with the build), `r.requires` (what each
+--   required recipe provides). A recipe may keep values of its own in other
+--   fields of `r`; the library never reads them.
+-- * methods: the `Run:` functions below, each a step a recipe takes (build,
+--   extract, install, wait, fail) with the lifecycle's guarantees: cancelled by
+--   a signal within seconds, bounded in time, failing the phase with a message
+--   for the operator instead of a traceback.
 local M = {}
 
 local digests = require "drv.digests"
@@ -12,66 +19,91 @@ local cache = require "drv.cache"
 local journal = require "drv.journal"
 local archive = require "drv.archive"
 local kmod = require "drv.kmod"
-local proc = require "drv.proc"
 local fs = require "drv.fs"
 local sys = require "drv.sys"
 local log = require "drv.log"
--- drv.compile at the first build: a restart that finds its build cached does not load it.
+-- drv.compile and drv.packages at their first use: a restart that finds its build cached loads neither.
 local function compiler() return require "drv.compile" end
+local function packages() return require "drv.packages" end
 
 M.Cancel = {} -- metatable of the error raised when a signal cancels a phase
-local EINTR = 4
 
-local Run = {}
-Run.__index = Run
-
---- A run of `recipe` with the resolved options `opt`.
+--- The private state of a run (for drv.lifecycle and the library; recipes see `facade(state)`).
+-- Written by the lifecycle as the run goes: `built`, `kept`, `build_id`, `stack_deps`, `kernel_deps`,
+-- `verified`, `previous`, `requires`, `lock`, `instance`, `lost`.
+-- @tparam table recipe the checked recipe
+-- @tparam table opt its resolved options
+-- @treturn table the state
 function M.new(recipe, opt)
-  local r = setmetatable({ recipe = recipe, opt = opt, sources = {}, inputs = {}, built = nil }, Run)
-  r.kver = opt.KVER or sys.uname().release
-  r.root = opt.ROOT
-  r.cache = ("%s/%s"):format(opt.CACHE_DIR, recipe.name)
-  r.digests = digests.open(r.cache .. "/digests")
-  r.journal = journal.new(("%s/%s.journal"):format(opt.STATE_DIR, recipe.name))
-  return r
+  local s = setmetatable({ recipe = recipe, name = recipe.name, opt = opt, sources = {}, inputs = {}, requires = {} },
+                         { __index = M.State })
+  s.kver = opt.KVER or sys.uname().release
+  s.root = opt.ROOT
+  s.cache = ("%s/%s"):format(opt.CACHE_DIR, recipe.name)
+  s.digests = digests.open(s.cache .. "/digests")
+  s.journal = journal.new(("%s/%s.journal"):format(opt.STATE_DIR, recipe.name))
+  return s
 end
 
-function Run:path(p)
-  if self.root == "/" then return p end
-  return self.root .. p
-end
+-- ---- cancellation and failure: every step goes through these -----------------------
+
+local State = {}
+M.State = State
 
 --- Cancel the current phase for signal `sig` ("TERM"): stop runs next.
-function Run:cancel(sig)
+function State:cancel(sig)
   self.cancelled = sig
   error(setmetatable({ signal = sig }, M.Cancel), 0)
 end
 
 --- Raise a cancel when a signal has arrived.
-function Run:check_cancel()
+function State:check_cancel()
   local sig = self.signals and self.signals:poll()
   if sig then self:cancel(sig) end
 end
 
---- Take `sys.lock(path, o)` (its directory made first) for `what`, or fail the
--- phase saying who holds it; a signal while waiting cancels the phase.
-function Run:take_lock(what, path, o)
-  self:must(what, fs.mkdir(path:match("^(.*)/[^/]*$") or "/"))
-  local l, err, errno = sys.lock(path, o)
-  if not l and errno == EINTR then self:cancel(err:match("by SIG(%u+)") or "TERM") end
-  return self:must(what, l, err)
+--- The descriptor a long step watches to stop within seconds of a signal.
+function State:interrupt_fd()
+  return self.signals and self.signals:fd()
+end
+
+--- The one way a step's result is taken: a step stopped by a signal (errno EINTR, or a
+-- process result marked `interrupted`) cancels the phase; a failure fails it with
+-- "what: message"; else the result is returned.
+function State:checked(what, res, err, errno)
+  if errno == "EINTR" or (type(res) == "table" and res.interrupted) then
+    if err then log.info("%s", err) end
+    local sig = self.signals and self.signals:poll()
+    self:cancel(sig or (err and err:match("by SIG(%u+)")) or "TERM")
+  end
+  if not res then self:fail("%s: %s", what, err) end
+  return res
 end
 
 --- Fail the current phase with a message for the operator.
-function Run.fail(_, fmt, ...)
+function State.fail(_, fmt, ...)
   error(select("#", ...) > 0 and fmt:format(...) or fmt, 0)
 end
 
 --- Fail the current phase with "what: err" unless `ok`; returns `ok`.
 -- For the `nil, message, errno` of the drv.* calls: `r:must("install", fs.mkdir(dir))`.
-function Run:must(what, ok, err)
+function State:must(what, ok, err)
   if not ok then self:fail("%s: %s", what, err) end
   return ok
+end
+
+--- Take `lock.take(path, o)` (its directory made first) for `what`, or fail the
+-- phase saying who holds it; a signal while waiting cancels the phase.
+function State:take_lock(what, path, o)
+  self:must(what, fs.mkdir(path:match("^(.*)/[^/]*$") or "/"))
+  return self:checked(what, sys.lock(path, o))
+end
+
+-- ---- what a recipe asks of the run ---------------------------------------------------
+
+function State:path(p)
+  if self.root == "/" then return p end
+  return self.root .. p
 end
 
 local AWAIT_PROGRESS_EVERY = 10 -- seconds between "still waiting" lines
@@ -79,7 +111,7 @@ local AWAIT_PROGRESS_EVERY = 10 -- seconds between "still waiting" lines
 --- Wait until `check()` returns a true value (which is returned), polling every
 -- second, with a progress line every 10 s; fails at `timeout` (default
 -- AWAIT_TIMEOUT) with `what` and the last reason `check` gave (`nil, reason`).
-function Run:wait_for(what, check, timeout)
+function State:wait_for(what, check, timeout)
   timeout = timeout or self.opt.AWAIT_TIMEOUT
   local t0 = sys.monotonic()
   local last_said = t0
@@ -103,102 +135,110 @@ function Run:wait_for(what, check, timeout)
   return value
 end
 
--- Install a Debian/Ubuntu package with apt (refreshing stale package lists
--- once); returns true, or nil and apt's own words.
-local function apt_install(r, pkg)
-  local function apt(argv)
-    local res, err = proc.run(argv, { stderr = "stdout", timeout = r.opt.BUILD_TIMEOUT,
-                                      interrupt_fd = r.signals and r.signals:fd() })
-    if res and res.interrupted then r:check_cancel() end
-    return res, err
-  end
-  local install = { "apt-get", "install", "-y", "--no-install-recommends", pkg }
-  local res, err = apt(install)
-  if res and res.status ~= 0 and res.stdout:match("Unable to locate package") then
-    apt({ "apt-get", "update", "-qq" })
-    res, err = apt(install)
-  end
-  if res and res.status == 0 then return true end
-  return nil, res and res.stdout:match("E: ([^\n]*)") or err or "apt-get failed"
+-- Install distribution packages, or fail the phase with the package tool's words.
+local function install_packages(s, what, names)
+  local ok, err, errno = packages().install(names, { timeout = s.opt.BUILD_TIMEOUT, interrupt_fd = s:interrupt_fd() })
+  return s:checked(what, ok, err, errno)
 end
 
 --- A libkmod context on the running kernel's modules. When they are missing
--- (a container without the host's /lib/modules), install linux-modules-RELEASE
--- as the original driver containers did, or fail saying what to mount. The
--- context is kept for the run, until depmod changes its indexes.
-function Run:kmod()
+-- (a container without the host's /lib/modules), install the distribution's
+-- package of them as the original driver containers did, or fail saying what
+-- to mount. The context is kept for the run, until depmod changes its indexes.
+function State:kmod()
   if self.kmod_ctx then return self.kmod_ctx end
   local ctx, err = kmod.new()
-  if ctx then
-    self.kmod_ctx = ctx
-    return ctx
-  end
-  local pkg = "linux-modules-" .. sys.uname().release
-  log.info("the running kernel's modules are missing (%s): installing %s", err, pkg)
-  local ok, apt_err = apt_install(self, pkg)
-  ctx = ok and kmod.new()
   if not ctx then
-    self:fail("cannot read the running kernel's modules: %s, and installing %s failed: %s. Mount the host's "
-              .. "/lib/modules into the container", err, pkg, apt_err or "no modules after the install")
+    local release = sys.uname().release
+    local pkg = packages().kernel_modules(release)
+    log.info("the running kernel's modules are missing (%s): installing %s", err, pkg)
+    local ok, perr = packages().install({ pkg }, { timeout = self.opt.BUILD_TIMEOUT, interrupt_fd = self:interrupt_fd() })
+    ctx = ok and kmod.new()
+    if not ctx then
+      self:fail("cannot read the running kernel's modules: %s, and installing %s failed: %s. Mount the host's "
+                .. "/lib/modules into the container", err, pkg, perr or "no modules after the install")
+    end
   end
   self.kmod_ctx = ctx
   return ctx
 end
 
--- What every build step of this run gets: the kernel, the jobs, what is left
+--- Is module `name` loaded? Its state (`{ name, initstate, srcversion, refcount, holders }`), or nil.
+-- A module built into the kernel is not "loaded".
+function State:module_state(name)
+  local st = self:kmod():state(name, { "srcversion" })
+  if st and st.initstate ~= "builtin" then return st end
+end
+
+--- The modules of `names` that are loaded, in the order given.
+function State:loaded(names)
+  local found = {}
+  for _, n in ipairs(names) do
+    if self:module_state(n) then found[#found + 1] = n end
+  end
+  return found
+end
+
+-- What every build step of this run gets: the kernel, BUILD_JOBS, what is left
 -- of BUILD_TIMEOUT, the signals' fd (a TERM stops the step within seconds),
 -- and ccache when CCACHE is on and it is installed.
-local function step_options(r, o)
-  o.kver = o.kver or r.kver
-  o.jobs = o.jobs or (r.opt.BUILD_JOBS > 0 and r.opt.BUILD_JOBS or nil)
-  r.build_deadline = r.build_deadline or sys.monotonic() + r.opt.BUILD_TIMEOUT
-  o.timeout = o.timeout or math.max(1, math.ceil(r.build_deadline - sys.monotonic()))
-  o.interrupt_fd = o.interrupt_fd or (r.signals and r.signals:fd())
-  if o.env == nil and r.opt.CCACHE then
-    o.env = compiler().ccache_env(r.cache .. "/ccache", cache.work_dir(r))
+local function step_options(s, o)
+  o.kver = o.kver or s.kver
+  o.jobs = o.jobs or s.opt.BUILD_JOBS
+  s.build_deadline = s.build_deadline or sys.monotonic() + s.opt.BUILD_TIMEOUT
+  o.timeout = o.timeout or math.max(1, math.ceil(s.build_deadline - sys.monotonic()))
+  o.interrupt_fd = o.interrupt_fd or s:interrupt_fd()
+  if o.env == nil and s.opt.CCACHE then
+    o.env = compiler().ccache_env(s.cache .. "/ccache", cache.work_dir(s))
   end
   return o
 end
 
-local function build_step(r, fn, o)
-  local res, err, errno = fn(step_options(r, o))
-  if errno == EINTR then log.info("%s", err) end
-  r:check_cancel()
-  if not res then r:fail("%s", err) end
-  return res
+local function build_step(s, fn, o)
+  local res, err, errno = fn(step_options(s, o))
+  s:check_cancel()
+  return s:checked("build", res, err, errno)
 end
 
---- Build with kbuild for this run's kernel; installs headers first when needed.
-function Run:kbuild(o)
-  o.kdir = o.kdir or compiler().kernel_build_dir(o.kver or self.kver)
-  self:ensure_headers(o.kdir, o.kver or self.kver)
+--- Make sure the kernel headers for `kver` are there; install the distribution's package of them if not.
+function State:ensure_headers(kver)
+  local kdir = compiler().kernel_build_dir(kver)
+  if fs.exists(kdir .. "/Makefile") then return kdir end
+  local pkg = packages().kernel_headers(kver)
+  log.info("kernel headers for %s missing (%s): installing %s", kver, kdir, pkg)
+  install_packages(self, ("kernel headers for %s not found at %s, and installing %s failed"):format(kver, kdir, pkg),
+                   { pkg })
+  return kdir
+end
+
+--- Build with kbuild for this run's kernel (drv.compile.kbuild); installs its headers first when needed.
+function State:kbuild(o)
+  o.kdir = o.kdir or self:ensure_headers(o.kver or self.kver)
   return build_step(self, compiler().kbuild, o)
 end
 
 --- Run a vendor tree's `./configure` (drv.compile.configure) for this run's
--- kernel; installs headers first when needed.
-function Run:configure(o)
-  self:ensure_headers(compiler().kernel_build_dir(self.kver), self.kver)
+-- kernel; installs its headers first when needed.
+function State:configure(o)
+  self:ensure_headers(self.kver)
   return build_step(self, compiler().configure, o)
 end
 
 --- Run a vendor tree's own `make` (drv.compile.make) after its configure.
-function Run:make(o)
+function State:make(o)
   return build_step(self, compiler().make, o)
 end
 
---- Make sure kernel headers for `kver` exist; install linux-headers-KVER with apt if not.
-function Run:ensure_headers(kdir, kver)
-  if fs.exists(kdir .. "/Makefile") then return end
-  local pkg = "linux-headers-" .. kver
-  log.info("kernel headers for %s missing (%s): installing %s", kver, kdir, pkg)
-  local ok, err = apt_install(self, pkg)
-  if not ok then self:fail("kernel headers for %s not found at %s, and installing %s failed: %s", kver, kdir, pkg, err) end
+--- Describe a module file the recipe did not build (one a driver ships):
+-- `{ name, path, srcversion, vermagic, depends }`, checked to be for this run's kernel.
+function State:module_file(path)
+  local m, err = compiler().describe(path, self.kver)
+  return self:must("module " .. path, m, err)
 end
 
 --- Extract an archive (or copy a source directory; `o` is then ignored) into a
 -- fresh directory under the build area; returns the directory.
-function Run:extract(path, o)
+function State:extract(path, o)
   local name = path:gsub("/+$", ""):match("[^/]+$"):gsub("%.tar%.[gx]z$", ""):gsub("%.t[agx]z$", ""):gsub("%.orig$", "")
   local dir = cache.work_dir(self) .. "/" .. name
   fs.remove(dir, { recursive = true, missing_ok = true })
@@ -209,21 +249,19 @@ function Run:extract(path, o)
     return dir
   end
   self:must("extract", fs.mkdir(dir))
-  local res, err = archive.extract(path, dir, o)
-  self:must("extract " .. path, res, err)
-  return dir
+  return self:must("extract " .. path, archive.extract(path, dir, o)) and dir
 end
 
 --- Declare a file or directory the build depends on besides the sources (a
 -- Module.symvers it links against): its content is part of the build cache key.
 -- With `value` (e.g. drv.symvers.abi(path)), that is what keys the build instead
 -- of the file's content.
-function Run:build_input(path, value)
+function State:build_input(path, value)
   self.inputs[#self.inputs + 1] = { path = path, value = value }
 end
 
 --- Expand `${OPTION}` references in s.
-function Run:expand(s)
+function State:expand(s)
   return (s:gsub("%${([%w_]+)}", function(k)
     local v = self.opt[k]
     if v == nil then self:fail("recipe refers to ${%s}, which is not set", k) end
@@ -233,28 +271,28 @@ end
 
 --- sha256 of a file, computed again only when the file changed since a run
 -- last hashed it (drv.digests); nil, message, errno when it cannot be read.
-function Run:sha256(path)
+function State:sha256(path)
   return self.digests:sha256(path)
 end
 
-local function copy_entry(r, from, to)
+local function copy_entry(s, from, to)
   local st = fs.lstat(from)
-  if not st then r:fail("copy %s: it vanished during the copy", from) end
+  if not st then s:fail("copy %s: it vanished during the copy", from) end
   if st.type == "directory" then
-    r:must("copy to " .. to, fs.mkdir(to, { mode = st.mode }))
-    for _, name in ipairs(assert(fs.dir(from))) do copy_entry(r, from .. "/" .. name, to .. "/" .. name) end
+    s:must("copy to " .. to, fs.mkdir(to, { mode = st.mode }))
+    for _, name in ipairs(assert(fs.dir(from))) do copy_entry(s, from .. "/" .. name, to .. "/" .. name) end
   elseif st.type == "link" then
-    r:must("copy to " .. to, fs.symlink(assert(fs.readlink(from)), to, { replace = true }))
+    s:must("copy to " .. to, fs.symlink(assert(fs.readlink(from)), to, { replace = true }))
   elseif st.type == "file" then
-    r:must("copy to " .. to, fs.copy(from, to, { sync = false }))
+    s:must("copy to " .. to, fs.copy(from, to, { sync = false }))
   else
-    r:fail("copy %s: a %s is not copied (files, directories and links are)", from, st.type)
+    s:fail("copy %s: a %s is not copied (files, directories and links are)", from, st.type)
   end
 end
 
 --- Copy a directory tree (files with their modes, directories, links as they
 -- are) or fail the phase. Nothing is synced: a lost copy is made again.
-function Run:copy_tree(from, to)
+function State:copy_tree(from, to)
   copy_entry(self, from, to)
 end
 
@@ -264,7 +302,7 @@ local INSTALLED_STAMP = ".drvrun-build" -- in an installed directory: the build 
 -- unless it already holds this build's files: a restart copies nothing.
 -- `dir` is emptied first; a stamp naming the build is written last, so an
 -- install cut short is redone.
-function Run:install_dir(dir, fill)
+function State:install_dir(dir, fill)
   local stamp = dir .. "/" .. INSTALLED_STAMP
   if fs.read(stamp) == self.build_id .. "\n" then
     log.info("install: %s already installed", dir)
@@ -276,15 +314,62 @@ function Run:install_dir(dir, fill)
   self:must("install " .. dir, fs.write(stamp, self.build_id .. "\n"))
 end
 
---- The srcversions the stack's modules were built with: `{ [name] = srcversion or false }`.
-function Run:built_srcversions()
-  local want, in_stack = {}, {}
-  for _, n in ipairs(self.stack) do in_stack[n] = true end
-  for _, m in ipairs(self.built) do
-    local name = m.name:gsub("-", "_")
-    if in_stack[name] then want[name] = m.srcversion ~= "" and m.srcversion or false end
+--- Note that the recipe is about to write `path` on the host: stop (or the
+-- next run, after a crash) removes it.
+function State:journal_file(path)
+  self.journal:record({ kind = "file", path = path })
+end
+
+-- ---- r: the recipe's view ----------------------------------------------------------
+
+-- Fields a recipe reads; the library alone sets them.
+local FIELDS = { opt = true, kver = true, root = true, stack = true, sources = true, built = true, kept = true,
+                 requires = true }
+-- The methods a recipe calls (doc/recipes.md): `r:name(...)` is `State.name(state, ...)`.
+M.METHODS = { "fail", "must", "wait_for", "path", "expand", "kbuild", "configure", "make", "ensure_headers",
+              "module_file", "extract", "copy_tree", "install_dir", "build_input", "sha256", "journal_file",
+              "module_state", "loaded" }
+
+-- API 2 recipes used these; each works with a warning naming what replaces it.
+local DEPRECATED = {
+  journal = { "r.journal:record{ kind = \"file\", path = p }", "r:journal_file(p)",
+              function(s) return s.journal end },
+  kmod = { "r:kmod()", "r:module_state(name) or r:loaded(names)",
+           function(s) return function() return s:kmod() end end },
+}
+
+local function deprecated(s, key)
+  local d = DEPRECATED[key]
+  s.warned = s.warned or {}
+  if not s.warned[key] then
+    s.warned[key] = true
+    log.warn("recipe %s: %s is API 2's and will go; write %s (doc/recipes.md, the API's changelog)",
+             s.recipe_file or s.name, d[1], d[2])
   end
-  return want
+  return d[3](s)
+end
+
+--- The recipe's view of state `s`: read-only fields, the `Run:` methods.
+function M.facade(s)
+  local methods = {}
+  for _, name in ipairs(M.METHODS) do
+    local method = State[name]
+    methods[name] = function(_, ...) return method(s, ...) end
+  end
+  return setmetatable({}, {
+    __index = function(_, key)
+      if FIELDS[key] then return s[key] end
+      if methods[key] then return methods[key] end
+      if DEPRECATED[key] then return deprecated(s, key) end
+    end,
+    __newindex = function(r, key, value)
+      if FIELDS[key] or methods[key] then
+        error(("recipe %s: r.%s is the run's, not the recipe's to set"):format(s.name, key), 2)
+      end
+      rawset(r, key, value)
+    end,
+    __name = "drv.run",
+  })
 end
 
 return M

@@ -14,7 +14,6 @@ local log = require "drv.log"
 local sys = require "drv.sys"
 local fault = require "drv.fault"
 
-local EBUSY, EIO = 16, 5
 
 --- Live module state: `{ [name] = { refcount = n, holders = {...} } }`.
 function M.snapshot(ctx)
@@ -72,7 +71,8 @@ end
 -- @tparam table live `M.snapshot(ctx)`
 -- @tparam[opt] table opts `{ also = { names that may be unloaded with the stack (auxiliary,
 --   peer-memory, storage when allowed) }, deps = { [name] = { dependencies in the stack } } (known once
---   built: gives the load levels), devices = "/dev/infiniband" }`
+--   built: gives the load levels), devices = "/dev/infiniband" (the stack's device files: the processes
+--   holding one are named when the stack is in use) }`
 -- @treturn table `{ unload = levels (holders first), load = levels (dependencies first; nil without
 --   deps), loaded = { names of the stack loaded now }, blockers = { "message"... } }`
 function M.plan(names, live, opts)
@@ -97,7 +97,7 @@ function M.plan(names, live, opts)
     local others = m.refcount - #m.holders
     if others > 0 then
       local msg = ("%s is in use (%d reference%s besides modules)"):format(name, others, others > 1 and "s" or "")
-      local users = M.device_users(opts.devices or "/dev/infiniband", opts.proc_root)
+      local users = opts.devices and M.device_users(opts.devices, opts.proc_root) or {}
       if #users > 0 then msg = msg .. ": " .. table.concat(users, "; ") end
       blockers[#blockers + 1] = msg
     end
@@ -178,7 +178,7 @@ function M.load(levels, paths, options)
   return run_levels("loaded", levels, function(names)
     local items = {}
     for _, n in ipairs(names) do
-      if not paths[n] then return nil, n .. ": no module file to load", EIO end
+      if not paths[n] then return nil, n .. ": no module file to load", "EIO" end
       items[#items + 1] = { name = n, path = paths[n], options = options[n] }
     end
     return kmod.insert_many(items)
@@ -339,7 +339,7 @@ end
 -- @treturn[2] nil, message, errno
 function M.swap(plan, paths, options, previous)
   if #plan.blockers > 0 then
-    return nil, "cannot reload: " .. table.concat(plan.blockers, "; "), EBUSY
+    return nil, "cannot reload: " .. table.concat(plan.blockers, "; "), "EBUSY"
   end
   local t0 = sys.monotonic()
   local ok, err, errno = M.unload(plan.unload)

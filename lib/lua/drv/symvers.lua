@@ -14,7 +14,6 @@ local fs = require "drv.fs"
 local graph = require "drv.graph"
 local compile = require "drv.compile"
 
-local EINVAL = 22
 
 --- Read a Module.symvers file.
 -- @treturn[1] table `{ [symbol] = { crc = n, module = "path" } }`
@@ -43,10 +42,17 @@ function M.abi(path)
 end
 
 --- Write a Module.symvers for `module` (its .ko file) exporting `exports`
--- (`{ [symbol] = crc }`, e.g. `kmod.symbols(path)`), for `KBUILD_EXTRA_SYMBOLS`.
--- The module column is its path without `.ko`, as kbuild writes it: modpost
--- names the dependency of what links against it after that column.
+-- (`{ [symbol] = crc }`; default: what the file exports, `kmod.symbols(module)`),
+-- for `KBUILD_EXTRA_SYMBOLS`. The module column is its path without `.ko`, as
+-- kbuild writes it: modpost names the dependency of what links against it after that column.
+-- @treturn[1] true
+-- @treturn[2] nil, message, errno
 function M.write(path, module, exports)
+  if not exports then
+    local err, errno
+    exports, err, errno = kmod.symbols(module)
+    if not exports then return nil, err, errno end
+  end
   module = module:gsub("%.ko%.?%w*$", "")
   local lines = {}
   for _, sym in ipairs(graph.sorted(exports)) do
@@ -104,7 +110,7 @@ function M.loaded_file(ctx, name, dirs)
   dirs = dirs or {}
   local live = ctx:state(name)
   if not live then return nil, name .. " is not loaded", 2 end
-  if not live.srcversion then return nil, name .. " has no srcversion: its file cannot be told apart", EINVAL end
+  if not live.srcversion then return nil, name .. " has no srcversion: its file cannot be told apart", "EINVAL" end
   for path in candidates(ctx, name, dirs) do
     local mi = kmod.modinfo(path)
     if mi and mi.srcversion == live.srcversion then return path end
@@ -130,7 +136,7 @@ function M.check(path, providers)
       end
     end
   end
-  if #bad > 0 then return nil, bad, EINVAL end
+  if #bad > 0 then return nil, bad, "EINVAL" end
   return true
 end
 

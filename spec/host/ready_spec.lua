@@ -1,6 +1,6 @@
--- drv.probe and its command line (lib/probe.lua), against a sysfs tree made
+-- drv.ready and its command line (lib/probe.lua), against a sysfs tree made
 -- in a temporary directory: the liveness check of the driver containers.
-local probe = require "drv.probe"
+local probe = require "drv.ready"
 local fs = require "drv.fs"
 local proc = require "drv.proc"
 
@@ -13,7 +13,7 @@ local function ready_text(modules, boot)
   return table.concat(lines, "\n") .. "\n"
 end
 
-describe("drv.probe", function()
+describe("drv.ready", function()
   local dir, sysfs, file
   before_each(function()
     dir = assert(fs.tmpdir("probe"))

@@ -1,27 +1,46 @@
---- drv.probe: is the driver still what its ready file says? For health checks of driver containers.
+--- drv.ready: the ready file, the one place that writes, reads and checks it.
 --
--- A recipe's ready file lists every module of its stack with the srcversion
--- it verified at load time (`module=NAME srcversion=X`, `none` for a module
--- without one) and the boot it was written in (`boot_id=`). `live` compares
--- that with the running kernel: each module must still be loaded (`/sys/module/NAME`)
--- with the same srcversion, in the same boot. It fails when someone unloaded
--- or replaced a module behind the container's back, or when the file is stale.
+-- A recipe's run writes it once every module of its stack is verified loaded,
+-- and removes it first on stop. It says what is ready, one `key=value` a line:
 --
--- The command-line form, for a Kubernetes exec probe or a Docker HEALTHCHECK
--- (installed as `PREFIX/share/drvrun/probe.lua`):
+--   recipe=ubuntu-ofed
+--   version=25.10-1.7.1.1
+--   kernel=6.1.0-57-amd64
+--   boot_id=0b8f...
+--   time=2026-12-07T10:00:00Z
+--   module=mlx_compat srcversion=A1B2C3...
+--   module=mlx5_core srcversion=none        (a module without one)
 --
---   drvrun /usr/local/share/drvrun/probe.lua /run/mellanox/drivers/.driver-ready
---
--- exits 0 and prints one line when the driver is live; exits 1 with one line
--- naming the module, file or boot at fault; 2 on a usage error.
+-- Readers: a health check (`drvrun PREFIX/share/drvrun/probe.lua FILE`, for a
+-- Kubernetes exec probe or a Docker HEALTHCHECK), and a recipe that requires
+-- another (the library waits until the other's ready file is live).
 local M = {}
 
 local fs = require "drv.fs"
 local sys = require "drv.sys"
 
+--- The name of the ready file in a driver container's root (`ROOT/.driver-ready`).
+M.NAME = ".driver-ready"
+
+--- The text of a ready file.
+-- @tparam table t `{ recipe, version, kernel, time, modules = { { name, srcversion (nil: none) }... } }`
+-- (the boot id is this boot's)
+-- @treturn string
+function M.format(t)
+  local lines = {
+    "recipe=" .. t.recipe, "version=" .. t.version, "kernel=" .. t.kernel,
+    "boot_id=" .. (sys.boot_id() or "unknown"), "time=" .. t.time,
+  }
+  for _, m in ipairs(t.modules) do
+    lines[#lines + 1] = ("module=%s srcversion=%s"):format(m.name, m.srcversion or "none")
+  end
+  return table.concat(lines, "\n") .. "\n"
+end
+
 --- Parse the text of a ready file.
 -- @tparam string text
 -- @treturn table `{ fields = { recipe = "ubuntu-ofed", boot_id = "…", … }, modules = { { name =, srcversion = }… } }`
+-- (`srcversion` is the string `none` for a module without one)
 function M.parse(text)
   local parsed = { fields = {}, modules = {} }
   for line in text:gmatch("[^\n]+") do
@@ -34,6 +53,31 @@ function M.parse(text)
     end
   end
   return parsed
+end
+
+--- Write `text` to each of `paths` atomically, their directories made first.
+-- @treturn[1] true
+-- @treturn[2] nil, message, errno
+function M.write(paths, text)
+  for _, path in ipairs(paths) do
+    local dir = path:match("^(.+)/[^/]*$")
+    local ok, err, errno = true, nil, nil
+    if dir then ok, err, errno = fs.mkdir(dir) end
+    if ok then ok, err, errno = fs.write(path, text) end
+    if not ok then return nil, ("ready %s: %s"):format(path, err), errno end
+  end
+  return true
+end
+
+--- Remove the ready files `paths`; nil and the messages of those that could not be.
+function M.remove(paths)
+  local failed = {}
+  for _, path in ipairs(paths) do
+    local ok, err = fs.remove(path, { missing_ok = true })
+    if not ok then failed[#failed + 1] = ("cannot remove ready file %s: %s"):format(path, err) end
+  end
+  if #failed > 0 then return nil, table.concat(failed, "; ") end
+  return true
 end
 
 local function trim(s)
@@ -54,7 +98,8 @@ local function module_problem(m, sysfs, file)
   end
 end
 
---- Check that the driver a ready file describes is still loaded.
+--- Check that the driver a ready file describes is still loaded: every module
+-- it lists loaded (`/sys/module/NAME`) with the same srcversion, in the same boot.
 -- @tparam string file the ready file (e.g. `/run/mellanox/drivers/.driver-ready`)
 -- @tparam[opt] table o `{ sysfs = "/sys", boot_id = the running boot's id }`
 -- @treturn[1] true, table the parsed ready file
@@ -79,11 +124,13 @@ end
 
 local USAGE = "usage: drvrun probe.lua [--sysfs DIR] READY_FILE"
 
---- The command line: `[--sysfs DIR] READY_FILE`; returns the exit status.
+--- The health check's command line, `[--sysfs DIR] READY_FILE`: exits 0 and
+-- prints one line when the driver is live; 1 with one line naming the module,
+-- file or boot at fault; 2 on a usage error.
 -- @tparam table args the arguments
 -- @tparam[opt] file out where the verdict goes (default: stdout when live, stderr when not)
--- @treturn integer 0 live, 1 not live, 2 usage error
-function M.main(args, out)
+-- @treturn integer the exit status
+function M.probe(args, out)
   local o, files = {}, {}
   local i = 1
   while args[i] do
