@@ -173,6 +173,11 @@ static struct kctx *kmod_checkctx(lua_State *L, int idx)
 	return c;
 }
 
+/***
+ * Release the context's libkmod resources now, rather than at collection (also
+ * `__close`: `local ctx <close> = kmod.new()`); a closed context raises when used.
+ * @function ctx:close
+ */
 static int kmod_ctx_gc(lua_State *L)
 {
 	struct kctx *c = luaL_checkudata(L, 1, CTX_MT);
@@ -264,6 +269,11 @@ static struct kmod_ctx *kmod_lib(lua_State *L, struct kctx *c)
 	return c->kmod;
 }
 
+/***
+ * The modules directory the context reads (`/lib/modules/RELEASE`, or the `dirname` it was made with).
+ * @function ctx:dirname
+ * @treturn string
+ */
 static int kmod_m_dirname(lua_State *L)
 {
 	lua_pushstring(L, kmod_checkctx(L, 1)->dirname);

@@ -596,6 +596,11 @@ static struct process *proc_check(lua_State *L, int idx)
 	return luaL_checkudata(L, idx, PROC_MT);
 }
 
+/***
+ * Kill the process's group with SIGKILL and reap it, if it still runs, and free
+ * its pipes and log; also at collection and `__close`.
+ * @function process:close
+ */
 static int proc_gc(lua_State *L)
 {
 	proc_release(L, proc_check(L, 1));
@@ -747,6 +752,11 @@ static int proc_spawn(lua_State *L)
 	return 1;
 }
 
+/***
+ * The process's id.
+ * @function process:pid
+ * @treturn integer
+ */
 static int proc_m_pid(lua_State *L)
 {
 	struct process *p = proc_check(L, 1);
@@ -806,6 +816,11 @@ static int proc_m_kill(lua_State *L)
 	return drv_ok(L);
 }
 
+/***
+ * Whether the process still runs (one that ended is reaped here; `wait` still gives its result).
+ * @function process:running
+ * @treturn boolean
+ */
 static int proc_m_running(lua_State *L)
 {
 	struct process *p = proc_check(L, 1);

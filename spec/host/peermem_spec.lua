@@ -96,29 +96,29 @@ describe("drv.peermem", function()
                     .. srcversion(ib_core_ko) .. "\n"))
   end)
 
-  it("finds a ready OFED: its headers and Module.symvers", function()
-    local ctx = fake_sysfs { ib_core = srcversion(ib_core_ko) }
-    local found = assert(peermem.find_ofed(ofed, kver, "x86_64", ctx))
+  it("finds OFED's headers and Module.symvers in its root", function()
+    local found = assert(peermem.ofed_headers(ofed, kver, "x86_64"))
     assert.equal(("%s/usr/src/ofa_kernel/x86_64/%s"):format(fs.realpath(ofed), kver), found.ofa_kernel)
     assert.equal(found.ofa_kernel .. "/Module.symvers", found.symvers)
-    assert.equal(ofed .. "/.driver-ready", found.ready)
+    assert.equal(ofed, found.root)
   end)
 
-  it("says why OFED is not there yet", function()
-    local ctx = fake_sysfs { ib_core = srcversion(ib_core_ko) }
-    assert.same({ nil, "no /nonexistent/.driver-ready: the OFED driver container has not said ready" },
-                { peermem.find_ofed("/nonexistent", kver, "x86_64", ctx) })
-    ctx = fake_sysfs { ib_core = "0123456789ABCDEF0123456" }
-    assert.same({ nil, ("the loaded ib_core (srcversion 0123456789ABCDEF0123456) is not the one %s/.driver-ready "
-                        .. "names (%s): OFED is being reloaded"):format(ofed, srcversion(ib_core_ko)) },
-                { peermem.find_ofed(ofed, kver, "x86_64", ctx) })
-    assert.same({ nil, ("ib_core is not loaded, yet %s/.driver-ready exists"):format(ofed) },
-                { peermem.find_ofed(ofed, kver, "x86_64", fake_sysfs {}) })
+  it("says where it looked for OFED's headers", function()
     fs.remove(ofed .. "/usr/src/ofa_kernel", { recursive = true })
-    local _, err = peermem.find_ofed(ofed, kver, "x86_64", fake_sysfs { ib_core = srcversion(ib_core_ko) })
+    local _, err = peermem.ofed_headers(ofed, kver, "x86_64")
     assert.equal(("no Module.symvers in %s/usr/src/ofa_kernel/x86_64/%s, %s/usr/src/ofa_kernel/%s, "
                   .. "%s/usr/src/ofa_kernel/default (OFED_ROOT must be the OFED driver container's root)")
                  :format(ofed, kver, ofed, kver, ofed), err)
+  end)
+
+  it("reads what loaded modules export from their files in their roots, naming those it cannot find", function()
+    local ctx = fake_sysfs { ib_core = srcversion(ib_core_ko), nvidia = srcversion(nvidia_ko) }
+    local exports, missing = peermem.loaded_exports({ { name = "ib_core", root = ofed_root },
+                                                      { name = "nvidia", root = nvidia_root },
+                                                      { name = "mlx5_ib", root = ofed_root } }, kver, ctx)
+    assert.same(assert(kmod.symbols(ib_core_ko)), exports.ib_core)
+    assert.same(assert(kmod.symbols(nvidia_ko)), exports.nvidia)
+    assert.same({ "mlx5_ib: mlx5_ib is not loaded" }, missing)
   end)
 
   it("finds NVIDIA in the first root that exists: headers and the loaded module's file", function()
@@ -141,8 +141,4 @@ describe("drv.peermem", function()
                 { peermem.find_nvidia({ nvidia_root }, kver, fake_sysfs {}) })
   end)
 
-  it("reads the modules a ready file names", function()
-    assert.same({ ib_core = "ABC", mlx5_ib = "DEF" },
-                peermem.ready_modules("recipe=x\nmodule=ib_core srcversion=ABC\nmodule=mlx5_ib srcversion=DEF\n"))
-  end)
 end)

@@ -60,6 +60,9 @@ function M.new(path)
   return setmetatable({ path = path, entries = {} }, M)
 end
 
+--- Write the journal to its file, atomically (nothing for one in memory only).
+-- @treturn[1] true
+-- @treturn[2] nil, message, errno
 function M:save()
   if not self.path then return true end
   local dir = self.path:match("^(.*)/[^/]+$")

@@ -69,14 +69,14 @@ end
 
 --- The one way a step's result is taken: a step stopped by a signal (errno EINTR, or a
 -- process result marked `interrupted`) cancels the phase; a failure fails it with
--- "what: message"; else the result is returned.
+-- "what: message" (the message alone without `what`); else the result is returned.
 function State:checked(what, res, err, errno)
   if errno == "EINTR" or (type(res) == "table" and res.interrupted) then
     if err then log.info("%s", err) end
     local sig = self.signals and self.signals:poll()
     self:cancel(sig or (err and err:match("by SIG(%u+)")) or "TERM")
   end
-  if not res then self:fail("%s: %s", what, err) end
+  if not res then self:fail(what and "%s: %s" or "%s", what or err, err) end
   return res
 end
 
@@ -101,6 +101,7 @@ end
 
 -- ---- what a recipe asks of the run ---------------------------------------------------
 
+--- `p`, an absolute path, under the install root (ROOT): `r:path("/usr/src")`.
 function State:path(p)
   if self.root == "/" then return p end
   return self.root .. p
@@ -195,9 +196,9 @@ local function step_options(s, o)
 end
 
 local function build_step(s, fn, o)
-  local res, err, errno = fn(step_options(s, o))
-  s:check_cancel()
-  return s:checked("build", res, err, errno)
+  local res = s:checked(nil, fn(step_options(s, o)))
+  s:check_cancel() -- a signal that came as the step ended
+  return res
 end
 
 --- Make sure the kernel headers for `kver` are there; install the distribution's package of them if not.
