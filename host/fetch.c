@@ -1363,7 +1363,7 @@ static void fetch_global_init(lua_State *L)
  *   resumed = bool, attempts = n, seconds = s }`
  * @treturn[2] nil
  * @treturn[2] string message "URL: cause", e.g. "…: HTTP 404 Not Found"
- * @treturn[2] integer errno: ENOENT (404, 410, missing file), EACCES (401, 403),
+ * @treturn[2] string errno: ENOENT (404, 410, missing file), EACCES (401, 403),
  *   EBADMSG (sha256 mismatch), ETIMEDOUT (stall, timeout, deadline), EINTR
  *   ("…: interrupted", by interrupt_fd), ECONNREFUSED, EHOSTUNREACH (DNS),
  *   EPROTO (TLS), EPROTONOSUPPORT (scheme), EINVAL (malformed URL), ELOOP

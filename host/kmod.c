@@ -210,7 +210,7 @@ static void kmod_copy_opt(lua_State *L, int opts, const char *key, const char *d
  * @tparam[opt] table opts `{ dirname = "/lib/modules/<release>" (default: the running kernel's),
  *   sysfs = "/sys", proc = "/proc" }` (roots for live state)
  * @treturn[1] ctx userdata
- * @treturn[2] nil, string message, integer errno
+ * @treturn[2] nil, string message, string errno
  * @see kmod_new(3)
  */
 static int kmod_l_new(lua_State *L)
@@ -453,7 +453,7 @@ static int kmod_m_info(lua_State *L)
  * @function ctx:lookup
  * @tparam string alias
  * @treturn[1] table
- * @treturn[2] nil, string message, integer errno (the module indexes cannot be loaded)
+ * @treturn[2] nil, string message, string errno (the module indexes cannot be loaded)
  * @see kmod_module_new_from_lookup(3)
  */
 static int kmod_m_lookup(lua_State *L)
@@ -636,7 +636,7 @@ static int kmod_push_loaded(lua_State *L, char *line)
  * The loaded modules, in <proc>/modules order.
  * @function ctx:loaded
  * @treturn[1] table `{ { name, size, refcount, holders = {…}, state = "Live" }… }`
- * @treturn[2] nil, string message, integer errno
+ * @treturn[2] nil, string message, string errno
  */
 static int kmod_m_loaded(lua_State *L)
 {
@@ -710,7 +710,7 @@ static int kmod_insert_fail(lua_State *L, struct kmod_module *mod, int err)
 {
 	lua_pushnil(L);
 	kmod_push_insert_error(L, kmod_module_get_name(mod), err);
-	lua_pushinteger(L, err);
+	drv_push_errname(L, err);
 	kmod_module_unref(mod);
 	return 3;
 }
@@ -720,7 +720,7 @@ static int kmod_blacklist_fail(lua_State *L, struct kmod_module *mod)
 	lua_pushnil(L);
 	lua_pushfstring(L, "%s: blacklisted by the modprobe configuration "
 			"(pass blacklist = false to load it anyway)", kmod_module_get_name(mod));
-	lua_pushinteger(L, EPERM);
+	drv_push_errname(L, EPERM);
 	kmod_module_unref(mod);
 	return 3;
 }
@@ -794,7 +794,7 @@ static int kmod_m_remove(lua_State *L)
 	case EBUSY:
 		lua_pushnil(L);
 		kmod_push_busy(L, c->sysfs, name);
-		lua_pushinteger(L, EBUSY);
+		drv_push_errname(L, EBUSY);
 		return 3;
 	case EPERM:
 		return drv_fail(L, EPERM, "%s: operation not permitted (module unloading disabled, or not root)",
@@ -831,7 +831,7 @@ static struct kmod_module *kmod_open_file(lua_State *L, const char *path, struct
  * @function modinfo
  * @tparam string path
  * @treturn[1] table as ctx:info
- * @treturn[2] nil, string message, integer errno
+ * @treturn[2] nil, string message, string errno
  * @see kmod_module_new_from_path(3)
  */
 static int kmod_l_modinfo(lua_State *L)
@@ -893,7 +893,7 @@ static int kmod_crc_table(lua_State *L, int exported)
  * @function versions
  * @tparam string path
  * @treturn[1] table `{ [symbol] = crc (integer) }`
- * @treturn[2] nil, string message, integer errno
+ * @treturn[2] nil, string message, string errno
  * @see kmod_module_get_versions(3)
  */
 static int kmod_l_versions(lua_State *L)
@@ -907,7 +907,7 @@ static int kmod_l_versions(lua_State *L)
  * @function symbols
  * @tparam string path
  * @treturn[1] table `{ [symbol] = crc (integer) }`
- * @treturn[2] nil, string message, integer errno
+ * @treturn[2] nil, string message, string errno
  * @see kmod_module_get_symbols(3)
  */
 static int kmod_l_symbols(lua_State *L)
@@ -1016,7 +1016,7 @@ static int kmod_jobs_result(lua_State *L, struct job *jobs, int n, int removing,
 		luaL_addvalue(&b);
 	}
 	luaL_pushresult(&b);
-	lua_pushinteger(L, first);
+	drv_push_errname(L, first);
 	lua_pushvalue(L, failures);
 	return 4;
 }

@@ -134,7 +134,7 @@ static int mnt_bind(lua_State *L, int recursive_default)
  * @tparam string target
  * @tparam[opt] table opts `{ recursive = false, readonly = false }`
  * @treturn[1] true
- * @treturn[2] nil, string message, integer errno
+ * @treturn[2] nil, string message, string errno
  * @see mount(2) MS_BIND
  */
 static int mnt_l_bind(lua_State *L)
@@ -158,7 +158,7 @@ static int mnt_l_rbind(lua_State *L)
  * @tparam string target
  * @tparam table opts `{ readonly = true|false }`
  * @treturn[1] true
- * @treturn[2] nil, string message, integer errno
+ * @treturn[2] nil, string message, string errno
  * @see mount(2) MS_REMOUNT
  */
 static int mnt_l_remount(lua_State *L)
@@ -347,7 +347,7 @@ static int mnt_l_info(lua_State *L)
  * @function find
  * @tparam string path
  * @treturn[1] table as info
- * @treturn[2] nil, string message, integer errno
+ * @treturn[2] nil, string message, string errno
  */
 static int mnt_l_find(lua_State *L)
 {
@@ -385,7 +385,7 @@ static int mnt_under(const char *target, const char *base)
  * @function list
  * @tparam[opt] string under
  * @treturn[1] table of info tables
- * @treturn[2] nil, string message, integer errno
+ * @treturn[2] nil, string message, string errno
  */
 static int mnt_l_list(lua_State *L)
 {

@@ -26,7 +26,31 @@ static void test_errno_fail(lua_State *L)
 	lua_call(L, 0, 3);
 	CHECK(lua_isnil(L, -3));
 	CHECK(strcmp(lua_tostring(L, -2), "/nonexistent: No such file or directory") == 0);
-	CHECK(lua_tointeger(L, -1) == ENOENT);
+	CHECK(strcmp(lua_tostring(L, -1), "ENOENT") == 0);
+	lua_settop(L, 0);
+}
+
+/* drv_push_errname names every errno as glibc does (strerrorname_np, 2.32+). */
+static void test_errnames(lua_State *L)
+{
+	int named = 0, wrong = 0;
+
+	for (int e = 1; e < 4096; e++) {
+		const char *want = strerrorname_np(e), *got;
+
+		drv_push_errname(L, e);
+		got = lua_tostring(L, -1);
+		if (want ? strcmp(got, want) != 0 : strncmp(got, "errno ", 6) != 0) {
+			fprintf(stderr, "errno %d: named %s, glibc says %s\n", e, got, want ? want : "nothing");
+			wrong++;
+		}
+		named += want != NULL;
+		lua_pop(L, 1);
+	}
+	CHECK(wrong == 0);
+	CHECK(named >= 130);
+	drv_push_errname(L, EWOULDBLOCK);
+	CHECK(strcmp(lua_tostring(L, -1), "EAGAIN") == 0);
 	lua_settop(L, 0);
 }
 
@@ -69,6 +93,7 @@ int main(int argc, char **argv)
 
 	luaL_openlibs(L);
 	test_errno_fail(L);
+	test_errnames(L);
 	test_optfield(L);
 	lua_close(L);
 	printf("test_host: %d passed, %d failed\n", passed, failed);

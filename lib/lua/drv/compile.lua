@@ -21,7 +21,6 @@ local fs = require "drv.fs"
 local sys = require "drv.sys"
 local log = require "drv.log"
 
-local EIO, ENOENT, ETIMEDOUT, ENOEXEC, EINTR = 5, 2, 110, 8, 4
 local PROGRESS_EVERY = 10 -- seconds between "still building" lines
 local SRCVERSION_ALL = "CONFIG_MODULE_SRCVERSION_ALL=y"
 local CCACHE_BIN = "/usr/lib/ccache" -- Debian's ccache: gcc, cc... that go through the cache
@@ -122,7 +121,7 @@ end
 local function check_vermagic(mod, kver)
   local release = mod.vermagic and mod.vermagic:match("^(%S+)")
   if release ~= kver then
-    return nil, ("%s: built for kernel %s, not %s"):format(mod.path, tostring(release), kver), ENOEXEC
+    return nil, ("%s: built for kernel %s, not %s"):format(mod.path, tostring(release), kver), "ENOEXEC"
   end
   return true
 end
@@ -193,11 +192,11 @@ local function run_step(o)
                                              max_capture = 256 * 1024, on_line = on_line,
                                              on_tick = on_tick, tick = PROGRESS_EVERY })
   if not res then return nil, ("%s: %s"):format(o.label, err), errno end
-  if res.interrupted then return nil, ("%s: interrupted after %.0f s (log: %s)"):format(o.label, res.seconds, o.log), EINTR end
+  if res.interrupted then return nil, ("%s: interrupted after %.0f s (log: %s)"):format(o.label, res.seconds, o.log), "EINTR" end
   if res.timed_out then
-    return nil, ("%s: timed out after %d s (log: %s)"):format(o.label, o.timeout, o.log), ETIMEDOUT
+    return nil, ("%s: timed out after %d s (log: %s)"):format(o.label, o.timeout, o.log), "ETIMEDOUT"
   end
-  if res.status ~= 0 then return nil, failure_text(o.label, o.argv[1]:match("[^/]+$"), res, o.log), EIO end
+  if res.status ~= 0 then return nil, failure_text(o.label, o.argv[1]:match("[^/]+$"), res, o.log), "EIO" end
   res.objects = objects()
   return res
 end
@@ -231,7 +230,7 @@ local function collect(o, label, res)
     modules[#modules + 1] = mod
   end
   if #modules == 0 then
-    return nil, ("%s: make succeeded but produced no .ko files (log: %s)"):format(label, o.log), ENOENT
+    return nil, ("%s: make succeeded but produced no .ko files (log: %s)"):format(label, o.log), "ENOENT"
   end
   log.info("%s: %d modules in %.1f s", label, #modules, res.seconds)
   return { modules = modules, seconds = res.seconds, log = o.log, objects = res.objects }
@@ -261,7 +260,7 @@ function M.kbuild(o)
   o.kdir = o.kdir or M.kernel_build_dir(o.kver)
   if not fs.exists(o.kdir .. "/Makefile") then
     return nil, ("kernel build directory %s not found: install the headers (linux-headers-%s)")
-      :format(o.kdir, o.kver), ENOENT
+      :format(o.kdir, o.kver), "ENOENT"
   end
   local label = "build " .. o.src:match("[^/]+$")
   log.info("%s for %s: make -j%d", label, o.kver, o.jobs)
@@ -283,7 +282,7 @@ function M.configure(o)
   check_opts(o, "configure")
   o = defaults(o, ".drvrun-build.log")
   if not fs.exists(o.src .. "/configure") then
-    return nil, ("configure %s: there is no %s/configure (is this the source tree?)"):format(o.src, o.src), ENOENT
+    return nil, ("configure %s: there is no %s/configure (is this the source tree?)"):format(o.src, o.src), "ENOENT"
   end
   local label = "configure " .. o.src:match("[^/]+$")
   local argv = { "./configure" }
@@ -325,10 +324,10 @@ function M.depmod(kver, basedir, o)
   local res, err, errno = proc.run({ "depmod", "-b", basedir or "/", kver }, { stderr = "stdout",
                                      timeout = o.timeout, interrupt_fd = o.interrupt_fd })
   if not res then return nil, "depmod: " .. err, errno end
-  if res.interrupted then return nil, "depmod: interrupted", EINTR end
-  if res.timed_out then return nil, ("depmod: timed out after %d s"):format(o.timeout), ETIMEDOUT end
+  if res.interrupted then return nil, "depmod: interrupted", "EINTR" end
+  if res.timed_out then return nil, ("depmod: timed out after %d s"):format(o.timeout), "ETIMEDOUT" end
   if res.status ~= 0 then
-    return nil, ("depmod %s failed: %s"):format(kver, last_lines(res.stdout, 5)), EIO
+    return nil, ("depmod %s failed: %s"):format(kver, last_lines(res.stdout, 5)), "EIO"
   end
   return true
 end

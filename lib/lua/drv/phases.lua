@@ -17,7 +17,6 @@ local fs = require "drv.fs"
 local sys = require "drv.sys"
 local log = require "drv.log"
 
-local EINTR = 4
 
 local function fetch_source(r, key, src)
   local url, sha = r:expand(src.url), r:expand(src.sha256)
@@ -29,7 +28,7 @@ local function fetch_source(r, key, src)
                                                    low_speed_time = r.opt.FETCH_STALL_TIMEOUT,
                                                    deadline = r.opt.FETCH_TIMEOUT,
                                                    interrupt_fd = r.signals and r.signals:fd() })
-    if errno == EINTR then r:check_cancel() end
+    if errno == "EINTR" then r:check_cancel() end
     r:must("fetch " .. key, res, err)
   end
   return dest
@@ -138,7 +137,7 @@ local function install_modules(r)
     log.info("install: %s changed; depmod %s (it reads every module of the kernel)", dir, r.kver)
     local depmod = require("drv.compile").depmod -- loaded here, not at the start: most restarts install nothing
     local ok, err, errno = depmod(r.kver, r.root, { interrupt_fd = r.signals and r.signals:fd() })
-    if errno == EINTR then r:check_cancel() end
+    if errno == "EINTR" then r:check_cancel() end
     r:must("depmod", ok, err)
     log.info("install: depmod done in %.1f s", sys.monotonic() - t0)
     r.kmod_ctx = nil -- its indexes are the old ones

@@ -20,6 +20,7 @@ local stop = require "drv.stop"
 local fault = require "drv.fault"
 local netcfg = require "drv.netcfg"
 local sys = require "drv.sys"
+local signal = require "drv.signal"
 local log = require "drv.log"
 
 local PHASES = { "prepare", "await", "build", "install", "load", "expose", "ready" }
@@ -173,7 +174,7 @@ function M.run(recipe, opt)
   r.ready_files = opt.READY_FILES
   r.blacklist_file = opt.BLACKLIST_FILE
   r.restore_on_stop = opt.RESTORE_DRIVER_ON_POD_TERMINATION ~= false
-  r.signals = sys.signals({ "TERM", "INT", "HUP" })
+  r.signals = signal.watch({ "TERM", "INT", "HUP" })
   log.info("%s %s for kernel %s", recipe.name, recipe.version, r.kver)
   local changes_host = not opt.BUILD_ONLY
   if changes_host then

@@ -15,12 +15,12 @@ local kmod = require "drv.kmod"
 local proc = require "drv.proc"
 local fs = require "drv.fs"
 local sys = require "drv.sys"
+local lock = require "drv.lock"
 local log = require "drv.log"
 -- drv.compile at the first build: a restart that finds its build cached does not load it.
 local function compiler() return require "drv.compile" end
 
 M.Cancel = {} -- metatable of the error raised when a signal cancels a phase
-local EINTR = 4
 
 local Run = {}
 Run.__index = Run
@@ -53,12 +53,13 @@ function Run:check_cancel()
   if sig then self:cancel(sig) end
 end
 
---- Take `sys.lock(path, o)` (its directory made first) for `what`, or fail the
+--- Take `lock.acquire(path, o)` (its directory made first) for `what`, or fail the
 -- phase saying who holds it; a signal while waiting cancels the phase.
 function Run:take_lock(what, path, o)
   self:must(what, fs.mkdir(path:match("^(.*)/[^/]*$") or "/"))
-  local l, err, errno = sys.lock(path, o)
-  if not l and errno == EINTR then self:cancel(err:match("by SIG(%u+)") or "TERM") end
+  o.interrupt_fd = o.interrupt_fd or (self.signals and self.signals:fd())
+  local l, err, errno = lock.acquire(path, o)
+  if not l and errno == "EINTR" then self:check_cancel() end
   return self:must(what, l, err)
 end
 
@@ -162,7 +163,7 @@ end
 
 local function build_step(r, fn, o)
   local res, err, errno = fn(step_options(r, o))
-  if errno == EINTR then log.info("%s", err) end
+  if errno == "EINTR" then log.info("%s", err) end
   r:check_cancel()
   if not res then r:fail("%s", err) end
   return res

@@ -14,7 +14,6 @@ local log = require "drv.log"
 local sys = require "drv.sys"
 local fault = require "drv.fault"
 
-local EBUSY, EIO = 16, 5
 
 --- Live module state: `{ [name] = { refcount = n, holders = {...} } }`.
 function M.snapshot(ctx)
@@ -178,7 +177,7 @@ function M.load(levels, paths, options)
   return run_levels("loaded", levels, function(names)
     local items = {}
     for _, n in ipairs(names) do
-      if not paths[n] then return nil, n .. ": no module file to load", EIO end
+      if not paths[n] then return nil, n .. ": no module file to load", "EIO" end
       items[#items + 1] = { name = n, path = paths[n], options = options[n] }
     end
     return kmod.insert_many(items)
@@ -339,7 +338,7 @@ end
 -- @treturn[2] nil, message, errno
 function M.swap(plan, paths, options, previous)
   if #plan.blockers > 0 then
-    return nil, "cannot reload: " .. table.concat(plan.blockers, "; "), EBUSY
+    return nil, "cannot reload: " .. table.concat(plan.blockers, "; "), "EBUSY"
   end
   local t0 = sys.monotonic()
   local ok, err, errno = M.unload(plan.unload)

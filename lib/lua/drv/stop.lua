@@ -10,6 +10,7 @@ local kmod = require "drv.kmod"
 local mount = require "drv.mount"
 local fs = require "drv.fs"
 local sys = require "drv.sys"
+local lock = require "drv.lock"
 local log = require "drv.log"
 
 function M.remove_ready(r)
@@ -58,7 +59,6 @@ function M.stop(r)
   return ok
 end
 
-local EINTR = 4
 local REFUSED = 3 -- exit code: another instance runs
 
 --- Hold this recipe's instance lock (`STATE_DIR/<name>.lock`) for the whole
@@ -69,8 +69,8 @@ local REFUSED = 3 -- exit code: another instance runs
 function M.claim(r)
   local path = ("%s/%s.lock"):format(r.opt.STATE_DIR, r.recipe.name)
   r:must("instance lock", fs.mkdir(r.opt.STATE_DIR))
-  local l, err, errno = sys.lock(path, {
-    timeout = r.opt.INSTANCE_WAIT, remove = true,
+  local l, err, errno = lock.acquire(path, {
+    timeout = r.opt.INSTANCE_WAIT, remove = true, interrupt_fd = r.signals:fd(),
     owner = ("%s %s on %s"):format(r.recipe.name, r.recipe.version, sys.hostname() or "?"),
     on_wait = function(holder)
       log.info("instance: another %s runs on this host (%s): waiting up to %d s for it to end", r.recipe.name,
@@ -81,7 +81,7 @@ function M.claim(r)
     r.instance = l
     return nil
   end
-  if errno == EINTR then
+  if errno == "EINTR" then
     log.info("instance: %s; nothing was changed", err)
     return 0
   end

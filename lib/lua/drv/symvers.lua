@@ -14,7 +14,6 @@ local fs = require "drv.fs"
 local graph = require "drv.graph"
 local compile = require "drv.compile"
 
-local EINVAL = 22
 
 --- Read a Module.symvers file.
 -- @treturn[1] table `{ [symbol] = { crc = n, module = "path" } }`
@@ -103,8 +102,8 @@ end
 function M.loaded_file(ctx, name, dirs)
   dirs = dirs or {}
   local live = ctx:state(name)
-  if not live then return nil, name .. " is not loaded", 2 end
-  if not live.srcversion then return nil, name .. " has no srcversion: its file cannot be told apart", EINVAL end
+  if not live then return nil, name .. " is not loaded", "ENOENT" end
+  if not live.srcversion then return nil, name .. " has no srcversion: its file cannot be told apart", "EINVAL" end
   for path in candidates(ctx, name, dirs) do
     local mi = kmod.modinfo(path)
     if mi and mi.srcversion == live.srcversion then return path end
@@ -130,7 +129,7 @@ function M.check(path, providers)
       end
     end
   end
-  if #bad > 0 then return nil, bad, EINVAL end
+  if #bad > 0 then return nil, bad, "EINVAL" end
   return true
 end
 
