@@ -1332,6 +1332,8 @@ static void fetch_global_init(lua_State *L)
 
 	if (curl_ready)
 		return;
+	DRV_LAZY_LOAD(L, CURL);
+	DRV_LAZY_LOAD(L, CRYPTO);
 	rc = curl_global_init(CURL_GLOBAL_DEFAULT);
 	if (rc != CURLE_OK)
 		luaL_error(L, "drv.fetch: curl_global_init: %s", curl_easy_strerror(rc));

@@ -744,6 +744,7 @@ static int fs_sha256(lua_State *L)
 	ssize_t n;
 	int fd, err = 0;
 
+	DRV_LAZY_LOAD(L, CRYPTO);
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return fs_fail_path(L, path);

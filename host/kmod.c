@@ -249,6 +249,7 @@ static struct kmod_ctx *kmod_lib(lua_State *L, struct kctx *c)
 
 	if (c->kmod)
 		return c->kmod;
+	DRV_LAZY_LOAD(L, KMOD);
 	c->kmod = kmod_new(c->dirname, NULL);
 	if (!c->kmod) {
 		drv_fail(L, ENOMEM, "%s: cannot create a libkmod context", c->dirname);
@@ -815,6 +816,7 @@ static struct kmod_module *kmod_open_file(lua_State *L, const char *path, struct
 
 	if (access(path, R_OK) < 0)
 		return drv_errno_fail(L, path), NULL;
+	DRV_LAZY_LOAD(L, KMOD);
 	*ctx = kmod_new("/nonexistent", NULL);
 	if (!*ctx)
 		return drv_fail(L, ENOMEM, "%s: cannot create a libkmod context", path), NULL;

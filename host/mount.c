@@ -50,8 +50,10 @@ static int mnt_finish(lua_State *L, struct libmnt_context *cxt, int rc, const ch
 
 static struct libmnt_context *mnt_new(lua_State *L)
 {
-	struct libmnt_context *cxt = mnt_new_context();
+	struct libmnt_context *cxt;
 
+	DRV_LAZY_LOAD(L, MOUNT);
+	cxt = mnt_new_context();
 	if (!cxt)
 		luaL_error(L, "not enough memory");
 	mnt_context_disable_mtab(cxt, 1);
@@ -208,8 +210,10 @@ static int mnt_l_propagation(lua_State *L)
 
 static struct libmnt_table *mnt_table(lua_State *L)
 {
-	struct libmnt_table *tb = mnt_new_table_from_file(MOUNTINFO);
+	struct libmnt_table *tb;
 
+	DRV_LAZY_LOAD(L, MOUNT);
+	tb = mnt_new_table_from_file(MOUNTINFO);
 	if (!tb)
 		drv_errno_fail(L, MOUNTINFO);
 	return tb;

@@ -6,6 +6,7 @@
 #include <lualib.h>
 
 #include "drv.h"
+#include "lazy.h"
 
 static int passed, failed;
 
@@ -54,6 +55,19 @@ static void test_errnames(lua_State *L)
 	lua_settop(L, 0);
 }
 
+/* The call sites of lazy.h lie in their section as an array, without gaps. */
+extern struct drv_lazy_fn __start_drv_lazy[], __stop_drv_lazy[];
+
+static void test_lazy_sites(void)
+{
+	int bad = 0;
+
+	for (struct drv_lazy_fn *f = __start_drv_lazy; f < __stop_drv_lazy; f++)
+		bad += !f->soname || strncmp(f->soname, "lib", 3) != 0 || !f->name || !f->name[0];
+	CHECK(__stop_drv_lazy - __start_drv_lazy > 100);
+	CHECK(bad == 0);
+}
+
 static int call_optfield(lua_State *L)
 {
 	int t = drv_opttable(L, 1);
@@ -94,6 +108,7 @@ int main(int argc, char **argv)
 	luaL_openlibs(L);
 	test_errno_fail(L);
 	test_errnames(L);
+	test_lazy_sites();
 	test_optfield(L);
 	lua_close(L);
 	printf("test_host: %d passed, %d failed\n", passed, failed);
