@@ -55,7 +55,10 @@ static int arc_gc(lua_State *L)
 
 static struct handles *arc_new_handles(lua_State *L)
 {
-	struct handles *h = lua_newuserdatauv(L, sizeof(*h), 0);
+	struct handles *h;
+
+	DRV_LAZY_LOAD(L, ARCHIVE);
+	h = lua_newuserdatauv(L, sizeof(*h), 0);
 
 	h->in = h->out = NULL;
 	luaL_setmetatable(L, ARCHIVE_MT);
@@ -117,7 +120,7 @@ static int arc_read_fail(lua_State *L, struct archive *a, const char *path)
  * @function list
  * @tparam string path
  * @treturn[1] table `{ { path, type = "file"|"directory"|"link"|"hardlink"|…, size, mode, link }… }`
- * @treturn[2] nil, string message, integer errno
+ * @treturn[2] nil, string message, string errno
  * @see archive_read_next_header(3)
  */
 static int arc_list_entries(lua_State *L, struct handles *h, const char *path)
@@ -427,7 +430,8 @@ static int arc_extract_here(lua_State *L)
 	return n;
 }
 
-/* In the child: extract, write "ok ENTRIES BYTES" or "fail ERRNO\nMESSAGE" to fd, and end
+/* In the child: extract, write "ok ENTRIES BYTES", "fail ERRNAME\nMESSAGE" or
+ * "error\nMESSAGE" (raised, e.g. libarchive missing) to fd, and end
  * without returning to Lua (its state here is the child's copy). */
 static void arc_child(lua_State *L, int fd, struct extract_args *a)
 {
@@ -443,14 +447,17 @@ static void arc_child(lua_State *L, int fd, struct extract_args *a)
 		lua_getfield(L, top + 1, "bytes");
 		snprintf(head, sizeof(head), "ok %lld %lld", (long long)lua_tointeger(L, -2),
 			 (long long)lua_tointeger(L, -1));
-	} else {
-		int err = rc == LUA_OK ? (int)lua_tointeger(L, top + 3) : ENOMEM;
+	} else if (rc == LUA_OK) {
+		const char *err = lua_tostring(L, top + 3);
 
-		msg = lua_tostring(L, rc == LUA_OK ? top + 2 : -1);
-		snprintf(head, sizeof(head), "fail %d\n", err > 0 ? err : EIO);
-		if (!msg)
-			msg = "extraction failed";
+		msg = lua_tostring(L, top + 2);
+		snprintf(head, sizeof(head), "fail %.31s\n", err ? err : "EIO");
+	} else {
+		msg = lua_tostring(L, -1);	/* raised: the parent raises it again */
+		snprintf(head, sizeof(head), "error\n");
 	}
+	if (!msg)
+		msg = "extraction failed";
 	_exit(drv_write_all(fd, head, strlen(head)) < 0 || drv_write_all(fd, msg, strlen(msg)) < 0);
 }
 
@@ -461,7 +468,8 @@ static int arc_child_result(lua_State *L, int fd, pid_t pid, const char *path)
 	char buf[4096];
 	const char *r;
 	long long entries, bytes;
-	int status = 0, err;
+	int status = 0;
+	char err[32];
 	ssize_t n;
 
 	luaL_buffinit(L, &b);
@@ -490,8 +498,16 @@ static int arc_child_result(lua_State *L, int fd, pid_t pid, const char *path)
 		lua_setfield(L, -2, "bytes");
 		return 1;
 	}
-	if (sscanf(r, "fail %d\n", &err) == 1 && strchr(r, '\n'))
-		return drv_fail(L, err, "%s", strchr(r, '\n') + 1);
+	if (strncmp(r, "error\n", 6) == 0) {
+		lua_pushstring(L, r + 6);
+		return lua_error(L);
+	}
+	if (sscanf(r, "fail %31s\n", err) == 1 && strchr(r, '\n')) {
+		lua_pushnil(L);
+		lua_pushstring(L, strchr(r, '\n') + 1);
+		lua_pushstring(L, err);	/* the errno's name */
+		return 3;
+	}
 	return drv_fail(L, EIO, "%s: the extraction process ended without a result", path);
 }
 

@@ -3,10 +3,46 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "drv.h"
+
+/* The name of every Linux errno, by number (glibc's strerrorname_np is 2.32+;
+ * Ubuntu 20.04, a base of the images, has 2.31). Aliases (EWOULDBLOCK,
+ * EDEADLOCK, ENOTSUP) take their value's name, as strerrorname_np gives it. */
+#define N(e) [e] = #e
+static const char *const drv_errnames[] = {
+	N(EPERM), N(ENOENT), N(ESRCH), N(EINTR), N(EIO), N(ENXIO), N(E2BIG), N(ENOEXEC), N(EBADF),
+	N(ECHILD), N(EAGAIN), N(ENOMEM), N(EACCES), N(EFAULT), N(ENOTBLK), N(EBUSY), N(EEXIST),
+	N(EXDEV), N(ENODEV), N(ENOTDIR), N(EISDIR), N(EINVAL), N(ENFILE), N(EMFILE), N(ENOTTY),
+	N(ETXTBSY), N(EFBIG), N(ENOSPC), N(ESPIPE), N(EROFS), N(EMLINK), N(EPIPE), N(EDOM),
+	N(ERANGE), N(EDEADLK), N(ENAMETOOLONG), N(ENOLCK), N(ENOSYS), N(ENOTEMPTY), N(ELOOP),
+	N(ENOMSG), N(EIDRM), N(ECHRNG), N(EL2NSYNC), N(EL3HLT), N(EL3RST), N(ELNRNG), N(EUNATCH),
+	N(ENOCSI), N(EL2HLT), N(EBADE), N(EBADR), N(EXFULL), N(ENOANO), N(EBADRQC), N(EBADSLT),
+	N(EBFONT), N(ENOSTR), N(ENODATA), N(ETIME), N(ENOSR), N(ENONET), N(ENOPKG), N(EREMOTE),
+	N(ENOLINK), N(EADV), N(ESRMNT), N(ECOMM), N(EPROTO), N(EMULTIHOP), N(EDOTDOT), N(EBADMSG),
+	N(EOVERFLOW), N(ENOTUNIQ), N(EBADFD), N(EREMCHG), N(ELIBACC), N(ELIBBAD), N(ELIBSCN),
+	N(ELIBMAX), N(ELIBEXEC), N(EILSEQ), N(ERESTART), N(ESTRPIPE), N(EUSERS), N(ENOTSOCK),
+	N(EDESTADDRREQ), N(EMSGSIZE), N(EPROTOTYPE), N(ENOPROTOOPT), N(EPROTONOSUPPORT),
+	N(ESOCKTNOSUPPORT), N(EOPNOTSUPP), N(EPFNOSUPPORT), N(EAFNOSUPPORT), N(EADDRINUSE),
+	N(EADDRNOTAVAIL), N(ENETDOWN), N(ENETUNREACH), N(ENETRESET), N(ECONNABORTED),
+	N(ECONNRESET), N(ENOBUFS), N(EISCONN), N(ENOTCONN), N(ESHUTDOWN), N(ETOOMANYREFS),
+	N(ETIMEDOUT), N(ECONNREFUSED), N(EHOSTDOWN), N(EHOSTUNREACH), N(EALREADY), N(EINPROGRESS),
+	N(ESTALE), N(EUCLEAN), N(ENOTNAM), N(ENAVAIL), N(EISNAM), N(EREMOTEIO), N(EDQUOT),
+	N(ENOMEDIUM), N(EMEDIUMTYPE), N(ECANCELED), N(ENOKEY), N(EKEYEXPIRED), N(EKEYREVOKED),
+	N(EKEYREJECTED), N(EOWNERDEAD), N(ENOTRECOVERABLE), N(ERFKILL), N(EHWPOISON)
+};
+#undef N
+
+void drv_push_errname(lua_State *L, int err)
+{
+	if (err > 0 && (size_t)err < sizeof(drv_errnames) / sizeof(drv_errnames[0]) && drv_errnames[err])
+		lua_pushstring(L, drv_errnames[err]);
+	else
+		lua_pushfstring(L, "errno %d", err);
+}
 
 int drv_fail(lua_State *L, int err, const char *fmt, ...)
 {
@@ -16,7 +52,7 @@ int drv_fail(lua_State *L, int err, const char *fmt, ...)
 	va_start(ap, fmt);
 	lua_pushvfstring(L, fmt, ap);
 	va_end(ap);
-	lua_pushinteger(L, err);
+	drv_push_errname(L, err);
 	return 3;
 }
 
@@ -193,4 +229,19 @@ int drv_read_attr(const char *path, char *buf, size_t size)
 		n--;
 	buf[n] = '\0';
 	return 0;
+}
+
+/* By arithmetic (days to civil date, after H. Hinnant): gmtime and strftime
+ * load the time zone (tzset reads /etc/localtime) for a time they write in UTC. */
+void drv_utc(long long t, char *buf, size_t size)
+{
+	long long days = (t >= 0 ? t : t - 86399) / 86400, secs = t - days * 86400;
+	long long era = (days + 719468 >= 0 ? days + 719468 : days + 719468 - 146096) / 146097;
+	long long doe = days + 719468 - era * 146097;
+	long long yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+	long long doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+	long long mp = (5 * doy + 2) / 153, month = mp < 10 ? mp + 3 : mp - 9;
+
+	snprintf(buf, size, "%04lld-%02lld-%02lldT%02lld:%02lld:%02lldZ", yoe + era * 400 + (month <= 2),
+		 month, doy - (153 * mp + 2) / 5 + 1, secs / 3600, secs / 60 % 60, secs % 60);
 }

@@ -8,12 +8,16 @@
 
 #define DRV_VERSION "0.1.0"
 
-/* Push nil, a message built from fmt, and err; return 3 (the liolib failure shape). */
+/* Push nil, a message built from fmt, and err's name ("ENOENT"); return 3 (the
+ * failure shape of luv and liolib, with the errno's name in place of its number). */
 int drv_fail(lua_State *L, int err, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
-/* Push nil, "what: strerror(errno)", errno; return 3. Reads errno first. */
+/* Push nil, "what: strerror(errno)", errno's name; return 3. Reads errno first. */
 int drv_errno_fail(lua_State *L, const char *what);
+
+/* Push the name of errno value err ("EINTR"), or "errno N" for a value Linux does not define. */
+void drv_push_errname(lua_State *L, int err);
 
 /* Push true; return 1. */
 int drv_ok(lua_State *L);
@@ -39,6 +43,9 @@ double drv_seconds(const struct timespec *t);
 /* Seconds on clock id (CLOCK_MONOTONIC for durations and deadlines), with fractions. */
 double drv_clock(clockid_t id);
 
+/* t (seconds since the epoch) as UTC, "2026-12-01T15:44:44Z", into buf. */
+void drv_utc(long long t, char *buf, size_t size);
+
 /* write(2) all of buf, retrying on EINTR; 0, or -1 with errno. */
 int drv_write_all(int fd, const void *buf, size_t len);
 
@@ -62,6 +69,8 @@ int luaopen_drv_fetch(lua_State *L);
 int luaopen_drv_proc(lua_State *L);
 int luaopen_drv_fs(lua_State *L);
 int luaopen_drv_sys(lua_State *L);
+int luaopen_drv_lock(lua_State *L);
+int luaopen_drv_signal(lua_State *L);
 int luaopen_drv_archive(lua_State *L);
 int luaopen_drv_net(lua_State *L);
 

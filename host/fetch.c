@@ -1332,6 +1332,8 @@ static void fetch_global_init(lua_State *L)
 
 	if (curl_ready)
 		return;
+	DRV_LAZY_LOAD(L, CURL);
+	DRV_LAZY_LOAD(L, CRYPTO);
 	rc = curl_global_init(CURL_GLOBAL_DEFAULT);
 	if (rc != CURLE_OK)
 		luaL_error(L, "drv.fetch: curl_global_init: %s", curl_easy_strerror(rc));
@@ -1363,7 +1365,7 @@ static void fetch_global_init(lua_State *L)
  *   resumed = bool, attempts = n, seconds = s }`
  * @treturn[2] nil
  * @treturn[2] string message "URL: cause", e.g. "…: HTTP 404 Not Found"
- * @treturn[2] integer errno: ENOENT (404, 410, missing file), EACCES (401, 403),
+ * @treturn[2] string errno: ENOENT (404, 410, missing file), EACCES (401, 403),
  *   EBADMSG (sha256 mismatch), ETIMEDOUT (stall, timeout, deadline), EINTR
  *   ("…: interrupted", by interrupt_fd), ECONNREFUSED, EHOSTUNREACH (DNS),
  *   EPROTO (TLS), EPROTONOSUPPORT (scheme), EINVAL (malformed URL), ELOOP

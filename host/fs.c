@@ -99,7 +99,7 @@ fail:
  * @function read
  * @tparam string path
  * @treturn[1] string the content
- * @treturn[2] nil, string message, integer errno
+ * @treturn[2] nil, string message, string errno
  * @see read(2)
  */
 static int fs_read(lua_State *L)
@@ -141,7 +141,7 @@ static int fs_read(lua_State *L)
  * @tparam string data
  * @tparam[opt] table opts `{ mode = 0x1a4 (0644), sync = true }`
  * @treturn[1] true
- * @treturn[2] nil, string message, integer errno
+ * @treturn[2] nil, string message, string errno
  * @see rename(2)
  */
 static int fs_write(lua_State *L)
@@ -198,7 +198,7 @@ static int fs_mkdir_p(char *path, mode_t mode)
  * @tparam string path
  * @tparam[opt] table opts `{ mode = 0x1ed (0755) }`
  * @treturn[1] true
- * @treturn[2] nil, string message, integer errno
+ * @treturn[2] nil, string message, string errno
  * @see mkdir(2)
  */
 static int fs_mkdir(lua_State *L)
@@ -290,7 +290,7 @@ static int fs_refuse_root(lua_State *L, const char *path)
  * @tparam string path
  * @tparam[opt] table opts `{ recursive = false, missing_ok = false }`
  * @treturn[1] true
- * @treturn[2] nil, string message, integer errno
+ * @treturn[2] nil, string message, string errno
  * @see unlinkat(2)
  */
 static int fs_remove(lua_State *L)
@@ -340,7 +340,7 @@ static int fs_remove(lua_State *L)
  * @tparam string linkpath
  * @tparam[opt] table opts `{ replace = false }`
  * @treturn[1] true
- * @treturn[2] nil, string message, integer errno
+ * @treturn[2] nil, string message, string errno
  * @see symlink(2)
  */
 static int fs_symlink(lua_State *L)
@@ -381,7 +381,7 @@ static int fs_symlink(lua_State *L)
  * @function readlink
  * @tparam string path
  * @treturn[1] string
- * @treturn[2] nil, string message, integer errno
+ * @treturn[2] nil, string message, string errno
  * @see readlink(2)
  */
 static int fs_readlink(lua_State *L)
@@ -401,7 +401,7 @@ static int fs_readlink(lua_State *L)
  * @function realpath
  * @tparam string path
  * @treturn[1] string
- * @treturn[2] nil, string message, integer errno
+ * @treturn[2] nil, string message, string errno
  * @see realpath(3)
  */
 static int fs_realpath(lua_State *L)
@@ -421,7 +421,7 @@ static int fs_realpath(lua_State *L)
  * @tparam string from
  * @tparam string to
  * @treturn[1] true
- * @treturn[2] nil, string message, integer errno
+ * @treturn[2] nil, string message, string errno
  * @see rename(2)
  */
 static int fs_rename(lua_State *L)
@@ -466,7 +466,7 @@ static int fs_copy_fd(int in, int out)
  * @tparam string dst
  * @tparam[opt] table opts `{ mode = n, sync = true }`
  * @treturn[1] true
- * @treturn[2] nil, string message, integer errno
+ * @treturn[2] nil, string message, string errno
  * @see copy_file_range(2)
  */
 static int fs_copy(lua_State *L)
@@ -582,7 +582,7 @@ static int fs_do_stat(lua_State *L, int follow)
  * @treturn[1] table `{ type = "file"|"directory"|"link"|"socket"|"fifo"|"char"|"block",
  *   size, mode, uid, gid, mtime, ctime, mtime_ns, ctime_ns, dev, ino, nlink, rdev (devices only) }`:
  *   mtime and ctime in seconds (a float), mtime_ns and ctime_ns the same in nanoseconds (an integer)
- * @treturn[2] nil, string message, integer errno
+ * @treturn[2] nil, string message, string errno
  * @see stat(2)
  */
 static int fs_stat(lua_State *L)
@@ -609,7 +609,7 @@ static int fs_lstat(lua_State *L)
  * @tparam string path (links followed)
  * @treturn[1] string stamp, number mtime, number ctime
  * @treturn[2] false, string type: not a regular file ("directory"...)
- * @treturn[3] nil, string message, integer errno
+ * @treturn[3] nil, string message, string errno
  * @see stat(2)
  */
 static int fs_identity(lua_State *L)
@@ -658,7 +658,7 @@ static int fs_cmp(const void *a, const void *b)
  * @function dir
  * @tparam string path
  * @treturn[1] table
- * @treturn[2] nil, string message, integer errno
+ * @treturn[2] nil, string message, string errno
  * @see readdir(3)
  */
 static int fs_dir(lua_State *L)
@@ -730,7 +730,7 @@ static int fs_glob(lua_State *L)
  * @function sha256
  * @tparam string path
  * @treturn[1] string
- * @treturn[2] nil, string message, integer errno
+ * @treturn[2] nil, string message, string errno
  * @see EVP_DigestUpdate(3)
  */
 static int fs_sha256(lua_State *L)
@@ -744,6 +744,7 @@ static int fs_sha256(lua_State *L)
 	ssize_t n;
 	int fd, err = 0;
 
+	DRV_LAZY_LOAD(L, CRYPTO);
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return fs_fail_path(L, path);
@@ -781,7 +782,7 @@ out:
  * @tparam string path
  * @tparam integer mode
  * @treturn[1] true
- * @treturn[2] nil, string message, integer errno
+ * @treturn[2] nil, string message, string errno
  * @see chmod(2)
  */
 static int fs_chmod(lua_State *L)
@@ -800,7 +801,7 @@ static int fs_chmod(lua_State *L)
  * @function tmpdir
  * @tparam[opt] string prefix default "drvrun"
  * @treturn[1] string its path
- * @treturn[2] nil, string message, integer errno
+ * @treturn[2] nil, string message, string errno
  * @see mkdtemp(3)
  */
 static int fs_tmpdir(lua_State *L)

@@ -24,6 +24,7 @@
 #include "lazy.h"
 
 #define CTX_MT "drv.kmod.ctx"
+#define HELD_MT "drv.kmod.held"
 
 #ifndef MODULE_INIT_COMPRESSED_FILE
 #define MODULE_INIT_COMPRESSED_FILE 4
@@ -36,6 +37,99 @@ struct kctx {
 	char sysfs[PATH_MAX];
 	char proc[PATH_MAX];
 };
+
+/* ---- what a call holds ---------------------------------------------------- */
+
+/* The libkmod objects (and buffers) a binding holds while it builds its
+ * result, owned by a userdata made before the first of them: a Lua error (a
+ * memory error in a lua_push*) that unwinds the call leaves them to its __gc,
+ * and the binding releases them all (kmod_release_all) once done. */
+enum held_kind { HELD_CTX, HELD_MODULE, HELD_MODULES, HELD_INFO, HELD_SYMBOLS, HELD_VERSIONS, HELD_MEMORY };
+
+struct held {
+	struct {
+		void *p;
+		enum held_kind kind;
+	} slot[8];
+};
+
+static void kmod_release_one(void *p, enum held_kind kind)
+{
+	switch (kind) {
+	case HELD_CTX:
+		kmod_unref(p);
+		break;
+	case HELD_MODULE:
+		kmod_module_unref(p);
+		break;
+	case HELD_MODULES:
+		kmod_module_unref_list(p);
+		break;
+	case HELD_INFO:
+		kmod_module_info_free_list(p);
+		break;
+	case HELD_SYMBOLS:
+		kmod_module_symbols_free_list(p);
+		break;
+	case HELD_VERSIONS:
+		kmod_module_versions_free_list(p);
+		break;
+	case HELD_MEMORY:
+		free(p);
+		break;
+	}
+}
+
+/* Release all that h holds: at the end of a binding, or by __gc. */
+static void kmod_release_all(struct held *h)
+{
+	for (size_t i = 0; i < sizeof(h->slot) / sizeof(h->slot[0]); i++)
+		if (h->slot[i].p)
+			kmod_release_one(h->slot[i].p, h->slot[i].kind);
+	memset(h, 0, sizeof(*h));
+}
+
+static int kmod_held_gc(lua_State *L)
+{
+	kmod_release_all(luaL_checkudata(L, 1, HELD_MT));
+	return 0;
+}
+
+/* A new holder, pushed (it stays below the binding's results). */
+static struct held *kmod_hold(lua_State *L)
+{
+	struct held *h = lua_newuserdatauv(L, sizeof(*h), 0);
+
+	memset(h, 0, sizeof(*h));
+	luaL_setmetatable(L, HELD_MT);
+	return h;
+}
+
+/* Hold p (NULL is nothing to hold); returns p. */
+static void *kmod_keep(struct held *h, enum held_kind kind, void *p)
+{
+	size_t i = 0;
+
+	if (!p)
+		return p;
+	while (h->slot[i].p)
+		if (++i == sizeof(h->slot) / sizeof(h->slot[0]))
+			abort();	/* a binding holds at most 6 at once (modinfo): a bug of drvrun's */
+	h->slot[i].p = p;
+	h->slot[i].kind = kind;
+	return p;
+}
+
+/* Release p now, and forget it. */
+static void kmod_drop(struct held *h, void *p)
+{
+	for (size_t i = 0; p && i < sizeof(h->slot) / sizeof(h->slot[0]); i++)
+		if (h->slot[i].p == p) {
+			kmod_release_one(p, h->slot[i].kind);
+			h->slot[i].p = NULL;
+			return;
+		}
+}
 
 /* ---- errors ------------------------------------------------------------- */
 
@@ -118,11 +212,13 @@ static int kmod_cmpstr(const void *a, const void *b)
 	return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* Push a sorted array of the names in <sysfs>/module/<name>/holders. */
+/* Push a sorted array of the names in <sysfs>/module/<name>/holders (read
+ * into this frame, not the heap: a memory error while pushing leaks nothing). */
 static void kmod_push_holders(lua_State *L, const struct kctx *c, const char *name)
 {
 	char path[PATH_MAX * 2];
-	char *names[256];
+	char names[256][64];	/* module names are at most 55 characters */
+	char *sorted[256];
 	struct dirent *e;
 	int n = 0;
 	DIR *d;
@@ -135,15 +231,14 @@ static void kmod_push_holders(lua_State *L, const struct kctx *c, const char *na
 	while ((e = readdir(d)) != NULL && n < 256) {
 		if (e->d_name[0] == '.')
 			continue;
-		names[n] = strdup(e->d_name);
-		if (names[n])
-			n++;
+		snprintf(names[n], sizeof(names[n]), "%.63s", e->d_name);
+		sorted[n] = names[n];
+		n++;
 	}
 	closedir(d);
-	qsort(names, (size_t)n, sizeof(char *), kmod_cmpstr);
+	qsort(sorted, (size_t)n, sizeof(char *), kmod_cmpstr);
 	for (int i = 0; i < n; i++) {
-		lua_pushstring(L, names[i]);
-		free(names[i]);
+		lua_pushstring(L, sorted[i]);
 		lua_rawseti(L, -2, i + 1);
 	}
 }
@@ -215,7 +310,7 @@ static void kmod_copy_opt(lua_State *L, int opts, const char *key, const char *d
  * @tparam[opt] table opts `{ dirname = "/lib/modules/<release>" (default: the running kernel's),
  *   sysfs = "/sys", proc = "/proc" }` (roots for live state)
  * @treturn[1] ctx userdata
- * @treturn[2] nil, string message, integer errno
+ * @treturn[2] nil, string message, string errno
  * @see kmod_new(3)
  */
 static int kmod_l_new(lua_State *L)
@@ -254,6 +349,7 @@ static struct kmod_ctx *kmod_lib(lua_State *L, struct kctx *c)
 
 	if (c->kmod)
 		return c->kmod;
+	DRV_LAZY_LOAD(L, KMOD);
 	c->kmod = kmod_new(c->dirname, NULL);
 	if (!c->kmod) {
 		drv_fail(L, ENOMEM, "%s: cannot create a libkmod context", c->dirname);
@@ -280,8 +376,8 @@ static int kmod_m_dirname(lua_State *L)
 	return 1;
 }
 
-/* Find one module by name or path. NULL with an error pushed (3 values). */
-static struct kmod_module *kmod_find(lua_State *L, struct kctx *c, const char *name)
+/* Find one module by name or path, held by h. NULL with an error pushed (3 values). */
+static struct kmod_module *kmod_find(lua_State *L, struct held *h, struct kctx *c, const char *name)
 {
 	struct kmod_ctx *k = kmod_lib(L, c);
 	struct kmod_module *mod = NULL;
@@ -296,7 +392,7 @@ static struct kmod_module *kmod_find(lua_State *L, struct kctx *c, const char *n
 			drv_fail(L, -err, "%s: %s", name, strerror(-err));
 			return NULL;
 		}
-		return mod;
+		return kmod_keep(h, HELD_MODULE, mod);
 	}
 	err = kmod_module_new_from_lookup(k, name, &list);
 	if (err < 0 || !list) {
@@ -306,22 +402,25 @@ static struct kmod_module *kmod_find(lua_State *L, struct kctx *c, const char *n
 	}
 	mod = kmod_module_get_module(list);
 	kmod_module_unref_list(list);
-	return mod;
+	return kmod_keep(h, HELD_MODULE, mod);
 }
 
 /* Set field to the module names in csv, normalized ("pci-hyperv-intf" is pci_hyperv_intf). */
 static void kmod_push_list_field(lua_State *L, const char *field, const char *csv)
 {
-	char *copy = strdup(csv), *tok, *save = NULL, name[256];
+	char name[256];
 	int n = 0;
 
 	lua_newtable(L);
-	for (tok = copy ? strtok_r(copy, ", ", &save) : NULL; tok; tok = strtok_r(NULL, ", ", &save)) {
-		kmod_normalize(name, tok, sizeof(name));
+	for (const char *s = csv + strspn(csv, ", "); *s; s += strspn(s, ", ")) {
+		size_t len = strcspn(s, ", ");
+
+		snprintf(name, sizeof(name), "%.*s", (int)len, s);
+		kmod_normalize(name, name, sizeof(name));
 		lua_pushstring(L, name);
 		lua_rawseti(L, -2, ++n);
+		s += len;
 	}
-	free(copy);
 	lua_setfield(L, -2, field);
 }
 
@@ -355,39 +454,41 @@ static void kmod_param(lua_State *L, int params, const char *value, const char *
 }
 
 /* Push an array of the names of the modules in list (each get_module is a reference). */
-static void kmod_push_names(lua_State *L, struct kmod_list *list)
+static void kmod_push_names(lua_State *L, struct held *h, struct kmod_list *list)
 {
 	struct kmod_list *l;
 	int n = 0;
 
 	lua_newtable(L);
 	kmod_list_foreach(l, list) {
-		struct kmod_module *mod = kmod_module_get_module(l);
+		struct kmod_module *mod = kmod_keep(h, HELD_MODULE, kmod_module_get_module(l));
 
 		lua_pushstring(L, kmod_module_get_name(mod));
 		lua_rawseti(L, -2, ++n);
-		kmod_module_unref(mod);
+		kmod_drop(h, mod);
 	}
 }
 
-static void kmod_push_softdeps(lua_State *L, struct kmod_module *mod)
+static void kmod_push_softdeps(lua_State *L, struct held *h, struct kmod_module *mod)
 {
 	struct kmod_list *pre = NULL, *post = NULL;
 
 	if (kmod_module_get_softdeps(mod, &pre, &post) < 0)
 		return;
+	kmod_keep(h, HELD_MODULES, pre);
+	kmod_keep(h, HELD_MODULES, post);
 	lua_createtable(L, 0, 2);
-	kmod_push_names(L, pre);
+	kmod_push_names(L, h, pre);
 	lua_setfield(L, -2, "pre");
-	kmod_push_names(L, post);
+	kmod_push_names(L, h, post);
 	lua_setfield(L, -2, "post");
 	lua_setfield(L, -2, "softdeps");
-	kmod_module_unref_list(pre);
-	kmod_module_unref_list(post);
+	kmod_drop(h, pre);
+	kmod_drop(h, post);
 }
 
 /* Push the info table of mod. */
-static void kmod_push_info(lua_State *L, struct kmod_module *mod)
+static void kmod_push_info(lua_State *L, struct held *h, struct kmod_module *mod)
 {
 	struct kmod_list *info = NULL, *l;
 	const char *path = kmod_module_get_path(mod);
@@ -409,6 +510,7 @@ static void kmod_push_info(lua_State *L, struct kmod_module *mod)
 	lua_newtable(L);
 	lua_setfield(L, -3, "depends");
 	if (kmod_module_get_info(mod, &info) >= 0) {
+		kmod_keep(h, HELD_INFO, info);
 		kmod_list_foreach(l, info) {
 			const char *key = kmod_module_info_get_key(l);
 			const char *value = kmod_module_info_get_value(l);
@@ -430,10 +532,10 @@ static void kmod_push_info(lua_State *L, struct kmod_module *mod)
 				lua_setfield(L, params - 1, key);
 			}
 		}
-		kmod_module_info_free_list(info);
+		kmod_drop(h, info);
 	}
 	lua_pop(L, 1); /* params */
-	kmod_push_softdeps(L, mod);
+	kmod_push_softdeps(L, h, mod);
 }
 
 /***
@@ -449,12 +551,13 @@ static int kmod_m_info(lua_State *L)
 {
 	struct kctx *c = kmod_checkctx(L, 1);
 	const char *name = luaL_checkstring(L, 2);
-	struct kmod_module *mod = kmod_find(L, c, name);
+	struct held *h = kmod_hold(L);
+	struct kmod_module *mod = kmod_find(L, h, c, name);
 
 	if (!mod)
 		return 3;
-	kmod_push_info(L, mod);
-	kmod_module_unref(mod);
+	kmod_push_info(L, h, mod);
+	kmod_release_all(h);
 	return 1;
 }
 
@@ -463,13 +566,14 @@ static int kmod_m_info(lua_State *L)
  * @function ctx:lookup
  * @tparam string alias
  * @treturn[1] table
- * @treturn[2] nil, string message, integer errno (the module indexes cannot be loaded)
+ * @treturn[2] nil, string message, string errno (the module indexes cannot be loaded)
  * @see kmod_module_new_from_lookup(3)
  */
 static int kmod_m_lookup(lua_State *L)
 {
 	struct kctx *c = kmod_checkctx(L, 1);
 	const char *alias = luaL_checkstring(L, 2);
+	struct held *h = kmod_hold(L);
 	struct kmod_ctx *k = kmod_lib(L, c);
 	struct kmod_list *list = NULL;
 
@@ -477,8 +581,8 @@ static int kmod_m_lookup(lua_State *L)
 		return 3;
 	if (kmod_module_new_from_lookup(k, alias, &list) < 0)
 		list = NULL;
-	kmod_push_names(L, list);
-	kmod_module_unref_list(list);
+	kmod_push_names(L, h, kmod_keep(h, HELD_MODULES, list));
+	kmod_release_all(h);
 	return 1;
 }
 
@@ -646,7 +750,7 @@ static int kmod_push_loaded(lua_State *L, char *line)
  * The loaded modules, in <proc>/modules order.
  * @function ctx:loaded
  * @treturn[1] table `{ { name, size, refcount, holders = {…}, state = "Live" }… }`
- * @treturn[2] nil, string message, integer errno
+ * @treturn[2] nil, string message, string errno
  */
 static int kmod_m_loaded(lua_State *L)
 {
@@ -654,14 +758,16 @@ static int kmod_m_loaded(lua_State *L)
 	char path[PATH_MAX + 16], *text, *save = NULL;
 	int n = 0;
 
+	struct held *h = kmod_hold(L);
+
 	snprintf(path, sizeof(path), "%s/modules", c->proc);
-	if (!(text = kmod_read_all(path)))
+	if (!(text = kmod_keep(h, HELD_MEMORY, kmod_read_all(path))))
 		return drv_errno_fail(L, path);
 	lua_newtable(L);
 	for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
 		if (kmod_push_loaded(L, line))
 			lua_rawseti(L, -2, ++n);
-	free(text);
+	kmod_release_all(h);
 	return 1;
 }
 
@@ -720,19 +826,14 @@ static int kmod_insert_fail(lua_State *L, struct kmod_module *mod, int err)
 {
 	lua_pushnil(L);
 	kmod_push_insert_error(L, kmod_module_get_name(mod), err);
-	lua_pushinteger(L, err);
-	kmod_module_unref(mod);
+	drv_push_errname(L, err);
 	return 3;
 }
 
 static int kmod_blacklist_fail(lua_State *L, struct kmod_module *mod)
 {
-	lua_pushnil(L);
-	lua_pushfstring(L, "%s: blacklisted by the modprobe configuration "
+	return drv_fail(L, EPERM, "%s: blacklisted by the modprobe configuration "
 			"(pass blacklist = false to load it anyway)", kmod_module_get_name(mod));
-	lua_pushinteger(L, EPERM);
-	kmod_module_unref(mod);
-	return 3;
 }
 
 /***
@@ -753,7 +854,8 @@ static int kmod_m_insert(lua_State *L)
 	const char *options = drv_optfield_string(L, opts, "options", NULL);
 	int blacklist = drv_optfield_boolean(L, opts, "blacklist", 1);
 	int deps = drv_optfield_boolean(L, opts, "dependencies", 1);
-	struct kmod_module *mod = kmod_find(L, c, name);
+	struct held *h = kmod_hold(L);
+	struct kmod_module *mod = kmod_find(L, h, c, name);
 	int err;
 
 	if (!mod)
@@ -773,7 +875,7 @@ static int kmod_m_insert(lua_State *L)
 	}
 	if (err < 0)
 		return kmod_insert_fail(L, mod, -err);
-	kmod_module_unref(mod);
+	kmod_release_all(h);
 	return drv_ok(L);
 }
 
@@ -804,7 +906,7 @@ static int kmod_m_remove(lua_State *L)
 	case EBUSY:
 		lua_pushnil(L);
 		kmod_push_busy(L, c->sysfs, name);
-		lua_pushinteger(L, EBUSY);
+		drv_push_errname(L, EBUSY);
 		return 3;
 	case EPERM:
 		return drv_fail(L, EPERM, "%s: operation not permitted (module unloading disabled, or not root)",
@@ -816,24 +918,24 @@ static int kmod_m_remove(lua_State *L)
 	}
 }
 
-/* A module object for a .ko file in a context of its own (the caller unrefs
- * both); NULL with the failure pushed (3 values). */
-static struct kmod_module *kmod_open_file(lua_State *L, const char *path, struct kmod_ctx **ctx)
+/* A module object for a .ko file in a context of its own, both held by h;
+ * NULL with the failure pushed (3 values). */
+static struct kmod_module *kmod_open_file(lua_State *L, struct held *h, const char *path)
 {
 	struct kmod_module *mod = NULL;
+	struct kmod_ctx *ctx;
 	int err;
 
 	if (access(path, R_OK) < 0)
 		return drv_errno_fail(L, path), NULL;
-	*ctx = kmod_new("/nonexistent", NULL);
-	if (!*ctx)
+	DRV_LAZY_LOAD(L, KMOD);
+	ctx = kmod_keep(h, HELD_CTX, kmod_new("/nonexistent", NULL));
+	if (!ctx)
 		return drv_fail(L, ENOMEM, "%s: cannot create a libkmod context", path), NULL;
-	err = kmod_module_new_from_path(*ctx, path, &mod);
-	if (err < 0) {
-		kmod_unref(*ctx);
+	err = kmod_module_new_from_path(ctx, path, &mod);
+	if (err < 0)
 		return drv_fail(L, -err, "%s: %s", path, strerror(-err)), NULL;
-	}
-	return mod;
+	return kmod_keep(h, HELD_MODULE, mod);
 }
 
 /***
@@ -841,22 +943,21 @@ static struct kmod_module *kmod_open_file(lua_State *L, const char *path, struct
  * @function modinfo
  * @tparam string path
  * @treturn[1] table as ctx:info
- * @treturn[2] nil, string message, integer errno
+ * @treturn[2] nil, string message, string errno
  * @see kmod_module_new_from_path(3)
  */
 static int kmod_l_modinfo(lua_State *L)
 {
 	const char *path = luaL_checkstring(L, 1);
-	struct kmod_ctx *ctx;
-	struct kmod_module *mod = kmod_open_file(L, path, &ctx);
+	struct held *h = kmod_hold(L);
+	struct kmod_module *mod = kmod_open_file(L, h, path);
 
 	if (!mod)
 		return 3;
-	kmod_push_info(L, mod);
+	kmod_push_info(L, h, mod);
 	lua_pushnil(L);
 	lua_setfield(L, -2, "softdeps"); /* configuration-dependent: not a property of the file */
-	kmod_module_unref(mod);
-	kmod_unref(ctx);
+	kmod_release_all(h);
 	return 1;
 }
 
@@ -865,8 +966,8 @@ static int kmod_crc_table(lua_State *L, int exported)
 {
 	const char *path = luaL_checkstring(L, 1);
 	struct kmod_list *list = NULL, *l;
-	struct kmod_ctx *ctx;
-	struct kmod_module *mod = kmod_open_file(L, path, &ctx);
+	struct held *h = kmod_hold(L);
+	struct kmod_module *mod = kmod_open_file(L, h, path);
 	int err;
 
 	if (!mod)
@@ -874,11 +975,9 @@ static int kmod_crc_table(lua_State *L, int exported)
 	err = exported ? kmod_module_get_symbols(mod, &list) : kmod_module_get_versions(mod, &list);
 	if (err == -ENOENT)
 		err = 0;	/* the file is there (mod was made from it): it has no such section */
-	if (err < 0) {
-		kmod_module_unref(mod);
-		kmod_unref(ctx);
+	if (err < 0)
 		return drv_fail(L, -err, "%s: %s", path, strerror(-err));
-	}
+	kmod_keep(h, exported ? HELD_SYMBOLS : HELD_VERSIONS, list);
 	lua_newtable(L);
 	kmod_list_foreach(l, list) {
 		if (exported) {
@@ -889,12 +988,7 @@ static int kmod_crc_table(lua_State *L, int exported)
 			lua_setfield(L, -2, kmod_module_version_get_symbol(l));
 		}
 	}
-	if (exported)
-		kmod_module_symbols_free_list(list);
-	else
-		kmod_module_versions_free_list(list);
-	kmod_module_unref(mod);
-	kmod_unref(ctx);
+	kmod_release_all(h);
 	return 1;
 }
 
@@ -903,7 +997,7 @@ static int kmod_crc_table(lua_State *L, int exported)
  * @function versions
  * @tparam string path
  * @treturn[1] table `{ [symbol] = crc (integer) }`
- * @treturn[2] nil, string message, integer errno
+ * @treturn[2] nil, string message, string errno
  * @see kmod_module_get_versions(3)
  */
 static int kmod_l_versions(lua_State *L)
@@ -917,7 +1011,7 @@ static int kmod_l_versions(lua_State *L)
  * @function symbols
  * @tparam string path
  * @treturn[1] table `{ [symbol] = crc (integer) }`
- * @treturn[2] nil, string message, integer errno
+ * @treturn[2] nil, string message, string errno
  * @see kmod_module_get_symbols(3)
  */
 static int kmod_l_symbols(lua_State *L)
@@ -1026,7 +1120,7 @@ static int kmod_jobs_result(lua_State *L, struct job *jobs, int n, int removing,
 		luaL_addvalue(&b);
 	}
 	luaL_pushresult(&b);
-	lua_pushinteger(L, first);
+	drv_push_errname(L, first);
 	lua_pushvalue(L, failures);
 	return 4;
 }
@@ -1131,6 +1225,11 @@ static const luaL_Reg kmod_ctx_meta[] = {
 	{ NULL, NULL }
 };
 
+static const luaL_Reg kmod_held_meta[] = {
+	{ "__gc", kmod_held_gc },
+	{ NULL, NULL }
+};
+
 static const luaL_Reg kmod_funcs[] = {
 	{ "new", kmod_l_new },
 	{ "modinfo", kmod_l_modinfo },
@@ -1144,6 +1243,7 @@ static const luaL_Reg kmod_funcs[] = {
 int luaopen_drv_kmod(lua_State *L)
 {
 	drv_newclass(L, CTX_MT, kmod_ctx_methods, kmod_ctx_meta);
+	drv_newclass(L, HELD_MT, NULL, kmod_held_meta);
 	luaL_newlib(L, kmod_funcs);
 	return 1;
 }

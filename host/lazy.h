@@ -6,32 +6,53 @@
  * under TCG; a warm restart paid for libcurl and libarchive without using them.
  *
  * A module file includes its library's header, then this one: each library
- * function it calls becomes a call through a pointer that dlsym(3) resolves at
- * the first call, from the library dlopen(3)ed then (drv_lazy_sym, lazy.c).
- * Nothing refers to the libraries' symbols at link time any more, so the
- * linker (--as-needed, the default of Debian's and Ubuntu's toolchains) leaves
- * them out of the executable's needed list. A library that cannot be opened
- * ends the process with a message naming it, at the first call.
+ * function it calls becomes a call through a pointer of its call site. Nothing
+ * refers to the libraries' symbols at link time any more, so the linker
+ * (--as-needed, the default of Debian's and Ubuntu's toolchains) leaves them out
+ * of the executable's needed list.
+ *
+ * Every call site registers its pointer in the section drv_lazy. A binding
+ * calls DRV_LAZY_LOAD(L, LIB) before its first call into a library, on the Lua
+ * thread: that opens the library with dlopen(3) and resolves every call site of
+ * it with dlsym(3), once, or raises a Lua error naming the library (or the
+ * function it lacks) and the package to install. Nothing is resolved later, in
+ * a libcurl callback or a worker thread, where a failure could not be a Lua error.
  *
  * Only the functions drvrun calls are listed; a new call to another one is an
  * undefined reference at link time (with --as-needed) or a normal call. */
 #ifndef DRV_LAZY_H
 #define DRV_LAZY_H
 
-/* The address of symbol name in the library soname, opened on first use. Never NULL. */
-void *drv_lazy_sym(const char *soname, const char *name);
+#include <lua.h>
 
-/* The function fn of library soname, as a function designator of fn's type:
- * resolved once per call site, then read with one atomic load. */
+/* One call site's function, in the section drv_lazy (an array the linker
+ * delimits with __start_drv_lazy and __stop_drv_lazy). */
+struct drv_lazy_fn {
+	const char *soname;
+	const char *name;
+	void *addr;		/* set by drv_lazy_load(soname) */
+};
+
+/* Open library soname and resolve every call site of it (once); raises a Lua
+ * error naming the library or the missing function and package, the Debian or
+ * Ubuntu package that provides the library. */
+void drv_lazy_load(lua_State *L, const char *soname, const char *package);
+#define DRV_LAZY_LOAD(L, lib) drv_lazy_load(L, DRV_LAZY_##lib, DRV_LAZY_##lib##_PACKAGE)
+
+/* A call site reached before drv_lazy_load of its library: a bug of drvrun's;
+ * says which, and aborts. */
+void *drv_lazy_unloaded(const struct drv_lazy_fn *f) __attribute__((noreturn));
+
+/* The function fn of library soname, as a function designator of fn's type.
+ * Aligned to a pointer exactly (the user alignment stops the compiler from
+ * aligning the entries more, which would leave gaps in the array). */
 #define DRV_LAZY(soname, fn) \
 	(*({ \
-		static __typeof__(&fn) drv_lazy_p; \
-		__typeof__(&fn) drv_lazy_f = __atomic_load_n(&drv_lazy_p, __ATOMIC_ACQUIRE); \
-		if (!drv_lazy_f) { \
-			drv_lazy_f = (__typeof__(&fn))drv_lazy_sym(soname, #fn); \
-			__atomic_store_n(&drv_lazy_p, drv_lazy_f, __ATOMIC_RELEASE); \
-		} \
-		drv_lazy_f; \
+		static struct drv_lazy_fn drv_lazy_f \
+			__attribute__((section("drv_lazy"), used, aligned(sizeof(void *)))) = \
+			{ soname, #fn, NULL }; \
+		void *drv_lazy_a = __atomic_load_n(&drv_lazy_f.addr, __ATOMIC_ACQUIRE); \
+		(__typeof__(&fn))(drv_lazy_a ? drv_lazy_a : drv_lazy_unloaded(&drv_lazy_f)); \
 	}))
 
 #endif /* DRV_LAZY_H */
@@ -40,6 +61,7 @@ void *drv_lazy_sym(const char *soname, const char *name);
 
 #if defined(CURLINC_CURL_H) && !defined(DRV_LAZY_CURL)
 #define DRV_LAZY_CURL "libcurl.so.4"
+#define DRV_LAZY_CURL_PACKAGE "libcurl4"
 #if LIBCURL_VERSION_MAJOR < 7 || LIBCURL_VERSION_MAJOR > 8
 #error "lazy.h: libcurl.so.4 is the library of curl 7 and 8"
 #endif
@@ -71,6 +93,7 @@ void *drv_lazy_sym(const char *soname, const char *name);
 
 #if defined(ARCHIVE_H_INCLUDED) && !defined(DRV_LAZY_ARCHIVE)
 #define DRV_LAZY_ARCHIVE "libarchive.so.13"
+#define DRV_LAZY_ARCHIVE_PACKAGE "libarchive13"
 #if ARCHIVE_VERSION_NUMBER < 3000000 || ARCHIVE_VERSION_NUMBER >= 4000000
 #error "lazy.h: libarchive.so.13 is the library of libarchive 3"
 #endif
@@ -108,6 +131,7 @@ void *drv_lazy_sym(const char *soname, const char *name);
 
 #if defined(_LIBKMOD_H_) && !defined(DRV_LAZY_KMOD)
 #define DRV_LAZY_KMOD "libkmod.so.2"
+#define DRV_LAZY_KMOD_PACKAGE "libkmod2"
 #define kmod_list_next				DRV_LAZY(DRV_LAZY_KMOD, kmod_list_next)
 #define kmod_load_resources			DRV_LAZY(DRV_LAZY_KMOD, kmod_load_resources)
 #define kmod_module_apply_filter		DRV_LAZY(DRV_LAZY_KMOD, kmod_module_apply_filter)
@@ -140,6 +164,7 @@ void *drv_lazy_sym(const char *soname, const char *name);
 
 #if defined(_LIBMOUNT_MOUNT_H) && !defined(DRV_LAZY_MOUNT)
 #define DRV_LAZY_MOUNT "libmount.so.1"
+#define DRV_LAZY_MOUNT_PACKAGE "libmount1"
 #define mnt_context_disable_helpers	DRV_LAZY(DRV_LAZY_MOUNT, mnt_context_disable_helpers)
 #define mnt_context_disable_mtab	DRV_LAZY(DRV_LAZY_MOUNT, mnt_context_disable_mtab)
 #define mnt_context_disable_swapmatch	DRV_LAZY(DRV_LAZY_MOUNT, mnt_context_disable_swapmatch)
@@ -177,8 +202,10 @@ void *drv_lazy_sym(const char *soname, const char *name);
 #if defined(OPENSSL_EVP_H) && !defined(DRV_LAZY_CRYPTO)
 #if defined(OPENSSL_VERSION_MAJOR) && OPENSSL_VERSION_MAJOR == 3
 #define DRV_LAZY_CRYPTO "libcrypto.so.3"
+#define DRV_LAZY_CRYPTO_PACKAGE "libssl3"
 #elif OPENSSL_VERSION_NUMBER >= 0x10100000L && OPENSSL_VERSION_NUMBER < 0x30000000L
 #define DRV_LAZY_CRYPTO "libcrypto.so.1.1"	/* Ubuntu 20.04, the images' default base */
+#define DRV_LAZY_CRYPTO_PACKAGE "libssl1.1"
 #else
 #error "lazy.h: libcrypto.so.3 (OpenSSL 3) or libcrypto.so.1.1 (OpenSSL 1.1) expected"
 #endif
@@ -192,6 +219,7 @@ void *drv_lazy_sym(const char *soname, const char *name);
 
 #if defined(NETLINK_NETLINK_H_) && !defined(DRV_LAZY_NL)
 #define DRV_LAZY_NL "libnl-3.so.200"
+#define DRV_LAZY_NL_PACKAGE "libnl-3-200"
 #define nl_addr2str			DRV_LAZY(DRV_LAZY_NL, nl_addr2str)
 #define nl_addr_get_family		DRV_LAZY(DRV_LAZY_NL, nl_addr_get_family)
 #define nl_addr_get_len			DRV_LAZY(DRV_LAZY_NL, nl_addr_get_len)
@@ -225,6 +253,7 @@ void *drv_lazy_sym(const char *soname, const char *name);
 
 #if defined(NETLINK_LINK_H_) && !defined(DRV_LAZY_NL_ROUTE)
 #define DRV_LAZY_NL_ROUTE "libnl-route-3.so.200"
+#define DRV_LAZY_NL_ROUTE_PACKAGE "libnl-route-3-200"
 #define nl_rtntype2str			DRV_LAZY(DRV_LAZY_NL_ROUTE, nl_rtntype2str)
 #define rtnl_addr_alloc			DRV_LAZY(DRV_LAZY_NL_ROUTE, rtnl_addr_alloc)
 #define rtnl_addr_alloc_cache		DRV_LAZY(DRV_LAZY_NL_ROUTE, rtnl_addr_alloc_cache)
@@ -307,6 +336,7 @@ void *drv_lazy_sym(const char *soname, const char *name);
 
 #if defined(NETLINK_GENL_H_) && !defined(DRV_LAZY_NL_GENL)
 #define DRV_LAZY_NL_GENL "libnl-genl-3.so.200"
+#define DRV_LAZY_NL_GENL_PACKAGE "libnl-genl-3-200"
 #define genl_connect			DRV_LAZY(DRV_LAZY_NL_GENL, genl_connect)
 #define genl_ctrl_resolve		DRV_LAZY(DRV_LAZY_NL_GENL, genl_ctrl_resolve)
 #define genlmsg_parse			DRV_LAZY(DRV_LAZY_NL_GENL, genlmsg_parse)

@@ -223,6 +223,8 @@ static void preload(lua_State *L)
 		{ "drv.proc", luaopen_drv_proc },
 		{ "drv.fs", luaopen_drv_fs },
 		{ "drv.sys", luaopen_drv_sys },
+		{ "drv.lock", luaopen_drv_lock },
+		{ "drv.signal", luaopen_drv_signal },
 		{ "drv.archive", luaopen_drv_archive },
 		{ "drv.net", luaopen_drv_net },
 		{ NULL, NULL }

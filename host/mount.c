@@ -50,8 +50,10 @@ static int mnt_finish(lua_State *L, struct libmnt_context *cxt, int rc, const ch
 
 static struct libmnt_context *mnt_new(lua_State *L)
 {
-	struct libmnt_context *cxt = mnt_new_context();
+	struct libmnt_context *cxt;
 
+	DRV_LAZY_LOAD(L, MOUNT);
+	cxt = mnt_new_context();
 	if (!cxt)
 		luaL_error(L, "not enough memory");
 	mnt_context_disable_mtab(cxt, 1);
@@ -134,7 +136,7 @@ static int mnt_bind(lua_State *L, int recursive_default)
  * @tparam string target
  * @tparam[opt] table opts `{ recursive = false, readonly = false }`
  * @treturn[1] true
- * @treturn[2] nil, string message, integer errno
+ * @treturn[2] nil, string message, string errno
  * @see mount(2) MS_BIND
  */
 static int mnt_l_bind(lua_State *L)
@@ -158,7 +160,7 @@ static int mnt_l_rbind(lua_State *L)
  * @tparam string target
  * @tparam table opts `{ readonly = true|false }`
  * @treturn[1] true
- * @treturn[2] nil, string message, integer errno
+ * @treturn[2] nil, string message, string errno
  * @see mount(2) MS_REMOUNT
  */
 static int mnt_l_remount(lua_State *L)
@@ -208,8 +210,10 @@ static int mnt_l_propagation(lua_State *L)
 
 static struct libmnt_table *mnt_table(lua_State *L)
 {
-	struct libmnt_table *tb = mnt_new_table_from_file(MOUNTINFO);
+	struct libmnt_table *tb;
 
+	DRV_LAZY_LOAD(L, MOUNT);
+	tb = mnt_new_table_from_file(MOUNTINFO);
 	if (!tb)
 		drv_errno_fail(L, MOUNTINFO);
 	return tb;
@@ -347,7 +351,7 @@ static int mnt_l_info(lua_State *L)
  * @function find
  * @tparam string path
  * @treturn[1] table as info
- * @treturn[2] nil, string message, integer errno
+ * @treturn[2] nil, string message, string errno
  */
 static int mnt_l_find(lua_State *L)
 {
@@ -385,7 +389,7 @@ static int mnt_under(const char *target, const char *base)
  * @function list
  * @tparam[opt] string under
  * @treturn[1] table of info tables
- * @treturn[2] nil, string message, integer errno
+ * @treturn[2] nil, string message, string errno
  */
 static int mnt_l_list(lua_State *L)
 {

@@ -263,9 +263,13 @@ static int net_l_open(lua_State *L)
 {
 	int opts = drv_opttable(L, 1);
 	const char *netns = drv_optfield_string(L, opts, "netns", NULL);
-	struct netsock *s = lua_newuserdatauv(L, sizeof(*s), 0);
+	struct netsock *s;
 	int rc;
 
+	DRV_LAZY_LOAD(L, NL);
+	DRV_LAZY_LOAD(L, NL_ROUTE);
+	DRV_LAZY_LOAD(L, NL_GENL);
+	s = lua_newuserdatauv(L, sizeof(*s), 0);
 	s->route = s->genl = NULL;
 	s->devlink = 0;
 	luaL_setmetatable(L, SOCK_MT);

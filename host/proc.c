@@ -688,7 +688,7 @@ static int proc_setup(lua_State *L, struct process *p, int default_inherit, int 
  *   on_line = function(stream, line), on_tick = function(seconds since start), tick = 10 (seconds between
  *   on_tick calls, while the program runs, whether it writes or not: for progress lines) }`
  * @treturn[1] table `{ status = n | nil, signal = "SIGKILL" | nil, timed_out, stdout, stderr, seconds, pid }`
- * @treturn[2] nil, string message, integer errno (the program could not be started)
+ * @treturn[2] nil, string message, string errno (the program could not be started)
  * @see execvpe(3), poll(2)
  */
 static int proc_run(lua_State *L)
@@ -735,7 +735,7 @@ static int proc_run(lua_State *L)
  * @tparam table argv
  * @tparam[opt] table opts as for run (timeout applies to wait)
  * @treturn[1] process userdata: `:pid()`, `:wait([timeout])`, `:kill([signal])`, `:running()`, `:close()`
- * @treturn[2] nil, string message, integer errno
+ * @treturn[2] nil, string message, string errno
  */
 static int proc_spawn(lua_State *L)
 {
@@ -801,7 +801,7 @@ static int proc_signum(lua_State *L, int idx)
  * @function process:kill
  * @tparam[opt] string|integer signal "TERM" (default), "SIGKILL", 9 ...
  * @treturn[1] true
- * @treturn[2] nil, string message, integer errno
+ * @treturn[2] nil, string message, string errno
  * @see kill(2)
  */
 static int proc_m_kill(lua_State *L)

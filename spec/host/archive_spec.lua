@@ -2,7 +2,6 @@
 local archive = require "drv.archive"
 local fs = require "drv.fs"
 local proc = require "drv.proc"
-local E = require("drv.sys").errno
 
 describe("drv.archive", function()
   local dir
@@ -51,7 +50,7 @@ describe("drv.archive", function()
     local ok, err, errno = archive.extract(t, dir .. "/none", { strip = 1, only = "SOURCES/nothing*" })
     assert.is_nil(ok)
     assert.equal(t .. ": no entry matches 'SOURCES/nothing*'", err)
-    assert.equal(E.ENOENT, errno)
+    assert.equal("ENOENT", errno)
     local bad = tarball("bad.tgz", "file:B/ok:1", "file:../escape:x")
     assert.matches("refusing entry '%.%./escape'", select(2, archive.extract(bad, dir .. "/bad", { only = "B/ok" })))
   end)
@@ -76,7 +75,7 @@ describe("drv.archive", function()
   for _, case in ipairs(evil) do
     it("refuses an archive with " .. case[1] .. " and writes nothing", function()
       local t = tarball("evil.tgz", table.unpack(case[2]))
-      assert.same({ nil, t .. ": refusing entry " .. case[3], E.EPERM }, { archive.extract(t, dir .. "/out") })
+      assert.same({ nil, t .. ": refusing entry " .. case[3], "EPERM" }, { archive.extract(t, dir .. "/out") })
       assert.is_false(fs.exists(dir .. "/out"))
       assert.is_false(fs.exists("/tmp/drvrun-abs-escape"))
       assert.same({ "evil.tgz" }, fs.dir(dir))
@@ -98,11 +97,11 @@ describe("drv.archive", function()
     local ok, err, errno = archive.extract(dir .. "/cut.tgz", dir .. "/out")
     assert.is_nil(ok)
     assert.matches("^" .. dir:gsub("%p", "%%%0") .. "/cut.tgz: ", err)
-    assert.is_number(errno)
+    assert.matches("^E%u+$", errno)
     assert.is_false(fs.exists(dir .. "/out"))
     ok, err, errno = archive.list(dir .. "/none.tgz")
     assert.is_nil(ok)
     assert.equal(dir .. "/none.tgz: Failed to open '" .. dir .. "/none.tgz'", err)
-    assert.equal(E.ENOENT, errno)
+    assert.equal("ENOENT", errno)
   end)
 end)

@@ -11,7 +11,9 @@ local signatures = {
     exists = { S }, dir = { S }, glob = { S }, sha256 = { S }, chmod = { S, N },
   },
   ["drv.proc"] = { run = { { "true" }, T }, spawn = { { "true" }, T }, which = { S } },
-  ["drv.sys"] = { lock = { "/tmp/x", T }, signals = { { "TERM" } }, kill = { N, "TERM" }, sleep = { 0 } },
+  ["drv.sys"] = { kill = { N, "TERM" }, sleep = { 0 } },
+  ["drv.lock"] = { acquire = { "/tmp/x", T } },
+  ["drv.signal"] = { watch = { { "TERM" } } },
   ["drv.kmod"] = { new = { T }, modinfo = { S }, versions = { S }, insert_many = { { { path = "/x" } } },
                    remove_many = { { "x" } } },
   ["drv.mount"] = {

@@ -5,9 +5,7 @@
 local compile = require "drv.compile"
 local fs = require "drv.fs"
 local kmod = require "drv.kmod"
-local sys = require "drv.sys"
 
-local E = sys.errno
 local kver = assert(fs.dir("/lib/modules"))[1]
 local NVIDIA_SRC = "spec/fixtures/nvidia/nvidia"
 
@@ -33,7 +31,7 @@ describe("drv.compile.kbuild", function()
     local none, err, errno = compile.describe(m.path, "0.0.0-other")
     assert.is_nil(none)
     assert.equal(("%s: built for kernel %s, not 0.0.0-other"):format(m.path, kver), err)
-    assert.equal(E.ENOEXEC, errno)
+    assert.equal("ENOEXEC", errno)
   end)
 
   it("fails with the end of the log when the source does not compile", function()
@@ -45,7 +43,7 @@ describe("drv.compile.kbuild", function()
     assert.is_nil(res)
     assert.matches("^build badbuild[^\n]* failed %(make exited 2%); last lines of", err)
     assert.matches("bad.c", err, nil, true)
-    assert.equal(E.EIO, errno)
+    assert.equal("EIO", errno)
     assert.same({}, compile.find_modules(src))
   end)
 
@@ -56,6 +54,6 @@ describe("drv.compile.kbuild", function()
     assert.is_nil(res)
     assert.equal("kernel build directory /lib/modules/0.0.0-none/build not found: "
       .. "install the headers (linux-headers-0.0.0-none)", err)
-    assert.equal(E.ENOENT, errno)
+    assert.equal("ENOENT", errno)
   end)
 end)

@@ -54,7 +54,7 @@ describe("drvrun command line", function()
 
   it("loads every primitive module", function()
     local r = sh.drvrun("-e", [[for _, m in ipairs{"drv.kmod","drv.mount","drv.fetch","drv.proc",
-      "drv.fs","drv.sys","drv.archive"} do assert(type(require(m)) == "table") end]])
+      "drv.fs","drv.sys","drv.lock","drv.signal","drv.archive"} do assert(type(require(m)) == "table") end]])
     assert.equal(0, r.status, r.stderr)
   end)
 

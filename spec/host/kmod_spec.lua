@@ -3,7 +3,6 @@
 local kmod = require "drv.kmod"
 local fs = require "drv.fs"
 local proc = require "drv.proc"
-local E = require("drv.sys").errno
 
 local release = assert(fs.dir("/lib/modules"))[1]
 local dirname = "/lib/modules/" .. release
@@ -27,7 +26,7 @@ describe("drv.kmod lookups", function()
     assert.is_nil(c)
     assert.equal("/nonexistent/modules: No such file or directory (no modules for this kernel; install them or pass "
                  .. "dirname)", err)
-    assert.equal(E.ENOENT, errno)
+    assert.equal("ENOENT", errno)
   end)
 
   it("describes mlx5_ib as modinfo does", function()
@@ -76,7 +75,7 @@ describe("drv.kmod lookups", function()
     assert.same({ "ib_core" }, i.depends)
     local v = assert(kmod.versions(path))
     assert.is_number(v.ib_register_client)
-    assert.same({ nil, "/nonexistent.ko: No such file or directory", E.ENOENT }, { kmod.modinfo("/nonexistent.ko") })
+    assert.same({ nil, "/nonexistent.ko: No such file or directory", "ENOENT" }, { kmod.modinfo("/nonexistent.ko") })
   end)
 
   it("reads the CRCs a .ko exports, which match what its users were built against", function()
@@ -86,15 +85,15 @@ describe("drv.kmod lookups", function()
     assert.equal(exported.ib_register_client, wanted.ib_register_client)
     assert.is_nil(exported.printk, "only its own exports")
     assert.same({}, assert(kmod.symbols(assert(ctx:info("ib_umad")).path)), "a module that exports nothing")
-    assert.same({ nil, "/nonexistent.ko: No such file or directory", E.ENOENT }, { kmod.symbols("/nonexistent.ko") })
+    assert.same({ nil, "/nonexistent.ko: No such file or directory", "ENOENT" }, { kmod.symbols("/nonexistent.ko") })
     assert.has_error(function() kmod.symbols() end, "bad argument #1 to 'symbols' (string expected, got no value)")
   end)
 
   it("names an unknown module, the directory and the fix", function()
     assert.same({ nil, "no_such_module: module not found in " .. dirname .. " (run depmod, or check the name)",
-                  E.ENOENT }, { ctx:info("no_such_module") })
+                  "ENOENT" }, { ctx:info("no_such_module") })
     assert.same({ nil, "no_such_module: module not found in " .. dirname .. " (run depmod, or check the name)",
-                  E.ENOENT }, { ctx:insert("no_such_module") })
+                  "ENOENT" }, { ctx:insert("no_such_module") })
   end)
 
   it("reads live state from a sysfs root", function()
@@ -109,11 +108,11 @@ describe("drv.kmod lookups", function()
     local c = assert(kmod.new { dirname = dirname, sysfs = root })
     assert.same({ name = "ib_core", initstate = "live", refcount = 2, holders = { "ib_uverbs", "rdma_cm" },
                   srcversion = "ABC123", taint = "OE" }, c:state("ib-core"))
-    assert.same({ nil, "mlx5_ib: not loaded", E.ENOENT }, { c:state("mlx5_ib") })
+    assert.same({ nil, "mlx5_ib: not loaded", "ENOENT" }, { c:state("mlx5_ib") })
     assert.same({ name = "ib_core", initstate = "live", srcversion = "ABC123" }, c:state("ib_core", { "srcversion" }))
     assert.same({ name = "ib_core", initstate = "live", refcount = 2, holders = { "ib_uverbs", "rdma_cm" } },
                 c:state("ib_core", { "holders", "refcount" }))
-    assert.same({ nil, "mlx5_ib: not loaded", E.ENOENT }, { c:state("mlx5_ib", { "srcversion" }) })
+    assert.same({ nil, "mlx5_ib: not loaded", "ENOENT" }, { c:state("mlx5_ib", { "srcversion" }) })
     assert.has_error(function() c:state("ib_core", { "srcversoin" }) end,
                      "bad argument #2 to 'state' (unknown field 'srcversoin')")
     fs.remove(root, { recursive = true })
@@ -133,7 +132,7 @@ describe("drv.kmod lookups", function()
     local ok, err, errno = ctx:insert("ib_umad", { dependencies = false })
     assert.is_nil(ok)
     assert.matches("^ib_umad: ", err)
-    assert.is_true(errno == E.EPERM or errno == 38)
+    assert.is_true(errno == "EPERM" or errno == "ENOSYS")
     ok, err = ctx:remove("ib_umad")
     assert.is_nil(ok)
     assert.matches("^ib_umad: ", err)

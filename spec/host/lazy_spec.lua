@@ -45,7 +45,6 @@ end)
 describe("kmod contexts", function()
   local kmod = require "drv.kmod"
   local fs = require "drv.fs"
-  local E = require("drv.sys").errno
   local dirname = "/lib/modules/" .. assert(fs.dir("/lib/modules"))[1]
 
   it("load libkmod and the module indexes at the first lookup, not when made", function()
@@ -60,7 +59,51 @@ describe("kmod contexts", function()
     local c, err, errno = kmod.new { dirname = dir }
     assert.is_nil(c)
     assert.equal(dir .. ": cannot load the module indexes: No such file or directory (run depmod)", err)
-    assert.equal(E.ENOENT, errno)
+    assert.equal("ENOENT", errno)
     fs.remove(dir, { recursive = true })
+  end)
+end)
+
+-- A library that is not there: its file covered, in a mount namespace of the run's own
+-- (unshare -m), by /dev/null (not a library) or by another library (without its functions).
+describe("a library that cannot be loaded", function()
+  local fs = require "drv.fs"
+  local CALL = [[local ok, err = pcall(%s) io.write(tostring(ok), "|", tostring(err), "|still running")]]
+
+  -- The file the dynamic loader finds for soname.
+  local function library_file(soname)
+    local r = sh.run("ldconfig -p")
+    local path = assert(r.stdout:match(soname:gsub("%p", "%%%0") .. " %([^)]*x86%-64[^)]*%) => (%S+)"), soname)
+    return assert(fs.realpath(path))
+  end
+
+  -- Run code in drvrun with soname's file covered by cover.
+  local function run_without(soname, cover, code)
+    return sh.run(("unshare -m sh -c %s"):format(sh.quote(("mount --bind %s %s && exec %s -e %s")
+      :format(sh.quote(cover), sh.quote(library_file(soname)), sh.quote(os.getenv("DRVRUN")), sh.quote(code)))))
+  end
+
+  it("is a Lua error of the binding that needs it, naming the library and the package to install", function()
+    local r = run_without("libcurl.so.4", "/dev/null",
+      CALL:format([[require("drv.fetch").get, "http://127.0.0.1:1/x", os.tmpname() .. "/x", { quiet = true }]]))
+    assert.equal(0, r.status, r.stderr)
+    assert.matches("^false|cannot load the library libcurl%.so%.4: [^|]+: install the package libcurl4 %(Debian, Ubuntu%)"
+      .. "|still running$", r.stdout)
+  end)
+
+  it("says which function a library lacks", function()
+    local r = run_without("libcurl.so.4", library_file("libz.so.1"),
+      CALL:format([[require("drv.fetch").get, "http://127.0.0.1:1/x", os.tmpname() .. "/x", { quiet = true }]]))
+    assert.equal(0, r.status, r.stderr)
+    assert.matches("^false|the library libcurl%.so%.4 has no function curl_[%w_]+ %(too old a version%?%): "
+      .. "install the package libcurl4 %(Debian, Ubuntu%)|still running$", r.stdout)
+  end)
+
+  it("raises in the caller when the extraction's child cannot load it", function()
+    local r = run_without("libarchive.so.13", "/dev/null",
+      CALL:format([[require("drv.archive").extract, "/nonexistent.tgz", os.tmpname() .. "/x"]]))
+    assert.equal(0, r.status, r.stderr)
+    assert.matches("^false|cannot load the library libarchive%.so%.13: [^|]+: install the package libarchive13 "
+      .. "%(Debian, Ubuntu%)|still running$", r.stdout)
   end)
 end)

@@ -1,7 +1,6 @@
 -- drv.mount, for real, in private mount namespaces.
 local fs = require "drv.fs"
 local ns = require "spec.support.ns"
-local E = require("drv.sys").errno
 
 describe("drv.mount", function()
   local dir
@@ -29,11 +28,11 @@ describe("drv.mount", function()
   end)
 
   it("binds read-only: writes fail with EROFS", function()
-    assert.equal("ok|Read-only file system|" .. E.EROFS, run([[
+    assert.equal("ok|Read-only file system", run([[
       assert(m.mount("tmpfs", D .. "/a", "tmpfs"))
       assert(m.bind(D .. "/a", D .. "/b", { readonly = true }))
-      local f, err, errno = io.open(D .. "/b/x", "w")
-      io.write(f and "writable" or "ok", "|", err:match(": (.*)$"), "|", errno)]]))
+      local f, err = io.open(D .. "/b/x", "w")
+      io.write(f and "writable" or "ok", "|", err:match(": (.*)$"))]]))
   end)
 
   it("carries submounts with rbind but not with bind", function()
@@ -47,12 +46,12 @@ describe("drv.mount", function()
   end)
 
   it("remounts read-only and back", function()
-    assert.equal(E.EROFS .. "|ok", run([[
+    assert.equal("Read-only file system|ok", run([[
       assert(m.mount("tmpfs", D .. "/a", "tmpfs"))
       assert(m.remount(D .. "/a", { readonly = true }))
-      local _, _, errno = io.open(D .. "/a/x", "w")
+      local _, err = io.open(D .. "/a/x", "w")
       assert(m.remount(D .. "/a", { readonly = false }))
-      io.write(errno, "|", io.open(D .. "/a/x", "w") and "ok" or "no")]]))
+      io.write(err:match(": (.*)$"), "|", io.open(D .. "/a/x", "w") and "ok" or "no")]]))
   end)
 
   it("sets and reads every propagation kind", function()
@@ -132,13 +131,13 @@ describe("drv.mount", function()
                t(m.info(D .. "/a")),
                t(m.propagation(D .. "/a", "shared")))]])
     assert.equal(table.concat({
-      ("mount %s/a: No such file or directory (special device /nonexistent does not exist) [%d]"):format(dir, E.ENOENT),
-      ("mount %s/a: No such device (unknown filesystem type 'nosuchfs') [%d]"):format(dir, E.ENODEV),
-      ("mount %s/a: /nonexistent: No such file or directory [%d]"):format(dir, E.ENOENT),
-      ("mount %s/missing: No such file or directory [%d]"):format(dir, E.ENOENT),
-      ("umount %s/a: not a mount point [%d]"):format(dir, E.EINVAL),
-      ("%s/a: not a mount point [%d]"):format(dir, E.EINVAL),
-      ("propagation %s/a: not a mount point [%d]"):format(dir, E.EINVAL),
+      ("mount %s/a: No such file or directory (special device /nonexistent does not exist) [ENOENT]"):format(dir),
+      ("mount %s/a: No such device (unknown filesystem type 'nosuchfs') [ENODEV]"):format(dir),
+      ("mount %s/a: /nonexistent: No such file or directory [ENOENT]"):format(dir),
+      ("mount %s/missing: No such file or directory [ENOENT]"):format(dir),
+      ("umount %s/a: not a mount point [EINVAL]"):format(dir),
+      ("%s/a: not a mount point [EINVAL]"):format(dir),
+      ("propagation %s/a: not a mount point [EINVAL]"):format(dir),
     }, "\n") .. "\n", out)
   end)
 end)

@@ -5,7 +5,6 @@ local symvers = require "drv.symvers"
 local peermem = require "drv.peermem"
 local kmod = require "drv.kmod"
 local fs = require "drv.fs"
-local E = require("drv.sys").errno
 
 local built = fs.realpath("build/fixtures/built")
 local kver = assert(fs.dir("/lib/modules"))[1]
@@ -35,7 +34,7 @@ describe("drv.symvers", function()
     local exported = assert(kmod.symbols(ib_core_ko))
     assert.equal(exported.ib_register_peer_memory_client, syms.ib_register_peer_memory_client.crc)
     assert.matches("ib_core$", syms.ib_register_peer_memory_client.module)
-    assert.same({ nil, "/nonexistent: No such file or directory", E.ENOENT }, { symvers.read("/nonexistent") })
+    assert.same({ nil, "/nonexistent: No such file or directory", "ENOENT" }, { symvers.read("/nonexistent") })
   end)
 
   it("writes a Module.symvers from a module's exports that kbuild and read agree on", function()
@@ -64,7 +63,7 @@ describe("drv.symvers", function()
     assert.is_nil(ok)
     assert.same({ ("ib_register_peer_memory_client (built against 0x%08x, the loaded ib_core exports 0x%08x)")
                   :format(real, real ~ 0x5a5a) }, bad)
-    assert.equal(E.EINVAL, errno)
+    assert.equal("EINVAL", errno)
   end)
 
   it("finds the file of a loaded module by its srcversion", function()
@@ -77,7 +76,7 @@ describe("drv.symvers", function()
     assert.is_nil(path)
     assert.equal(("the file of the loaded ib_core (srcversion 0123456789ABCDEF0123456) is not in /lib/modules/%s, %s")
                  :format(kver, dirs[1]), err)
-    assert.same({ nil, "nvidia is not loaded", E.ENOENT }, { symvers.loaded_file(ctx, "nvidia", dirs) })
+    assert.same({ nil, "nvidia is not loaded", "ENOENT" }, { symvers.loaded_file(ctx, "nvidia", dirs) })
   end)
 
   it("finds module files whatever their - or _", function()

@@ -33,6 +33,8 @@ local mount = require "drv.mount"
 local kmod = require "drv.kmod"
 local fs = require "drv.fs"
 local sys = require "drv.sys"
+local lock = require "drv.lock"
+local signal = require "drv.signal"
 local log = require "drv.log"
 
 local EXIT_REFUSED = 3 -- another instance of the recipe runs on this host
@@ -77,8 +79,8 @@ end
 local function claim_instance(s)
   local path = ("%s/%s.lock"):format(s.opt.STATE_DIR, s.name)
   s:must("instance lock", fs.mkdir(s.opt.STATE_DIR))
-  local l, err, errno = sys.lock(path, {
-    timeout = s.opt.INSTANCE_WAIT, remove = true,
+  local l, err, errno = lock.acquire(path, {
+    timeout = s.opt.INSTANCE_WAIT, remove = true, interrupt_fd = s:interrupt_fd(),
     owner = ("%s %s on %s"):format(s.name, s.recipe.version, sys.hostname() or "?"),
     on_wait = function(holder)
       log.info("instance: another %s runs on this host (%s): waiting up to %d s for it to end", s.name, holder,
@@ -658,7 +660,7 @@ end
 -- stopped cleanly), 1 failed, 3 another instance of the recipe runs on the host.
 function M.run(s)
   s.started = sys.monotonic()
-  s.signals = sys.signals({ "TERM", "INT", "HUP" })
+  s.signals = signal.watch({ "TERM", "INT", "HUP" })
   log.info("%s %s for kernel %s", s.name, s.recipe.version, s.kver)
   local changes_host = not s.opt.BUILD_ONLY
   if changes_host then

@@ -320,7 +320,7 @@ local function restore_link(sock, report, d, link)
   for _, a in ipairs(d.addresses) do
     local cidr = ("%s/%d"):format(a.address, a.prefix)
     local ok, err, errno = sock:add_address(link.name, cidr)
-    if ok or errno ~= sys.errno.EEXIST then step(report, ("%s: address %s"):format(name, cidr), ok, err) end
+    if ok or errno ~= "EEXIST" then step(report, ("%s: address %s"):format(name, cidr), ok, err) end
   end
   if d.admin == "up" and link.admin ~= "up" then
     step(report, ("%s: up"):format(name), sock:set_link(link.name, { up = true }))
@@ -330,7 +330,7 @@ end
 local function restore_routes(sock, report, d, link)
   for _, r in ipairs(d.routes) do
     local ok, err, errno = sock:add_route { dst = r.dst, gateway = r.gateway, dev = link.name, metric = r.metric }
-    if ok or errno ~= sys.errno.EEXIST then
+    if ok or errno ~= "EEXIST" then
       step(report, ("%s: route %s%s"):format(label(d, link), r.dst, r.gateway and " via " .. r.gateway or ""), ok, err)
     end
   end

@@ -21,6 +21,7 @@ local archive = require "drv.archive"
 local kmod = require "drv.kmod"
 local fs = require "drv.fs"
 local sys = require "drv.sys"
+local lock = require "drv.lock"
 local log = require "drv.log"
 -- drv.compile and drv.packages at their first use: a restart that finds its build cached loads neither.
 local function compiler() return require "drv.compile" end
@@ -92,11 +93,12 @@ function State:must(what, ok, err)
   return ok
 end
 
---- Take `lock.take(path, o)` (its directory made first) for `what`, or fail the
+--- Take `lock.acquire(path, o)` (its directory made first) for `what`, or fail the
 -- phase saying who holds it; a signal while waiting cancels the phase.
 function State:take_lock(what, path, o)
   self:must(what, fs.mkdir(path:match("^(.*)/[^/]*$") or "/"))
-  return self:checked(what, sys.lock(path, o))
+  o.interrupt_fd = o.interrupt_fd or self:interrupt_fd()
+  return self:checked(what, lock.acquire(path, o))
 end
 
 -- ---- what a recipe asks of the run ---------------------------------------------------

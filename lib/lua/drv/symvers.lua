@@ -109,7 +109,7 @@ end
 function M.loaded_file(ctx, name, dirs)
   dirs = dirs or {}
   local live = ctx:state(name)
-  if not live then return nil, name .. " is not loaded", 2 end
+  if not live then return nil, name .. " is not loaded", "ENOENT" end
   if not live.srcversion then return nil, name .. " has no srcversion: its file cannot be told apart", "EINVAL" end
   for path in candidates(ctx, name, dirs) do
     local mi = kmod.modinfo(path)
