@@ -167,13 +167,17 @@ describe("peermem recipe", function()
      function()
     local p, log = start_peermem()
     assert.is_true(ofed.wait_for(READY, p), fs.read(log))
+    -- peermem requires ubuntu-ofed: while its stack is loaded, the host says so for OFED's reloads
+    local dependent = "/run/drvrun/ubuntu-ofed.dependents/peermem"
+    assert.equal("nv_peer_mem\n", fs.read(dependent))
     -- the OFED container restarts to a stack that is no longer whole: it must reload
     local status, text = stop(ofed_p, ofed_log)
     assert.equal(0, status, text)
     assert(kmod.remove_many { "mlx5_ib" })
     ofed_p, ofed_log = start_ofed()
     local otext = fs.read(ofed_log)
-    assert.matches("load: unloading nv_peer_mem first: a peer%-memory client of ib_core", otext)
+    assert.matches("load: unloading nv_peer_mem first: a module of peermem, which requires ubuntu%-ofed "
+                   .. "%(its run loads it back%)", otext)
     local order = otext:match("load: unload ([^\n]*)")
     assert.truthy(order:find("nv_peer_mem", 1, true) < order:find("ib_core", 1, true), order)
 
@@ -183,6 +187,7 @@ describe("peermem recipe", function()
     assert.equal(1, r.status, ptext)
     assert.matches("watch: the driver is not loaded as built any more %(nv_peer_mem: not loaded%)", ptext)
     assert.is_false(fs.exists(READY))
+    assert.is_false(fs.exists(dependent), "its stop undid the note")
     -- restarted, it loads the cached build against the new stack
     local p2, log3 = start_peermem()
     assert.is_true(ofed.wait_for(READY, p2), fs.read(log3))
