@@ -62,5 +62,7 @@ int luaopen_drv_fs(lua_State *L);
 int luaopen_drv_sys(lua_State *L);
 int luaopen_drv_archive(lua_State *L);
 int luaopen_drv_net(lua_State *L);
+int luaopen_drv_keyctl(lua_State *L);
+int luaopen_drv_cert(lua_State *L);
 
 #endif

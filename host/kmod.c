@@ -415,7 +415,8 @@ static void kmod_push_info(lua_State *L, struct kmod_module *mod)
 				lua_pop(L, 1);
 			} else if (strcmp(key, "version") == 0 || strcmp(key, "srcversion") == 0 ||
 				   strcmp(key, "vermagic") == 0 || strcmp(key, "license") == 0 ||
-				   strcmp(key, "description") == 0 || strcmp(key, "signer") == 0) {
+				   strcmp(key, "description") == 0 || strcmp(key, "signer") == 0 ||
+				   strcmp(key, "sig_key") == 0 || strcmp(key, "sig_hashalgo") == 0) {
 				lua_pushstring(L, value);
 				lua_setfield(L, params - 1, key);
 			}
@@ -431,7 +432,8 @@ static void kmod_push_info(lua_State *L, struct kmod_module *mod)
  * @function ctx:info
  * @tparam string name a module name, alias or .ko path
  * @treturn[1] table `{ name, path, builtin, version, srcversion, vermagic, license, description,
- *   depends = {…}, softdeps = { pre = {…}, post = {…} }, parameters = { {name, type, description}… } }`
+ *   signer, sig_key, sig_hashalgo (of a signed module: the signing key's issuer CN, its serial
+ *   as "5F:91:…", the hash), depends = {…}, softdeps = { pre = {…}, post = {…} }, parameters = { {name, type, description}… } }`
  * @treturn[2] nil, "<name>: module not found in <dir> …", ENOENT
  * @see kmod_module_get_info(3)
  */

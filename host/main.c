@@ -225,6 +225,8 @@ static void preload(lua_State *L)
 		{ "drv.sys", luaopen_drv_sys },
 		{ "drv.archive", luaopen_drv_archive },
 		{ "drv.net", luaopen_drv_net },
+		{ "drv.keyctl", luaopen_drv_keyctl },
+		{ "drv.cert", luaopen_drv_cert },
 		{ NULL, NULL }
 	};
 
