@@ -44,7 +44,7 @@ DRVRUN   = $(BUILD)/drvrun
 DEB_BUILD = build-essential pkg-config liblua5.4-dev libkmod-dev libmount-dev \
             libcurl4-openssl-dev libarchive-dev libssl-dev libnl-3-dev libnl-route-3-dev \
             libnl-genl-3-dev
-DEB_TEST  = lua5.4 lua-busted lua-check python3 openssl kmod util-linux cpio ccache \
+DEB_TEST  = lua5.4 lua-busted lua-check python3 openssl kmod util-linux cpio ccache keyutils \
             busybox-static qemu-system-x86 linux-image-amd64 linux-headers-amd64 \
             nodejs npm valgrind buildah debootstrap
 DEB_ALL   = $(DEB_BUILD) $(DEB_TEST)
