@@ -52,10 +52,10 @@ static const char *kmod_insert_strerror(int err)
 	case EEXIST:
 		return "already loaded";
 	case EPERM:
-		return "operation not permitted (module loading disabled, or not root)";
+		return "operation not permitted (module loading disabled, not root, or a kernel lockdown refusing an unverified module)";
 	case EKEYREJECTED:
 	case ENOKEY:
-		return "signature rejected (unsigned module with module signature enforcement)";
+		return "signature rejected (unsigned, or signed with a key the kernel does not trust, under module signature enforcement)";
 	case EBUSY:
 		return "in use";
 	case ENOSYS:

@@ -11,7 +11,7 @@ local fs = require "drv.fs"
 local sh = require "spec.support.sh"
 local signing = require "spec.support.signing"
 
-local EFI = "8be4df61-93ca-11d0-aa01-00a0c94f4a01"
+local EFI = "8be4df61-93ca-11d2-aa0d-00e098032b8c"
 
 local function run(cmd)
   local res = sh.run(cmd)

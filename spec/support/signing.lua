@@ -19,8 +19,8 @@ M.FIXTURES = "build/fixtures/built/sim-ofed/src"
 -- `o.subject` sets the whole subject ("/O=…/CN=…").
 function M.keypair(dir, name, o)
   o = o or {}
-  local k = { key = ("%s/%s.key"):format(dir, name), cert = ("%s/%s.crt"):format(dir, name),
-              der = ("%s/%s.der"):format(dir, name) }
+  local file = dir .. "/" .. name:gsub("%W+", "-")
+  local k = { key = file .. ".key", cert = file .. ".crt", der = file .. ".der" }
   local res = sh.run(("(openssl req -new -x509 -newkey rsa:2048 -nodes -days 3650 -keyout %s -out %s -subj %s "
                       .. "-addext extendedKeyUsage=codeSigning && openssl x509 -in %s -outform DER -out %s)")
     :format(sh.quote(k.key), sh.quote(k.cert), sh.quote(o.subject or "/CN=" .. name), sh.quote(k.cert), sh.quote(k.der)))

@@ -22,7 +22,7 @@ local kmod = require "drv.kmod"
 local cert = require "drv.cert"
 local fs = require "drv.fs"
 
-local EFI_GLOBAL = "8be4df61-93ca-11d0-aa01-00a0c94f4a01"
+local EFI_GLOBAL = "8be4df61-93ca-11d2-aa0d-00e098032b8c"
 -- The keyrings module signatures are checked against, in the kernel's order.
 M.KEYRINGS = { ".builtin_trusted_keys", ".secondary_trusted_keys", ".machine", ".platform" }
 
