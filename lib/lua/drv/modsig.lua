@@ -288,15 +288,18 @@ end
 
 --- Verdicts on built modules (`{ name, path }`...): all of them, and the refused ones.
 -- @tparam table modules
--- @tparam[opt] table o `{ certs = known certificates, sys, proc }`
+-- @tparam[opt] table o `{ certs = known certificates, sys, proc, enf, keys }` (`enf`, `keys`: read
+--   before; `keys = false`: they could not be)
 -- @treturn table verdicts
 -- @treturn table refused
 -- @treturn table enforcement
 -- @treturn table|nil keys
 function M.check(modules, o)
   o = o or {}
-  local enf = M.enforcement(o)
-  local keys = M.trusted_keys(o)
+  local enf = o.enf or M.enforcement(o)
+  local keys = o.keys
+  if keys == nil then keys = M.trusted_keys(o) end
+  keys = keys or nil
   local all, refused = {}, {}
   for _, m in ipairs(modules) do
     local sig, err = M.signature(m.path)

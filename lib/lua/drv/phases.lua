@@ -9,6 +9,7 @@ local M = {}
 
 local stack = require "drv.stack"
 local netcfg = require "drv.netcfg"
+local secureboot = require "drv.secureboot"
 local graph = require "drv.graph"
 local cache = require "drv.cache"
 local fetch = require "drv.fetch"
@@ -84,6 +85,7 @@ end
 
 function M.prepare(r)
   check_blacklist_dir(r)
+  secureboot.prepare(r) -- the signing options; under enforcement, a key the kernel trusts
   if r.recipe.prepare then r.recipe.prepare(r) end
   netcfg.prepare(r)
   check_blockers(r)
@@ -106,6 +108,7 @@ function M.build(r)
     log.info("build: cache hit for kernel %s (%s)", r.kver, entry.dir)
     stack_from_build(r, cached)
     r.built, r.kept, r.cache_hit, r.build_id = cached, kept, true, entry.id
+    secureboot.after_build(r, entry) -- signed copies; each module as the kernel will check it
     cache.used(r, entry)
     return
   end
@@ -115,6 +118,7 @@ function M.build(r)
   cache.store(r, entry, res)
   r.built, r.kept = cache.load(r, entry)
   r.build_id = entry.id
+  secureboot.after_build(r, entry)
   cache.used(r, entry)
   cache.prune(r, entry)
 end

@@ -8,6 +8,7 @@ local netcfg = require "drv.netcfg"
 local graph = require "drv.graph"
 local kmod = require "drv.kmod"
 local cache = require "drv.cache"
+local secureboot = require "drv.secureboot"
 local fs = require "drv.fs"
 
 -- The loaded modules, for a plan: nil and why when they cannot be read.
@@ -64,6 +65,7 @@ function M.plan(r, specs, out)
   local live, why = live_modules()
   if not live then say("unload: unknown (cannot read the loaded modules: %s)", why) end
   local built = cached_build(r)
+  secureboot.plan(r, built and cache.entry(r), built, say)
   local deps = built and stack.from_build(r.stack, built)
   local p = stack.plan(r.stack, live or {}, { also = r.unload_also, deps = deps })
   for i, names in ipairs(p.unload) do say("unload %d: %s", i, table.concat(names, " ")) end

@@ -19,6 +19,7 @@ local phases = require "drv.phases"
 local stop = require "drv.stop"
 local fault = require "drv.fault"
 local netcfg = require "drv.netcfg"
+local secureboot = require "drv.secureboot"
 local sys = require "drv.sys"
 local log = require "drv.log"
 
@@ -70,6 +71,7 @@ local COMMON = {
   WAIT = { type = "boolean", default = true, doc = "after ready, wait for a signal, then stop" },
 }
 for name, spec in pairs(netcfg.OPTIONS) do COMMON[name] = spec end -- NET_RESTORE, the guard, the hooks
+for name, spec in pairs(secureboot.OPTIONS) do COMMON[name] = spec end -- SIGN_KEY, SIGN_CERT, SIGNATURE_CHECK...
 
 local function check_stack(names, level)
   local expected = "recipe field 'stack': a list of module names expected ({ \"ib_core\", \"mlx5_core\" })"

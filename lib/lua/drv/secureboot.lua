@@ -11,43 +11,63 @@
 -- Each takes the run `r` (drv.run) and fails the phase with r:fail.
 local M = {}
 
-local sign = require "drv.sign"
-local modsig = require "drv.modsig"
 local log = require "drv.log"
+-- drv.sign and drv.modsig (libkmod, libcrypto, keyctl) when a run signs or
+-- checks: a warm restart on a node that enforces nothing loads neither.
+local function sign() return require "drv.sign" end
+local function modsig() return require "drv.modsig" end
 
 local EINTR = 4
 
+--- The options of signing (drv.recipe's common options).
 M.OPTIONS = {
+  SIGN_KEY = { default = "",
+    doc = "private key that signs the built modules: a PEM file (a Kubernetes Secret mounted read-only) or a "
+          .. "PKCS#11 URI (pkcs11:...); read by the signer only, never copied. Empty: no signing here" },
+  SIGN_CERT = { default = "",
+    doc = "the key's X.509 certificate (PEM or DER), enrolled on the nodes (mokutil --import); with SIGN_KEY "
+          .. "empty, the modules signed with it before (an image's precompiled build) are used" },
+  SIGN_HASH = { default = "sha256", choices = { "sha256", "sha384", "sha512", "sha224" },
+                doc = "hash algorithm of the module signatures" },
+  SIGN_PIN_FILE = { default = "",
+    doc = "file holding the key's passphrase or the PKCS#11 token's PIN (passed to the signer as KBUILD_SIGN_PIN)" },
+  SIGN_FILE = { default = "",
+    doc = "the signer (default: scripts/sign-file of the kernel's build directory, or of /usr/lib/linux-kbuild-X.Y)" },
   SIGNATURE_CHECK = { type = "boolean", default = true,
     doc = "refuse, before anything is unloaded, a run whose modules the kernel would refuse (module signature "
           .. "enforcement: module.sig_enforce, lockdown, Secure Boot); false: try the load anyway" },
 }
-for name, spec in pairs(sign.OPTIONS) do M.OPTIONS[name] = spec end
+
+local function signing_set(opt)
+  return (opt.SIGN_KEY or "") ~= "" or (opt.SIGN_CERT or "") ~= ""
+end
 
 local function config(r)
-  local cfg, err = sign.config(r.opt)
+  if not signing_set(r.opt) then return nil end
+  local cfg, err = sign().config(r.opt)
   if err then r:fail("%s", err) end
   return cfg
 end
 
--- The enforcement and trusted keys, read once per run.
-local function kernel_trust(r)
-  if not r.modsig then
-    local keys, why = modsig.trusted_keys()
-    r.modsig = { enf = modsig.enforcement(), keys = keys, keys_error = why }
+-- The enforcement, and (enforced, or `always`) the trusted keys; read once per run.
+local function kernel_trust(r, always)
+  if not r.modsig then r.modsig = { enf = modsig().enforcement() } end
+  local t = r.modsig
+  if (t.enf.enforced or always) and not t.keys and not t.keys_error then
+    t.keys, t.keys_error = modsig().trusted_keys()
   end
-  return r.modsig
+  return t
 end
 
 -- The verdict the configuration predicts for every module, before they are built or signed.
 local function predicted(t, cfg)
   if not cfg then
-    local v = modsig.verdict("the modules (all)", { signed = false }, t.enf, t.keys)
+    local v = modsig().verdict("the modules (all)", { signed = false }, t.enf, t.keys)
     v.reason = "unsigned (SIGN_KEY and SIGN_CERT are not set)"
     return v
   end
   local sig = { signed = true, signer = cfg.cert.issuer.CN or "", serial = cfg.cert.serial, hash = cfg.hash }
-  return modsig.verdict("the modules (all)", sig, t.enf, t.keys, { cfg.cert })
+  return modsig().verdict("the modules (all)", sig, t.enf, t.keys, { cfg.cert })
 end
 
 --- Prepare: the signing options are usable; under enforcement, a certificate the
@@ -56,10 +76,10 @@ function M.prepare(r)
   local cfg = config(r)
   if r.opt.BUILD_ONLY or not r.opt.SIGNATURE_CHECK then return end
   local t = kernel_trust(r)
-  log.info("signatures: %s%s", t.enf.text, t.enf.enforced and ": enforced" or "")
+  if cfg or t.enf.enforced then log.info("signatures: %s%s", t.enf.text, t.enf.enforced and ": enforced" or "") end
   if not t.enf.enforced then return end
   local v = predicted(t, cfg)
-  if not v.accepted then r:fail("%s", modsig.refusal({ v }, t.enf, t.keys, { cert_path = cfg and cfg.cert.path })) end
+  if not v.accepted then r:fail("%s", modsig().refusal({ v }, t.enf, t.keys, { cert_path = cfg and cfg.cert.path })) end
 end
 
 --- Build, once `r.built` holds the cache entry's modules: sign them (or take the
@@ -68,9 +88,16 @@ end
 -- @tparam table entry drv.cache.entry(r)
 function M.after_build(r, entry)
   local cfg = config(r)
+  local o = { kver = r.kver, sha256 = function(p) return r:sha256(p) end, interrupt_fd = r.signals and r.signals:fd() }
+  if cfg and not cfg.key and not sign().cached(entry.dir, r.built, cfg, o)
+     and not (r.opt.SIGNATURE_CHECK and kernel_trust(r).enf.enforced) then
+    -- an image's certificate, on a kernel it holds no signed build for, on a node that enforces nothing
+    log.warn("sign: no modules signed with %s for kernel %s and no SIGN_KEY: the unsigned ones are used "
+             .. "(the kernel enforces no module signatures)", cfg.cert.path, r.kver)
+    cfg = nil
+  end
   if cfg then
-    local signed, err, errno = sign.ensure(entry.dir, r.built, cfg, {
-      kver = r.kver, sha256 = function(p) return r:sha256(p) end, interrupt_fd = r.signals and r.signals:fd() })
+    local signed, err, errno = sign().ensure(entry.dir, r.built, cfg, o)
     if errno == EINTR then r:check_cancel() end
     if not signed then r:fail("sign: %s", err) end
     for i, m in ipairs(r.built) do
@@ -79,10 +106,11 @@ function M.after_build(r, entry)
   end
   if r.opt.BUILD_ONLY or not r.opt.SIGNATURE_CHECK then return end
   local t = kernel_trust(r)
-  local verdicts, refused = modsig.check(r.built, { certs = cfg and { cfg.cert } })
+  if not t.enf.enforced then return end
+  local verdicts, refused = modsig().check(r.built, { certs = cfg and { cfg.cert }, enf = t.enf, keys = t.keys or false })
   r.verdicts = verdicts
-  if #refused > 0 then r:fail("%s", modsig.refusal(refused, t.enf, t.keys, { cert_path = cfg and cfg.cert.path })) end
-  if t.enf.enforced then log.info("signatures: the kernel will accept all %d built modules", #verdicts) end
+  if #refused > 0 then r:fail("%s", modsig().refusal(refused, t.enf, t.keys, { cert_path = cfg and cfg.cert.path })) end
+  log.info("signatures: the kernel will accept all %d built modules", #verdicts)
 end
 
 --- Plan lines (`say(fmt, ...)`): the enforcement, the signing, then each module's
@@ -90,27 +118,28 @@ end
 -- `entry`; their signed copies when the cache has them), else the one the
 -- configuration predicts.
 function M.plan(r, entry, built, say)
-  local cfg, err = sign.config(r.opt)
-  local t = kernel_trust(r)
+  local cfg, err
+  if signing_set(r.opt) then cfg, err = sign().config(r.opt) end
+  local t = kernel_trust(r, true)
   say("signatures: %s (%s)", t.enf.text, t.enf.enforced and "enforced: " .. t.enf.why or "not enforced")
   if err then say("sign: %s", err) end
   if cfg then
     say("sign: with %s, certificate %s (%s, sha256 %s), %s", cfg.key or "no key (signed copies in the cache only)",
-        cfg.cert.path, modsig.key_description(cfg.cert), cfg.cert.sha256, cfg.hash)
+        cfg.cert.path, modsig().key_description(cfg.cert), cfg.cert.sha256, cfg.hash)
   else
     say("sign: no (SIGN_KEY and SIGN_CERT are not set)")
   end
   if not t.keys then say("trusted keys: %s", t.keys_error) end
-  local modules = built and cfg and sign.cached(entry.dir, built, cfg, { sha256 = function(p) return r:sha256(p) end })
+  local modules = built and cfg and sign().cached(entry.dir, built, cfg, { sha256 = function(p) return r:sha256(p) end })
     or (not cfg and built)
   if not modules then
-    say("module signatures: %s", modsig.describe(predicted(t, cfg)))
+    say("module signatures: %s", modsig().describe(predicted(t, cfg)))
     return
   end
   for i, m in ipairs(modules) do
-    local sig = modsig.signature(m.path)
-    local v = sig and modsig.verdict(built[i].name, sig, t.enf, t.keys, cfg and { cfg.cert })
-    say("module %s", v and modsig.describe(v) or built[i].name .. ": its signature cannot be read")
+    local sig = modsig().signature(m.path)
+    local v = sig and modsig().verdict(built[i].name, sig, t.enf, t.keys, cfg and { cfg.cert })
+    say("module %s", v and modsig().describe(v) or built[i].name .. ": its signature cannot be read")
   end
 end
 

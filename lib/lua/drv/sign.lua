@@ -26,23 +26,6 @@ local log = require "drv.log"
 local sys = require "drv.sys"
 local modsig = require "drv.modsig"
 
-local HASHES = { "sha256", "sha384", "sha512", "sha224" }
-
---- The options of signing, for a recipe (drv.recipe's common options).
-M.OPTIONS = {
-  SIGN_KEY = { default = "",
-    doc = "private key that signs the built modules: a PEM file (a Kubernetes Secret mounted read-only) or a "
-          .. "PKCS#11 URI (pkcs11:...); read by the signer only, never copied. Empty: no signing here" },
-  SIGN_CERT = { default = "",
-    doc = "the key's X.509 certificate (PEM or DER), enrolled on the nodes (mokutil --import); with SIGN_KEY "
-          .. "empty, the modules signed with it before (an image's precompiled build) are used" },
-  SIGN_HASH = { default = "sha256", choices = HASHES, doc = "hash algorithm of the module signatures" },
-  SIGN_PIN_FILE = { default = "",
-    doc = "file holding the key's passphrase or the PKCS#11 token's PIN (passed to the signer as KBUILD_SIGN_PIN)" },
-  SIGN_FILE = { default = "",
-    doc = "the signer (default: scripts/sign-file of the kernel's build directory, or of /usr/lib/linux-kbuild-X.Y)" },
-}
-
 --- The signing configuration from the options: nil when SIGN_CERT and SIGN_KEY are
 -- empty (modules are not signed), else `{ key, cert (drv.cert.parse, with path), hash,
 -- pin_file, sign_file }`; nil and a message for the operator when it is unusable.
