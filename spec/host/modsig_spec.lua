@@ -136,7 +136,7 @@ describe("drv.modsig", function()
                    :format(ocfg.cert.serial), untrusted.reason)
       local msg = modsig.refusal({ unsigned, untrusted }, enforced, keys, { cert_path = other.cert })
       assert.equal(("the kernel would refuse 2 of the built modules, so nothing was unloaded: ib_core: unsigned; "
-        .. "mlx_compat: %s. It enforces module signatures (module.sig_enforce=Y; module.sig_enforce=Y, lockdown none, "
+        .. "mlx_compat: %s. It enforces module signatures (module.sig_enforce=Y, lockdown none, "
         .. "Secure Boot off) and trusts: drvrun db key in .platform. Fix: enrol the signing certificate on this node: "
         .. "mokutil --import %s (DER; convert a PEM one with openssl x509 -in %s -outform DER -out signing.der), reboot "
         .. "and confirm in MokManager, or add it to the firmware's db; or sign with a key the kernel trusts "

@@ -266,11 +266,12 @@ end
 -- @tparam table verdicts the refused verdicts (M.verdict)
 -- @tparam table enf M.enforcement()
 -- @tparam table|nil keys M.trusted_keys()
--- @tparam[opt] table o `{ cert_path = the certificate the modules were signed with (SIGN_CERT) }`
+-- @tparam[opt] table o `{ cert_path = the certificate the modules were signed with (SIGN_CERT),
+--   predicted = true: one verdict for every module a run would build, before the build }`
 function M.refusal(verdicts, enf, keys, o)
   o = o or {}
   local lines = {}
-  for _, v in ipairs(verdicts) do lines[#lines + 1] = ("%s: %s"):format(v.name, v.reason) end
+  for _, v in ipairs(verdicts) do lines[#lines + 1] = o.predicted and v.reason or ("%s: %s"):format(v.name, v.reason) end
   local cert_path = o.cert_path
   local fix
   if cert_path and cert_path ~= "" then
@@ -281,9 +282,14 @@ function M.refusal(verdicts, enf, keys, o)
     fix = "sign the modules with a key the kernel trusts: set SIGN_KEY and SIGN_CERT (the certificate enrolled "
           .. "with mokutil --import CERT, or in the firmware's db)"
   end
-  return ("the kernel would refuse %d of the built modules, so nothing was unloaded: %s. It enforces module "
-          .. "signatures (%s; %s) and trusts: %s. Fix: %s"):format(#verdicts, table.concat(lines, "; "),
-          enf.why or "?", enf.text, keyring_summary(keys), fix)
+  local lead = o.predicted and "the kernel would refuse every module this run builds, so nothing was changed"
+    or ("the kernel would refuse %d of the built modules, so nothing was unloaded"):format(#verdicts)
+  local because = enf.text
+  if enf.why and enf.why:find("Secure Boot on", 1, true) then
+    because = because .. "; " .. enf.why -- with lockdown unreadable: why Secure Boot counts
+  end
+  return ("%s: %s. It enforces module signatures (%s) and trusts: %s. Fix: %s"):format(lead,
+    table.concat(lines, "; "), because, keyring_summary(keys), fix)
 end
 
 --- Verdicts on built modules (`{ name, path }`...): all of them, and the refused ones.

@@ -79,7 +79,9 @@ function M.prepare(r)
   if cfg or t.enf.enforced then log.info("signatures: %s%s", t.enf.text, t.enf.enforced and ": enforced" or "") end
   if not t.enf.enforced then return end
   local v = predicted(t, cfg)
-  if not v.accepted then r:fail("%s", modsig().refusal({ v }, t.enf, t.keys, { cert_path = cfg and cfg.cert.path })) end
+  if not v.accepted then
+    r:fail("%s", modsig().refusal({ v }, t.enf, t.keys, { cert_path = cfg and cfg.cert.path, predicted = true }))
+  end
 end
 
 --- Build, once `r.built` holds the cache entry's modules: sign them (or take the
