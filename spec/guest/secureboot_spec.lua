@@ -1,5 +1,5 @@
 -- guest-timeout: 1800 (UEFI boot, one depmod, three recipe runs, the real stack signed and loaded: see doc/testing.md)
--- guest-vm: --uefi-db build/secureboot/db.crt --append module.sig_enforce=1
+-- guest-vm: --uefi-db build/secureboot/db.crt --append module.sig_enforce=1 --boot-timeout 360
 -- Module signatures on the guest's real kernel, booted through UEFI (OVMF) with
 -- the test certificate build/secureboot/db.crt enrolled in the firmware's db
 -- (the kernel loads it into its .platform keyring) and module.sig_enforce=1 on

@@ -22,63 +22,13 @@ local kmod = require "drv.kmod"
 local cert = require "drv.cert"
 local fs = require "drv.fs"
 
-local EFI_GLOBAL = "8be4df61-93ca-11d2-aa0d-00e098032b8c"
 -- The keyrings module signatures are checked against, in the kernel's order.
 M.KEYRINGS = { ".builtin_trusted_keys", ".secondary_trusted_keys", ".machine", ".platform" }
 
-local function attr(path)
-  local s = fs.read(path)
-  return s and (s:gsub("%s+$", ""))
-end
-
--- An EFI variable's value byte (after its 4 bytes of attributes), or nil.
-local function efi_flag(sys, name)
-  local s = fs.read(("%s/firmware/efi/efivars/%s-%s"):format(sys, name, EFI_GLOBAL))
-  if not s or #s < 5 then return nil end
-  return s:byte(5) == 1
-end
-
-local function secure_boot(sys)
-  if not fs.exists(sys .. "/firmware/efi") then return false, "off (not booted through UEFI)" end
-  local on = efi_flag(sys, "SecureBoot")
-  if on == nil then return nil, "unknown: no SecureBoot variable (efivarfs not mounted at /sys/firmware/efi/efivars?)" end
-  if on then return true, "on" end
-  return false, efi_flag(sys, "SetupMode") and "off (firmware in setup mode)" or "off"
-end
-
-local function lockdown(sys, proc)
-  local s = attr(sys .. "/kernel/security/lockdown")
-  if s then return s:match("%[(%a+)%]") end
-  local cmdline = fs.read(proc .. "/cmdline") or ""
-  return cmdline:match("%f[%w]lockdown=(%a+)")
-end
-
---- Whether the kernel refuses modules it cannot verify, and why.
--- @tparam[opt] table o `{ sys = "/sys", proc = "/proc" }`
--- @treturn table `{ enforced, sig_enforce (true, false, or nil: the kernel checks no signatures),
---   lockdown ("none", "integrity", "confidentiality", or nil: unknown), secure_boot (true, false, nil),
---   text = "module.sig_enforce=Y, lockdown none, Secure Boot off", why = what enforces, or nil }`
+--- Whether the kernel refuses modules it cannot verify, and why: drv.secureboot.enforcement
+-- (there, so that a run's start reads it without loading this module).
 function M.enforcement(o)
-  o = o or {}
-  local sys, proc = o.sys or "/sys", o.proc or "/proc"
-  local e = {}
-  local param = attr(sys .. "/module/module/parameters/sig_enforce")
-  if param then e.sig_enforce = param == "Y" end
-  e.lockdown = lockdown(sys, proc)
-  local sb_text
-  e.secure_boot, sb_text = secure_boot(sys)
-  local why = {}
-  if e.sig_enforce then why[#why + 1] = "module.sig_enforce=Y" end
-  if e.lockdown and e.lockdown ~= "none" then why[#why + 1] = "lockdown " .. e.lockdown end
-  if not e.lockdown and e.secure_boot then
-    why[#why + 1] = "Secure Boot on (the kernel locks down under Secure Boot; lockdown unreadable: mount securityfs)"
-  end
-  -- without the parameter the kernel has no module signature support: lockdown refuses nothing for it
-  e.enforced = param ~= nil and #why > 0
-  e.why = e.enforced and table.concat(why, ", ") or nil
-  e.text = ("module.sig_enforce=%s, lockdown %s, Secure Boot %s"):format(
-    param or "absent (the kernel checks no module signatures)", e.lockdown or "unknown", sb_text)
-  return e
+  return require("drv.secureboot").enforcement(o)
 end
 
 -- The serials of the keyrings named in /proc/keys (those this process may view).
