@@ -215,6 +215,20 @@ describe("recipes/ubuntu-ofed.lua under module.sig_enforce=1 (the simulated bund
     local r = assert(p:wait(120))
     assert.equal(0, r.status, fs.read(log))
     for _, n in ipairs(inbox) do assert.equal("", taint(n), n .. " is the inbox module again") end
+    -- the plan under enforcement: each module's signer and verdict
+    local plan = assert(proc.run({ os.getenv("DRVRUN"), "--plan", "recipes/ubuntu-ofed.lua", "CACHE_DIR=" .. env.cache,
+      "OFED_URL=" .. env.server:url(env.bundle), "OFED_SHA256=" .. env.sha,
+      "SIGN_KEY=" .. KEYS .. "/db.key", "SIGN_CERT=" .. KEYS .. "/db.crt" }))
+    assert.equal(0, plan.status, plan.stderr)
+    assert.matches("\nsignatures: module.sig_enforce=Y, lockdown none, Secure Boot off %(firmware in setup mode%) "
+                   .. "%(enforced: module.sig_enforce=Y%)\n", plan.stdout)
+    for _, n in ipairs(ofed.STACK) do
+      local line = plan.stdout:match("\nmodule " .. n .. ": [^\n]*")
+      assert.matches("^\nmodule " .. n .. ": signed by drvrun test db key %(key %x+, sha256%): accepted, its key is in "
+                     .. "%.platform$", line)
+    end
+    print("    plan: " .. plan.stdout:match("\n(signatures: [^\n]*)") .. " / "
+          .. plan.stdout:match("\n(module mlx5_core: [^\n]*)"))
     env.cache = nil
   end)
 end)
