@@ -159,7 +159,7 @@ GUEST_SPECS ?= $(wildcard spec/guest/*_spec.lua)
 SB_KEYS = build/secureboot
 $(SB_KEYS)/db.crt:
 	mkdir -p $(SB_KEYS)
-	openssl req -new -x509 -newkey rsa:2048 -nodes -days 36500 -subj "/CN=drvrun test db key/" \
+	openssl req -new -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=drvrun test db key/" \
 	  -addext extendedKeyUsage=codeSigning -keyout $(SB_KEYS)/db.key -out $@.new 2>/dev/null
 	mv $@.new $@
 
