@@ -44,9 +44,9 @@ DRVRUN   = $(BUILD)/drvrun
 DEB_BUILD = build-essential pkg-config liblua5.4-dev libkmod-dev libmount-dev \
             libcurl4-openssl-dev libarchive-dev libssl-dev libnl-3-dev libnl-route-3-dev \
             libnl-genl-3-dev
-DEB_TEST  = lua5.4 lua-busted lua-check python3 openssl kmod util-linux cpio ccache \
+DEB_TEST  = lua5.4 lua-busted lua-check python3 openssl kmod util-linux cpio ccache keyutils \
             busybox-static qemu-system-x86 linux-image-amd64 linux-headers-amd64 \
-            nodejs npm valgrind buildah debootstrap
+            nodejs npm valgrind buildah debootstrap ovmf efitools
 DEB_ALL   = $(DEB_BUILD) $(DEB_TEST)
 
 .PHONY: all check demo install deps deps-ok clean lint fixtures doc docker-context bench \
@@ -154,7 +154,16 @@ $(REAL_CACHE)/.stamp: $(DRVRUN) fixtures $(OFED_BUNDLE) $(PEERMEM_SRC) recipes/u
 # Console logs: $(BUILD)/vm/guest-NAME.log. GUEST_SPECS=... runs some of them.
 GUEST_SPECS ?= $(wildcard spec/guest/*_spec.lua)
 
-check-guest: $(DRVRUN) fixtures $(CACHE)/.stamp $(REAL_CACHE)/.stamp
+# The test key of the Secure Boot guest (spec/guest/secureboot_spec.lua): its
+# certificate is enrolled in the guest firmware's db (spec/vm/run --uefi-db).
+SB_KEYS = build/secureboot
+$(SB_KEYS)/db.crt:
+	mkdir -p $(SB_KEYS)
+	openssl req -new -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=drvrun test db key/" \
+	  -addext extendedKeyUsage=codeSigning -keyout $(SB_KEYS)/db.key -out $@.new 2>/dev/null
+	mv $@.new $@
+
+check-guest: $(DRVRUN) fixtures $(CACHE)/.stamp $(REAL_CACHE)/.stamp $(SB_KEYS)/db.crt
 	@tools/check-guest $(abspath $(RESULTS)) $(BUILD)/vm "$(GUEST_SPECS)" \
 	  env DRVRUN=$(abspath $(DRVRUN)) VENDOR=$(abspath $(VENDOR)) $(BUSTED)
 

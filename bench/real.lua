@@ -8,7 +8,8 @@
 -- in turns, BENCH_REAL_REPS times each (3: each takes 5-7 min on 2 CPUs, and
 -- the same build here took 138 s and 166 s to configure an hour apart, so one
 -- of each is not a comparison).
--- Then the recipe once with CCACHE=false (what ccache costs a cold build), two
+-- Then the last cold build's modules signed, with a first key and a new one
+-- (bench/sign.lua). Then the recipe once with CCACHE=false (what ccache costs a cold build), two
 -- rebuilds with the cold run's cache (ccache) kept: a new release (the bundle
 -- repacked with one driver source changed: another sha256, a cache miss) and
 -- a pruned cache (the build entry removed, same source); and a cache hit with
@@ -160,6 +161,8 @@ function M.run(ctx)
   rows[#rows + 1] = util.info(("real build cold: vendor's configure (%s)"):format(each), util.median(configures.vendor),
     "s")
   rows[#rows + 1] = util.target("real build cold: drvrun / vendor", d, "s", v, d / v, "<=", 1.0)
+  say("real stack signed (load %s)", util.load())
+  require("bench.sign").run(rows, dir .. "/drvrun/cache", ctx.kver, d, dir)
 
   say("real build: drvrun cold with CCACHE=false (load %s)", util.load())
   local plain = recipe_cold(ctx, dir .. "/plain", { "CCACHE=false" })

@@ -73,5 +73,7 @@ int luaopen_drv_lock(lua_State *L);
 int luaopen_drv_signal(lua_State *L);
 int luaopen_drv_archive(lua_State *L);
 int luaopen_drv_net(lua_State *L);
+int luaopen_drv_keyctl(lua_State *L);
+int luaopen_drv_cert(lua_State *L);
 
 #endif

@@ -146,10 +146,10 @@ static const char *kmod_insert_strerror(int err)
 	case EEXIST:
 		return "already loaded";
 	case EPERM:
-		return "operation not permitted (module loading disabled, or not root)";
+		return "operation not permitted (module loading disabled, not root, or a kernel lockdown refusing an unverified module)";
 	case EKEYREJECTED:
 	case ENOKEY:
-		return "signature rejected (unsigned module with module signature enforcement)";
+		return "signature rejected (unsigned, or signed with a key the kernel does not trust, under module signature enforcement)";
 	case EBUSY:
 		return "in use";
 	case ENOSYS:
@@ -527,7 +527,8 @@ static void kmod_push_info(lua_State *L, struct held *h, struct kmod_module *mod
 				lua_pop(L, 1);
 			} else if (strcmp(key, "version") == 0 || strcmp(key, "srcversion") == 0 ||
 				   strcmp(key, "vermagic") == 0 || strcmp(key, "license") == 0 ||
-				   strcmp(key, "description") == 0 || strcmp(key, "signer") == 0) {
+				   strcmp(key, "description") == 0 || strcmp(key, "signer") == 0 ||
+				   strcmp(key, "sig_key") == 0 || strcmp(key, "sig_hashalgo") == 0) {
 				lua_pushstring(L, value);
 				lua_setfield(L, params - 1, key);
 			}
@@ -543,7 +544,8 @@ static void kmod_push_info(lua_State *L, struct held *h, struct kmod_module *mod
  * @function ctx:info
  * @tparam string name a module name, alias or .ko path
  * @treturn[1] table `{ name, path, builtin, version, srcversion, vermagic, license, description,
- *   depends = {…}, softdeps = { pre = {…}, post = {…} }, parameters = { {name, type, description}… } }`
+ *   signer, sig_key, sig_hashalgo (of a signed module: the signing key's issuer CN, its serial
+ *   as "5F:91:…", the hash), depends = {…}, softdeps = { pre = {…}, post = {…} }, parameters = { {name, type, description}… } }`
  * @treturn[2] nil, "<name>: module not found in <dir> …", ENOENT
  * @see kmod_module_get_info(3)
  */

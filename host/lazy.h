@@ -217,6 +217,34 @@ void *drv_lazy_unloaded(const struct drv_lazy_fn *f) __attribute__((noreturn));
 #define EVP_sha256		DRV_LAZY(DRV_LAZY_CRYPTO, EVP_sha256)
 #endif
 
+#if defined(OPENSSL_X509_H) && defined(DRV_LAZY_CRYPTO) && !defined(DRV_LAZY_X509)
+#define DRV_LAZY_X509 DRV_LAZY_CRYPTO
+#define ASN1_INTEGER_to_BN		DRV_LAZY(DRV_LAZY_X509, ASN1_INTEGER_to_BN)
+#define ASN1_STRING_get0_data		DRV_LAZY(DRV_LAZY_X509, ASN1_STRING_get0_data)
+#define ASN1_STRING_length		DRV_LAZY(DRV_LAZY_X509, ASN1_STRING_length)
+#define ASN1_TIME_to_tm			DRV_LAZY(DRV_LAZY_X509, ASN1_TIME_to_tm)
+#define BIO_free			DRV_LAZY(DRV_LAZY_X509, BIO_free)
+#define BIO_new_mem_buf			DRV_LAZY(DRV_LAZY_X509, BIO_new_mem_buf)
+#define BN_bn2hex			DRV_LAZY(DRV_LAZY_X509, BN_bn2hex)
+#define BN_free				DRV_LAZY(DRV_LAZY_X509, BN_free)
+#define CRYPTO_free			DRV_LAZY(DRV_LAZY_X509, CRYPTO_free)
+#define ERR_clear_error			DRV_LAZY(DRV_LAZY_X509, ERR_clear_error)
+#define PEM_read_bio_X509		DRV_LAZY(DRV_LAZY_X509, PEM_read_bio_X509)
+#define X509_NAME_ENTRY_get_data	DRV_LAZY(DRV_LAZY_X509, X509_NAME_ENTRY_get_data)
+#define X509_NAME_get_entry		DRV_LAZY(DRV_LAZY_X509, X509_NAME_get_entry)
+#define X509_NAME_get_index_by_NID	DRV_LAZY(DRV_LAZY_X509, X509_NAME_get_index_by_NID)
+#define X509_digest			DRV_LAZY(DRV_LAZY_X509, X509_digest)
+#define X509_free			DRV_LAZY(DRV_LAZY_X509, X509_free)
+#define X509_get0_notAfter		DRV_LAZY(DRV_LAZY_X509, X509_get0_notAfter)
+#define X509_get0_notBefore		DRV_LAZY(DRV_LAZY_X509, X509_get0_notBefore)
+#define X509_get0_serialNumber		DRV_LAZY(DRV_LAZY_X509, X509_get0_serialNumber)
+#define X509_get0_subject_key_id	DRV_LAZY(DRV_LAZY_X509, X509_get0_subject_key_id)
+#define X509_get_issuer_name		DRV_LAZY(DRV_LAZY_X509, X509_get_issuer_name)
+#define X509_get_subject_name		DRV_LAZY(DRV_LAZY_X509, X509_get_subject_name)
+#define d2i_X509			DRV_LAZY(DRV_LAZY_X509, d2i_X509)
+#define i2d_X509			DRV_LAZY(DRV_LAZY_X509, i2d_X509)
+#endif
+
 #if defined(NETLINK_NETLINK_H_) && !defined(DRV_LAZY_NL)
 #define DRV_LAZY_NL "libnl-3.so.200"
 #define DRV_LAZY_NL_PACKAGE "libnl-3-200"

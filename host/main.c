@@ -227,6 +227,8 @@ static void preload(lua_State *L)
 		{ "drv.signal", luaopen_drv_signal },
 		{ "drv.archive", luaopen_drv_archive },
 		{ "drv.net", luaopen_drv_net },
+		{ "drv.keyctl", luaopen_drv_keyctl },
+		{ "drv.cert", luaopen_drv_cert },
 		{ NULL, NULL }
 	};
 

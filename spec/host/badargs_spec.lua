@@ -24,6 +24,8 @@ local signatures = {
   ["drv.fetch"] = { get = { S, S, T } },
   ["drv.archive"] = { list = { S }, extract = { S, S, T } },
   ["drv.net"] = { open = { T }, set_numvfs = { S, S, N }, rebind = { S, S } },
+  ["drv.keyctl"] = { describe = { N }, list = { N } },
+  ["drv.cert"] = { parse = { S } },
 }
 
 -- A value of the wrong type for a parameter whose valid example is v.

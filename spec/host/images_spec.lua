@@ -59,7 +59,7 @@ end
 local OFED_DF, PEER_DF = "docker/ubuntu/Dockerfile", "docker/gpu-direct/ubuntu/Dockerfile"
 local OFED_DS, PEER_DS = "deploy/ofed-driver.yaml", "deploy/nv-peer-mem.yaml"
 local PROBE = "[drvrun, /usr/local/share/drvrun/probe.lua, "
-local PRECOMPILE_RUN = 'RUN if [ -n "$PRECOMPILE_KERNEL" ]; then \\\n      drvrun '
+local PRECOMPILE_RUN = "RUN --mount=type=secret,id=module-signing-key \\\n"
 
 describe("tools/images.lua", function()
   local root

@@ -95,6 +95,19 @@ describe("spec/vm/run", function()
     assert.is_true(sys.monotonic() - seen < 5 + KILL + 10, "killed " .. (sys.monotonic() - seen) .. " s after COMMAND started")
   end)
 
+  it("refuses UEFI options it cannot use, before booting, saying what to give", function()
+    local function run(...) return assert(proc.run({ "spec/vm/run", "-q", ... }, { timeout = 60 })) end
+    local r = run("--uefi", "/nonexistent/vars.fd", "--", "true")
+    assert.equal(125, r.status)
+    assert.equal("vm/run: --uefi /nonexistent/vars.fd: not a writable file (copy /usr/share/OVMF/OVMF_VARS_4M.fd)\n", r.stderr)
+    r = run("--uefi-db", "spec/host/vm_spec.lua", "--", "true")
+    assert.equal(125, r.status)
+    assert.equal("vm/run: --uefi-db spec/host/vm_spec.lua: not a PEM certificate\n", r.stderr)
+    r = run("--uefi", "x", "--uefi-db", "y", "--", "true")
+    assert.equal(125, r.status)
+    assert.matches("^vm/run: %-%-uefi and %-%-uefi%-db: give one of them\n", r.stderr)
+  end)
+
   it("kills a guest that does not boot within its boot timeout", function()
     -- No TCG guest runs COMMAND 1 s after QEMU's start (~5 s here).
     local r = assert(proc.run({ "spec/vm/run", "-q", "--boot-timeout", "1", "--", "true" }, { timeout = worst_case(0) }))

@@ -72,17 +72,21 @@ function M.entry(r)
   return { key = key, id = id, dir = builds .. "/" .. id, builds = builds }
 end
 
--- The manifest's text is compiled at its first load (the one right after the
--- store, or an older drvrun's entry's): parsing it costs a warm restart more
--- than loading it.
-local function read_manifest(dir)
-  local path = dir .. "/manifest.lua"
+--- The table a cache file at `path` returns (a manifest), or nil when it is
+-- missing or broken. Its text is compiled at its first load (the one right
+-- after the store, or an older drvrun's entry's): parsing it costs a warm
+-- restart more than loading it.
+function M.read_table(path, name)
   local fn, compiled = chunk.load(path, {})
   if not fn then return nil end
-  local ok, manifest = pcall(fn)
-  if not ok or type(manifest) ~= "table" then return nil end
-  if not compiled then chunk.compile(path, "manifest") end
-  return manifest
+  local ok, t = pcall(fn)
+  if not ok or type(t) ~= "table" then return nil end
+  if not compiled then chunk.compile(path, name) end
+  return t
+end
+
+local function read_manifest(dir)
+  return M.read_table(dir .. "/manifest.lua", "manifest")
 end
 
 --- The built modules of an entry (`{ name, path, srcversion, vermagic, depends }`...) and

@@ -26,6 +26,7 @@ local options = require "drv.options"
 local ready = require "drv.ready"
 local stack = require "drv.stack"
 local netcfg = require "drv.netcfg"
+local secureboot = require "drv.secureboot"
 local graph = require "drv.graph"
 local cache = require "drv.cache"
 local fault = require "drv.fault"
@@ -201,6 +202,7 @@ phase("prepare", {
                .. "BLACKLIST_FILE= (empty) to reload without a blacklist", dir)
       end
     end
+    secureboot.prepare(s) -- the signing options; under enforcement, a key the kernel trusts
     if s.recipe.prepare then s.recipe.prepare(s.r) end
     netcfg.prepare(s)
     if not s.opt.BUILD_ONLY then refuse_blockers(s, reload_plan(s)) end
@@ -276,12 +278,14 @@ local function fetch_sources(s)
   end
 end
 
--- The stack's graph from what the build produced (drv.stack.from_build).
+-- The build cache entry's modules taken for this run: the stack's graph from what the build
+-- produced (drv.stack.from_build); their signed copies, each checked as the kernel will check it.
 local function take_build(s, entry, modules, kept)
   local deps, kernel = stack.from_build(s.stack, modules)
   if not deps then s:fail("%s", kernel) end
   s.stack_deps, s.kernel_deps = deps, kernel
   s.built, s.kept, s.build_id = modules, kept, entry.id
+  secureboot.after_build(s, entry)
   cache.used(s, entry)
 end
 
@@ -518,6 +522,7 @@ phase("load", {
     if ctx then ok, live = pcall(stack.snapshot, ctx) end
     if not ok then say("unload: unknown (cannot read the loaded modules: %s)", ctx and tostring(live) or why) end
     local built = cached_build(s)
+    secureboot.plan(s, built and cache.entry(s), built, say)
     s.stack_deps = built and stack.from_build(s.stack, built)
     local p = reload_plan(s, ok and live or {})
     for i, names in ipairs(p.unload) do say("unload %d: %s", i, table.concat(names, " ")) end

@@ -13,6 +13,7 @@ local M = {}
 local config = require "drv.config"
 local options = require "drv.options"
 local netcfg = require "drv.netcfg"
+local secureboot = require "drv.secureboot"
 local log = require "drv.log"
 
 --- The recipe API this drvrun implements (doc/recipes.md has the changelog).
@@ -70,6 +71,7 @@ local COMMON = {
                            .. "that a reboot cannot keep it" },
 }
 for name, spec in pairs(netcfg.OPTIONS) do COMMON[name] = spec end -- NET_RESTORE, the guard, the hooks
+for name, spec in pairs(secureboot.OPTIONS) do COMMON[name] = spec end -- SIGN_KEY, SIGN_CERT, SIGNATURE_CHECK...
 
 --- Every option of a recipe, the common ones included: `{ NAME = spec }`.
 function M.option_specs(recipe)
