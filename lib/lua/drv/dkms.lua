@@ -49,7 +49,7 @@ for _dkms_v in "$@" _dkms_excluded; do
 done
 ]=]
 
--- Run SCRIPT over `dir`: `{ NAME = { [index] = value } }`, or nil, message.
+-- Run SCRIPT over `dir`: `{ NAME = { [index] = value } }` and what bash said on stderr, or nil, message.
 local function source(dir, kver, arch)
   local argv = { "bash", "-c", SCRIPT, "dkms.conf", dir, kver, arch, ("/lib/modules/%s/build"):format(kver) }
   for _, list in ipairs { FIELDS, REPLACED, NOT_RUN } do table.move(list, 1, #list, #argv + 1, argv) end
@@ -61,7 +61,7 @@ local function source(dir, kver, arch)
     vars[name] = vars[name] or {}
     vars[name][tonumber(index)] = value
   end
-  return vars
+  return vars, res.stderr
 end
 
 local function count(array)
@@ -119,12 +119,15 @@ end
 function M.read(dir, kver, arch)
   if type(dir) ~= "string" then error("bad argument #1 to 'read' (string expected, got " .. type(dir) .. ")", 2) end
   if type(kver) ~= "string" then error("bad argument #2 to 'read' (string expected, got " .. type(kver) .. ")", 2) end
-  local conf = dir .. "/dkms.conf"
-  local function bad(fmt, ...) return nil, ("%s: " .. fmt):format(conf, ...) end
+  local conf, said = dir .. "/dkms.conf", ""
+  local function bad(fmt, ...)
+    return nil, ("%s: " .. fmt):format(conf, ...) .. (said:match("%S") and " (bash said: " .. said:gsub("%s+$", "") .. ")" or "")
+  end
   if dir == "" then return nil, "no DKMS source tree given (a directory with a dkms.conf, as /usr/src/NAME-VERSION)" end
   if not fs.exists(conf) then return bad("cannot read it: is %s a DKMS source tree (/usr/src/NAME-VERSION)?", dir) end
   local v, err = source(dir, kver, arch or sys.uname().machine)
   if not v then return bad("%s", err) end
+  said = err
   local name, version = (v.PACKAGE_NAME or {})[0] or "", (v.PACKAGE_VERSION or {})[0] or ""
   if not name:match("^[%w][%w_.+-]*$") then return bad("PACKAGE_NAME '%s' is not a package name", name) end
   if not version:match("^[%w][%w_.+~:-]*$") then return bad("PACKAGE_VERSION '%s' is not a version", version) end
