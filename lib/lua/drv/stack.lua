@@ -312,12 +312,14 @@ function M.inbox(ctx, names)
   return { levels = assert(graph.levels(deps)), paths = paths }
 end
 
+local NONE_BEFORE = "none of the stack was loaded before"
+
 -- Why `previous` cannot be loaded back, or nil when it can.
 local function cannot_load_back(previous)
   if previous and previous.lost and #previous.lost > 0 then
     return ("the files %s had been loaded from are gone"):format(table.concat(previous.lost, " "))
   end
-  if not previous or #previous.levels == 0 then return "none of the stack was loaded before" end
+  if not previous or #previous.levels == 0 then return NONE_BEFORE end
   for _, n in ipairs(graph.flatten(previous.levels)) do
     if not fs.exists(previous.paths[n]) then return ("%s is gone"):format(previous.paths[n]) end
   end
@@ -379,7 +381,7 @@ function M.unload_unused(levels)
     if #unused > 0 then
       local ok, rerr, rerrno = kmod.remove_many(unused)
       if not ok then return nil, rerr, rerrno end
-      log.info("stop: unloaded the kernel's %s: loaded for the stack, unused now", table.concat(unused, " "))
+      log.info("restore: unloaded the kernel's %s (loaded for the stack; nothing uses them now)", table.concat(unused, " "))
     end
   end
   return true
@@ -395,7 +397,7 @@ function M.restore(names, previous)
   fault.point("restore")
   local back, why = M.load_back(ctx, names, previous)
   local list = table.concat(graph.flatten(back.levels), " ")
-  if why and list == "" then
+  if why == NONE_BEFORE and list == "" then
     log.info("restore: nothing to load back (%s, and the kernel has no module of it)", why)
   elseif why then
     log.warn("restore: loading back the kernel's own %s (%s)", list ~= "" and list or "(none found)", why)
