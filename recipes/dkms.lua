@@ -5,13 +5,14 @@
 -- PACKAGE_NAME and PACKAGE_VERSION name its lock, journal, build cache, ready file and
 -- install directory. Its stack is the BUILT_MODULE_NAME[]s: a copy of the tree is built with
 -- kbuild for the running kernel (or KVER), each module taken where BUILT_MODULE_LOCATION[]
--- says, installed in updates/NAME/ (the plan shows DEST_MODULE_LOCATION and DEST_MODULE_NAME,
--- which Debian's DKMS ignores too) and loaded with MODULE_PARAMS, the kernel's modules it
--- needs first (v4l2loopback: videodev). A kernel that BUILD_EXCLUSIVE_KERNEL, _ARCH or
--- _CONFIG excludes is refused before anything changes. Not run, as the log and the plan say:
--- MAKE[] and CLEAN (kbuild builds the tree, as DKMS does for a dkms.conf without MAKE),
--- PATCH[], PRE_BUILD, POST_BUILD, PRE_INSTALL, POST_INSTALL, BUILD_DEPENDS. A host's, not a
--- container's, and ignored: AUTOINSTALL, STRIP, REMAKE_INITRD, MODULES_CONF, signing.
+-- says, installed in updates/NAME/ by its own name (the plan shows DEST_MODULE_LOCATION and
+-- DEST_MODULE_NAME; Debian's DKMS ignores the location too, for updates/dkms/) and loaded
+-- with MODULE_PARAMS, the kernel's modules it needs first (v4l2loopback: videodev). A kernel
+-- that BUILD_EXCLUSIVE_KERNEL, _ARCH or _CONFIG excludes is refused before anything changes.
+-- Not run, as the log and the plan say: MAKE[] and CLEAN (kbuild builds the tree, as DKMS
+-- does for a dkms.conf without MAKE), PATCH[], PRE_BUILD, POST_BUILD, PRE_INSTALL,
+-- POST_INSTALL, BUILD_DEPENDS. A host's, not a container's, and ignored: AUTOINSTALL, STRIP,
+-- REMAKE_INITRD, MODULES_CONF, NO_WEAK_MODULES, signing.
 --
 --   drvrun recipes/dkms.lua DKMS_SOURCE=/usr/src/v4l2loopback-0.12.7
 --   drvrun --plan recipes/dkms.lua DKMS_SOURCE=/usr/src/v4l2loopback-0.12.7 MODULE_PARAMS=v4l2loopback.devices=2

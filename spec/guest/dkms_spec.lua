@@ -1,4 +1,4 @@
--- guest-timeout: 1500 (COMMAND limit of this file's guest boot; it took 315 s here at load 9-15, 260 s of it the build)
+-- guest-timeout: 1500 (COMMAND limit of this file's guest boot; it took 315 s and 420 s here at load 9-19, the build 260-330 s)
 -- recipes/dkms.lua on a real DKMS source tree from Debian's archive: v4l2loopback-dkms
 -- 0.12.7's /usr/src/v4l2loopback-0.12.7 (make unpacks the package into build/dkms, not
 -- installed). The recipe builds it here, in the guest, for the guest's real kernel (under
