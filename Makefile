@@ -120,7 +120,22 @@ $(NODE_TOOLS): tools/images/package.json tools/images/package-lock.json
 	cd tools/images && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-check-host: $(DRVRUN) $(NODE_TOOLS)
+# The real DKMS driver the dkms recipe's specs build and load: Debian bookworm's
+# v4l2loopback-dkms, downloaded (its sha256 checked) and unpacked into build/dkms, not
+# installed (it depends on dkms, whose postinst would build it). Its source tree lands
+# in $(DKMS_TREE), with its dkms.conf; the guest sees it there.
+DKMS_PKG    = v4l2loopback-dkms=0.12.7-2
+DKMS_DEB    = v4l2loopback-dkms_0.12.7-2_all.deb
+DKMS_SHA256 = 7f2bdae29e28efab6e6f1f8b187266fa3c740d3becab11e1d686b45bfcb22aa9
+DKMS_TREE   = build/dkms/usr/src/v4l2loopback-0.12.7
+$(DKMS_TREE)/dkms.conf:
+	mkdir -p build/dkms
+	cd build && { apt-get download $(DKMS_PKG) 2>/dev/null || { apt-get update -qq && apt-get download $(DKMS_PKG); }; }
+	echo "$(DKMS_SHA256)  build/$(DKMS_DEB)" | sha256sum -c --quiet
+	dpkg-deb -x build/$(DKMS_DEB) build/dkms
+	touch $@
+
+check-host: $(DRVRUN) $(NODE_TOOLS) $(DKMS_TREE)/dkms.conf
 	DRVRUN=$(abspath $(DRVRUN)) VENDOR=$(abspath $(VENDOR)) DRVRUN_RESULTS=$(RESULTS)/check-host \
 	  $(BUSTED) spec/host
 
@@ -163,7 +178,7 @@ $(SB_KEYS)/db.crt:
 	  -addext extendedKeyUsage=codeSigning -keyout $(SB_KEYS)/db.key -out $@.new 2>/dev/null
 	mv $@.new $@
 
-check-guest: $(DRVRUN) fixtures $(CACHE)/.stamp $(REAL_CACHE)/.stamp $(SB_KEYS)/db.crt
+check-guest: $(DRVRUN) fixtures $(CACHE)/.stamp $(REAL_CACHE)/.stamp $(SB_KEYS)/db.crt $(DKMS_TREE)/dkms.conf
 	@tools/check-guest $(abspath $(RESULTS)) $(BUILD)/vm "$(GUEST_SPECS)" \
 	  env DRVRUN=$(abspath $(DRVRUN)) VENDOR=$(abspath $(VENDOR)) $(BUSTED)
 

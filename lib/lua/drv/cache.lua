@@ -36,7 +36,7 @@ local function content_digest(r, path)
 end
 
 local function build_key(r)
-  local parts = { r.recipe.name, r.recipe.version, r.kver }
+  local parts = { r.name, r.version, r.kver }
   for _, key in ipairs(graph.sorted(r.sources)) do
     parts[#parts + 1] = key .. "=" .. content_digest(r, r.sources[key])
   end

@@ -42,13 +42,13 @@ local EXIT_REFUSED = 3 -- another instance of the recipe runs on this host
 
 -- ---- the run's state ----------------------------------------------------------------
 
--- A field of the recipe that may be a function of the run (stack, sources): its value here,
+-- A field of the recipe that may be a function of the run (name, version, stack, sources): its value here,
 -- what a function returned checked as the field itself is (`check(key, value)` raises).
 local function field_value(s, key, check)
   local v = s.recipe[key]
   if type(v) == "function" then
     v = v(s.r)
-    if v ~= nil or key == "stack" then check(key, v) end
+    if v ~= nil or key ~= "sources" then check(key, v) end
   end
   return v
 end
@@ -64,6 +64,7 @@ end
 function M.new(recipe, opt, check)
   local s = run.new(recipe, opt)
   s.r = run.facade(s)
+  s:named(field_value(s, "name", check), field_value(s, "version", check))
   s.stack = field_value(s, "stack", check)
   s.source_specs = field_value(s, "sources", check) or {}
   local also, why
@@ -82,7 +83,7 @@ local function claim_instance(s)
   s:must("instance lock", fs.mkdir(s.opt.STATE_DIR))
   local l, err, errno = lock.acquire(path, {
     timeout = s.opt.INSTANCE_WAIT, remove = true, interrupt_fd = s:interrupt_fd(),
-    owner = ("%s %s on %s"):format(s.name, s.recipe.version, sys.hostname() or "?"),
+    owner = ("%s %s on %s"):format(s.name, s.version, sys.hostname() or "?"),
     on_wait = function(holder)
       log.info("instance: another %s runs on this host (%s): waiting up to %d s for it to end", s.name, holder,
                s.opt.INSTANCE_WAIT)
@@ -111,7 +112,7 @@ end
 local function lock_host(s)
   s.lock = s:take_lock("lock", s.opt.LOCK_FILE, {
     timeout = s.opt.LOCK_TIMEOUT,
-    owner = ("%s %s"):format(s.name, s.recipe.version),
+    owner = ("%s %s"):format(s.name, s.version),
     on_wait = function(holder) log.info("lock: waiting for %s (held by %s)", s.opt.LOCK_FILE, holder) end,
   })
 end
@@ -397,9 +398,16 @@ phase("install", {
   end,
 })
 
--- What the stack needs from the kernel (mlx5_core: psample, tls...), loaded from the kernel's
--- own tree before the old stack goes, so that the new one does not fail on an unknown symbol
--- where nothing had loaded them yet. A dependency that is neither loaded nor the kernel's fails.
+-- The kernel's modules a run loaded for its stack: undone after the stack's own entry (which is
+-- newer), each unloaded unless something uses it then (the modules loaded back).
+journal.define("kernel_modules", function(e)
+  return stack.unload_unused(e.levels)
+end)
+
+-- What the stack needs from the kernel (mlx5_core: psample, tls...; v4l2loopback: videodev), loaded
+-- from the kernel's own tree before the old stack goes, so that the new one does not fail on an
+-- unknown symbol where nothing had loaded them yet; journaled, so that stop unloads what nothing
+-- uses any more. A dependency that is neither loaded nor the kernel's fails.
 local function load_kernel_deps(s, ctx)
   local missing = {}
   for _, n in ipairs(s.kernel_deps) do
@@ -413,6 +421,7 @@ local function load_kernel_deps(s, ctx)
     end
   end
   log.info("load: first the kernel's %s (the stack needs them)", table.concat(graph.flatten(inbox.levels), " "))
+  s.journal:record({ kind = "kernel_modules", levels = inbox.levels })
   s:must("load the kernel's modules", stack.load(inbox.levels, inbox.paths))
 end
 
@@ -574,7 +583,7 @@ phase("ready", {
       local st = s.verified[name]
       modules[#modules + 1] = { name = name, srcversion = st and st.srcversion }
     end
-    local text = ready.format { recipe = s.name, version = s.recipe.version, kernel = s.kver,
+    local text = ready.format { recipe = s.name, version = s.version, kernel = s.kver,
                                 time = log.timestamp(), modules = modules }
     s:must("ready", ready.write(s.opt.READY_FILES, text))
     log.info("ready: %s (%s s after start)", table.concat(s.opt.READY_FILES, ", "),
@@ -666,7 +675,7 @@ end
 function M.run(s)
   s.started = sys.monotonic()
   s.signals = signal.watch({ "TERM", "INT", "HUP" })
-  log.info("%s %s for kernel %s", s.name, s.recipe.version, s.kver)
+  log.info("%s %s for kernel %s", s.name, s.version, s.kver)
   local changes_host = not s.opt.BUILD_ONLY
   if changes_host then
     local refused = claim_instance(s)
@@ -714,9 +723,10 @@ end
 function M.plan(s, specs, out)
   out = out or io.stdout
   local function say(fmt, ...) out:write(fmt:format(...), "\n") end
-  say("plan: %s %s for kernel %s (nothing is changed)", s.name, s.recipe.version, s.kver)
+  say("plan: %s %s for kernel %s (nothing is changed)", s.name, s.version, s.kver)
   say("options:")
   for _, line in ipairs(options.describe(specs, s.opt)) do say("%s", line) end
+  if s.recipe.plan then s.recipe.plan(s.r, say) end
   for _, p in ipairs(PHASES) do
     if p.plan and (not s.opt.BUILD_ONLY or BUILD_PHASES[p.name]) then p.plan(s, say) end
   end
