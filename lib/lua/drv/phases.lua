@@ -82,8 +82,18 @@ function M.await(r)
   if r.recipe.await then r.recipe.await(r) end
 end
 
+-- What expose mounts must reach the host (drv.expose): refused now when it would not.
+local function check_expose(r)
+  local target = not r.opt.BUILD_ONLY and r.recipe.expose and r:expand(r.recipe.expose)
+  if not target then return end
+  local view, err = require("drv.expose").host_view(target)
+  if not view then r:fail("expose: %s", err) end
+  r.expose_view = view
+end
+
 function M.prepare(r)
   check_blacklist_dir(r)
+  check_expose(r)
   if r.recipe.prepare then r.recipe.prepare(r) end
   netcfg.prepare(r)
   check_blockers(r)
@@ -123,7 +133,7 @@ end
 -- depmod runs only when a file changed: it reads every module of the kernel.
 local function install_modules(r)
   local dir = r:path(("/lib/modules/%s/updates/%s"):format(r.kver, r.recipe.name))
-  local changed = false
+  local changed, known = false, {}
   r:must("install", fs.mkdir(dir))
   for _, m in ipairs(r.built) do
     local dest = dir .. "/" .. m.name .. ".ko"
@@ -131,16 +141,19 @@ local function install_modules(r)
       r:must("install " .. dest, fs.copy(m.path, dest))
       changed = true
     end
-    m.installed = dest
+    m.installed, known[dest] = dest, m.sha256
   end
   if changed then
     local t0 = sys.monotonic()
     log.info("install: %s changed; depmod %s (it reads every module of the kernel)", dir, r.kver)
     local depmod = require("drv.compile").depmod -- loaded here, not at the start: most restarts install nothing
-    local ok, err, errno = depmod(r.kver, r.root, { interrupt_fd = r.signals and r.signals:fd() })
+    -- its outputs kept in the build cache: a container starting again on a fresh layer copies them
+    local ok, err, errno = depmod(r.kver, r.root, { interrupt_fd = r.signals and r.signals:fd(), known = known,
+                                                    memo = ("%s/%s/depmod"):format(r.cache, r.kver) })
     if errno == EINTR then r:check_cancel() end
     r:must("depmod", ok, err)
-    log.info("install: depmod done in %.1f s", sys.monotonic() - t0)
+    log.info("install: depmod %s in %.1f s", ok == "remembered" and "outputs copied from the build cache (the same "
+             .. "module tree as the last run's)" or "done", sys.monotonic() - t0)
     r.kmod_ctx = nil -- its indexes are the old ones
   else
     log.info("install: %s already installed", dir)
@@ -265,7 +278,7 @@ function M.expose(r)
   r:must("expose /sys", mount.propagation("/sys", "private"))
   r.journal:record({ kind = "mount", target = target })
   r:must("expose " .. target, mount.rbind("/", target))
-  log.info("expose: container root visible at %s", target)
+  log.info("expose: container root at %s, %s", target, r.expose_view)
 end
 
 local function ready_content(r)

@@ -1,0 +1,47 @@
+--- drv.expose: whether the host sees what a run exposes (its root, the ready
+-- file under it).
+--
+-- The container root is rbound at the expose path in the container's own mount
+-- namespace; the host sees it only when the mount holding that path propagates
+-- to the host's namespace: a shared mount (`docker run -v P:P:rshared`,
+-- `mountPropagation: Bidirectional`). A plain `-v P:P` is private: the root and
+-- the ready file would be seen inside the container only, and whatever waits for
+-- them on the host (the peer-memory container, a probe) would wait for nothing.
+local M = {}
+
+local mount = require "drv.mount"
+local fs = require "drv.fs"
+
+-- The initial PID namespace's inode (PROC_PID_INIT_INO): no container's.
+local INIT_PID_NS = "pid:[4026531836]"
+
+-- In the host's own mount namespace (not in a container), what is mounted is what the host sees.
+local function in_host_namespace()
+  return fs.readlink("/proc/self/ns/pid") == INIT_PID_NS and
+         fs.readlink("/proc/self/ns/mnt") == fs.readlink("/proc/1/ns/mnt")
+end
+
+-- The mount that holds `path`, or would once it is made: its nearest existing ancestor's.
+local function holding_mount(path)
+  while not fs.exists(path) do path = path:match("^(.*)/[^/]*$") or "" end
+  return mount.find(path == "" and "/" or path)
+end
+
+--- How the host sees `target`: a phrase for the log, or nil and why it does not (for the operator, naming the fix).
+-- @tparam string target the expose path
+-- @treturn[1] string "shared with the host (peer group N)", or "the host's own mount namespace"
+-- @treturn[2] nil, string message
+function M.host_view(target)
+  if in_host_namespace() then return "the host's own mount namespace" end
+  local m, err = holding_mount(target)
+  if not m then return nil, ("%s: %s"):format(target, err) end
+  if m.propagation:find("shared", 1, true) then
+    return ("shared with the host (peer group %s)"):format(m.shared_group or "?")
+  end
+  return nil, ("%s is not shared with the host: its mount (%s, from %s) is %s in /proc/self/mountinfo, so the "
+    .. "container root and the ready file there would be seen in this container only. Mount it shared: "
+    .. "`docker run -v %s:%s:rshared` (podman alike), or in a pod `mountPropagation: Bidirectional`"):format(
+    target, m.target, m.root or "/", m.propagation, target, target)
+end
+
+return M
