@@ -93,10 +93,10 @@ end
 
 function M.prepare(r)
   check_blacklist_dir(r)
-  check_expose(r)
   if r.recipe.prepare then r.recipe.prepare(r) end
   netcfg.prepare(r)
   check_blockers(r)
+  check_expose(r)
 end
 
 -- One build at a time in a recipe's cache for a kernel (a build-only run for
