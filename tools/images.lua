@@ -486,10 +486,13 @@ local function entry_checks(img, d, recipe, env, file, install)
     if ins.keyword == "ENTRYPOINT" then entry = ins.exec end
     if ins.keyword == "HEALTHCHECK" then health = ins end
   end
-  local want = { prefix .. "/share/drvrun/entrypoint", ("%s/share/drvrun/recipes/%s.lua"):format(prefix, img.recipe) }
+  -- drvrun --init: PID 1 of the container, a minimal init that forwards the engine's signals and reaps orphans
+  local files = { prefix .. "/bin/drvrun", prefix .. "/share/drvrun/entrypoint",
+                  ("%s/share/drvrun/recipes/%s.lua"):format(prefix, img.recipe) }
+  local want = { files[1], "--init", files[2], files[3] }
   check(entry and show(entry) == show(want), file, "ENTRYPOINT must be %s (exec form), not %s", show(want),
         entry and show(entry) or "missing or a shell form")
-  for _, p in ipairs(want) do
+  for _, p in ipairs(files) do
     check(fs.exists(install .. p), file, "%s is not in the install tree (make install PREFIX=%s)", p, prefix)
   end
   check(fs.exists(install .. prefix .. "/share/drvrun/probe.lua"), file, "%s/share/drvrun/probe.lua is not installed", prefix)

@@ -207,8 +207,8 @@ describe("tools/images.lua", function()
       edit(root, PEER_DF, "/recipes/peermem.lua", "/recipes/nv-peer-mem.lua")
       edit(root, OFED_DF, '"/.driver-ready"]', '"/driver-ready"]')
       fails_with(root, {
-        "FAIL docker/gpu-direct/ubuntu/Dockerfile: ENTRYPOINT must be /usr/local/share/drvrun/entrypoint "
-        .. "/usr/local/share/drvrun/recipes/peermem.lua (exec form)",
+        "FAIL docker/gpu-direct/ubuntu/Dockerfile: ENTRYPOINT must be /usr/local/bin/drvrun --init "
+        .. "/usr/local/share/drvrun/entrypoint /usr/local/share/drvrun/recipes/peermem.lua (exec form)",
         "FAIL docker/ubuntu/Dockerfile: HEALTHCHECK probes /driver-ready, which is not a ready file of recipe ubuntu-ofed "
         .. "(/.driver-ready /run/mellanox/drivers/.driver-ready)" })
     end)

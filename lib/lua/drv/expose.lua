@@ -44,4 +44,29 @@ function M.host_view(target)
     target, m.target, m.root or "/", m.propagation, target, target)
 end
 
+--- Before the root is rbound at `target`: every other shared mount of this
+-- namespace made a slave (it still receives from the host; it sends nothing).
+-- An engine shares a container's root mounts once a volume is rshared; their
+-- copies under `target` would then be their peers, and unmounting the exposed
+-- root at stop would unmount the container's own mounts with it (its
+-- /lib/modules layer, /proc...). In the host's own namespace nothing is changed.
+-- @tparam string target the expose path
+-- @treturn[1] true
+-- @treturn[2] nil, string message, integer errno
+function M.isolate(target)
+  if in_host_namespace() then return true end
+  local holder, err, errno = holding_mount(target)
+  if not holder then return nil, err, errno end
+  local list
+  list, err, errno = mount.list()
+  if not list then return nil, err, errno end
+  for _, m in ipairs(list) do
+    if m.id ~= holder.id and m.propagation:find("shared", 1, true) then
+      local ok, e, en = mount.propagation(m.target, "slave")
+      if not ok then return nil, e, en end
+    end
+  end
+  return true
+end
+
 return M

@@ -276,6 +276,7 @@ function M.expose(r)
   -- /sys must not be rbound into the target: it would pin sysfs submounts.
   r:must("expose /sys", mount.propagation("/sys", "unbindable", { recursive = true }))
   r:must("expose /sys", mount.propagation("/sys", "private"))
+  r:must("expose " .. target, require("drv.expose").isolate(target))
   r.journal:record({ kind = "mount", target = target })
   r:must("expose " .. target, mount.rbind("/", target))
   log.info("expose: container root at %s, %s", target, r.expose_view)
