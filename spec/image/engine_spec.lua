@@ -92,7 +92,8 @@ describe("the images run by a real engine on the node (the guest)", function()
   it("refuses the seed's OFED line with a plain -v at once: the host would not see the root; nothing changes", function()
     load_inbox()
     local args = { table.unpack(OFED_RUN) }
-    args[6] = "/run/mellanox/drivers:/run/mellanox/drivers" -- the seed's -v, without :rshared
+    args[5] = "/run/mellanox/drivers:/run/mellanox/drivers" -- the seed's -v, without :rshared
+    assert.equal("-v", args[4])
     local r = engine.docker(args, 900)
     assert.equal(1, r.status, r.stdout)
     assert.matches("expose: /run/mellanox/drivers is not shared with the host", r.stdout, nil, true)
@@ -195,5 +196,82 @@ describe("the images run by a real engine on the node (the guest)", function()
     assert.equal(0, status, fs.read(log))
     assert_inbox_loaded()
     assert_nothing_left()
+  end)
+
+  it("pulls the precompiled image from a registry on 127.0.0.1 by its per-kernel tag; it reaches ready on an empty "
+     .. "build cache with the build it holds, without a compiler", function()
+    local tag = assert(fs.read(IMAGES .. "/registry.tag")):match("^(%S+)\n$")
+    assert.matches("^[%d.-]+%-0%-" .. KVER:gsub("%p", "%%%0") .. "%-debian12%-amd64$", tag)
+    local port = math.random(20000, 60000)
+    local registry = assert(proc.spawn({ "docker-registry", "serve", "spec/image/engine/registry.yml" },
+      { env = { REGISTRY_HTTP_ADDR = "127.0.0.1:" .. port, REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY = IMAGES .. "/registry" },
+        stdout = "null", stderr = "null" }))
+    finally(function() registry:kill("TERM") registry:wait(30) end)
+    local ref = ("127.0.0.1:%d/ofed-driver:%s"):format(port, tag)
+    local pulled
+    local seconds = engine.timed(function()
+      for _ = 1, 30 do -- until the registry listens
+        pulled = engine.docker({ "pull", "--tls-verify=false", ref }, 1800)
+        if pulled.status == 0 or not pulled.stdout:find("connection refused", 1, true) then break end
+        sys.sleep(1)
+      end
+    end)
+    assert.equal(0, pulled.status, pulled.stdout)
+    local size = tonumber(engine.docker({ "image", "inspect", "--format", "{{.Size}}", ref }).stdout)
+    print(("    docker pull %s: %.0f s, %.0f MB"):format(ref, seconds, size / 1e6))
+    for _, tool in ipairs { "gcc", "make", "patch" } do
+      local r = engine.docker({ "run", "--rm", "--entrypoint", "sh", ref, "-c", "command -v " .. tool })
+      assert.equal(1, r.status, tool .. " is in the precompiled image: " .. r.stdout)
+    end
+    load_inbox()
+    local empty = assert(fs.tmpdir("empty-cache"))
+    local args = { table.unpack(OFED_RUN) }
+    assert.equal("/var/cache/drvrun:/var/cache/drvrun", args[11])
+    args[11], args[#args] = empty .. ":/var/cache/drvrun", ref
+    local p, log = engine.spawn(args)
+    wait_ready(p, log, 1500)
+    local text = assert(fs.read(log))
+    assert.matches("drvrun entrypoint: /var/cache/drvrun/ubuntu%-ofed/" .. KVER:gsub("%p", "%%%0")
+                   .. "/builds/%x+: the build the image holds %(precompiled%)", text)
+    assert.matches("build: cache hit for kernel " .. KVER:gsub("%p", "%%%0"), text)
+    local _, status = stop(ref, p)
+    assert.equal(0, status, fs.read(log))
+    assert_inbox_loaded()
+    assert_nothing_left()
+  end)
+
+  it("podman kube play of the OFED DaemonSet's pod: ready with its volumes, Bidirectional propagation, privileged, "
+     .. "env and probes; podman kube down stops it within its terminationGracePeriodSeconds", function()
+    load_inbox()
+    local pod = IMAGES .. "/ofed-driver.pod.yaml"
+    local grace = tonumber(assert(fs.read(pod)):match("\n%s*terminationGracePeriodSeconds: (%d+)\n"))
+    print("    podman kube play " .. pod)
+    local play = engine.podman({ "kube", "play", pod }, 900)
+    assert.equal(0, play.status, play.stdout)
+    local ctr = "ofed-driver-drvrun-guest-ofed-driver"
+    local function logs() return engine.podman({ "logs", ctr }).stdout end
+    assert.is_true(guest.wait_until(function() return fs.exists(READY) end, 1500), logs())
+    local text = logs()
+    assert.matches('"msg":"expose: container root at /run/mellanox/drivers, shared with the host', text, nil, true)
+    assert.matches('"msg":"build: cache hit for kernel ', text, nil, true)
+    assert.equal(OFED_VERSION, assert(assert(kmod.new()):state("mlx5_core")).version)
+    local inspect = engine.podman({ "inspect", ctr, "--format",
+      "{{.HostConfig.Privileged}} {{range .Mounts}}{{.Destination}}:{{.Propagation}} {{end}}" }).stdout
+    print("    " .. ctr .. ": privileged, mounts: " .. inspect)
+    assert.matches("^true ", inspect)
+    assert.matches("/run/mellanox/drivers:rshared", inspect, nil, true)
+    local health = engine.podman({ "healthcheck", "run", ctr })
+    print("    podman healthcheck run (the pod's probe): exit " .. tostring(health.status) .. " " .. health.stdout)
+    assert.equal(0, health.status, health.stdout)
+    local seconds, down = engine.timed(function() return engine.podman({ "kube", "down", pod }, grace + 60) end)
+    assert.equal(0, down.status, down.stdout)
+    print(("    podman kube down: %.1f s (terminationGracePeriodSeconds %d)"):format(seconds, grace))
+    assert.is_true(seconds < grace)
+    assert_inbox_loaded()
+    assert_nothing_left()
+    for _, f in ipairs { "/run/modprobe.d/drvrun-ubuntu-ofed.conf", "/run/drvrun/ubuntu-ofed.journal",
+                         "/lib/udev/rules.d/82-net-setup-link.rules", "/etc/infiniband/vf-net-link-name.sh" } do
+      assert.is_false(fs.exists(f), f .. " is left")
+    end
   end)
 end)

@@ -49,6 +49,13 @@ function M.docker(args, timeout)
   return assert(proc.run(argv, { stderr = "stdout", timeout = timeout or 600, max_capture = 8 * 1024 * 1024 }))
 end
 
+--- Run `podman ARGS...` (podman's own commands: kube, healthcheck) to its end.
+function M.podman(args, timeout)
+  local argv = { "podman" }
+  for _, a in ipairs(args) do argv[#argv + 1] = a end
+  return assert(proc.run(argv, { stderr = "stdout", timeout = timeout or 600, max_capture = 8 * 1024 * 1024 }))
+end
+
 --- Start `docker ARGS...` (a `docker run -i` in the foreground); returns the process and its log path.
 function M.spawn(args)
   local log = os.tmpname()
