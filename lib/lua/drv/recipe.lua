@@ -201,7 +201,9 @@ function M.run(recipe, opt)
     stop.wait_for_signal(r)
   end
   if changes_host and not r.lock and #r.journal.entries > 0 then
-    local lok = pcall(stop.lock, r) -- stop changes the host too; proceed without it rather than not at all
+    -- stop changes the host too; it waits for the lock no longer than it may take (STOP_TIMEOUT:
+    -- the engine's grace ends in SIGKILL), then proceeds without it rather than not at all
+    local lok = pcall(stop.lock, r, math.min(opt.LOCK_TIMEOUT, opt.STOP_TIMEOUT))
     if not lok then log.warn("stop: proceeding without the host-wide lock") end
   end
   local stopped = not changes_host or (ok and not opt.WAIT) or stop.stop(r)

@@ -28,7 +28,11 @@ end)
 journal.define("modules", function(e, o)
   if not e.restore then return true end
   if o.lost then log.warn("stop: the modules changed behind this run's back: leaving them as they are"); return true end
-  if o.hurry then log.warn("stop: second signal: not restoring the inbox modules"); return true end
+  if o.hurry then
+    log.warn("stop: %s: not restoring the inbox modules; %s stay loaded as they are", o.hurry,
+             table.concat(e.names, " "))
+    return true
+  end
   log.info("stop: unloading %s (holders first)", table.concat(e.names, " "))
   return netcfg.around(e.net, function() return stack.restore(e.names, e.previous) end, o.deadline)
 end)
@@ -46,9 +50,10 @@ function M.stop(r)
   local deadline = t0 + r.opt.STOP_TIMEOUT
   local o = { hurry = false, lost = r.lost, deadline = deadline }
   o.skip = function()
-    if not o.hurry and (r.signals:poll() or sys.monotonic() > deadline) then
-      log.warn("stop: second signal or deadline: skipping the slow parts")
-      o.hurry = true
+    if not o.hurry then
+      o.hurry = (r.signals:poll() and "second signal")
+                or (sys.monotonic() > deadline and ("STOP_TIMEOUT (%d s) reached"):format(r.opt.STOP_TIMEOUT))
+      if o.hurry then log.warn("stop: %s: skipping the slow parts", o.hurry) end
     end
     return false
   end
@@ -108,10 +113,10 @@ function M.remove_stale_blacklist(r)
   end
 end
 
---- Take the host-wide lock (LOCK_FILE), waiting up to LOCK_TIMEOUT.
-function M.lock(r)
+--- Take the host-wide lock (LOCK_FILE), waiting up to LOCK_TIMEOUT (or `timeout` seconds).
+function M.lock(r, timeout)
   r.lock = r:take_lock("lock", r.opt.LOCK_FILE, {
-    timeout = r.opt.LOCK_TIMEOUT,
+    timeout = timeout or r.opt.LOCK_TIMEOUT,
     owner = ("%s %s"):format(r.recipe.name, r.recipe.version),
     on_wait = function(holder) log.info("lock: waiting for %s (held by %s)", r.opt.LOCK_FILE, holder) end,
   })
