@@ -64,12 +64,17 @@ function M.spawn(args)
   return assert(proc.spawn(argv, { stdin = "" })), log
 end
 
---- The id of the running container of `image` (one), waiting for it to be there.
+--- The id of the running container of `image` (one), waiting for it to be there. podman names a
+-- local image by its full name (localhost/ofed-driver:latest), `ps --filter ancestor` not by a short one.
 function M.container_of(image, p, timeout)
+  local full = image:find(":", 1, true) and image or image .. ":latest"
   local id
   guest.wait_until(function()
-    local r = M.docker({ "ps", "-q", "--filter", "ancestor=" .. image }, 60)
-    id = r.status == 0 and r.stdout:match("^(%x+)\n$")
+    local r = M.docker({ "ps", "--format", "{{.ID}} {{.Image}}" }, 60)
+    for line in r.stdout:gmatch("[^\n]+") do
+      local cid, img = line:match("^(%x+) (%S+)$")
+      if img == full or (img and img:sub(-#full - 1) == "/" .. full) then id = cid end
+    end
     return id ~= nil
   end, timeout or 300, p)
   return id
