@@ -134,8 +134,8 @@ describe("the images run by a real engine on the node (the guest)", function()
     assert.equal(0, health.status, health.stdout)
     local pid1 = engine.docker({ "exec", id, "cat", "/proc/1/cmdline" })
     assert.equal(0, pid1.status, pid1.stdout)
-    assert.matches("^/usr/local/bin/drvrun%z%-%-init%z", pid1.stdout)
-    print("    docker healthcheck run: healthy; the container's PID 1: " .. pid1.stdout:gsub("%z", " "))
+    assert.matches("^/usr/local/bin/drvrun\0%-%-init\0", pid1.stdout)
+    print("    docker healthcheck run: healthy; the container's PID 1: " .. pid1.stdout:gsub("\0", " "))
   end)
 
   local peer_p, peer_log
