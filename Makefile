@@ -46,7 +46,7 @@ DEB_BUILD = build-essential pkg-config liblua5.4-dev libkmod-dev libmount-dev \
             libnl-genl-3-dev
 DEB_TEST  = lua5.4 lua-busted lua-check python3 openssl kmod util-linux cpio ccache \
             busybox-static qemu-system-x86 linux-image-amd64 linux-headers-amd64 \
-            nodejs npm valgrind buildah debootstrap podman podman-docker catatonit docker-registry
+            nodejs npm valgrind buildah debootstrap podman podman-docker catatonit iptables docker-registry
 DEB_ALL   = $(DEB_BUILD) $(DEB_TEST)
 
 .PHONY: all check demo install deps deps-ok clean lint fixtures doc docker-context bench \
