@@ -31,7 +31,8 @@ local rows = {}
 
 local RUN = { "run", "-d", "-v", "/run/mellanox/drivers:/run/mellanox/drivers:rshared",
               "-v", "/etc/network:/etc/network", "-v", "/lib/modules:/host/lib/modules:ro",
-              "-v", "/var/cache/drvrun:/var/cache/drvrun", "--net=host", "--privileged" }
+              "-v", "/var/cache/drvrun:/var/cache/drvrun", "-v", "/run/drvrun:/run/drvrun", "--net=host",
+              "--privileged" }
 
 local function run_args(extra)
   local args = { table.unpack(RUN) }
