@@ -318,22 +318,30 @@ local DEPMOD_OUTPUTS = { "modules.dep", "modules.dep.bin", "modules.alias", "mod
                          "modules.symbols", "modules.symbols.bin", "modules.builtin.bin", "modules.builtin.alias.bin",
                          "modules.devname", "modules.weakdep" }
 
--- Everything depmod's result depends on, as text: each file of the kernel's
--- module tree but depmod's outputs, and of its configuration directories, by
--- path, size and modification time (or the sha256 `known` gives: a file just
--- copied has a new time, not new content), and depmod itself.
+-- Everything depmod's result depends on, as text: the kernel package's modules
+-- (kernel/, thousands of files) by the index its installation made (modules.dep
+-- and the module lists, by sha256: a package that changes a module runs depmod,
+-- which rewrites them), every other file of the module tree but depmod's outputs
+-- (updates/, extra/...) by path, size and modification time (or the sha256
+-- `known` gives: a file just copied has a new time, not new content), the
+-- configuration directories, and depmod itself. Walking kernel/ instead cost a
+-- restart in the emulated guest most of a minute (a stat each over 9p).
 local function depmod_inputs(kver, root, known)
   local moddir = root .. "/lib/modules/" .. kver
   local outputs = {}
   for _, name in ipairs(DEPMOD_OUTPUTS) do outputs[moddir .. "/" .. name] = true end
   local lines = {}
+  for _, name in ipairs { "modules.dep", "modules.order", "modules.builtin", "modules.builtin.modinfo" } do
+    lines[#lines + 1] = name .. " " .. (fs.sha256(moddir .. "/" .. name) or "-")
+  end
   local function walk(d)
     for _, name in ipairs(fs.dir(d) or {}) do
       local path = d .. "/" .. name
       local st = fs.lstat(path)
-      if st and st.type == "directory" then
+      if st and st.type == "directory" and path ~= moddir .. "/kernel" then
         walk(path)
-      elseif st and st.type == "file" and not outputs[path] then
+      elseif st and st.type == "file" and not outputs[path] and not path:match("^" .. moddir:gsub("%p", "%%%0")
+                                                                            .. "/modules%.[^/]*$") then
         lines[#lines + 1] = path:sub(#root + 1) .. " " .. (known[path] or st.size .. " " .. st.mtime_ns)
       end
     end
@@ -371,8 +379,8 @@ end
 --- Run depmod for kernel `kver` over the tree rooted at `basedir` ("/" by default).
 -- depmod reads every module of the kernel (most of a minute under emulation).
 -- With `o.memo`, a directory, its outputs are kept there with what they were
--- made from (each file's path, size and time; `o.known` gives the sha256 of
--- files just copied); the next call over the same inputs copies them instead
+-- made from (the kernel package's index by sha256, each other file's path, size
+-- and time; `o.known` gives the sha256 of files just copied); the next call over the same inputs copies them instead
 -- of running depmod: a driver container starting again on a fresh layer over
 -- the host's module tree installs the same files into the same tree.
 -- @tparam string kver
