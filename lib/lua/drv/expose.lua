@@ -44,6 +44,17 @@ function M.host_view(target)
     target, m.target, m.root or "/", m.propagation, target, target)
 end
 
+--- Whether the top-most mount at `target` is an exposed root (this run's, or a
+-- killed run's left behind): the root of a file system, not the namespace's own
+-- "/". A volume mounted there (a bind of the host's directory) is not.
+-- @tparam string target the expose path
+-- @treturn boolean
+function M.exposed_at(target)
+  if not mount.is_mountpoint(target) then return false end
+  local top = mount.info(target)
+  return top ~= nil and (top.root or "/") == "/" and top.id ~= (mount.find("/") or {}).id
+end
+
 --- Before the root is rbound at `target`: every other shared mount of this
 -- namespace made a slave (it still receives from the host; it sends nothing).
 -- An engine shares a container's root mounts once a volume is rshared; their

@@ -268,7 +268,7 @@ end
 function M.expose(r)
   local target = r.recipe.expose and r:expand(r.recipe.expose)
   if not target then return end
-  if mount.is_mountpoint(target) and (mount.info(target).root or "/") == "/" and mount.find(target).id ~= mount.find("/").id then
+  if require("drv.expose").exposed_at(target) then
     log.info("expose: replacing a stale mount at %s", target)
     r:must("umount " .. target, mount.umount(target, { recursive = true, lazy = true }))
   end

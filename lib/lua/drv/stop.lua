@@ -20,9 +20,12 @@ function M.remove_ready(r)
 end
 
 -- Undo kinds this library records.
+-- Only an exposed root goes: the volume under it stays (a recovery found no
+-- root there, the killed run's having gone with its namespace, and unmounted
+-- the volume itself: the next expose then went to the container's own mounts).
 journal.define("mount", function(e)
-  if not mount.is_mountpoint(e.target) then return true end
-  return mount.umount(e.target, { recursive = true, lazy = true })
+  if not require("drv.expose").exposed_at(e.target) then return true end
+  return mount.umount(e.target, { lazy = true })
 end)
 
 journal.define("modules", function(e, o)
