@@ -46,7 +46,8 @@ DEB_BUILD = build-essential pkg-config liblua5.4-dev libkmod-dev libmount-dev \
             libnl-genl-3-dev
 DEB_TEST  = lua5.4 lua-busted lua-check python3 openssl kmod util-linux cpio ccache keyutils \
             busybox-static qemu-system-x86 linux-image-amd64 linux-headers-amd64 \
-            nodejs npm valgrind buildah debootstrap ovmf efitools
+            nodejs npm valgrind buildah debootstrap ovmf efitools podman podman-docker catatonit \
+            iptables docker-registry
 DEB_ALL   = $(DEB_BUILD) $(DEB_TEST)
 
 .PHONY: all check demo install deps deps-ok clean lint fixtures doc docker-context bench \
@@ -199,8 +200,10 @@ check-images: $(DRVRUN) fixtures $(CACHE)/.stamp $(REAL_CACHE)/.stamp $(NODE_TOO
 	@rm -rf $(RESULTS)/images; mkdir -p $(RESULTS)/images $(BUILD)/vm
 	@if tools/run-counted $(RESULTS)/images/build tools/build-test-images $(IMAGE_BASE) $(VENDOR) \
 	    "$(IMAGE_OFED_BUNDLE)" $(GUEST_KVER) $(abspath $(IMAGES)); then \
-	   spec/vm/run -q --timeout 1800 --log $(BUILD)/vm/images.log --out $(abspath $(RESULTS)) -- \
+	   spec/vm/run -q --mem 3072 --timeout 3600 --log $(BUILD)/vm/images.log --out $(abspath $(RESULTS)) -- \
 	     env DRVRUN=$(abspath $(DRVRUN)) DRVRUN_IMAGES=$(abspath $(IMAGES)) DRVRUN_IMAGE_CACHE=$(abspath $(IMAGE_CACHE)) \
+	     CONTAINERS_CONF=$(abspath spec/image/engine/containers.conf) \
+	     CONTAINERS_STORAGE_CONF=$(abspath spec/image/engine/storage.conf) \
 	     DRVRUN_RESULTS=$(abspath $(RESULTS))/images/guest $(BUSTED) spec/image; \
 	   rc=$$?; [ -s $(RESULTS)/images/guest ] || echo "0 1" > $(RESULTS)/images/guest; \
 	 else rc=1; fi; \

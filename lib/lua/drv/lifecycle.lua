@@ -31,6 +31,7 @@ local graph = require "drv.graph"
 local cache = require "drv.cache"
 local fault = require "drv.fault"
 local mount = require "drv.mount"
+local expose = require "drv.expose"
 local kmod = require "drv.kmod"
 local fs = require "drv.fs"
 local sys = require "drv.sys"
@@ -109,9 +110,9 @@ end
 
 -- The host-wide lock (LOCK_FILE): held while the host changes (install to ready, recovery, stop),
 -- not while waiting or building: other driver containers on the host reload meanwhile.
-local function lock_host(s)
+local function lock_host(s, timeout)
   s.lock = s:take_lock("lock", s.opt.LOCK_FILE, {
-    timeout = s.opt.LOCK_TIMEOUT,
+    timeout = timeout or s.opt.LOCK_TIMEOUT,
     owner = ("%s %s"):format(s.name, s.version),
     on_wait = function(holder) log.info("lock: waiting for %s (held by %s)", s.opt.LOCK_FILE, holder) end,
   })
@@ -194,6 +195,15 @@ local function phase(name, def)
   PHASES[name] = def
 end
 
+-- Where expose mounts the root must reach the host (drv.expose): refused now when it would not.
+local function check_expose(s)
+  local target = s.recipe.expose and s:expand(s.recipe.expose)
+  if not target then return end
+  local view, err = expose.host_view(target)
+  if not view then s:fail("expose: %s", err) end
+  s.expose_view = view
+end
+
 phase("prepare", {
   run = function(s)
     if not s.opt.BUILD_ONLY and s.opt.BLACKLIST_FILE ~= "" then
@@ -206,7 +216,9 @@ phase("prepare", {
     secureboot.prepare(s) -- the signing options; under enforcement, a key the kernel trusts
     if s.recipe.prepare then s.recipe.prepare(s.r) end
     netcfg.prepare(s)
-    if not s.opt.BUILD_ONLY then refuse_blockers(s, reload_plan(s)) end
+    if s.opt.BUILD_ONLY then return end
+    refuse_blockers(s, reload_plan(s))
+    check_expose(s)
   end,
 })
 
@@ -342,7 +354,7 @@ phase("build", {
 -- only when a file changed: it reads every module of the kernel.
 local function install_modules(s)
   local dir = s:path(("/lib/modules/%s/updates/%s"):format(s.kver, s.name))
-  local changed = false
+  local changed, known = false, {}
   s:must("install", fs.mkdir(dir))
   for _, m in ipairs(s.built) do
     local dest = dir .. "/" .. m.name .. ".ko"
@@ -350,13 +362,16 @@ local function install_modules(s)
       s:must("install " .. dest, fs.copy(m.path, dest))
       changed = true
     end
-    m.installed = dest
+    m.installed, known[dest] = dest, m.sha256
   end
   if not changed then return log.info("install: %s already installed", dir) end
   local t0 = sys.monotonic()
   log.info("install: %s changed; depmod %s (it reads every module of the kernel)", dir, s.kver)
-  s:checked("depmod", require("drv.compile").depmod(s.kver, s.root, { interrupt_fd = s:interrupt_fd() }))
-  log.info("install: depmod done in %.1f s", sys.monotonic() - t0)
+  -- its outputs kept in the build cache: a container starting again on a fresh layer copies them
+  local ok = s:checked("depmod", require("drv.compile").depmod(s.kver, s.root, {
+    interrupt_fd = s:interrupt_fd(), known = known, memo = ("%s/%s/depmod"):format(s.cache, s.kver) }))
+  log.info("install: depmod %s in %.1f s", ok == "remembered" and "outputs copied from the build cache (the same "
+           .. "module tree as the last run's)" or "done", sys.monotonic() - t0)
   s.kmod_ctx = nil -- its indexes are the old ones
 end
 
@@ -477,7 +492,11 @@ end
 journal.define("modules", function(e, o)
   if not e.restore then return true end
   if o.lost then log.warn("stop: the modules changed behind this run's back: leaving them as they are"); return true end
-  if o.hurry then log.warn("stop: second signal or deadline: not restoring the previous modules"); return true end
+  if o.hurry then
+    log.warn("stop: %s: not restoring the previous modules; %s stay loaded as they are", o.hurry,
+             table.concat(e.names, " "))
+    return true
+  end
   log.info("stop: unloading %s (holders first)", table.concat(e.names, " "))
   local net = e.net and netcfg.save(e.net)
   local ok, err = stack.restore(e.names, e.previous)
@@ -548,18 +567,18 @@ phase("load", {
   end,
 })
 
--- The expose's journal entry: the rbind of the container's root; undone by unmounting it.
+-- The expose's journal entry: the rbind of the container's root; undone by unmounting it, and
+-- only it: never the volume under it (the host's, which a container engine mounted there).
 journal.define("mount", function(e)
-  if not mount.is_mountpoint(e.target) then return true end
-  return mount.umount(e.target, { recursive = true, lazy = true })
+  if not expose.exposed_at(e.target) then return true end
+  return mount.umount(e.target, { lazy = true })
 end)
 
 phase("expose", {
   run = function(s)
     local target = s.recipe.expose and s:expand(s.recipe.expose)
     if not target then return end
-    if mount.is_mountpoint(target) and (mount.info(target).root or "/") == "/"
-        and mount.find(target).id ~= mount.find("/").id then
+    if expose.exposed_at(target) then
       log.info("expose: replacing a stale mount at %s", target)
       s:must("umount " .. target, mount.umount(target, { recursive = true, lazy = true }))
     end
@@ -567,9 +586,10 @@ phase("expose", {
     -- /sys must not be rbound into the target: it would pin sysfs submounts.
     s:must("expose /sys", mount.propagation("/sys", "unbindable", { recursive = true }))
     s:must("expose /sys", mount.propagation("/sys", "private"))
+    s:must("expose " .. target, expose.isolate(target))
     s.journal:record({ kind = "mount", target = target })
     s:must("expose " .. target, mount.rbind("/", target))
-    log.info("expose: container root visible at %s", target)
+    log.info("expose: container root at %s, %s", target, s.expose_view)
   end,
   plan = function(s, say)
     if s.recipe.expose then say("mount: rbind / %s", s:expand(s.recipe.expose)) end
@@ -651,9 +671,10 @@ local function stop(s)
   local deadline = t0 + s.opt.STOP_TIMEOUT
   local o = { hurry = false, lost = s.lost, deadline = deadline }
   o.skip = function()
-    if not o.hurry and (s.signals:poll() or sys.monotonic() > deadline) then
-      log.warn("stop: second signal or deadline: skipping the slow parts")
-      o.hurry = true
+    if not o.hurry then
+      o.hurry = (s.signals:poll() and "second signal")
+                or (sys.monotonic() > deadline and ("STOP_TIMEOUT (%d s) reached"):format(s.opt.STOP_TIMEOUT))
+      if o.hurry then log.warn("stop: %s: skipping the slow parts", o.hurry) end
     end
     return false
   end
@@ -704,7 +725,9 @@ function M.run(s)
     wait_for_signal(s)
   end
   if changes_host and not s.lock and #s.journal.entries > 0 then
-    local lok = pcall(lock_host, s) -- stop changes the host too; proceed without it rather than not at all
+    -- stop changes the host too; it waits for the lock no longer than it may take (STOP_TIMEOUT:
+    -- the engine's grace ends in SIGKILL), then proceeds without it rather than not at all
+    local lok = pcall(lock_host, s, math.min(s.opt.LOCK_TIMEOUT, s.opt.STOP_TIMEOUT))
     if not lok then log.warn("stop: proceeding without the host-wide lock") end
   end
   local stopped = not changes_host or (ok and not s.opt.WAIT) or stop(s)

@@ -391,7 +391,8 @@ end
 -- `load_back` says: `previous`, or the kernel's own modules of `names` (also
 -- when loading `previous` fails). Says what it loads back instead, and why.
 function M.restore(names, previous)
-  local ctx = kmod.new()
+  local ctx, cerr = kmod.new()
+  if not ctx then return nil, "restore: cannot read the kernel's modules: " .. cerr end
   local ok, err = M.unload_all(ctx, names)
   if not ok then log.error("restore: %s", err) end
   fault.point("restore")
