@@ -47,7 +47,7 @@ DEB_BUILD = build-essential pkg-config liblua5.4-dev libkmod-dev libmount-dev \
 DEB_TEST  = lua5.4 lua-busted lua-check python3 openssl kmod util-linux cpio ccache keyutils \
             busybox-static qemu-system-x86 linux-image-amd64 linux-headers-amd64 \
             nodejs npm valgrind buildah debootstrap ovmf efitools podman podman-docker catatonit \
-            iptables docker-registry
+            iptables docker-registry bpftool
 DEB_ALL   = $(DEB_BUILD) $(DEB_TEST)
 
 .PHONY: all check demo install deps deps-ok clean lint fixtures doc docker-context bench \

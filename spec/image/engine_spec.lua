@@ -62,6 +62,15 @@ local function assert_nothing_left()
   assert.same({}, mount.list(EXPOSE) or {}, "nothing mounted at or below " .. EXPOSE .. " but the volume")
 end
 
+-- The NVIDIA driver as its container leaves a node: its root at /run/nvidia/driver (the
+-- simulated driver's, make fixtures), the nvidia module loaded.
+local function nvidia_driver()
+  assert(fs.mkdir(NVIDIA_ROOT))
+  if not mount.is_mountpoint(NVIDIA_ROOT) then sh("mount --bind " .. guest.built .. "/nvidia-root " .. NVIDIA_ROOT) end
+  local ko = ("%s/lib/modules/%s/kernel/drivers/video/nvidia.ko"):format(NVIDIA_ROOT, KVER)
+  if not guest.proc_line("nvidia") then assert(kmod.insert_many { { name = "nvidia", path = ko } }) end
+end
+
 -- Until the run's log says ready (a killed run's ready file may still be there) and the node sees the file.
 local function wait_ready(p, log, timeout)
   assert.is_true(guest.wait_until(function()
@@ -85,9 +94,8 @@ describe("the images run by a real engine on the node (the guest)", function()
     print("    engine: " .. version .. " (Debian's podman, its docker command from podman-docker)")
     assert(fs.mkdir(EXPOSE))
     assert(fs.mkdir("/etc/network"))
-    assert(fs.mkdir("/var/cache/drvrun"))
     -- the node's build cache: the host's build of the real bundle (tools/fill-cache)
-    if not mount.is_mountpoint("/var/cache/drvrun") then sh("mount --bind " .. fs.realpath(CACHE) .. " /var/cache/drvrun") end
+    engine.node_cache(assert(fs.realpath(CACHE)))
   end)
   teardown(function() guest.unload_all() end)
 
@@ -144,10 +152,7 @@ describe("the images run by a real engine on the node (the guest)", function()
   it("then the seed's nv-peer-mem line loads the real nv_peer_mem 1.3, built against the OFED container's root",
      function()
     assert(ofed_p and ofed_p:running(), "the OFED container runs")
-    assert(fs.mkdir(NVIDIA_ROOT))
-    if not mount.is_mountpoint(NVIDIA_ROOT) then sh("mount --bind " .. guest.built .. "/nvidia-root " .. NVIDIA_ROOT) end
-    local ko = ("%s/lib/modules/%s/kernel/drivers/video/nvidia.ko"):format(NVIDIA_ROOT, KVER)
-    if not guest.proc_line("nvidia") then assert(kmod.insert_many { { name = "nvidia", path = ko } }) end
+    nvidia_driver()
     print("    " .. show(PEERMEM_RUN))
     peer_p, peer_log = engine.spawn(PEERMEM_RUN)
     assert.is_true(guest.wait_until(function() return guest.proc_line("nv_peer_mem") ~= nil and
@@ -243,38 +248,66 @@ describe("the images run by a real engine on the node (the guest)", function()
     assert_nothing_left()
   end)
 
-  it("podman kube play of the OFED DaemonSet's pod: ready with its volumes, Bidirectional propagation, privileged, "
-     .. "env and probes; podman kube down stops it within its terminationGracePeriodSeconds", function()
-    load_inbox()
-    local pod = IMAGES .. "/ofed-driver.pod.yaml"
+  -- podman kube play of a DaemonSet's pod (tools/images/pod.mjs), ready when `ready_file` says so
+  -- with its container's log; its container's name, log and the pod's terminationGracePeriodSeconds.
+  local function play(name, ready_file)
+    local pod = IMAGES .. "/" .. name .. ".pod.yaml"
     local grace = tonumber(assert(fs.read(pod)):match("\n%s*terminationGracePeriodSeconds: (%d+)\n"))
     print("    podman kube play " .. pod)
-    local play = engine.podman({ "kube", "play", pod }, 900)
-    assert.equal(0, play.status, play.stdout)
-    local ctr = "ofed-driver-drvrun-guest-ofed-driver"
+    local r = engine.kube_play(pod, 900)
+    assert.equal(0, r.status, r.stdout)
+    local ctr = ("%s-drvrun-guest-%s"):format(name, name)
     local function logs() return engine.podman({ "logs", ctr }).stdout end
-    assert.is_true(guest.wait_until(function() return fs.exists(READY) end, 1500), logs())
-    local text = logs()
+    assert.is_true(guest.wait_until(function()
+      return fs.exists(ready_file) and logs():find('"msg":"ready: ', 1, true) ~= nil
+    end, 1500), logs())
+    local health = engine.podman({ "healthcheck", "run", ctr })
+    print(("    %s ready; podman healthcheck run (the pod's probe): exit %s %s"):format(ctr, tostring(health.status),
+          health.stdout))
+    assert.equal(0, health.status, health.stdout)
+    return { pod = pod, ctr = ctr, logs = logs, grace = grace }
+  end
+
+  -- podman kube down of a played pod, within its grace.
+  local function down(p)
+    local seconds, r = engine.timed(function() return engine.podman({ "kube", "down", p.pod }, p.grace + 60) end)
+    assert.equal(0, r.status, r.stdout)
+    print(("    podman kube down %s: %.1f s (terminationGracePeriodSeconds %d)"):format(p.pod, seconds, p.grace))
+    assert.is_true(seconds < p.grace)
+  end
+
+  it("podman kube play of the two DaemonSets' pods: ready with their volumes, Bidirectional propagation, "
+     .. "privileged, env and probes; podman kube down stops each within its terminationGracePeriodSeconds", function()
+    load_inbox()
+    local ofed = play("ofed-driver", READY)
+    local text = ofed.logs()
     assert.matches('"msg":"expose: container root at /run/mellanox/drivers, shared with the host', text, nil, true)
     assert.matches('"msg":"build: cache hit for kernel ', text, nil, true)
     assert.equal(OFED_VERSION, assert(assert(kmod.new()):state("mlx5_core")).version)
-    local inspect = engine.podman({ "inspect", ctr, "--format",
+    local inspect = engine.podman({ "inspect", ofed.ctr, "--format",
       "{{.HostConfig.Privileged}} {{range .Mounts}}{{.Destination}}:{{.Propagation}} {{end}}" }).stdout
-    print("    " .. ctr .. ": privileged, mounts: " .. inspect)
+    print("    " .. ofed.ctr .. ": privileged, mounts: " .. inspect)
     assert.matches("^true ", inspect)
     assert.matches("/run/mellanox/drivers:rshared", inspect, nil, true)
-    local health = engine.podman({ "healthcheck", "run", ctr })
-    print("    podman healthcheck run (the pod's probe): exit " .. tostring(health.status) .. " " .. health.stdout)
-    assert.equal(0, health.status, health.stdout)
-    local seconds, down = engine.timed(function() return engine.podman({ "kube", "down", pod }, grace + 60) end)
-    assert.equal(0, down.status, down.stdout)
-    print(("    podman kube down: %.1f s (terminationGracePeriodSeconds %d)"):format(seconds, grace))
-    assert.is_true(seconds < grace)
+
+    nvidia_driver()
+    local peer = play("nv-peer-mem", "/run/drvrun/peermem.driver-ready")
+    assert.matches('"msg":"build: cache hit', peer.logs(), nil, true)
+    local st = assert(assert(kmod.new()):state("nv_peer_mem"))
+    assert.equal("1.3-0", st.version)
+    print("    nv_peer_mem " .. st.version .. " loaded by the pod")
+
+    down(peer)
+    assert.is_nil(guest.proc_line("nv_peer_mem"), "nv_peer_mem unloaded")
+    assert.is_false(fs.exists("/run/drvrun/peermem.driver-ready"))
+    down(ofed)
     assert_inbox_loaded()
     assert_nothing_left()
     for _, f in ipairs { "/run/modprobe.d/drvrun-ubuntu-ofed.conf", "/run/drvrun/ubuntu-ofed.journal",
-                         "/lib/udev/rules.d/82-net-setup-link.rules", "/etc/infiniband/vf-net-link-name.sh" } do
+                         "/run/drvrun/peermem.journal", "/lib/udev/rules.d/82-net-setup-link.rules",
+                         "/etc/infiniband/vf-net-link-name.sh" } do
       assert.is_false(fs.exists(f), f .. " is left")
     end
+    sh("rmmod nvidia")
   end)
 end)

@@ -80,6 +80,57 @@ function M.container_of(image, p, timeout)
   return id
 end
 
+--- The node's build cache at /var/cache/drvrun: a copy of `from` (without its ccache: a cache
+-- hit compiles nothing) on a tmpfs, as a node has it on its own disk; not the host's directory
+-- through the guest's 9p share, where each file a run reads costs what no node pays.
+function M.node_cache(from)
+  local dest = "/var/cache/drvrun"
+  assert(fs.mkdir(dest))
+  if mount.is_mountpoint(dest) then return dest end
+  must { "mount", "-t", "tmpfs", "-o", "mode=0755", "drvrun-cache", dest }
+  for _, recipe in ipairs(assert(fs.dir(from))) do
+    assert(fs.mkdir(dest .. "/" .. recipe))
+    for _, name in ipairs(fs.dir(from .. "/" .. recipe) or {}) do
+      if name ~= "ccache" then must { "cp", "-a", from .. "/" .. recipe .. "/" .. name, dest .. "/" .. recipe .. "/" } end
+    end
+  end
+  return dest
+end
+
+-- podman 4.3 with the cgroupfs manager on cgroup v2 (the guest runs no systemd) makes a pod's
+-- cgroup with an eBPF device filter that allows no device (containers/common's cgroups,
+-- runc's fs2 manager, given no device rules; podman fixed it later: the pod's cgroup skips
+-- devices), and every container of the pod is under it: the infra container cannot make
+-- /dev/null ("crun: mknod `/dev/null`: Operation not permitted"), a privileged one cannot open
+-- a device. A node's podman (systemd's cgroup manager) makes the pod a slice without one. So
+-- the pod is created, its cgroup's device filters detached (bpftool), then started.
+local function detach_device_filters(pod)
+  local cgroup = "/sys/fs/cgroup" .. must({ "podman", "pod", "inspect", "--format", "{{.CgroupPath}}", pod }):gsub("\n$", "")
+  local detached = {}
+  for line in must({ "bpftool", "cgroup", "show", cgroup }):gmatch("[^\n]+") do
+    local id = line:match("^%s*(%d+)%s+cgroup_device%s")
+    if id then
+      must { "bpftool", "cgroup", "detach", cgroup, "cgroup_device", "id", id }
+      detached[#detached + 1] = id
+    end
+  end
+  return cgroup, detached
+end
+
+--- `podman kube play FILE` (its one pod), started once its cgroup lets devices be used
+-- (detach_device_filters). Returns the result of the play, then of `podman pod start`.
+function M.kube_play(file, timeout)
+  local play = M.podman({ "kube", "play", "--start=false", file }, timeout)
+  if play.status ~= 0 then return play end
+  local pod = assert(play.stdout:match("Pod:\n(%x+)\n"), play.stdout)
+  local cgroup, detached = detach_device_filters(pod)
+  print(("    the pod's cgroup %s: %s"):format(cgroup, #detached > 0 and "device filter " .. table.concat(detached, ", ")
+        .. " detached" or "no device filter"))
+  local start = M.podman({ "pod", "start", pod }, timeout)
+  start.stdout = play.stdout .. start.stdout
+  return start
+end
+
 --- Seconds `fn` took, and what it returned.
 function M.timed(fn)
   local t0 = sys.monotonic()

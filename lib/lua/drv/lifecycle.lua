@@ -405,7 +405,13 @@ phase("install", {
       s.stack_loaded, _, s.verified = stack.verify(s:kmod(), built_srcversions(s))
       if not s.stack_loaded then remember_previous(s) end
     end
-    install_modules(s)
+    -- The module files serve a load; with the built stack loaded, none follows in this run (a
+    -- container restarting on a fresh layer would copy them and recall depmod's index for nothing).
+    if s.stack_loaded then
+      log.info("install: the built stack is loaded already: its modules are not installed again (nothing loads them)")
+    else
+      install_modules(s)
+    end
     if s.recipe.install then s.recipe.install(s.r) end
   end,
   plan = function(s, say)
