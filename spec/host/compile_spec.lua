@@ -7,7 +7,7 @@ local fs = require "drv.fs"
 local kmod = require "drv.kmod"
 local sys = require "drv.sys"
 
-local kver = assert(fs.dir("/lib/modules"))[1]
+local kver = require("spec.support.kernel").release
 local NVIDIA_SRC = "spec/fixtures/nvidia/nvidia"
 
 describe("drv.compile.kbuild", function()

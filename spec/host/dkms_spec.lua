@@ -6,7 +6,7 @@ local dkms = require "drv.dkms"
 local proc = require "drv.proc"
 local fs = require "drv.fs"
 
-local KVER = assert(fs.dir("/lib/modules"))[1] -- the installed Debian kernel, its headers with it
+local KVER = require("spec.support.kernel").release -- the installed Debian kernel, its headers with it
 local TREE = fs.realpath("build/dkms/usr/src/v4l2loopback-0.12.7")
 local MACHINE = require("drv.sys").uname().machine
 

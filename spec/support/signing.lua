@@ -6,11 +6,7 @@ local M = {}
 local sh = require "spec.support.sh"
 local fs = require "drv.fs"
 
-M.KVER = (function()
-  for _, k in ipairs(fs.dir("/lib/modules") or {}) do
-    if fs.exists("/lib/modules/" .. k .. "/build/scripts/sign-file") then return k end
-  end
-end)()
+M.KVER = require("spec.support.kernel").release
 
 M.FIXTURES = "build/fixtures/built/sim-ofed/src"
 
