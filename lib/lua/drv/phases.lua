@@ -11,12 +11,10 @@ local stack = require "drv.stack"
 local netcfg = require "drv.netcfg"
 local graph = require "drv.graph"
 local cache = require "drv.cache"
-local fetch = require "drv.fetch"
 local mount = require "drv.mount"
 local fs = require "drv.fs"
 local sys = require "drv.sys"
 local log = require "drv.log"
-
 
 local function fetch_source(r, key, src)
   local url, sha = r:expand(src.url), r:expand(src.sha256)
@@ -24,10 +22,11 @@ local function fetch_source(r, key, src)
   if sha ~= "" and r:sha256(dest) == sha then
     log.info("source %s: %s already in the cache", key, dest)
   else
-    local res, err, errno = fetch.get(url, dest, { sha256 = sha ~= "" and sha or nil, resume = true,
-                                                   low_speed_time = r.opt.FETCH_STALL_TIMEOUT,
-                                                   deadline = r.opt.FETCH_TIMEOUT,
-                                                   interrupt_fd = r.signals and r.signals:fd() })
+    -- drv.fetch here: a restart that finds its sources in the cache does not load it
+    local res, err, errno = require("drv.fetch").get(url, dest, { sha256 = sha ~= "" and sha or nil, resume = true,
+                                                                 low_speed_time = r.opt.FETCH_STALL_TIMEOUT,
+                                                                 deadline = r.opt.FETCH_TIMEOUT,
+                                                                 interrupt_fd = r.signals and r.signals:fd() })
     if errno == "EINTR" then r:check_cancel() end
     r:must("fetch " .. key, res, err)
   end
