@@ -1,13 +1,11 @@
 /* transfer.c - drv.transfer: one attempt at a time of a download over libcurl
  * (https, http, file) into a locked "<dest>.part", hashed with SHA-256 while it
- * streams, and the verified file's atomic install. Retries, backoff, the
- * deadline, progress and stall lines are drv.fetch's (Lua), decided on each
- * attempt's report. A job (userdata) owns the curl handles, the URL, the digest
- * and the .part's descriptor. curl never sees a longjmp: the progress function
- * runs under lua_pcall; an error it raises is raised again once curl returned.
- * Throughput: the 16 KiB curl hands the write callback are hashed at once and
- * gathered into TRANSFER_WBUFSIZE writes (a hashing thread was measured: no
- * gain on 2 cores); no Lua runs per chunk. */
+ * streams, and the verified file's atomic install; retries, backoff, the deadline,
+ * progress and stall lines are drv.fetch's (Lua), decided on each attempt's
+ * report. A job (userdata) owns the curl handles, the URL, the digest and the
+ * .part. curl never sees a longjmp: the progress function runs under lua_pcall.
+ * The 16 KiB curl hands the write callback are hashed at once and gathered into
+ * TRANSFER_WBUFSIZE writes (a hashing thread: no gain on 2 cores measured). */
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
@@ -38,9 +36,10 @@
 #define ERRSLOT				4	/* job:attempt's stack slot for a progress function's error */
 
 /* What an attempt came to: the report's outcome (OUTCOMES), or LUA_ERROR. */
-enum outcome { DONE, TRANSIENT, PERMANENT, HTTP, TIMEOUT, STALLED, INTERRUPTED, RESTART, MISMATCH, LUA_ERROR };
-static const char *const OUTCOMES[] = { "done", "failed", "failed", "http", "timeout", "stalled", "interrupted",
-					"restart", "mismatch" };
+enum outcome { DONE, TRANSIENT, PERMANENT, HTTP, TIMEOUT, STALLED, DEADLINE, INTERRUPTED, RESTART, MISMATCH,
+	       LUA_ERROR };
+static const char *const OUTCOMES[] = { "done", "failed", "failed", "http", "timeout", "stalled", "deadline",
+					"interrupted", "restart", "mismatch" };
 
 struct job {
 	CURLM *multi;
@@ -65,6 +64,7 @@ struct job {
 	lua_State *L;		/* set while in an attempt */
 	int progress;		/* a progress function was given (stack slot 2) */
 	enum outcome ended;	/* why the transfer was cut short, DONE if it was not */
+	double deadline;	/* monotonic end of the attempt, 0 for none */
 	long status;		/* HTTP status, 0 for file:// */
 	int begun, rejected;	/* status accepted (the .part ready for the body); body refused */
 	curl_off_t offset;	/* bytes of the .part this attempt continues */
@@ -351,8 +351,6 @@ static int transfer_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, cur
 	return 1;	/* aborts the transfer */
 }
 
-/* ---- curl's failures ---- */
-
 /* What curl's failures mean: an errno (or the OS's, when curl has one and os
  * is set), and whether another attempt may do better. */
 static const struct {
@@ -418,23 +416,27 @@ static enum outcome transfer_verify(struct job *j)
 	return j->verified ? DONE : MISMATCH;
 }
 
-/* When a body that has begun is stalled for good (monotonic), or INFINITY.
- * curl's low-speed limit also ends a stall, but up to 5 s late: it averages
- * the speed over the last 5 s, so the bytes before the stall count. */
-static double stall_end(const struct job *j)
+/* When the transfer must end (monotonic): the deadline, or a begun body stalled for
+ * good; else INFINITY. curl's low-speed limit ends a stall up to 5 s late (it averages
+ * over 5 s), and its timeout fires up to hundreds of ms late. */
+static double transfer_end(const struct job *j)
 {
-	if (!j->begun || j->low_speed_time == 0)
-		return INFINITY;
-	return j->t_data + (double)j->low_speed_time;
+	double end = j->deadline > 0 ? j->deadline : INFINITY;
+
+	if (j->begun && j->low_speed_time > 0)
+		end = fmin(end, j->t_data + (double)j->low_speed_time);
+	return end;
 }
 
-/* Cut the transfer short: ended by a callback, interrupted, or stalled. */
+/* Cut the transfer short: ended by a callback, interrupted, at the deadline, or stalled. */
 static int transfer_ended(struct job *j)
 {
+	double t = drv_clock(CLOCK_MONOTONIC);
+
 	if (!j->ended && interrupt_pending(j))
 		j->ended = INTERRUPTED;
-	else if (!j->ended && drv_clock(CLOCK_MONOTONIC) >= stall_end(j))
-		j->ended = STALLED;
+	else if (!j->ended && t >= transfer_end(j))
+		j->ended = j->deadline > 0 && t >= j->deadline ? DEADLINE : STALLED;
 	return j->ended != DONE;
 }
 
@@ -455,8 +457,8 @@ static CURLcode transfer_perform(struct job *j)
 		mc = curl_multi_perform(j->multi, &running);
 		if (mc != CURLM_OK || !running || transfer_ended(j))
 			break;
-		/* until the stall would end (curl shortens the wait for its own timers) */
-		wait = fmax(0, fmin(ceil((stall_end(j) - drv_clock(CLOCK_MONOTONIC)) * 1000), TRANSFER_WAIT_MS));
+		/* until the transfer must end (curl shortens the wait for its own timers) */
+		wait = fmax(0, fmin(ceil((transfer_end(j) - drv_clock(CLOCK_MONOTONIC)) * 1000), TRANSFER_WAIT_MS));
 		mc = curl_multi_poll(j->multi, &wfd, wfd.fd >= 0 ? 1 : 0, (int)wait, NULL);
 		if (mc == CURLM_OK && transfer_ended(j))
 			break;
@@ -472,8 +474,8 @@ static CURLcode transfer_perform(struct job *j)
 	return rc;
 }
 
-/* Start the attempt: its state, the .part (emptied unless it is continued), the Range, the time limit. */
-static int attempt_start(struct job *j, double timeout)
+/* Start the attempt: its state, the .part (emptied unless it is continued), the Range. */
+static int attempt_start(struct job *j)
 {
 	char range[32];
 
@@ -490,18 +492,17 @@ static int attempt_start(struct job *j, double timeout)
 	snprintf(range, sizeof(range), "%lld-", (long long)j->offset);
 	curl_easy_setopt(j->curl, CURLOPT_RANGE, j->offset > 0 ? range : NULL);
 	curl_easy_setopt(j->curl, CURLOPT_NOPROGRESS, j->progress ? 0L : 1L);
-	curl_easy_setopt(j->curl, CURLOPT_TIMEOUT_MS, MSEC(timeout));
 	return 0;
 }
 
-static enum outcome transfer_attempt(struct job *j, double timeout)
+static enum outcome transfer_attempt(struct job *j)
 {
 	curl_off_t start, total;
 	CURLcode rc;
 
 	if (interrupt_pending(j))
 		return INTERRUPTED;
-	if (attempt_start(j, timeout) < 0)
+	if (attempt_start(j) < 0)
 		return job_errno(j);
 	rc = transfer_perform(j);
 	if (part_flush(j) < 0 && !j->ended)
@@ -557,8 +558,8 @@ static int push_report(lua_State *L, struct job *j, enum outcome r)
 	set_integer(L, "received", (lua_Integer)j->received);
 	if (j->total >= 0 && r != HTTP)
 		set_integer(L, "total", (lua_Integer)j->total);
-	lua_pushnumber(L, drv_clock(CLOCK_MONOTONIC) - j->t_data);
-	lua_setfield(L, -2, "idle");
+	lua_pushnumber(L, (r == DEADLINE ? j->deadline : drv_clock(CLOCK_MONOTONIC)) - j->t_data);
+	lua_setfield(L, -2, "idle");	/* (at the deadline: a late wake-up is not a longer stall) */
 	lua_pushboolean(L, j->resumed);
 	lua_setfield(L, -2, "resumed");
 	if (r == TRANSIENT || r == PERMANENT || r == TIMEOUT || r == RESTART) {
@@ -581,33 +582,32 @@ static int push_report(lua_State *L, struct job *j, enum outcome r)
  * Run one attempt: a request (a Range continues the .part when resuming; else,
  * or after a complete attempt, the .part is emptied first), the body into the
  * .part and the digest, the size and digest checks. It ends early once
- * `interrupt_fd` is readable, or when a begun body gets no byte for `low_speed_time` s.
+ * `interrupt_fd` is readable, at `deadline`, or when a begun body gets no byte for
+ * `low_speed_time` s.
  * @function job:attempt
  * @tparam[opt] function progress `function(bytes, total|nil, idle, received)` (the .part's bytes,
  *   the file's size, seconds since the last body byte, this attempt's), at most 10 times a second
- * @tparam[opt] number timeout seconds for the attempt (0: none)
+ * @tparam[opt] number deadline a time of drv.sys.monotonic() it ends at
  * @treturn table `{ outcome, bytes, total, received, idle, resumed }`: "done", "mismatch" (with
  *   `sha256`), "failed" (`message`, `errno`, `transient`), "http" (`status`, `retry_after`),
- *   "timeout" (`message`), "stalled", "interrupted", "restart" (`message`: the .part was emptied)
+ *   "timeout" (`message`), "stalled", "deadline", "interrupted", "restart" (`message`: emptied)
  * @raise what the progress function raised, once curl is done
  * @see curl_multi_poll(3), EVP_DigestUpdate(3)
  */
 static int job_attempt(lua_State *L)
 {
 	struct job *j = job_check(L, 1);
-	double timeout;
 	enum outcome r;
 
 	if (!lua_isnoneornil(L, 2))
 		luaL_checktype(L, 2, LUA_TFUNCTION);
-	timeout = luaL_optnumber(L, 3, 0);
-	luaL_argcheck(L, timeout >= 0, 3, "seconds expected");
+	j->deadline = luaL_optnumber(L, 3, 0);
 	j->progress = !lua_isnoneornil(L, 2);
 	lua_settop(L, 3);
 	lua_pushnil(L);		/* ERRSLOT */
 	luaL_checkstack(L, 10, "job:attempt");
 	j->L = L;
-	r = transfer_attempt(j, timeout);
+	r = transfer_attempt(j);
 	j->L = NULL;
 	if (r == LUA_ERROR) {
 		lua_pushvalue(L, ERRSLOT);
@@ -679,18 +679,17 @@ static enum outcome transfer_url(struct job *j, const char *url)
 	return r;
 }
 
-static enum outcome transfer_setup(struct job *j, double connect_timeout, int insecure)
+static enum outcome transfer_setup(struct job *j, double connect_timeout, double timeout, int insecure)
 {
-	CURL *c;
 	CURLcode rc = CURLE_OK;
 
 	j->md = EVP_MD_CTX_new();
-	j->curl = c = curl_easy_init();
+	j->curl = curl_easy_init();
 	j->multi = curl_multi_init();
 	j->wbuf = malloc(TRANSFER_WBUFSIZE);
-	if (!j->md || !j->multi || !c || !j->wbuf)
+	if (!j->md || !j->multi || !j->curl || !j->wbuf)
 		return job_fail(j, PERMANENT, ENOMEM, "%s", strerror(ENOMEM));
-#define SET(opt, val) do { if (rc == CURLE_OK) rc = curl_easy_setopt(c, opt, val); } while (0)
+#define SET(opt, val) do { if (rc == CURLE_OK) rc = curl_easy_setopt(j->curl, opt, val); } while (0)
 	SET(CURLOPT_CURLU, j->cu);
 	SET(CURLOPT_PROTOCOLS_STR, "http,https,file");
 	SET(CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
@@ -704,6 +703,7 @@ static enum outcome transfer_setup(struct job *j, double connect_timeout, int in
 	SET(CURLOPT_XFERINFOFUNCTION, transfer_progress);
 	SET(CURLOPT_XFERINFODATA, j);
 	SET(CURLOPT_CONNECTTIMEOUT_MS, MSEC(connect_timeout));
+	SET(CURLOPT_TIMEOUT_MS, MSEC(timeout));
 	SET(CURLOPT_LOW_SPEED_LIMIT, 1024L);
 	SET(CURLOPT_LOW_SPEED_TIME, (long)j->low_speed_time);
 	SET(CURLOPT_TCP_KEEPALIVE, 1L);
@@ -725,8 +725,9 @@ static enum outcome transfer_setup(struct job *j, double connect_timeout, int in
  * @tparam string url `https://`, `http://` or `file://` (redirects: http(s) only)
  * @tparam string part the .part file
  * @tparam[opt] table opts `{ sha256 = "<64 lowercase hex>", resume = false (http only),
- *   insecure = false, connect_timeout = 30, low_speed_time = 60 (0: none), interrupt_fd = fd }`
- * @treturn[1] job: `:attempt([progress [, timeout]])`, `:install(dest)`, `:close([keep])`
+ *   insecure = false, connect_timeout = 30, timeout = 0 (an attempt's, 0: none), low_speed_time = 60
+ *   (0: none), interrupt_fd = fd }`
+ * @treturn[1] job: `:attempt([progress [, deadline]])`, `:install(dest)`, `:close([keep])`
  * @treturn[2] nil, string message, string errno
  */
 static int transfer_open(lua_State *L)
@@ -737,6 +738,7 @@ static int transfer_open(lua_State *L)
 	int t = drv_opttable(L, 3);
 	const char *sha = drv_optfield_string(L, t, "sha256", "");
 	double connect_timeout = drv_optfield_number(L, t, "connect_timeout", 30);
+	double timeout = drv_optfield_number(L, t, "timeout", 0);
 	lua_Integer low_speed_time = drv_optfield_integer(L, t, "low_speed_time", 60);
 	lua_Integer interrupt_fd = drv_optfield_integer(L, t, "interrupt_fd", -1);
 	int resume = drv_optfield_boolean(L, t, "resume", 0), insecure = drv_optfield_boolean(L, t, "insecure", 0);
@@ -747,9 +749,8 @@ static int transfer_open(lua_State *L)
 	luaL_argcheck(L, partlen > 0 && strlen(part) == partlen, 2, "path expected, without a zero byte");
 	luaL_argcheck(L, !*sha || (strlen(sha) == 64 && strspn(sha, "0123456789abcdef") == 64), 3,
 		      "field 'sha256': 64 lowercase hex digits expected");
-	luaL_argcheck(L, connect_timeout > 0 && low_speed_time >= 0 && low_speed_time <= LONG_MAX &&
-		      interrupt_fd >= -1 && interrupt_fd <= INT_MAX, 3, "fields 'connect_timeout', 'low_speed_time', "
-		      "'interrupt_fd': out of range");
+	luaL_argcheck(L, connect_timeout > 0 && timeout >= 0 && low_speed_time >= 0 && low_speed_time <= LONG_MAX &&
+		      interrupt_fd >= -1 && interrupt_fd <= INT_MAX, 3, "a time or interrupt_fd out of range");
 	DRV_LAZY_LOAD(L, CURL);	/* (curl_easy_init sets libcurl up, at the first transfer) */
 	DRV_LAZY_LOAD(L, CRYPTO);
 	j = lua_newuserdatauv(L, sizeof(*j) + partlen + 1, 0);
@@ -763,7 +764,7 @@ static int transfer_open(lua_State *L)
 	r = transfer_url(j, url);
 	j->resume = resume && j->is_http;
 	if (r == DONE)
-		r = transfer_setup(j, connect_timeout, insecure);
+		r = transfer_setup(j, connect_timeout, timeout, insecure);
 	if (r == DONE)
 		r = part_prepare(j);
 	if (r == DONE)

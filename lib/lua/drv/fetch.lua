@@ -12,7 +12,7 @@ local io, math, table = io, math, table
 local debug, error, ipairs, math_type, package, pairs, pcall, setmetatable, tonumber, tostring, type =
   debug, error, ipairs, math.type, package, pairs, pcall, setmetatable, tonumber, tostring, type
 
-local RESTARTS = 2          -- starts over (a kept .part that does not fit the file) per call
+local RESTARTS = 2          -- starts over per call (a kept .part that does not fit the file)
 local BACKOFF_MAX = 3600    -- seconds
 local RETRY_AFTER_MAX = 300 -- cap on a server's Retry-After, seconds
 local BAR_INTERVAL = 0.2    -- terminal bar redraws
@@ -288,72 +288,93 @@ end
 
 ---------------------------------------------------------------------------
 
--- The attempts of one call: result, or nil, message, errno, keep (the .part is worth resuming).
-local function attempts(job, url, dest, o, show)
-  local t0 = o.t0
-  local deadline_at = o.deadline > 0 and t0 + o.deadline or nil
+-- One call of get: its attempts so far, and what they came to.
+local Call = {}
+Call.__index = Call
+
+-- nil, "URL: message (after N attempts)", errno, keep (the .part is worth resuming).
+function Call:fail(msg, errno, keep)
+  local after = self.tries > 1 and (" (after %d attempts)"):format(self.tries) or ""
+  return nil, ("%s: %s%s"):format(self.url, msg, after), errno, keep
+end
+
+function Call:interrupted()
+  return nil, self.url .. ": interrupted", "EINTR", true
+end
+
+-- The deadline ended the call: how long it took, the attempts, what arrived, why each stopped.
+function Call:deadline_fail(retry_due)
+  local took = sys.monotonic() - self.o.t0
+  local size = self.size and (" (file size %s)"):format(human(self.size)) or ""
+  local retry = retry_due and ("; retry %d would start after the deadline (in %.1f s)"):format(self.tries, retry_due)
+  return nil, ("%s: deadline of %g s reached: %d attempt%s in %s s, %s received in all%s; %s%s"):format(
+    self.url, self.o.deadline, self.tries, self.tries == 1 and "" or "s", (took < 10 and "%.1f" or "%.0f"):format(took),
+    human(self.transferred), size, history_text(self.history), retry or ""), "ETIMEDOUT", true
+end
+
+-- A kept .part that does not fit the file, or a resumed one that fails its digest (it may be
+-- another version's): the next attempt starts the file again, which is not a retry.
+function Call:start_over(r)
+  self.restarts, self.tries = self.restarts + 1, self.tries - 1
+  if not self.o.quiet then
+    local why = r.outcome == "restart" and r.message
+                or ("sha256 mismatch after resuming: expected %s, got %s"):format(self.o.sha256, r.sha256)
+    self.show:say("warn", ("fetch %s: %s; downloading again from the start"):format(self.url, why))
+  end
+  return true
+end
+
+-- The wait before a retry: the backoff, or longer when the server asked for it (Retry-After).
+function Call:backoff(r, msg)
+  local o = self.o
+  local asked = tonumber(r.retry_after) -- seconds; a date is ignored
+  self.delay = math.max(self.delay, asked and asked > 0 and math.min(asked, RETRY_AFTER_MAX) or 0)
+  if self.deadline_at and sys.monotonic() + self.delay >= self.deadline_at then
+    return self:deadline_fail(self.delay)
+  end
+  if not o.quiet then
+    self.show:say("warn", ("fetch %s: %s; retry %d of %d in %.1f s"):format(self.url, msg, self.tries, o.retries,
+                                                                           self.delay))
+  end
+  if sys.sleep(self.delay, o.interrupt_fd) then return self:interrupted() end
+  self.delay = math.min(self.delay * 2, BACKOFF_MAX)
+  return true
+end
+
+-- After an attempt that failed: true to make another, else the call's failure.
+function Call:again(r)
+  local msg, errno, transient = failure(r, self.o)
+  if (r.outcome == "restart" or r.outcome == "mismatch" and r.resumed) and self.restarts < RESTARTS then
+    return self:start_over(r)
+  end
+  if r.outcome == "interrupted" then return self:interrupted() end
+  if transient or r.outcome == "deadline" then history_add(self.history, self.tries, msg) end
+  if r.outcome == "deadline" then return self:deadline_fail() end
+  if not transient or self.tries > self.o.retries then return self:fail(msg, errno, transient) end
+  return self:backoff(r, msg)
+end
+
+-- The attempts, then the install: the result, or nil, message, errno, keep.
+function Call:run(job, dest)
+  local o, show = self.o, self.show
   local progress = progress_function(show, o.progress or nil)
-  local delay, tries, restarts, transferred, size, history = o.backoff, 0, 0, 0, nil, {}
-  show.deadline_at = deadline_at
-
-  local function fail(msg, errno, keep)
-    return nil, ("%s: %s%s"):format(url, msg, tries > 1 and (" (after %d attempts)"):format(tries) or ""), errno, keep
-  end
-  local function deadline_fail(retry_due)
-    local took = sys.monotonic() - t0
-    return nil, ("%s: deadline of %g s reached: %d attempt%s in " .. (took < 10 and "%.1f" or "%.0f") ..
-                 " s, %s received in all%s; %s%s"):format(url, o.deadline, tries, tries == 1 and "" or "s", took,
-                 human(transferred), size and (" (file size %s)"):format(human(size)) or "", history_text(history),
-                 retry_due and ("; retry %d would start after the deadline (in %.1f s)"):format(tries, retry_due) or ""),
-           "ETIMEDOUT", true
-  end
-
   local r
-  while true do
-    tries = tries + 1
-    local now = sys.monotonic()
-    -- The attempt's time limit: its timeout, or what is left before the deadline when that comes first.
-    local limit, by_deadline = o.timeout, deadline_at and (o.timeout == 0 or deadline_at - now < o.timeout)
-    if by_deadline then limit = math.max(deadline_at - now, 0.001) end
-    show:start(now)
-    r = job:attempt(progress, limit)
-    if r.outcome == "timeout" and by_deadline and not r.message:find("^Operation too slow") then
-      r.outcome = "deadline"
+  repeat
+    self.tries = self.tries + 1
+    show:start(sys.monotonic())
+    r = job:attempt(progress, self.deadline_at)
+    self.transferred, self.size = self.transferred + r.received, r.total or self.size
+    if r.outcome ~= "done" then
+      local again, msg, errno, keep = self:again(r)
+      if not again then return nil, msg, errno, keep end
     end
-    transferred, size = transferred + r.received, r.total or size
-    if r.outcome == "done" then break end
-    local msg, errno, transient = failure(r, o)
-    -- A kept .part that does not fit the file, or a resumed one that fails its digest (it may be
-    -- another version's): the next attempt starts the file again.
-    if (r.outcome == "restart" or r.outcome == "mismatch" and r.resumed) and restarts < RESTARTS then
-      restarts, tries = restarts + 1, tries - 1   -- starting over is not a retry
-      local why = r.outcome == "restart" and r.message
-                  or ("sha256 mismatch after resuming: expected %s, got %s"):format(o.sha256, r.sha256)
-      if not o.quiet then show:say("warn", ("fetch %s: %s; downloading again from the start"):format(url, why)) end
-    else
-      if r.outcome == "interrupted" then return nil, url .. ": interrupted", "EINTR", true end
-      if r.outcome == "deadline" then
-        history_add(history, tries, msg)
-        return deadline_fail()
-      end
-      if transient then history_add(history, tries, msg) end
-      if not transient or tries > o.retries then return fail(msg, errno, transient) end
-      local asked = tonumber(r.retry_after) -- seconds; a date is ignored
-      delay = math.max(delay, asked and asked > 0 and math.min(asked, RETRY_AFTER_MAX) or 0)
-      if deadline_at and sys.monotonic() + delay >= deadline_at then return deadline_fail(delay) end
-      if not o.quiet then
-        show:say("warn", ("fetch %s: %s; retry %d of %d in %.1f s"):format(url, msg, tries, o.retries, delay))
-      end
-      if sys.sleep(delay, o.interrupt_fd) then return nil, url .. ": interrupted", "EINTR", true end
-      delay = math.min(delay * 2, BACKOFF_MAX)
-    end
-  end
+  until r.outcome == "done"
   if o.progress then o.progress(r.bytes, r.bytes, 0) end
   local ok, err, errno = job:install(dest)
-  if not ok then return fail(err, errno, false) end
+  if not ok then return self:fail(err, errno, false) end
   if show.mode then show:progress(sys.monotonic(), r.bytes, r.bytes, 0, r.received, true) end
-  return { path = dest, sha256 = r.sha256, bytes = r.bytes, transferred = transferred, resumed = r.resumed,
-           attempts = tries, seconds = sys.monotonic() - t0 }
+  return { path = dest, sha256 = r.sha256, bytes = r.bytes, transferred = self.transferred, resumed = r.resumed,
+           attempts = self.tries, seconds = sys.monotonic() - o.t0 }
 end
 
 --- Download a URL to a file, verified by SHA-256 (doc/fetch.md).
@@ -376,11 +397,14 @@ function M.get(url, dest, opts)
   o.t0 = sys.monotonic()
   local job, err, errno = transfer.open(url, dest .. ".part", {
     sha256 = o.sha256, resume = o.resume, insecure = o.insecure, connect_timeout = o.connect_timeout,
-    low_speed_time = o.low_speed_time, interrupt_fd = o.interrupt_fd })
+    timeout = o.timeout, low_speed_time = o.low_speed_time, interrupt_fd = o.interrupt_fd })
   if not job then return nil, url .. ": " .. err, errno end
-  local show = new_show(url, o)
-  local ok, res, msg, errname, keep = pcall(attempts, job, url, dest, o, show)
-  show:end_bar()
+  local call = setmetatable({ url = url, o = o, show = new_show(url, o), tries = 0, restarts = 0, transferred = 0,
+                              history = {}, delay = o.backoff, deadline_at = o.deadline > 0 and o.t0 + o.deadline or nil },
+                            Call)
+  call.show.deadline_at = call.deadline_at
+  local ok, res, msg, errname, keep = pcall(call.run, call, job, dest)
+  call.show:end_bar()
   job:close(o.resume and (keep or not ok))
   if not ok then error(res, 0) end
   return res, msg, errname
