@@ -72,10 +72,10 @@ local function seconds_field(o, key, default, positive)
   return v
 end
 
--- An open descriptor: /proc knows it.
+-- An open descriptor: /proc knows it (when it is mounted).
 local function fd_field(o, key)
   local fd = field(o, key, "integer")
-  if fd and (fd < 0 or not fs.stat("/proc/self/fd/" .. fd)) then
+  if fd and (fd < 0 or not fs.stat("/proc/self/fd/" .. fd) and fs.stat("/proc/self/fd")) then
     argerror(3, ("field '%s': open file descriptor expected, got %d"):format(key, fd))
   end
   return fd
