@@ -104,7 +104,8 @@ check-lint: $(DRVRUN)
 # One check: valgrind finds no memory error and no definite leak in the C tests
 # and in the specs of the bindings (run in-process: busted inside drvrun).
 MEMCHECK      = valgrind -q --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite --child-silent-after-fork=yes --error-exitcode=99
-BINDING_SPECS = $(wildcard $(HOST_SRC:host/%.c=spec/host/%_spec.lua)) spec/host/badargs_spec.lua
+# drv.fetch is drv.transfer's Lua half: its spec drives the C module the most.
+BINDING_SPECS = $(wildcard $(HOST_SRC:host/%.c=spec/host/%_spec.lua)) spec/host/fetch_spec.lua spec/host/badargs_spec.lua
 
 check-memcheck: $(DRVRUN) $(C_TESTS)
 	@tools/run-counted $(RESULTS)/check-memcheck tools/memcheck $(BUILD)/memcheck.log \

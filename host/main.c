@@ -225,7 +225,7 @@ static void preload(lua_State *L)
 		{ "drv.chunk", luaopen_drv_chunk },
 		{ "drv.kmod", luaopen_drv_kmod },
 		{ "drv.mount", luaopen_drv_mount },
-		{ "drv.fetch", luaopen_drv_fetch },
+		{ "drv.transfer", luaopen_drv_transfer },
 		{ "drv.proc", luaopen_drv_proc },
 		{ "drv.fs", luaopen_drv_fs },
 		{ "drv.sys", luaopen_drv_sys },

@@ -22,6 +22,7 @@ local signatures = {
     list = { S },
   },
   ["drv.fetch"] = { get = { S, S, T } },
+  ["drv.transfer"] = { open = { S, S, T } },
   ["drv.archive"] = { list = { S }, extract = { S, S, T } },
   ["drv.net"] = { open = { T }, set_numvfs = { S, S, N }, rebind = { S, S } },
   ["drv.keyctl"] = { describe = { N }, list = { N } },

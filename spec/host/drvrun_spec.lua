@@ -53,7 +53,7 @@ describe("drvrun command line", function()
   end)
 
   it("loads every primitive module", function()
-    local r = sh.drvrun("-e", [[for _, m in ipairs{"drv.kmod","drv.mount","drv.fetch","drv.proc",
+    local r = sh.drvrun("-e", [[for _, m in ipairs{"drv.kmod","drv.mount","drv.transfer","drv.proc",
       "drv.fs","drv.sys","drv.lock","drv.signal","drv.archive"} do assert(type(require(m)) == "table") end]])
     assert.equal(0, r.status, r.stderr)
   end)

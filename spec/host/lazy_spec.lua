@@ -27,7 +27,8 @@ describe("lazily opened libraries", function()
 
   it("requiring every module maps none of them", function()
     assert.equal("", mapped_after([[
-      for _, m in ipairs { "drv.fetch", "drv.archive", "drv.kmod", "drv.mount", "drv.fs", "drv.net", "drv.recipe" } do
+      for _, m in ipairs { "drv.fetch", "drv.transfer", "drv.archive", "drv.kmod", "drv.mount", "drv.fs", "drv.net",
+                           "drv.recipe" } do
         require(m)
       end]]))
   end)
