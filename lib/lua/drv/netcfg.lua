@@ -100,12 +100,15 @@ end
 
 local function only(state, keys)
   if not keys then return state end
-  local wanted, kept = {}, {}
+  local wanted, kept, uppers = {}, {}, {}
   for _, k in ipairs(keys) do wanted[k] = true end
   for _, d in ipairs(state.devices) do
     if wanted[netstate.device_key(d)] then kept[#kept + 1] = d end
   end
-  state.devices = kept
+  for _, u in ipairs(state.uppers or {}) do
+    if wanted[u.root] then uppers[#uppers + 1] = u end
+  end
+  state.devices, state.uppers = kept, uppers
   return state
 end
 
@@ -144,6 +147,10 @@ function M.save(spec)
   local ok, werr = netstate.write(spec.file, state)
   if not ok then log.warn("network: cannot keep the saved configuration in %s: %s", spec.file, werr) end
   for _, d in ipairs(state.devices) do log.info("network: saved %s", netstate.describe(d)) end
+  for _, u in ipairs(state.uppers or {}) do log.info("network: saved %s", netstate.describe_upper(u)) end
+  for _, what in ipairs(state.lost or {}) do
+    log.warn("network: %s goes with its device and is not made again (VLANs and macvlans are)", what)
+  end
   return state
 end
 
@@ -332,11 +339,20 @@ function M.plan(r, say)
     if not state then say("network: unknown (cannot read the network configuration: %s)", err) end
     local uplink = {}
     for _, k in ipairs(ok == false and r.opt.ALLOW_UPLINK_RELOAD and uplinks or {}) do uplink[k] = true end
+    local function kept(k, restore, leave)
+      return r.opt.NET_RESTORE and restore
+        or uplink[k] and restore .. " (the uplink: ALLOW_UPLINK_RELOAD=true)"
+        or leave .. " (NET_RESTORE=false)"
+    end
     for _, d in ipairs(state and state.devices or {}) do
-      local kept = r.opt.NET_RESTORE and "save and restore"
-        or uplink[netstate.device_key(d)] and "save and restore (the uplink: ALLOW_UPLINK_RELOAD=true)"
-        or "leave as the reload makes it (NET_RESTORE=false)"
-      say("network: %s %s", kept, netstate.describe(d))
+      say("network: %s %s", kept(netstate.device_key(d), "save and restore", "leave as the reload makes it"),
+          netstate.describe(d))
+    end
+    for _, u in ipairs(state and state.uppers or {}) do
+      say("network: %s %s", kept(u.root, "save and make again", "lose"), netstate.describe_upper(u))
+    end
+    for _, what in ipairs(state and state.lost or {}) do
+      say("network: lose %s (it goes with its device; VLANs and macvlans are made again)", what)
     end
   else
     say("network: no network device of the stack: nothing to save or restore")
