@@ -1409,6 +1409,13 @@ static socklen_t net_check_sockaddr(lua_State *L, int idx, struct sockaddr_stora
 	return luaL_argerror(L, idx, lua_pushfstring(L, "an IPv4 or IPv6 address expected, got '%s'", text));
 }
 
+/* Seconds as messages say them: "1", "0.25". */
+static const char *net_seconds(char buf[32], double t)
+{
+	snprintf(buf, 32, "%g", t);
+	return buf;
+}
+
 static double net_check_timeout(lua_State *L, int idx)
 {
 	double t = luaL_checknumber(L, idx);
@@ -1494,6 +1501,7 @@ static int net_l_ping(lua_State *L)
 	uint16_t id = (uint16_t)getpid(), seq = ++sequence;
 	struct icmphdr req = { .type = to.ss_family == AF_INET ? ICMP_ECHO : ICMPV6_ECHO_REQUEST };
 	uint8_t packet[sizeof(req) + 24] = { 0 }, buf[512];
+	char secs[32];
 	int raw, fd = net_echo_socket(to.ss_family, &raw), err, rc;
 	ssize_t n;
 
@@ -1520,7 +1528,7 @@ static int net_l_ping(lua_State *L)
 	close(fd);
 	if (rc <= 0 || n < 0) {
 		if (err == ETIMEDOUT)
-			return drv_fail(L, err, "%s: no echo reply within %f s", text, (lua_Number)timeout);
+			return drv_fail(L, err, "%s: no echo reply within %s s", text, net_seconds(secs, timeout));
 		return drv_fail(L, err, "%s: no echo reply: %s", text, strerror(err));
 	}
 	lua_pushnumber(L, drv_clock(CLOCK_MONOTONIC) - t0);
@@ -1545,6 +1553,7 @@ static int net_l_connect(lua_State *L)
 	struct sockaddr_storage to;
 	socklen_t len, elen = sizeof(int);
 	const char *text;
+	char secs[32];
 	double timeout = net_check_timeout(L, 3), t0 = drv_clock(CLOCK_MONOTONIC);
 	int fd, err = 0, rc;
 
@@ -1566,7 +1575,7 @@ static int net_l_connect(lua_State *L)
 		err = errno;
 	close(fd);
 	if (err == ETIMEDOUT)
-		return drv_fail(L, err, "%s port %d: no answer within %f s", text, (int)port, (lua_Number)timeout);
+		return drv_fail(L, err, "%s port %d: no answer within %s s", text, (int)port, net_seconds(secs, timeout));
 	if (err)
 		return drv_fail(L, err, "%s port %d: cannot connect: %s", text, (int)port, strerror(err));
 	lua_pushnumber(L, drv_clock(CLOCK_MONOTONIC) - t0);

@@ -69,9 +69,13 @@ describe("drv.netcfg", function()
 
   describe("prepare", function()
     it("refuses a GUARD_ADDRESSES entry that is not an address, and a malformed POST_READY_HOOKS", function()
-      local ok, err = pcall(netcfg.prepare, run_of { GUARD_ADDRESSES = { "10.0.0.1", "api.example" } })
+      local ok, err = pcall(netcfg.prepare, run_of { GUARD_ADDRESSES = { "10.0.0.1", "10.0.0.2:6443", "api.example" } })
       assert.is_false(ok)
-      assert.equal("option GUARD_ADDRESSES: 'api.example' is not an IPv4 or IPv6 address (give addresses, not names)",
+      assert.equal("option GUARD_ADDRESSES: 'api.example' is not an IPv4 or IPv6 address, nor one with a TCP port "
+                   .. "(10.0.0.1:6443, [fd00::1]:6443) (give addresses, not names)", err)
+      ok, err = pcall(netcfg.prepare, run_of { GUARD_ADDRESSES = { "[fd00::1]:70000" } })
+      assert.is_false(ok)
+      assert.equal("option GUARD_ADDRESSES: '[fd00::1]:70000': the port is not one of 1-65535 (give addresses, not names)",
                    err)
       ok, err = pcall(netcfg.prepare, run_of { POST_READY_HOOKS = "sh -c 'true" })
       assert.is_false(ok)

@@ -610,6 +610,18 @@ local function route_to(routes, addr)
   return best
 end
 
+--- The gateways of the default routes through what goes down with the stack (the guard's
+-- "default route" reasons): `{ "10.0.0.254"... }`.
+function M.uplink_gateways(state)
+  local going, gateways = {}, {}
+  for _, d in ipairs(state.devices) do going[d.name] = true end
+  for name in pairs(state.going or {}) do going[name] = true end
+  for _, r in ipairs(state.routes) do
+    if r.dst == "default" and r.gateway and going[r.dev] then gateways[#gateways + 1] = r.gateway end
+  end
+  return gateways
+end
+
 --- Is `text` an IPv4 or IPv6 address (as guard takes them)?
 function M.is_address(text)
   return type(text) == "string" and bytes_of(text) ~= nil

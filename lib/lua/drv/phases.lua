@@ -235,10 +235,11 @@ function M.load(r)
   log.info("load: load %s", table.concat(graph.flatten(plan.load), " "))
   local paths = {}
   for _, m in ipairs(r.built) do paths[stack.module_name(m.name)] = m.installed or m.path end
+  local reach = netcfg.reach_before(r) -- what answers now must answer after the reload
   local bl = write_blacklist(r, r.recipe.blacklist and r.recipe.blacklist(r) or {}, r.blacklist_file)
   local net = netcfg.spec(r) -- the network devices' configuration, kept across this reload and stop's
-  r.journal:record({ kind = "modules", names = graph.flatten(plan.load), previous = r.previous,
-                     restore = r.restore_on_stop, net = net })
+  local entry = r.journal:record({ kind = "modules", names = graph.flatten(plan.load), previous = r.previous,
+                                   restore = r.restore_on_stop, net = net })
   local ok, down_or_err = netcfg.around(net, function()
     return stack.swap(plan, paths, r.recipe.module_options and r.recipe.module_options(r), r.previous)
   end)
@@ -247,6 +248,14 @@ function M.load(r)
   log.info("load: the stack was down for %.3f s", down_or_err)
   local good, bad, states = stack.verify(r:kmod(), want)
   if not good then r:fail("verify: %s", table.concat(bad, "; ")) end
+  local unanswered = netcfg.reach_after(r, reach)
+  if unanswered then
+    log.error("load: %s; rolling back to the previous stack and its network", unanswered)
+    if netcfg.around(net, function() return stack.restore(graph.flatten(plan.load), r.previous) end) then
+      r.journal:forget(entry)
+    end
+    r:fail("reload: %s; rolled back to the previous stack and its network", unanswered)
+  end
   r.verified = states
   r.reloaded = true
   if r.recipe.after_load then r.recipe.after_load(r) end
