@@ -25,7 +25,9 @@
 #include <linux/icmp.h>
 #include <linux/icmpv6.h>
 #include <linux/sockios.h>
+#include <net/if_arp.h>
 #include <netinet/in.h>
+#include <netpacket/packet.h>
 #include <poll.h>
 #include <sched.h>
 #include <stdio.h>
@@ -1582,6 +1584,66 @@ static int net_l_connect(lua_State *L)
 	return 1;
 }
 
+/* A gratuitous ARP request: who has ip? tell ip (at mac), to everyone. */
+struct garp {
+	struct arphdr h;
+	uint8_t sha[ETH_ALEN], sip[4], tha[ETH_ALEN], tip[4];
+} __attribute__((packed));
+
+/***
+ * Announce an IPv4 address of a link to its neighbours: a gratuitous ARP request (who has
+ * ADDRESS? tell ADDRESS, at the link's MAC, to the broadcast address), so that they point their
+ * entry for it at this link again at once (after a reload made the link afresh) instead of when
+ * their own resolution next tries. In the caller's network namespace.
+ * @function announce
+ * @tparam string name an Ethernet link
+ * @tparam string address an IPv4 address (of that link)
+ * @treturn[1] true
+ * @treturn[2] nil, "<name>: cannot announce <address>: <cause>", errno (ENODEV: no such link;
+ *   EOPNOTSUPP: not an Ethernet link)
+ * @see arp(7), packet(7), RFC 5227 (ARP announcements)
+ */
+static int net_l_announce(lua_State *L)
+{
+	const char *name = net_check_name(L, 1, "a link");
+	const char *text = luaL_checkstring(L, 2);
+	struct sockaddr_ll to = { .sll_family = AF_PACKET, .sll_protocol = htons(ETH_P_ARP), .sll_halen = ETH_ALEN };
+	struct garp arp = { .h = { .ar_hrd = htons(ARPHRD_ETHER), .ar_pro = htons(ETH_P_IP), .ar_hln = ETH_ALEN,
+				   .ar_pln = 4, .ar_op = htons(ARPOP_REQUEST) } };
+	struct ifreq ifr;
+	struct in_addr ip;
+	int fd, err = 0;
+
+	luaL_argcheck(L, strlen(name) < IFNAMSIZ, 1, "a link name (1-15 characters) expected");
+	luaL_argcheck(L, inet_pton(AF_INET, text, &ip) == 1, 2,
+		      lua_pushfstring(L, "an IPv4 address expected, got '%s'", text));
+	fd = socket(AF_PACKET, SOCK_DGRAM | SOCK_CLOEXEC, htons(ETH_P_ARP));
+	if (fd < 0)
+		return drv_fail(L, errno, "%s: cannot announce %s: %s", name, text, strerror(errno));
+	memset(&ifr, 0, sizeof(ifr));
+	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", name);
+	if (ioctl(fd, SIOCGIFINDEX, &ifr) < 0 || (to.sll_ifindex = ifr.ifr_ifindex, ioctl(fd, SIOCGIFHWADDR, &ifr) < 0))
+		err = errno;
+	else if (ifr.ifr_hwaddr.sa_family != ARPHRD_ETHER)
+		err = EOPNOTSUPP;
+	if (!err) {
+		memset(to.sll_addr, 0xff, ETH_ALEN);
+		memcpy(arp.sha, ifr.ifr_hwaddr.sa_data, ETH_ALEN);
+		memcpy(arp.sip, &ip, 4);
+		memcpy(arp.tip, &ip, 4);
+		if (sendto(fd, &arp, sizeof(arp), 0, (struct sockaddr *)&to, sizeof(to)) < 0)
+			err = errno;
+	}
+	close(fd);
+	if (err == ENODEV)
+		return drv_fail(L, err, "%s: cannot announce %s: no such device", name, text);
+	if (err == EOPNOTSUPP)
+		return drv_fail(L, err, "%s: cannot announce %s: not an Ethernet link", name, text);
+	if (err)
+		return drv_fail(L, err, "%s: cannot announce %s: %s", name, text, strerror(err));
+	return drv_ok(L);
+}
+
 static const luaL_Reg net_methods[] = {
 	{ "links", net_l_links },
 	{ "link", net_l_link },
@@ -1624,6 +1686,7 @@ static const luaL_Reg net_funcs[] = {
 	{ "rebind", net_l_rebind },
 	{ "ping", net_l_ping },
 	{ "connect", net_l_connect },
+	{ "announce", net_l_announce },
 	{ NULL, NULL }
 };
 

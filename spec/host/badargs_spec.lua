@@ -22,7 +22,7 @@ local signatures = {
   ["drv.fetch"] = { get = { S, S, T } },
   ["drv.archive"] = { list = { S }, extract = { S, S, T } },
   ["drv.net"] = { open = { T }, set_numvfs = { S, S, N }, rebind = { S, S }, ping = { "127.0.0.1", N },
-                  connect = { "127.0.0.1", N, N } },
+                  connect = { "127.0.0.1", N, N }, announce = { "va", "10.0.0.1" } },
 }
 
 -- A value of the wrong type for a parameter whose valid example is v.

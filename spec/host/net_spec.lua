@@ -172,6 +172,31 @@ describe("drv.net", function()
                   .. "10.9.0.7 port 80: no answer within 0.2 s\n"):format(E.ECONNREFUSED), out)
   end)
 
+  it("announces an address: a neighbour in another namespace points its entry at the link", function()
+    local other = ns.netns()
+    finally(other.close)
+    netns.ip("link", "set", "vb", "netns", other.path:match("^/proc/(%d+)/"))
+    netns.ip("addr", "add", "10.9.0.1/24", "dev", "va")
+    netns.ip("link", "set", "va", "up")
+    other.ip("addr", "add", "10.9.0.2/24", "dev", "vb")
+    other.ip("link", "set", "vb", "up")
+    other.ip("neigh", "add", "10.9.0.1", "lladdr", "02:00:00:00:00:99", "dev", "vb", "nud", "stale")
+    local mac = assert(s:link("va")).mac
+    assert.equal(("true\n%s: cannot announce 10.9.0.1: no such device\t%d\n"
+                  .. "lo: cannot announce 127.0.0.1: not an Ethernet link\t%d\n"):format("nope", E.ENODEV, E.EOPNOTSUPP),
+                 in_netns([[
+                   local net = require "drv.net"
+                   print(net.announce("va", "10.9.0.1"))
+                   print(select(2, net.announce("nope", "10.9.0.1")))
+                   print(select(2, net.announce("lo", "127.0.0.1")))
+                 ]]))
+    local deadline = require("drv.sys").monotonic() + 10
+    while not other.ip("neigh", "show", "dev", "vb"):find(mac, 1, true) and require("drv.sys").monotonic() < deadline do
+      require("drv.sys").sleep(0.05)
+    end
+    assert.matches("10%.9%.0%.1 lladdr " .. mac, other.ip("neigh", "show", "dev", "vb"))
+  end)
+
   describe("fails naming the device and what failed", function()
     local function fails(errno, message, ...)
       local ok, err, code = ...
@@ -262,6 +287,7 @@ describe("drv.net", function()
     raises("an IPv4 or IPv6 address expected, got 'host.example'", net.ping, "host.example", 1)
     raises("a timeout in seconds %(0%-86400%) expected", net.ping, "127.0.0.1", -1)
     raises("a TCP port %(1%-65535%) expected", net.connect, "127.0.0.1", 0, 1)
+    raises("an IPv4 address expected, got 'fd00::1'", net.announce, "va", "fd00::1")
     raises("field 'mac': a MAC address expected, got 'zz'", s.set_vf, s, "va", 0, { mac = "zz" })
     raises("field 'link_state': invalid value 'on'", s.set_vf, s, "va", 0, { link_state = "on" })
     raises("address: an IPv4 or IPv6 address expected, got 'x'", s.add_address, s, "va", "x")

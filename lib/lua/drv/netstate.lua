@@ -443,16 +443,19 @@ local function rebind_vfs(report, d)
   end
 end
 
--- The MTU and addresses of a device or upper, on its link now; `name` labels it.
+-- The MTU and addresses of a device or upper, on its link now; `name` labels it. True when it
+-- gave it an address.
 local function restore_config(sock, report, d, link, name)
+  local added = false
   if link.mtu ~= d.mtu then
     step(report, ("%s: mtu %d"):format(name, d.mtu), sock:set_link(link.name, { mtu = d.mtu }))
   end
   for _, a in ipairs(d.addresses) do
     local cidr = ("%s/%d"):format(a.address, a.prefix)
     local ok, err, errno = sock:add_address(link.name, cidr)
-    if ok or errno ~= sys.errno.EEXIST then step(report, ("%s: address %s"):format(name, cidr), ok, err) end
+    if ok or errno ~= sys.errno.EEXIST then added = step(report, ("%s: address %s"):format(name, cidr), ok, err) or added end
   end
+  return added
 end
 
 local function upper_label(u) return ("%s (%s)"):format(u.name, upper_what(u)) end
@@ -481,9 +484,23 @@ local function restore_master(sock, report, d, link, name)
        sock:set_link(link.name, { master = d.master }))
 end
 
+-- Up again; true when it brought it up.
 local function restore_up(sock, report, d, link, name)
   local now = d.admin == "up" and sock:link(link.name)
-  if now and now.admin ~= "up" then step(report, ("%s: up"):format(name), sock:set_link(link.name, { up = true })) end
+  return now and now.admin ~= "up" and step(report, ("%s: up"):format(name), sock:set_link(link.name, { up = true }))
+end
+
+-- A gratuitous ARP for each IPv4 address of an Ethernet link the restore brought up or gave
+-- addresses to: its neighbours dropped their entry for it when their side of the link went down,
+-- and learn it again now instead of at their resolution's next try (up to a second later).
+-- From this process's network namespace.
+local function announce(report, d, link, name)
+  if d.admin ~= "up" or #(link.mac or "") ~= 17 then return end -- an IPoIB link's address is 20 bytes
+  for _, a in ipairs(d.addresses) do
+    if a.family == "inet" then
+      step(report, ("%s: announced %s (gratuitous ARP)"):format(name, a.address), net.announce(link.name, a.address))
+    end
+  end
 end
 
 local function restore_routes(sock, report, d, link, name)
@@ -505,9 +522,9 @@ local function restore_uppers(sock, report, state, now, items)
     local link = lower and restore_upper(sock, report, u, lower)
     if not lower then step(report, upper_label(u), nil, "its device is not there") end
     if link then
-      restore_config(sock, report, u, link, upper_label(u))
+      local added = restore_config(sock, report, u, link, upper_label(u))
       made[u.name] = link
-      items[#items + 1] = { d = u, link = link, name = upper_label(u) }
+      items[#items + 1] = { d = u, link = link, name = upper_label(u), changed = added }
     end
   end
 end
@@ -517,7 +534,8 @@ end
 -- given its current MAC as one, then (when any of that changed, and opts.rebind is not false) each
 -- VF rebound; then per device (the VFs' and the representors' once their links are back) its MTU
 -- and addresses; then the VLANs and macvlans on them, made again, lower devices first, with
--- theirs; then each back into its bond, bridge or VRF; then each up; routes last (a gateway may
+-- theirs; then each back into its bond, bridge or VRF; then each up; then each IPv4 address of a
+-- link it brought up or gave addresses to announced (a gratuitous ARP); routes last (a gateway may
 -- be on another device). What is already as saved is left as it is.
 -- @tparam table opts `{ rebind = true, timeout = 60 (for the VFs' links), pin_vf_macs = { "0x15b3" } }`
 -- @treturn table `{ restored = { "eth0 (pci/0000:03:00.0): mtu 9000"... },
@@ -543,14 +561,15 @@ function M.restore(sock, state, opts)
   for _, d in ipairs(state.devices) do
     local link = now[dkey(d)]
     if link then
-      restore_config(sock, report, d, link, label(d, link))
-      items[#items + 1] = { d = d, link = link, name = label(d, link) }
+      local added = restore_config(sock, report, d, link, label(d, link))
+      items[#items + 1] = { d = d, link = link, name = label(d, link), changed = added }
     end
   end
   restore_uppers(sock, report, state, now, items)
-  for _, fn in ipairs { restore_master, restore_up, restore_routes } do
-    for _, it in ipairs(items) do fn(sock, report, it.d, it.link, it.name) end
-  end
+  for _, it in ipairs(items) do restore_master(sock, report, it.d, it.link, it.name) end
+  for _, it in ipairs(items) do it.changed = restore_up(sock, report, it.d, it.link, it.name) or it.changed end
+  for _, it in ipairs(items) do if it.changed then announce(report, it.d, it.link, it.name) end end
+  for _, it in ipairs(items) do restore_routes(sock, report, it.d, it.link, it.name) end
   return report
 end
 
