@@ -935,7 +935,7 @@ struct job {
 	pthread_t thread;
 	int state;		/* 0 waiting, 1 started, 2 done (under sched.lock), 3 reaped */
 	int threaded;
-	struct sched *sched;
+	struct sched *sched;	/* set when it is started */
 };
 
 enum { JOB_WAITING, JOB_STARTED, JOB_DONE, JOB_REAPED };
@@ -1018,10 +1018,10 @@ static void kmod_job_start(struct sched *s, struct job *j)
 
 /* Run fn for every job, each once the jobs it comes after have succeeded (one that failed: not run,
  * ECANCELED); returns when all are done. */
-static void kmod_run_jobs(struct job *jobs, int n, void *(*fn)(void *))
+static void kmod_run_jobs(struct job *jobs, int n, void *(*fn)(void *), int max)
 {
 	struct sched s = { .fn = fn };
-	int left = n;
+	int left = n, running = 0;
 
 	if (n == 1) {
 		fn(&jobs[0]);
@@ -1040,12 +1040,14 @@ static void kmod_run_jobs(struct job *jobs, int n, void *(*fn)(void *))
 			if (ready < 0) {
 				j->err = ECANCELED;
 				j->state = JOB_DONE;
-			} else if (ready > 0) {
+			} else if (ready > 0 && (!max || running < max)) {
+				running++;
 				kmod_job_start(&s, j);
 			}
 			if (j->state == JOB_DONE) {
 				if (j->threaded)
 					pthread_join(j->thread, NULL);
+				running -= j->sched != NULL; /* it ran (it was not left untried) */
 				j->state = JOB_REAPED;
 				left--;
 				progress = 1;
@@ -1142,6 +1144,16 @@ static struct job *kmod_new_jobs(lua_State *L, int *n)
 	return jobs;
 }
 
+/* The parallel field of the options at idx: how many items may run at once (0: no limit). */
+static int kmod_opt_parallel(lua_State *L, int idx)
+{
+	int opts = drv_opttable(L, idx);
+	lua_Integer n = opts ? drv_optfield_integer(L, opts, "parallel", 0) : 0;
+
+	luaL_argcheck(L, n >= 0 && n <= 4096, idx, "field 'parallel': 0 (no limit) to 4096 expected");
+	return (int)n;
+}
+
 /* The `after` lists of the items (tables or strings) of the list at index 1: the indices of the
  * items they name, in a userdata left on the stack; raises on a name that is not an item's, an
  * item named twice, and a cycle. */
@@ -1212,14 +1224,16 @@ static void kmod_jobs_after(lua_State *L, struct job *jobs, int n)
  * @function insert_many
  * @tparam table items `{ { name = "ib_umad", path = "/…/ib_umad.ko", options = "…", after = { "ib_core" } }… }`
  *   (after: names of other items, which must be loaded first; one that fails leaves this one untried)
+ * @tparam[opt] table opts `{ parallel = n }`: at most n at once (0: no limit); of the items ready to
+ *   start, the first in the list first
  * @treturn[1] true
  * @treturn[2] nil, "a: …; b: not loaded: it needs a, which did not load", first errno, `{ [name] = message }`
  * @see finit_module(2)
  */
 static int kmod_l_insert_many(lua_State *L)
 {
-	int n;
-	struct job *jobs = kmod_new_jobs(L, &n);
+	int max = kmod_opt_parallel(L, 2), n;
+	struct job *jobs = (lua_settop(L, 1), kmod_new_jobs(L, &n));
 
 	for (int i = 0; i < n; i++) {
 		luaL_argcheck(L, lua_rawgeti(L, 1, i + 1) == LUA_TTABLE, 1,
@@ -1232,7 +1246,7 @@ static int kmod_l_insert_many(lua_State *L)
 		lua_pop(L, 1);
 	}
 	kmod_jobs_after(L, jobs, n);
-	kmod_run_jobs(jobs, n, kmod_insert_job);
+	kmod_run_jobs(jobs, n, kmod_insert_job, max);
 	return kmod_jobs_result(L, jobs, n, 0, "/sys");
 }
 
@@ -1242,6 +1256,7 @@ static int kmod_l_insert_many(lua_State *L)
  * @function remove_many
  * @tparam table items `{ "rdma_ucm", "mlx5_ib" }`, or `{ { name = "ib_core", after = { "rdma_ucm" } }… }`
  *   (after: names of other items, its holders, which must be unloaded first)
+ * @tparam[opt] table opts `{ parallel = n }`, as insert_many
  * @treturn[1] true
  * @treturn[2] nil, "a: in use by …; b: not unloaded: a, which holds it, was not", first errno,
  *   `{ [name] = message }`
@@ -1249,8 +1264,8 @@ static int kmod_l_insert_many(lua_State *L)
  */
 static int kmod_l_remove_many(lua_State *L)
 {
-	int n;
-	struct job *jobs = kmod_new_jobs(L, &n);
+	int max = kmod_opt_parallel(L, 2), n;
+	struct job *jobs = (lua_settop(L, 1), kmod_new_jobs(L, &n));
 
 	for (int i = 0; i < n; i++) {
 		int t = lua_rawgeti(L, 1, i + 1);
@@ -1265,7 +1280,7 @@ static int kmod_l_remove_many(lua_State *L)
 		lua_pop(L, 1);
 	}
 	kmod_jobs_after(L, jobs, n);
-	kmod_run_jobs(jobs, n, kmod_remove_job);
+	kmod_run_jobs(jobs, n, kmod_remove_job, max);
 	return kmod_jobs_result(L, jobs, n, 1, "/sys");
 }
 

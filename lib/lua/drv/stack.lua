@@ -161,33 +161,44 @@ function M.from_build(names, built)
 end
 
 -- The items of `levels` for drv.kmod, `item(name)` each (or nil, why, errno), with `after` what
--- each waits for among them (`after[name]`; none: a level's items wait for the level before).
-local function items_of(levels, after, item)
+-- each waits for among them (`after[name]`; none: a level's items wait for the level before), the
+-- ones heading the longest chains first (a chain weighs `weight(name)` per module): of the items
+-- ready at once, drv.kmod starts the first in the list first.
+local function items_of(levels, after, item, weight)
   local names, set, items = graph.flatten(levels), {}, {}
   for _, n in ipairs(names) do set[n] = true end
-  local level_of = {}
+  local level_of, waits = {}, {}
   for i, level in ipairs(levels) do for _, n in ipairs(level) do level_of[n] = i end end
+  for _, n in ipairs(names) do
+    waits[n] = {}
+    for _, d in ipairs(after and after[n] or levels[level_of[n] - 1] or {}) do
+      if set[d] then waits[n][#waits[n] + 1] = d end
+    end
+  end
+  local chain = graph.chains(waits, weight)
+  table.sort(names, function(a, b)
+    if chain[a] ~= chain[b] then return chain[a] > chain[b] end
+    return level_of[a] < level_of[b] or (level_of[a] == level_of[b] and a < b)
+  end)
   for _, n in ipairs(names) do
     local it, err, errno = item(n)
     if not it then return nil, err, errno end
-    it.after = {}
-    for _, d in ipairs(after and after[n] or levels[level_of[n] - 1] or {}) do
-      if set[d] then it.after[#it.after + 1] = d end
-    end
+    it.after = waits[n]
     items[#items + 1] = it
   end
   return items
 end
 
 -- Run `many` (kmod.insert_many or remove_many) on the items of `levels`, each started as soon as
--- what it waits for is done: `after`, or without it the level before (a barrier per level).
-local function run_graph(what, levels, after, many, item)
+-- what it waits for is done (`after`, or without it the level before: a barrier per level), at
+-- most `parallel` at once (nil: no limit).
+local function run_graph(what, levels, after, many, item, weight, parallel)
   if #levels == 0 then return true end
   local t0 = sys.monotonic()
-  local items, err, errno = items_of(levels, after, item)
+  local items, err, errno = items_of(levels, after, item, weight)
   if not items then return nil, err, errno end
   local ok
-  ok, err, errno = many(items)
+  ok, err, errno = many(items, { parallel = parallel })
   if not ok then return nil, err, errno end
   log.debug("%s %s in %.3f s (%s)", what, table.concat(graph.flatten(levels), " "), sys.monotonic() - t0,
             after and "each after what it needs" or "by levels")
@@ -196,19 +207,25 @@ end
 
 --- Unload `levels` (holders first); with `after` (`{ [name] = { its holders } }`, a plan's
 -- unload_after), each as soon as its holders are gone, else each level once the level before is.
+-- As many at once as are ready: an unload mostly waits (for RCU grace periods), and waits overlap.
 function M.unload(levels, after)
-  return run_graph("unloaded", levels, after, kmod.remove_many, function(n) return { name = n } end)
+  return run_graph("unloaded", levels, after, kmod.remove_many, function(n) return { name = n } end,
+                   function() return 1 end)
 end
 
 --- Load `levels`; `paths[name]` is the .ko file, `options[name]` its parameters. With `after`
 -- (`{ [name] = { its dependencies } }`), each as soon as its dependencies are in, else each level
--- once the level before is.
+-- once the level before is. At most one per CPU at once (a load is the CPU's work: more only
+-- slow each other down), the heads of the longest chains first (a module weighs its file's size).
 function M.load(levels, paths, options, after)
   options = options or {}
   return run_graph("loaded", levels, after, kmod.insert_many, function(n)
     if not paths[n] then return nil, n .. ": no module file to load", EIO end
     return { name = n, path = paths[n], options = options[n] }
-  end)
+  end, function(n)
+    local st = paths[n] and fs.stat(paths[n])
+    return st and st.size or 1
+  end, sys.nproc())
 end
 
 --- Which stack modules are loaded with the srcversion they were built with.
