@@ -1,10 +1,11 @@
 --- drv.netcfg: the network policy around every reload of a recipe's stack.
 --
--- Unloading a NIC driver destroys its network devices; the new one makes them
+-- Unloading a NIC driver destroys its network devices, the VLANs and macvlans
+-- on them, and their places in bonds, bridges and VRFs; the new one makes them
 -- afresh, with defaults. Around every reload (the load phase's swap and the
 -- rollback of a failed load, stop's restore, a recovering run's restore), the
--- configuration of each device whose driver is a module of the stack is saved
--- (drv.netstate) to a file next to the journal, waited for after the load
+-- configuration of each device whose driver is a module of the stack, and of
+-- what is stacked on it, is saved (drv.netstate) to a file next to the journal, waited for after the load
 -- (NET_WAIT_TIMEOUT), restored, and the log says what was restored and what
 -- could not be. The file outlives a run killed mid-reload: the next one
 -- restores it. VFs of a Mellanox NIC without an admin MAC are given theirs
