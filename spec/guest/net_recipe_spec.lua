@@ -328,6 +328,18 @@ describe("network continuity through the ubuntu-ofed recipe", function()
       answered(peers[3], "10.50.0.1")
     end
     all_answer()
+    local plan = assert(proc.run({ os.getenv("DRVRUN"), "--plan", "recipes/ubuntu-ofed.lua",
+                                   "OFED_URL=" .. env.server:url(env.bundle) }))
+    assert.equal(0, plan.status, plan.stderr)
+    for _, line in ipairs {
+      ("\nnetwork: save and make again vlan100 (vlan 100 on %s/%s): up, mtu 9000, 10.30.0.1/24\n"):format(BUS, PF),
+      ("\nnetwork: save and restore %s (%s/0000:04:00.0, mlx5_core): up, mtu 1500, port of bond0 (bond), eswitch legacy\n")
+        :format(p4, BUS),
+      ("\nnetwork: save and restore %s (%s/0000:05:00.0, mlx5_core): up, mtu 1500, port of br0 (bridge), eswitch legacy\n")
+        :format(p5, BUS),
+    } do
+      assert.matches(line, plan.stdout, nil, true)
+    end
     local before = netstate.save(sock, ofed.STACK)
     local masters = {}
     for _, d in ipairs(before.devices) do masters[d.device .. (d.port or "")] = d.master end

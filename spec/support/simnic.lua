@@ -31,32 +31,34 @@ function M.load_kernel_modules(names)
   for _, n in ipairs(names) do assert(ctx:insert(n)) end
 end
 
---- A network namespace `name` (ip netns) holding the peer of PF ID, with the address `cidr`
--- (and `more` { { vlan = 100, cidr = "..." }... }: VLANs of the peer), up: the host at the far
--- end of the PF's cable. `:ping(address, timeout)` from it: drv.net.ping's results as text;
--- `:close()` deletes the namespace (the peer goes back to the guest's).
+--- A network namespace of its own (held by a process, as spec/support/ns.lua makes them: no
+-- /run/netns mount, which a recipe's rbind of / and its recursive unmount would take with them)
+-- holding the peer of PF ID, with the address `cidr` (and `more` { { vlan = 100, cidr = "..." }... }:
+-- VLANs of the peer), up: the host at the far end of the PF's cable. `:run(code)` runs drvrun -e
+-- CODE there (its output); `:ping(address, timeout)` from there, drv.net.ping's results as text;
+-- `:close()` ends the namespace (the peer goes back to the guest's).
 function M.peer(name, id, cidr, more)
+  local netns = require("spec.support.ns").netns()
   local link = "simpeer" .. id
-  M.ip("netns", "add", name)
-  M.ip("link", "set", link, "netns", name)
-  M.ip("-n", name, "addr", "add", cidr, "dev", link)
-  M.ip("-n", name, "link", "set", link, "up")
+  M.ip("link", "set", link, "netns", netns.path:match("^/proc/(%d+)/"))
+  netns.ip("addr", "add", cidr, "dev", link)
+  netns.ip("link", "set", link, "up")
   for _, v in ipairs(more or {}) do
     local vlan = ("%s.%d"):format(link, v.vlan)
-    M.ip("-n", name, "link", "add", "link", link, "name", vlan, "type", "vlan", "id", tostring(v.vlan))
-    M.ip("-n", name, "addr", "add", v.cidr, "dev", vlan)
-    M.ip("-n", name, "link", "set", vlan, "up")
+    netns.ip("link", "add", "link", link, "name", vlan, "type", "vlan", "id", tostring(v.vlan))
+    netns.ip("addr", "add", v.cidr, "dev", vlan)
+    netns.ip("link", "set", vlan, "up")
   end
-  local peer = { name = name, link = link }
+  local peer = { name = name, link = link, path = netns.path }
   function peer.run(code)
-    local r = assert(proc.run({ "ip", "netns", "exec", name, os.getenv("DRVRUN"), "-e", code }))
+    local r = assert(proc.run({ "nsenter", "--net=" .. netns.path, os.getenv("DRVRUN"), "-e", code }))
     assert(r.status == 0, r.stderr)
     return r.stdout
   end
   function peer.ping(address, timeout)
     return (peer.run(("print(require('drv.net').ping(%q, %g))"):format(address, timeout or 10)):gsub("\n$", ""))
   end
-  function peer.close() proc.run({ "ip", "netns", "del", name }) end
+  peer.close = netns.close
   return peer
 end
 
