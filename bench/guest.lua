@@ -371,6 +371,11 @@ local function bench_reload(s)
   for _, kind in ipairs { "unload", "load" } do
     for n, list in pairs(alone[kind]) do t[kind][n] = util.median(list) end
   end
+  for _, kind in ipairs { "unload", "load" } do
+    local each = {}
+    for _, n in ipairs(graph.flatten(plan0[kind])) do each[#each + 1] = ("%s %.3f"):format(n, t[kind][n] or 0) end
+    say("reload%s: each module's %s alone (median s): %s", s.label, kind, table.concat(each, ", "))
+  end
   local cp_unload, cp_load = critical_path(plan0.unload_after, t.unload), critical_path(s.deps, t.load)
   local cp = cp_unload + cp_load
   local lv = levels_path(plan0.unload, t.unload) + levels_path(plan0.load, t.load)
