@@ -36,6 +36,9 @@ local LOST_WITH_LOWER = { ipvlan = true, ipvtap = true, macvtap = true, macsec =
 local LOCAL_ONLY = { veth = true, tun = true, dummy = true, ifb = true, vcan = true }
 -- Masters a port joins only while down (the kernel refuses an up one).
 local ENSLAVE_DOWN = { bond = true, team = true }
+-- Masters that take their ports back themselves when they come back (ovs-vswitchd re-adds a port
+-- by its name; IFLA_MASTER cannot make one an Open vSwitch port).
+local REJOINED_BY_MASTER = { openvswitch = true }
 
 local function set_of(list)
   local set = {}
@@ -478,7 +481,7 @@ end
 
 -- Its master again: the bond, bridge or VRF it was a port of (a bond's port joins while down).
 local function restore_master(sock, report, d, link, name)
-  if not d.master or link.master == d.master then return end
+  if not d.master or link.master == d.master or REJOINED_BY_MASTER[d.master_kind or ""] then return end
   if link.admin == "up" and ENSLAVE_DOWN[d.master_kind or ""] then sock:set_link(link.name, { up = false }) end
   step(report, ("%s: port of %s%s"):format(name, d.master, d.master_kind and " (" .. d.master_kind .. ")" or ""),
        sock:set_link(link.name, { master = d.master }))
