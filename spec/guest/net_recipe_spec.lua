@@ -1,4 +1,4 @@
--- guest-timeout: 2400 (eight recipe runs and two plans, one depmod: 1205 s at load 17 here; 227-414 s at load 2-11 before the upper-device and rollback cases)
+-- guest-timeout: 2400 (eight recipe runs, two plans, one depmod: 1205 s at load 17 here; see doc/testing.md)
 -- Network continuity through recipes/ubuntu-ofed.lua on the guest's real kernel
 -- (drv.netcfg): the fixture NIC (sim_pci, bound by the simulated mlx5_core) is
 -- configured under another build of the stack (sim-ofed-next, loaded by hand),
