@@ -23,7 +23,8 @@ end
 local function run_of(opt)
   local r = { stack = { "mlx5_core", "ib_core" }, unload_also = {}, recipe = { name = "t" },
               opt = { GUARD_ADDRESSES = {}, POST_READY_HOOKS = "", ALLOW_UPLINK_RELOAD = false, NET_RESTORE = true,
-                      NET_WAIT_TIMEOUT = 120, POST_READY_HOOK_TIMEOUT = 60, STATE_DIR = "/run/drvrun" } }
+                      NET_WAIT_TIMEOUT = 120, POST_READY_HOOK_TIMEOUT = 60, STATE_DIR = "/run/drvrun",
+                      REACH_TIMEOUT = 30 } }
   for k, v in pairs(opt or {}) do r.opt[k] = v end
   function r.fail(_, fmt, ...) error(fmt:format(...), 0) end
   function r.check_cancel() end
@@ -64,6 +65,38 @@ describe("drv.netcfg", function()
         assert.matches(want, text, nil, true)
       end
       assert.is_true(text:find("hook 4", 1, true) < text:find("hook 5", 1, true), "in order")
+    end)
+  end)
+
+  describe("reach_before and reach_after", function()
+    -- CODE run by drvrun in a network namespace of its own with loopback up, and `r` a run with
+    -- the options `opt`: its stdout and stderr (the log).
+    local function in_netns(opt, code)
+      local res = assert(require("drv.proc").run({ "unshare", "-n", os.getenv("DRVRUN"), "-e", ([[
+        os.execute("ip link set lo up")
+        local netcfg = require "drv.netcfg"
+        local r = { opt = %s }
+      ]]):format(opt) .. code }))
+      assert.equal(0, res.status, res.stderr)
+      return res.stdout, res.stderr
+    end
+
+    it("check after the reload what answered before it, and say what did not", function()
+      local out, text = in_netns([[{ GUARD_ADDRESSES = { "127.0.0.1", "127.0.0.1:1", "192.0.2.1" }, REACH_TIMEOUT = 2 }]], [[
+        r.net_gateways = { "127.0.0.1" } -- the default gateway the guard let through: checked once
+        local targets = netcfg.reach_before(r)
+        print(table.concat(targets, " "))
+        print(netcfg.reach_after(r, targets))
+        print(netcfg.reach_after(r, { "127.0.0.1", "192.0.2.1" }))
+        r.opt.REACH_TIMEOUT = 0
+        print(netcfg.reach_before(r))
+      ]])
+      assert.equal("127.0.0.1 127.0.0.1:1\nnil\n192.0.2.1 (192.0.2.1: cannot send an echo request: Network is unreachable) "
+                   .. "did not answer within 2 s (REACH_TIMEOUT)\nnil\n", out, "a refused connection is an answer")
+      assert.matches("INFO network: 127.0.0.1 answers %([%d.]+ ms%): it must answer after the reload too\n", text)
+      assert.matches("WARN network: 192.0.2.1 does not answer before the reload %(192.0.2.1: cannot send an echo "
+                     .. "request: Network is unreachable%): it is not checked after it\n", text)
+      assert.matches("INFO network: 127.0.0.1, 127.0.0.1:1 answered again [%d.]+ s after the restore\n", text)
     end)
   end)
 
