@@ -283,7 +283,7 @@ local function recipe_args(s, extra)
 end
 
 local contenders = {
-  { key = "drvrun", name = "drvrun (recipe reload, each module once what it waits for is done)", argv = function(s, _, cache)
+  { key = "drvrun", name = "drvrun (recipe reload, along the graph)", argv = function(s, _, cache)
       fs.remove(WORK .. "/state", { recursive = true, missing_ok = true })
       local argv = { "unshare", "-m", DRVRUN }
       for _, a in ipairs(recipe_args(s, { "WAIT=false", "CACHE_DIR=" .. cache })) do argv[#argv + 1] = a end
@@ -381,8 +381,8 @@ local function bench_reload(s)
   local lv = levels_path(plan0.unload, t.unload) + levels_path(plan0.load, t.load)
   say("reload%s: critical path %.3f s (unload chain %.3f s, load chain %.3f s), by levels %.3f s, sum of all %.3f s",
     s.label, cp, cp_unload, cp_load, lv, m.floor)
-  rows[#rows + 1] = util.info(("reload%s: critical path of the stack's graph (unload chain %.3f s + load chain "
-    .. "%.3f s, each module's time alone)"):format(s.label, cp_unload, cp_load), cp, "s")
+  rows[#rows + 1] = util.info(("reload%s: critical path (unload chain %.3f + load chain %.3f s, alone)"):format(
+    s.label, cp_unload, cp_load), cp, "s")
   rows[#rows + 1] = util.info(("reload%s: the same with a barrier between levels"):format(s.label), lv, "s")
   rows[#rows + 1] = util.target(label .. ": drvrun / critical path", m.drvrun, "s", cp, m.drvrun / cp, "<=", 1.15)
   rows[#rows + 1] = util.compare(label .. ": by levels / drvrun (the graph's gain)", m.drvrun, "s", m.levels,
@@ -500,10 +500,10 @@ local function bench_traffic(s)
   traffic_teardown()
   if not ok then error(err, 0) end
   local g, d = util.median(gaps), util.median(downs)
-  rows[#rows + 1] = util.info("traffic: the swap's module downtime (peer pinging through it)", d, "s")
+  rows[#rows + 1] = util.info("traffic: the swap's module downtime (a peer pinging)", d, "s")
   rows[#rows + 1] = util.target("traffic: gap in the peer's replies / the swap's downtime", g, "s", d, g / d, "<=", 1.5)
   rows[#rows + 1] = util.note("traffic through the swap (real stack)", "not measured: the real mlx5_core binds only "
-    .. "ConnectX hardware, and the guest has none: no device, no traffic")
+    .. "ConnectX hardware, and the guest has none")
 end
 
 -- ---- 2. and 3. cold start, warm restart ----------------------------------------------

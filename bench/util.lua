@@ -106,14 +106,15 @@ function M.format(rows)
   local lines = {}
   local w = 8
   for _, r in ipairs(rows) do w = math.max(w, #r.name) end
-  local fmt = "%-" .. w .. "s  %10s %-5s %10s %8s  %-12s %s"
-  lines[1] = fmt:format("benchmark", "value", "unit", "baseline", "ratio", "target", "result")
+  local fmt = "%s  %10s %-5s %10s %8s  %-12s %s" -- the name padded by hand: string.format's widths stop at 99
+  local function pad(name) return name .. (" "):rep(w - #name) end
+  lines[1] = fmt:format(pad("benchmark"), "value", "unit", "baseline", "ratio", "target", "result")
   lines[2] = ("-"):rep(#lines[1] + 6)
   for _, r in ipairs(rows) do
     local result = r.pass == nil and "" or (r.pass and "PASS" or "FAIL")
     if r.error then result = result .. " (" .. r.error .. ")" end
     if r.note then result = r.note end
-    lines[#lines + 1] = fmt:format(r.name, num(r.value, r.unit), r.unit or "", num(r.baseline, r.unit),
+    lines[#lines + 1] = fmt:format(pad(r.name), num(r.value, r.unit), r.unit or "", num(r.baseline, r.unit),
       r.ratio and ("%.2f"):format(r.ratio) or "-", r.target or "", result)
   end
   return table.concat(lines, "\n") .. "\n"
