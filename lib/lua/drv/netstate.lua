@@ -159,7 +159,7 @@ end
 -- The links the reload takes down (for the guard): the stack's devices (`own`), the uppers, and the
 -- masters all of whose ports that carry traffic off the node go down with it.
 -- `{ [name] = { what = "bond0 (a bond of eth2 (pci/...))", keys = { the stack's devices under it }, own } }`.
-local function going_with(devices, uppers, links)
+local function going_with(devices, uppers, links, links_by_name)
   local going = {}
   for _, d in ipairs(devices) do going[d.name] = { what = label(d), keys = { dkey(d) }, own = true } end
   for _, u in ipairs(uppers) do
@@ -186,9 +186,8 @@ local function going_with(devices, uppers, links)
         end
       end
       if not going[master] and #on > 0 and not stays then
-        local kind
-        for _, link in ipairs(links) do if link.name == master then kind = link.kind end end
-        going[master] = { what = ("%s (a %s of %s)"):format(master, kind or "master", table.concat(on, ", ")), keys = keys }
+        local kind = links_by_name[master] and links_by_name[master].kind or "master"
+        going[master] = { what = ("%s (a %s of %s)"):format(master, kind, table.concat(on, ", ")), keys = keys }
         found = true
       end
     end
@@ -230,7 +229,7 @@ function M.save(sock, modules)
   end
   table.sort(state.devices, function(a, b) return dkey(a) < dkey(b) end)
   state.uppers, state.lost = uppers_of(state.devices, links, addresses, routes, links_by_name)
-  state.going = going_with(state.devices, state.uppers, links)
+  state.going = going_with(state.devices, state.uppers, links, links_by_name)
   for _, r in ipairs(routes) do
     if r.table == 254 then
       state.routes[#state.routes + 1] = { dst = r.dst, gateway = r.gateway, dev = r.dev, family = r.family,
