@@ -6,14 +6,29 @@
 -- bench/main.lua made on the host (OUT/stage-sim, OUT/stage-real).
 --
 -- 1. Reload downtime: the OFED stack (the simulated one, then the real one)
---    replaces the loaded inbox RDMA stack. Four contenders, in rotating order,
+--    replaces the loaded inbox RDMA stack. Five contenders, in rotating order,
 --    each from the same state:
---    drvrun (the recipe, WAIT=false), the seed's shell (bench/seed-reload.sh),
---    modprobe (bench/modprobe-reload.sh), and the floor (build/floor, one
---    syscall at a time in the order drvrun's plan gives). The downtime is read
---    from the kernel's own trace of the syscalls: from the entry of the first
+--    drvrun (the recipe, WAIT=false), drvrun's swap by levels (bench/swap.lua
+--    levels: a barrier between dependency levels, the way the graph replaced),
+--    the seed's shell (bench/seed-reload.sh), modprobe
+--    (bench/modprobe-reload.sh), and the floor (build/floor, one syscall at a
+--    time in the order drvrun's plan gives). The downtime is read from the
+--    kernel's own trace of the syscalls: from the entry of the first
 --    delete_module(2) that succeeded to the return of the last finit_module(2)
 --    that succeeded. Every run is checked: the new stack loaded, as built.
+--    The floor's trace also gives each module's unload and load time alone;
+--    the critical path of the stack's graph is the longest chain of unloads
+--    (holders first) plus the longest chain of loads (dependencies first),
+--    each module weighing its median time alone: what a swap that starts
+--    every module as soon as what it waits for is done cannot beat.
+-- 1b. Traffic through the swap (the simulated stack): a simulated PF cabled to
+--    its peer in a network namespace of its own (spec/fixtures/sim-pci), the
+--    other build of the stack loaded, the PF configured; the peer pings the
+--    PF's address every 10 ms (bench/pinger.lua) while drvrun swaps the stack
+--    and keeps its network (bench/swap.lua: drv.netcfg.around over
+--    drv.stack.swap, as the recipe's load phase runs them): the traffic gap is
+--    the longest time between two replies, the swap's downtime the trace's.
+--    The real stack has no device without ConnectX hardware: no traffic there.
 -- 2. Cold start (the simulated stack): empty build cache, bundle over HTTP on
 --    127.0.0.1, build in the guest, reload, ready; peak RSS of that whole run
 --    (bench/recipe-rss.lua).
@@ -102,31 +117,89 @@ end
 
 local function trace_clear() put(TRACE .. "/trace", "") end
 
--- Downtime in the trace: first successful delete_module entry to last successful load return.
-local function trace_downtime()
-  local open, first, last, unloads, loads = {}, nil, nil, 0, 0
+-- The module syscalls in the trace that succeeded, in the order they were entered:
+-- `{ { call = "delete_module"|"finit_module"|"init_module", enter, exit }... }`.
+local function trace_calls()
+  local open, calls = {}, {}
   for line in assert(fs.read(TRACE .. "/trace")):gmatch("[^\n]+") do
     local tid, ts, what = line:match("%-(%d+)%s+%[%d+%].-%s(%d+%.%d+): (.*)$")
     if tid then
       local call = what:match("^sys_([%w_]+_module)%(")
       local ret_call, ret = what:match("^sys_([%w_]+_module) %-> (0x%x+)")
       if call then
-        open[tid] = { call = call, t = tonumber(ts) }
+        open[tid] = { call = call, enter = tonumber(ts) }
       elseif ret_call and open[tid] and open[tid].call == ret_call then
-        local enter = open[tid]
+        local c = open[tid]
         open[tid] = nil
-        if ret == "0x0" and ret_call == "delete_module" then
-          unloads = unloads + 1
-          if not first or enter.t < first then first = enter.t end
-        elseif ret == "0x0" then
-          loads = loads + 1
-          if not last or tonumber(ts) > last then last = tonumber(ts) end
-        end
+        c.exit = tonumber(ts)
+        if ret == "0x0" then calls[#calls + 1] = c end
       end
+    end
+  end
+  table.sort(calls, function(a, b) return a.enter < b.enter end)
+  return calls
+end
+
+-- Downtime in the trace: first successful delete_module entry to last successful load return.
+local function trace_downtime(calls)
+  calls = calls or trace_calls()
+  local first, last, unloads, loads = nil, nil, 0, 0
+  for _, c in ipairs(calls) do
+    if c.call == "delete_module" then
+      unloads = unloads + 1
+      if not first or c.enter < first then first = c.enter end
+    else
+      loads = loads + 1
+      if not last or c.exit > last then last = c.exit end
     end
   end
   if not first or not last then return nil, ("trace: %d unloads, %d loads"):format(unloads, loads) end
   return last - first, unloads, loads
+end
+
+-- Each module's time alone in a run of the floor (one syscall at a time, in the order given):
+-- `{ unload = { [name] = seconds }, load = { [name] = seconds } }`.
+local function alone_times(calls, unload_order, load_order)
+  local t, u, l = { unload = {}, load = {} }, 0, 0
+  for _, c in ipairs(calls) do
+    if c.call == "delete_module" then
+      u = u + 1
+      t.unload[unload_order[u]] = c.exit - c.enter
+    else
+      l = l + 1
+      t.load[load_order[l]] = c.exit - c.enter
+    end
+  end
+  return t
+end
+
+-- The longest chain of `edges` (`{ [name] = { names before it } }`), each name weighing `t[name]`.
+local function critical_path(edges, t)
+  local memo = {}
+  local function chain(n)
+    if not memo[n] then
+      local before = 0
+      for _, d in ipairs(edges[n] or {}) do
+        if t[d] then before = math.max(before, chain(d)) end
+      end
+      memo[n] = before + t[n]
+    end
+    return memo[n]
+  end
+  local longest = 0
+  for n in pairs(t) do longest = math.max(longest, chain(n)) end
+  return longest
+end
+
+-- The same with a barrier between levels: the slowest of each level, summed.
+local function levels_path(levels, t)
+  local sum = 0
+  for _, level in ipairs(levels) do
+    local slowest = 0
+    for _, n in ipairs(level) do slowest = math.max(slowest, t[n] or 0) end
+    sum = sum + slowest
+  end
+  return sum
 end
 
 -- ---- module states ------------------------------------------------------------
@@ -222,12 +295,15 @@ local function shared_expose()
 end
 
 local contenders = {
-  { key = "drvrun", name = "drvrun (recipe reload, by levels)", argv = function(s, _, cache)
+  { key = "drvrun", name = "drvrun (recipe reload, along the graph)", argv = function(s, _, cache)
       fs.remove(WORK .. "/state", { recursive = true, missing_ok = true })
       shared_expose()
       local argv = { "unshare", "-m", "--propagation", "unchanged", DRVRUN }
       for _, a in ipairs(recipe_args(s, { "WAIT=false", "CACHE_DIR=" .. cache })) do argv[#argv + 1] = a end
       return argv
+    end },
+  { key = "levels", name = "drvrun's swap by levels (a barrier between levels)", argv = function(s)
+      return { DRVRUN, "bench/swap.lua", "levels", "-", table.unpack(s.names) }
     end },
   { key = "shell", name = "seed shell (rmmod over holders, modprobe each)", argv = function(_, plan)
       return { "sh", "bench/seed-reload.sh", table.concat(plan.loaded, " "), table.concat(graph.flatten(plan.load), " ") }
@@ -258,7 +334,7 @@ end
 
 local function bench_reload(s)
   local cache = s.cache
-  local times = {}
+  local times, alone, plan0 = {}, { unload = {}, load = {} }, nil
   for _, c in ipairs(contenders) do times[c.key] = {} end
   for rep = 1, REPS do
     for i = 0, #contenders - 1 do
@@ -267,9 +343,20 @@ local function bench_reload(s)
       local plan = stack.plan(s.names, stack.snapshot(assert(kmod.new())), { deps = s.deps })
       assert(#plan.blockers == 0, table.concat(plan.blockers, "; "))
       local argv = c.argv(s, plan, cache)
+      plan0 = plan0 or plan
       trace_clear()
       local wall, res = util.time(argv, { stdout = "capture", stderr = "stdout" })
-      local down, unloads, loads = trace_downtime()
+      local calls = trace_calls()
+      local down, unloads, loads = trace_downtime(calls)
+      if c.key == "floor" and down then
+        local t = alone_times(calls, graph.flatten(plan.unload), graph.flatten(plan.load))
+        for _, kind in ipairs { "unload", "load" } do
+          for n, secs in pairs(t[kind]) do
+            alone[kind][n] = alone[kind][n] or {}
+            table.insert(alone[kind][n], secs)
+          end
+        end
+      end
       if res.status ~= 0 or not down then
         error(("%s failed (exit %s, %s):\n%s"):format(c.key, tostring(res.status), tostring(unloads), res.stdout))
       end
@@ -292,7 +379,144 @@ local function bench_reload(s)
     ">=", 3)
   rows[#rows + 1] = util.target(label .. ": modprobe / drvrun (speed-up)", m.drvrun, "s", m.modprobe,
     m.modprobe / m.drvrun, ">=", 1.5)
+  -- the critical path, from each module's median time alone (the floor's runs)
+  local t = { unload = {}, load = {} }
+  for _, kind in ipairs { "unload", "load" } do
+    for n, list in pairs(alone[kind]) do t[kind][n] = util.median(list) end
+  end
+  for _, kind in ipairs { "unload", "load" } do
+    local each = {}
+    for _, n in ipairs(graph.flatten(plan0[kind])) do each[#each + 1] = ("%s %.3f"):format(n, t[kind][n] or 0) end
+    say("reload%s: each module's %s alone (median s): %s", s.label, kind, table.concat(each, ", "))
+  end
+  local cp_unload, cp_load = critical_path(plan0.unload_after, t.unload), critical_path(s.deps, t.load)
+  local cp = cp_unload + cp_load
+  local lv = levels_path(plan0.unload, t.unload) + levels_path(plan0.load, t.load)
+  say("reload%s: critical path %.3f s (unload chain %.3f s, load chain %.3f s), by levels %.3f s, sum of all %.3f s",
+    s.label, cp, cp_unload, cp_load, lv, m.floor)
+  rows[#rows + 1] = util.info(("reload%s: critical path (unload chain %.3f + load chain %.3f s, alone)"):format(
+    s.label, cp_unload, cp_load), cp, "s")
+  rows[#rows + 1] = util.info(("reload%s: the same with a barrier between levels"):format(s.label), lv, "s")
+  rows[#rows + 1] = util.target(label .. ": drvrun / critical path", m.drvrun, "s", cp, m.drvrun / cp, "<=", 1.15)
+  rows[#rows + 1] = util.compare(label .. ": by levels / drvrun (the graph's gain)", m.drvrun, "s", m.levels,
+    m.levels / m.drvrun)
   fs.remove(WORK .. "/state", { recursive = true, missing_ok = true }) -- the WAIT=false runs' journal
+end
+
+-- ---- 1b. traffic through the swap (the simulated stack) -------------------------------
+
+local PEER_NS, PF_ID, PF_DEVICE = "benchpeer", "3", "0000:03:00.0"
+local PF_CIDR, PEER_CIDR = "10.20.0.1/24", "10.20.0.254/24"
+local SIMBUS = "/sys/bus/sim_pci"
+
+-- The other build of stack `s` (the simulated one), to swap from: `paths, deps`.
+local function next_build(s)
+  local paths, deps = {}, {}
+  for _, name in ipairs(s.names) do
+    local ko = assert(fs.glob(FIXTURES .. "/built/sim-ofed-next/src/*/" .. name .. ".ko")[1], name)
+    paths[name], deps[name] = ko, assert(kmod.modinfo(ko)).depends
+  end
+  return paths, deps
+end
+
+-- The times a pinger wrote (bench/pinger.lua), in order.
+local function replies(path)
+  local list = {}
+  for line in (fs.read(path) or ""):gmatch("[^\n]+") do list[#list + 1] = tonumber(line) end
+  return list
+end
+
+-- The longest time between two replies.
+local function longest_gap(times)
+  local gap = 0
+  for i = 2, #times do gap = math.max(gap, times[i] - times[i - 1]) end
+  return gap
+end
+
+local function wait_for(what, check, timeout)
+  local deadline = sys.monotonic() + timeout
+  while not check() do
+    if sys.monotonic() > deadline then error(what .. ": not within " .. timeout .. " s") end
+    sys.sleep(0.05)
+  end
+end
+
+-- The NIC: a PF of the simulated bus, its peer in a network namespace of its own.
+local function traffic_setup()
+  assert(kmod.insert_many { { name = "sim_pci", path = FIXTURES .. "/built/sim-pci/sim_pci.ko" } })
+  put(SIMBUS .. "/new_device", PF_ID)
+  util.must({ "ip", "netns", "add", PEER_NS })
+  util.must({ "ip", "link", "set", "simpeer" .. PF_ID, "netns", PEER_NS })
+  util.must({ "ip", "-n", PEER_NS, "addr", "add", PEER_CIDR, "dev", "simpeer" .. PF_ID })
+  util.must({ "ip", "-n", PEER_NS, "link", "set", "simpeer" .. PF_ID, "up" })
+end
+
+local function traffic_teardown()
+  reset_inbox()
+  put(SIMBUS .. "/del_device", PF_ID)
+  assert(kmod.remove_many { "sim_pci" })
+  util.must({ "ip", "netns", "del", PEER_NS })
+end
+
+-- The other build loaded, the PF's netdev (the driver made it afresh) given its address, up.
+local function traffic_reset(paths, deps)
+  assert(stack.unload_all(assert(kmod.new()), everything))
+  assert(stack.load(assert(graph.levels(deps)), paths, nil, deps))
+  local pf = assert((fs.dir(SIMBUS .. "/devices/" .. PF_DEVICE .. "/net") or {})[1], "the PF has no netdev")
+  util.must({ "ip", "addr", "add", PF_CIDR, "dev", pf })
+  util.must({ "ip", "link", "set", pf, "up" })
+end
+
+-- One swap with the peer pinging through it: the traffic gap and the swap's downtime.
+local function traffic_once(s, paths, deps)
+  traffic_reset(paths, deps)
+  local out, stop = WORK .. "/pings", WORK .. "/pings.stop"
+  fs.remove(stop, { missing_ok = true })
+  fs.remove(out, { missing_ok = true })
+  local pinger = assert(proc.spawn({ "ip", "netns", "exec", PEER_NS, DRVRUN, "bench/pinger.lua", PF_CIDR:match("^[^/]+"),
+                                     out, stop }, { stdout = "null", stderr = "null" }))
+  local ok, err = pcall(function()
+    wait_for("the peer's first replies", function() return #replies(out) >= 5 end, 120)
+    trace_clear()
+    local _, res = util.time({ DRVRUN, "bench/swap.lua", "graph", WORK .. "/net-state", table.unpack(s.names) },
+                             { stdout = "capture", stderr = "stdout" })
+    if res.status ~= 0 then error("bench/swap.lua failed:\n" .. res.stdout) end
+    local t1 = sys.monotonic()
+    wait_for("the peer's replies after the swap", function()
+      local n = 0
+      for _, t in ipairs(replies(out)) do if t > t1 then n = n + 1 end end
+      return n >= 5
+    end, 120)
+    return res.stdout
+  end)
+  assert(fs.write(stop, ""))
+  if not pinger:wait(60) then pinger:kill("KILL") pinger:wait() end
+  if not ok then error(err, 0) end
+  local down = assert(trace_downtime())
+  local good, bad = stack.verify(assert(kmod.new()), s.want)
+  if not good then error("the swap did not load the stack as built: " .. table.concat(bad, "; ")) end
+  return longest_gap(replies(out)), down, err:match("settings restored, %d+ could not be, in ([%d.]+) s")
+end
+
+local function bench_traffic(s)
+  traffic_setup()
+  local paths, deps = next_build(s)
+  local gaps, downs = {}, {}
+  local ok, err = pcall(function()
+    for rep = 1, REPS do
+      local gap, down, restore = traffic_once(s, paths, deps)
+      gaps[#gaps + 1], downs[#downs + 1] = gap, down
+      say("traffic %d/%d: gap %.3f s, swap down %.3f s (network restored in %s s)", rep, REPS, gap, down,
+        tostring(restore))
+    end
+  end)
+  traffic_teardown()
+  if not ok then error(err, 0) end
+  local g, d = util.median(gaps), util.median(downs)
+  rows[#rows + 1] = util.info("traffic: the swap's module downtime (a peer pinging)", d, "s")
+  rows[#rows + 1] = util.target("traffic: gap in the peer's replies / the swap's downtime", g, "s", d, g / d, "<=", 1.5)
+  rows[#rows + 1] = util.note("traffic through the swap (real stack)", "not measured: the real mlx5_core binds only "
+    .. "ConnectX hardware, and the guest has none")
 end
 
 -- ---- 2. and 3. cold start, warm restart ----------------------------------------------
@@ -471,6 +695,9 @@ local ok, err = pcall(function()
   bench_reload(SIM)
   save()
   say("reload part done in %.0f s", sys.monotonic() - t0)
+  bench_traffic(SIM)
+  save()
+  say("traffic part done in %.0f s", sys.monotonic() - t0)
   bench_guest_startup()
   bench_warm(SIM, cold_start(SIM))
   save()

@@ -83,6 +83,11 @@ function M.absolute(name, value, unit, op, limit)
            target = ("%s %g %s"):format(op, limit, unit), pass = pass or false }
 end
 
+--- A row that says why something is not measured (not a failure: there is nothing to measure).
+function M.note(name, text)
+  return { name = name, note = text }
+end
+
 --- A row for a target that could not be measured.
 function M.missing(name, unit, target, why)
   return { name = name, unit = unit, target = target, pass = false, error = why }
@@ -101,13 +106,15 @@ function M.format(rows)
   local lines = {}
   local w = 8
   for _, r in ipairs(rows) do w = math.max(w, #r.name) end
-  local fmt = "%-" .. w .. "s  %10s %-5s %10s %8s  %-12s %s"
-  lines[1] = fmt:format("benchmark", "value", "unit", "baseline", "ratio", "target", "result")
+  local fmt = "%s  %10s %-5s %10s %8s  %-12s %s" -- the name padded by hand: string.format's widths stop at 99
+  local function pad(name) return name .. (" "):rep(w - #name) end
+  lines[1] = fmt:format(pad("benchmark"), "value", "unit", "baseline", "ratio", "target", "result")
   lines[2] = ("-"):rep(#lines[1] + 6)
   for _, r in ipairs(rows) do
     local result = r.pass == nil and "" or (r.pass and "PASS" or "FAIL")
     if r.error then result = result .. " (" .. r.error .. ")" end
-    lines[#lines + 1] = fmt:format(r.name, num(r.value, r.unit), r.unit or "", num(r.baseline, r.unit),
+    if r.note then result = r.note end
+    lines[#lines + 1] = fmt:format(pad(r.name), num(r.value, r.unit), r.unit or "", num(r.baseline, r.unit),
       r.ratio and ("%.2f"):format(r.ratio) or "-", r.target or "", result)
   end
   return table.concat(lines, "\n") .. "\n"
@@ -127,7 +134,7 @@ local function json(v)
   return '"' .. tostring(v):gsub('[%c"\\]', function(c) return ESC[c] or ("\\u%04x"):format(c:byte()) end) .. '"'
 end
 
-local FIELDS = { "name", "value", "unit", "baseline", "ratio", "target", "pass", "part", "date" }
+local FIELDS = { "name", "value", "unit", "baseline", "ratio", "target", "pass", "note", "part", "date" }
 
 --- The rows as a JSON array of objects (fields in a fixed order; `error` when set).
 function M.json(rows)
@@ -205,7 +212,7 @@ function M.serialize(rows)
   local out = { "return {" }
   for _, r in ipairs(rows) do
     local parts = {}
-    for _, k in ipairs({ "name", "value", "unit", "baseline", "ratio", "target", "pass", "error", "part", "date" }) do
+    for _, k in ipairs({ "name", "value", "unit", "baseline", "ratio", "target", "pass", "error", "note", "part", "date" }) do
       local v = r[k]
       if v ~= nil then
         parts[#parts + 1] = ("%s = %s"):format(k, type(v) == "string" and ("%q"):format(v) or

@@ -3,8 +3,9 @@
  * Lookups (name, alias, path) and insert/remove use libkmod. Live state comes
  * straight from <sysfs>/module and <proc>/modules, whose roots a context can
  * move (for tests and for reading another root). insert_many/remove_many run
- * finit_module(2)/delete_module(2) for one dependency level concurrently, one
- * thread per module; they never touch libkmod, which is not thread-safe. */
+ * finit_module(2)/delete_module(2) concurrently, one thread per module, each
+ * started as soon as the items it must come after are done (none: all at
+ * once, a dependency level); they never touch libkmod, which is not thread-safe. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -1021,16 +1022,29 @@ static int kmod_l_symbols(lua_State *L)
 	return kmod_crc_table(L, 1);
 }
 
-/* ---- one dependency level at a time, concurrently ------------------------ */
+/* ---- concurrently, each as soon as what it comes after is done ------------ */
+
+struct sched {
+	pthread_mutex_t lock;
+	pthread_cond_t changed;	/* a job is done */
+	void *(*fn)(void *);
+};
 
 struct job {
 	const char *name;
 	const char *path;	/* insert: the .ko; remove: NULL */
 	const char *options;
-	int err;		/* 0, or the errno of the call */
+	int err;		/* 0, or the errno of the call (ECANCELED: not tried, see blocker) */
+	int nafter;		/* the jobs that must succeed first: after[0..nafter) */
+	int *after;
+	int blocker;		/* ECANCELED: the one of them that did not */
 	pthread_t thread;
-	int started;
+	int state;		/* 0 waiting, 1 started, 2 done (under sched.lock), 3 reaped */
+	int threaded;
+	struct sched *sched;	/* set when it is started */
 };
+
+enum { JOB_WAITING, JOB_STARTED, JOB_DONE, JOB_REAPED };
 
 static int kmod_finit_flags(const char *path)
 {
@@ -1066,20 +1080,110 @@ static void *kmod_remove_job(void *arg)
 	return NULL;
 }
 
-static void kmod_run_jobs(struct job *jobs, int n, void *(*fn)(void *))
+static void *kmod_job_thread(void *arg)
 {
+	struct job *j = arg;
+
+	j->sched->fn(j);
+	pthread_mutex_lock(&j->sched->lock);
+	j->state = JOB_DONE;
+	pthread_cond_signal(&j->sched->changed);
+	pthread_mutex_unlock(&j->sched->lock);
+	return NULL;
+}
+
+/* 1 when every job j comes after succeeded, -1 when one failed (j->blocker), 0 while one runs. */
+static int kmod_job_ready(struct job *jobs, struct job *j)
+{
+	for (int k = 0; k < j->nafter; k++) {
+		struct job *d = &jobs[j->after[k]];
+
+		if (d->state < JOB_DONE)
+			return 0;
+		if (d->err) {
+			j->blocker = j->after[k];
+			return -1;
+		}
+	}
+	return 1;
+}
+
+/* Start j in a thread of its own (run it here when none can be made). Called with s->lock held. */
+static void kmod_job_start(struct sched *s, struct job *j)
+{
+	j->sched = s;
+	j->state = JOB_STARTED;
+	j->threaded = pthread_create(&j->thread, NULL, kmod_job_thread, j) == 0;
+	if (!j->threaded) {
+		pthread_mutex_unlock(&s->lock);
+		s->fn(j);
+		pthread_mutex_lock(&s->lock);
+		j->state = JOB_DONE;
+	}
+}
+
+/* Run fn for every job, each once the jobs it comes after have succeeded (one that failed: not run,
+ * ECANCELED); returns when all are done. */
+static void kmod_run_jobs(struct job *jobs, int n, void *(*fn)(void *), int max)
+{
+	struct sched s = { .fn = fn };
+	int left = n, running = 0;
+
 	if (n == 1) {
 		fn(&jobs[0]);
 		return;
 	}
-	for (int i = 0; i < n; i++)
-		jobs[i].started = pthread_create(&jobs[i].thread, NULL, fn, &jobs[i]) == 0;
-	for (int i = 0; i < n; i++) {
-		if (jobs[i].started)
-			pthread_join(jobs[i].thread, NULL);
-		else
-			fn(&jobs[i]);
+	pthread_mutex_init(&s.lock, NULL);
+	pthread_cond_init(&s.changed, NULL);
+	pthread_mutex_lock(&s.lock);
+	while (left > 0) {
+		int progress = 0;
+
+		for (int i = 0; i < n; i++) {
+			struct job *j = &jobs[i];
+			int ready = j->state == JOB_WAITING ? kmod_job_ready(jobs, j) : 0;
+
+			if (ready < 0) {
+				j->err = ECANCELED;
+				j->state = JOB_DONE;
+			} else if (ready > 0 && (!max || running < max)) {
+				running++;
+				kmod_job_start(&s, j);
+			}
+			if (j->state == JOB_DONE) {
+				if (j->threaded)
+					pthread_join(j->thread, NULL);
+				running -= j->sched != NULL; /* it ran (it was not left untried) */
+				j->state = JOB_REAPED;
+				left--;
+				progress = 1;
+			}
+		}
+		if (!progress && left > 0)
+			pthread_cond_wait(&s.changed, &s.lock);
 	}
+	pthread_mutex_unlock(&s.lock);
+	pthread_cond_destroy(&s.changed);
+	pthread_mutex_destroy(&s.lock);
+}
+
+/* The message for a job that failed, pushed. */
+static void kmod_push_job_error(lua_State *L, struct job *jobs, struct job *j, int removing, const char *sysfs)
+{
+	if (j->err == ECANCELED && removing)
+		lua_pushfstring(L, "%s: not unloaded: %s, which holds it, was not", j->name, jobs[j->blocker].name);
+	else if (j->err == ECANCELED)
+		lua_pushfstring(L, "%s: not loaded: it needs %s, which did not load", j->name, jobs[j->blocker].name);
+	else if (removing && (j->err == EWOULDBLOCK || j->err == EBUSY))
+		kmod_push_busy(L, sysfs, j->name);
+	else if (removing && j->err == ENOENT)
+		lua_pushfstring(L, "%s: not loaded", j->name);
+	else if (removing)
+		lua_pushfstring(L, "%s: %s", j->name, strerror(j->err));
+	else if (j->err == ENOENT && access(j->path, F_OK) < 0)
+		lua_pushfstring(L, "%s: %s: no such file", j->name, j->path);
+	else
+		kmod_push_insert_error(L, j->name, j->err);
 }
 
 /* Return the results of jobs: true, or nil, joined message, first errno, failures. */
@@ -1093,18 +1197,9 @@ static int kmod_jobs_result(lua_State *L, struct job *jobs, int n, int removing,
 	for (int i = 0; i < n; i++) {
 		if (!jobs[i].err)
 			continue;
-		if (!first)
+		if (!first || first == ECANCELED)
 			first = jobs[i].err;
-		if (removing && (jobs[i].err == EWOULDBLOCK || jobs[i].err == EBUSY))
-			kmod_push_busy(L, sysfs, jobs[i].name);
-		else if (removing && jobs[i].err == ENOENT)
-			lua_pushfstring(L, "%s: not loaded", jobs[i].name);
-		else if (removing)
-			lua_pushfstring(L, "%s: %s", jobs[i].name, strerror(jobs[i].err));
-		else if (jobs[i].err == ENOENT && access(jobs[i].path, F_OK) < 0)
-			lua_pushfstring(L, "%s: %s: no such file", jobs[i].name, jobs[i].path);
-		else
-			kmod_push_insert_error(L, jobs[i].name, jobs[i].err);
+		kmod_push_job_error(L, jobs, &jobs[i], removing, sysfs);
 		lua_setfield(L, failures, jobs[i].name);
 	}
 	if (!first) {
@@ -1155,20 +1250,96 @@ static struct job *kmod_new_jobs(lua_State *L, int *n)
 	return jobs;
 }
 
+/* The parallel field of the options at idx: how many items may run at once (0: no limit). */
+static int kmod_opt_parallel(lua_State *L, int idx)
+{
+	int opts = drv_opttable(L, idx);
+	lua_Integer n = opts ? drv_optfield_integer(L, opts, "parallel", 0) : 0;
+
+	luaL_argcheck(L, n >= 0 && n <= 4096, idx, "field 'parallel': 0 (no limit) to 4096 expected");
+	return (int)n;
+}
+
+/* The `after` lists of the items (tables or strings) of the list at index 1: the indices of the
+ * items they name, in a userdata left on the stack; raises on a name that is not an item's, an
+ * item named twice, and a cycle. */
+static void kmod_jobs_after(lua_State *L, struct job *jobs, int n)
+{
+	int names, total = 0, *slots, i, k;
+
+	lua_createtable(L, 0, n);
+	names = lua_gettop(L);
+	for (i = 0; i < n; i++) {
+		luaL_argcheck(L, lua_getfield(L, names, jobs[i].name) == LUA_TNIL, 1,
+			      lua_pushfstring(L, "item %d: %s is named twice", i + 1, jobs[i].name));
+		lua_pop(L, 1);
+		lua_pushinteger(L, i);
+		lua_setfield(L, names, jobs[i].name);
+		if (lua_rawgeti(L, 1, i + 1) == LUA_TTABLE && lua_getfield(L, -1, "after") != LUA_TNIL) {
+			luaL_argcheck(L, lua_istable(L, -1), 1, lua_pushfstring(L, "item %d: field 'after': table expected", i + 1));
+			total += (int)luaL_len(L, -1);
+		}
+		lua_settop(L, names);
+	}
+	slots = lua_newuserdatauv(L, sizeof(int) * (size_t)(total ? total : 1), 0);
+	for (i = 0; i < n; i++) {
+		if (lua_rawgeti(L, 1, i + 1) != LUA_TTABLE || lua_getfield(L, -1, "after") == LUA_TNIL) {
+			lua_settop(L, names + 1);
+			continue;
+		}
+		jobs[i].after = slots;
+		for (k = 1; k <= (int)luaL_len(L, -1); k++) {
+			const char *dep = lua_rawgeti(L, -1, k) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+
+			luaL_argcheck(L, dep && lua_getfield(L, names, dep) == LUA_TNUMBER, 1,
+				      lua_pushfstring(L, "item %d: field 'after': %s is not an item", i + 1,
+						      dep ? dep : luaL_typename(L, -1)));
+			*slots++ = (int)lua_tointeger(L, -1);
+			jobs[i].nafter++;
+			lua_pop(L, 2);
+		}
+		lua_settop(L, names + 1);
+	}
+	lua_remove(L, names);
+	/* A cycle would wait forever: every job must come after jobs that can be done first. */
+	for (int marked = 0, progress = 1; progress;) {
+		progress = 0;
+		for (i = 0; i < n; i++) {
+			for (k = 0; jobs[i].state == JOB_WAITING && k < jobs[i].nafter && jobs[jobs[i].after[k]].state; k++)
+				;
+			if (jobs[i].state == JOB_WAITING && k == jobs[i].nafter) {
+				jobs[i].state = JOB_STARTED; /* marked; reset below */
+				progress = 1;
+				marked++;
+			}
+		}
+		if (!progress && marked < n) {
+			for (i = 0; jobs[i].state; i++)
+				;
+			luaL_argerror(L, 1, lua_pushfstring(L, "item %d: field 'after': %s is in a cycle", i + 1, jobs[i].name));
+		}
+	}
+	for (i = 0; i < n; i++)
+		jobs[i].state = JOB_WAITING;
+}
+
 /***
- * Insert one dependency level concurrently: finit_module(2) for each item in
- * its own thread. No dependency handling: order the levels yourself. A module
- * already loaded is success.
+ * Insert modules concurrently: finit_module(2) for each item in a thread of its own, started as
+ * soon as the items it comes after are loaded (all at once when none says: a dependency level).
+ * No dependency lookup: say what comes after what. A module already loaded is success.
  * @function insert_many
- * @tparam table items `{ { name = "ib_umad", path = "/…/ib_umad.ko", options = "…" }… }`
+ * @tparam table items `{ { name = "ib_umad", path = "/…/ib_umad.ko", options = "…", after = { "ib_core" } }… }`
+ *   (after: names of other items, which must be loaded first; one that fails leaves this one untried)
+ * @tparam[opt] table opts `{ parallel = n }`: at most n at once (0: no limit); of the items ready to
+ *   start, the first in the list first
  * @treturn[1] true
- * @treturn[2] nil, "a: …; b: …", first errno, `{ [name] = message }`
+ * @treturn[2] nil, "a: …; b: not loaded: it needs a, which did not load", first errno, `{ [name] = message }`
  * @see finit_module(2)
  */
 static int kmod_l_insert_many(lua_State *L)
 {
-	int n;
-	struct job *jobs = kmod_new_jobs(L, &n);
+	int max = kmod_opt_parallel(L, 2), n;
+	struct job *jobs = (lua_settop(L, 1), kmod_new_jobs(L, &n));
 
 	for (int i = 0; i < n; i++) {
 		luaL_argcheck(L, lua_rawgeti(L, 1, i + 1) == LUA_TTABLE, 1,
@@ -1180,31 +1351,42 @@ static int kmod_l_insert_many(lua_State *L)
 			jobs[i].name = jobs[i].path;
 		lua_pop(L, 1);
 	}
-	kmod_run_jobs(jobs, n, kmod_insert_job);
+	kmod_jobs_after(L, jobs, n);
+	kmod_run_jobs(jobs, n, kmod_insert_job, max);
 	return kmod_jobs_result(L, jobs, n, 0, "/sys");
 }
 
 /***
- * Remove one level concurrently: delete_module(2) for each name in its own thread.
+ * Remove modules concurrently: delete_module(2) for each in a thread of its own, started as soon as
+ * the items it comes after are unloaded (all at once when none says: a dependency level).
  * @function remove_many
- * @tparam table names `{ "rdma_ucm", "mlx5_ib" }`
+ * @tparam table items `{ "rdma_ucm", "mlx5_ib" }`, or `{ { name = "ib_core", after = { "rdma_ucm" } }… }`
+ *   (after: names of other items, its holders, which must be unloaded first)
+ * @tparam[opt] table opts `{ parallel = n }`, as insert_many
  * @treturn[1] true
- * @treturn[2] nil, "a: in use by …; b: …", first errno, `{ [name] = message }`
+ * @treturn[2] nil, "a: in use by …; b: not unloaded: a, which holds it, was not", first errno,
+ *   `{ [name] = message }`
  * @see delete_module(2)
  */
 static int kmod_l_remove_many(lua_State *L)
 {
-	int n;
-	struct job *jobs = kmod_new_jobs(L, &n);
+	int max = kmod_opt_parallel(L, 2), n;
+	struct job *jobs = (lua_settop(L, 1), kmod_new_jobs(L, &n));
 
 	for (int i = 0; i < n; i++) {
-		if (lua_rawgeti(L, 1, i + 1) != LUA_TSTRING)
-			luaL_argerror(L, 1, lua_pushfstring(L, "item %d: string expected, got %s",
+		int t = lua_rawgeti(L, 1, i + 1);
+
+		if (t == LUA_TTABLE)
+			jobs[i].name = kmod_item_string(L, lua_gettop(L), "name", 1, i + 1);
+		else if (t == LUA_TSTRING)
+			jobs[i].name = lua_tostring(L, -1);
+		else
+			luaL_argerror(L, 1, lua_pushfstring(L, "item %d: string or table expected, got %s",
 							     i + 1, luaL_typename(L, -1)));
-		jobs[i].name = lua_tostring(L, -1);
 		lua_pop(L, 1);
 	}
-	kmod_run_jobs(jobs, n, kmod_remove_job);
+	kmod_jobs_after(L, jobs, n);
+	kmod_run_jobs(jobs, n, kmod_remove_job, max);
 	return kmod_jobs_result(L, jobs, n, 1, "/sys");
 }
 

@@ -1,4 +1,5 @@
-/* net.c - drv.net: links, addresses, routes, SR-IOV VFs and eswitch modes over netlink.
+/* net.c - drv.net: links, addresses, routes, SR-IOV VFs and eswitch modes over netlink;
+ * whether an address answers (an ICMP echo, a TCP connection).
  *
  * Through libnl: rtnetlink (libnl-route) and generic netlink (libnl-genl, devlink).
  * A socket (net.open) holds one rtnetlink and one generic netlink socket,
@@ -12,19 +13,29 @@
  * under a link (bus address) from ETHTOOL_GDRVINFO, which answers in the
  * socket's namespace; its bus, driver and SR-IOV counts from
  * /sys/bus/<bus>/devices/<address>, which is the same in every namespace. */
+#include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/devlink.h>
 #include <linux/if.h>
+#include <linux/if_ether.h>
 #include <linux/ethtool.h>
+#include <linux/icmp.h>
+#include <linux/icmpv6.h>
 #include <linux/sockios.h>
+#include <net/if_arp.h>
+#include <netinet/in.h>
+#include <netpacket/packet.h>
+#include <poll.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <netlink/netlink.h>
@@ -32,7 +43,9 @@
 #include <netlink/genl/genl.h>
 #include <netlink/route/addr.h>
 #include <netlink/route/link.h>
+#include <netlink/route/link/macvlan.h>
 #include <netlink/route/link/sriov.h>
+#include <netlink/route/link/vlan.h>
 #include <netlink/route/route.h>
 
 #include "drv.h"
@@ -461,7 +474,45 @@ static void net_set_vfs(lua_State *L, struct rtnl_link *link)
 	lua_setfield(L, -2, "vfs");
 }
 
-static void net_push_link(lua_State *L, struct netsock *s, struct rtnl_link *link)
+/* The name of link ifindex, from cache (NULL: asked of the kernel) into buf; NULL when there is none. */
+static const char *net_ifname(struct netsock *s, struct nl_cache *cache, int ifindex, char *buf, size_t size)
+{
+	struct rtnl_link *l = NULL;
+
+	if (ifindex <= 0)
+		return NULL;
+	if (cache)
+		return rtnl_link_i2name(cache, ifindex, buf, size);
+	if (rtnl_link_get_kernel(s->route, ifindex, NULL, &l) < 0)
+		return NULL;
+	snprintf(buf, size, "%s", rtnl_link_get_name(l));
+	rtnl_link_put(l);
+	return buf;
+}
+
+/* Set master, lower, and a VLAN's id and protocol or a macvlan's mode. */
+static void net_set_stacking(lua_State *L, struct netsock *s, struct nl_cache *cache, struct rtnl_link *link)
+{
+	char name[IFNAMSIZ], buf[32];
+	int32_t nsid;
+
+	if (net_ifname(s, cache, rtnl_link_get_master(link), name, sizeof(name)))
+		net_set_string(L, "master", name);
+	/* With IFLA_LINK_NETNSID, IFLA_LINK is an ifindex of another namespace. */
+	if (rtnl_link_get_link_netnsid(link, &nsid) < 0 && net_ifname(s, cache, rtnl_link_get_link(link), name, sizeof(name)))
+		net_set_string(L, "lower", name);
+	if (rtnl_link_is_vlan(link)) {
+		lua_pushinteger(L, rtnl_link_vlan_get_id(link));
+		lua_setfield(L, -2, "vlan_id");
+		net_set_string(L, "vlan_protocol",
+			       rtnl_link_vlan_get_protocol(link) == htons(ETH_P_8021AD) ? "802.1ad" : "802.1Q");
+	} else if (rtnl_link_is_macvlan(link)) {
+		net_set_string(L, "macvlan_mode",
+			       rtnl_link_macvlan_mode2str((int)rtnl_link_macvlan_get_mode(link), buf, sizeof(buf)));
+	}
+}
+
+static void net_push_link(lua_State *L, struct netsock *s, struct nl_cache *cache, struct rtnl_link *link)
 {
 	char buf[64];
 	const char *kind = rtnl_link_get_type(link);
@@ -482,6 +533,7 @@ static void net_push_link(lua_State *L, struct netsock *s, struct rtnl_link *lin
 		lua_pushstring(L, kind);
 		lua_setfield(L, -2, "kind");
 	}
+	net_set_stacking(L, s, cache, link);
 	net_set_device(L, s, rtnl_link_get_name(link));
 	net_set_vfs(L, link);
 }
@@ -490,7 +542,11 @@ static void net_push_link(lua_State *L, struct netsock *s, struct rtnl_link *lin
  * The links of the namespace, in ifindex order.
  * @function socket:links
  * @treturn[1] table `{ { name, ifindex, mtu, admin = "up"|"down", oper = "up"|"down"|"unknown"|...,
- *   mac, kind = "veth"|nil, driver (ETHTOOL_GDRVINFO's), bus = "pci"|nil, device = bus address|nil,
+ *   mac, kind = "veth"|"vlan"|"bond"|...|nil, master = the bond, bridge or VRF it is a port of,
+ *   lower = the link it is on (IFLA_LINK: a VLAN's or macvlan's device; a veth's peer; none in
+ *   another namespace), vlan_id, vlan_protocol = "802.1Q"|"802.1ad" (a VLAN), macvlan_mode =
+ *   "private"|"vepa"|"bridge"|"passthru"|"source" (a macvlan), driver (ETHTOOL_GDRVINFO's), bus =
+ *   "pci"|nil, device = bus address|nil,
  *   module = the module of the bus device's driver (sysfs device/driver/module), numvfs, totalvfs,
  *   vfs = { { vf, mac, vlan, qos, spoofchk, trust, link_state = "auto"|"enable"|"disable" }... } }... }`
  *   (fields the kernel does not give are nil: vfs only where it lists them, IFLA_VFINFO_LIST)
@@ -509,7 +565,7 @@ static int net_l_links(lua_State *L)
 		return net_nle_fail(L, rc, "links");
 	lua_newtable(L);
 	for (o = nl_cache_get_first(cache); o; o = nl_cache_get_next(o)) {
-		net_push_link(L, s, (struct rtnl_link *)o);
+		net_push_link(L, s, cache, (struct rtnl_link *)o);
 		lua_rawseti(L, -2, ++i);
 	}
 	nl_cache_free(cache);
@@ -548,7 +604,7 @@ static int net_l_link(lua_State *L)
 
 	if (!link)
 		return 3;
-	net_push_link(L, s, link);
+	net_push_link(L, s, NULL, link);
 	rtnl_link_put(link);
 	return 1;
 }
@@ -728,15 +784,41 @@ static struct rtnl_link *net_new_change(lua_State *L)
 	return change;
 }
 
+/* A MAC address argument as an nl_addr (a reference), raising when malformed. */
+static struct nl_addr *net_check_mac(lua_State *L, int idx, const char *text)
+{
+	struct nl_addr *a = NULL;
+
+	if (nl_addr_parse(text, AF_LLC, &a) < 0 || nl_addr_get_len(a) != 6) {
+		if (a)
+			nl_addr_put(a);
+		luaL_argerror(L, idx, lua_pushfstring(L, "field 'mac': a MAC address expected, got '%s'", text));
+	}
+	return a;
+}
+
+/* The master field of set_link's options: its name, "" for none (false), NULL when not given. */
+static const char *net_opt_master(lua_State *L, int opts)
+{
+	int t = lua_getfield(L, opts, "master");
+	const char *master = t == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+
+	luaL_argcheck(L, t == LUA_TNIL || (t == LUA_TBOOLEAN && !lua_toboolean(L, -1)) || (master && master[0]), 3,
+		      "field 'master': a link's name, or false for none");
+	lua_pop(L, 1); /* the option table keeps the string */
+	return t == LUA_TBOOLEAN ? "" : master;
+}
+
 /***
- * Set a link's admin state and/or MTU (one request).
+ * Set a link's admin state, MTU and/or master (one request).
  * @function socket:set_link
  * @tparam string name
- * @tparam table opts `{ up = true|false, mtu = n }`
+ * @tparam table opts `{ up = true|false, mtu = n, master = "bond0" (a port of that bond, bridge or
+ *   VRF; a bond's port must be down) or false (a port of none) }`
  * @treturn[1] true
  * @treturn[2] nil, "<name>: cannot set the link (mtu 100000): Invalid argument (kernel: mtu greater
  *   than device maximum)", errno
- * @see rtnetlink(7) RTM_NEWLINK
+ * @see rtnetlink(7) RTM_NEWLINK, ip-link(8) master
  */
 static int net_l_set_link(lua_State *L)
 {
@@ -745,14 +827,22 @@ static int net_l_set_link(lua_State *L)
 	int opts = (luaL_checktype(L, 3, LUA_TTABLE), 3);
 	lua_Integer mtu = drv_optfield_integer(L, opts, "mtu", -1);
 	int up = lua_getfield(L, opts, "up") == LUA_TNIL ? -1 : lua_toboolean(L, -1);
-	struct rtnl_link *change;
+	const char *master = net_opt_master(L, opts);
+	struct rtnl_link *change, *m = NULL;
 	luaL_Buffer what;
 
 	luaL_argcheck(L, mtu == -1 || (mtu > 0 && mtu <= UINT32_MAX), 3, "field 'mtu': out of range");
-	luaL_argcheck(L, mtu != -1 || up != -1, 3, "nothing to set: give 'up' and/or 'mtu'");
+	luaL_argcheck(L, mtu != -1 || up != -1 || master, 3, "nothing to set: give 'up', 'mtu' and/or 'master'");
+	if (master && master[0] && !(m = net_get_link(L, s, master, lua_pushfstring(L, "make %s its port", name))))
+		return 3;
 	luaL_buffinit(L, &what);
 	luaL_addstring(&what, "set the link (");
-	change = net_new_change(L);
+	change = rtnl_link_alloc();
+	if (!change) {
+		if (m)
+			rtnl_link_put(m);
+		return luaL_error(L, "not enough memory");
+	}
 	if (up != -1) {
 		if (up)
 			rtnl_link_set_flags(change, IFF_UP);
@@ -765,22 +855,112 @@ static int net_l_set_link(lua_State *L)
 		lua_pushfstring(L, "%smtu %d", up != -1 ? ", " : "", (int)mtu);
 		luaL_addvalue(&what);
 	}
+	if (master) {
+		rtnl_link_set_master(change, m ? rtnl_link_get_ifindex(m) : 0);
+		lua_pushfstring(L, "%s%s%s", up != -1 || mtu != -1 ? ", " : "", m ? "master " : "no master", master);
+		luaL_addvalue(&what);
+		if (m)
+			rtnl_link_put(m);
+	}
 	luaL_addstring(&what, ")");
 	luaL_pushresult(&what);
 	return net_change_link(L, s, name, change, lua_tostring(L, -1));
 }
 
-/* A MAC address argument as an nl_addr (a reference), raising when malformed. */
-static struct nl_addr *net_check_mac(lua_State *L, int idx, const char *text)
+/* The link add_link's options describe (a reference), or NULL with a failure pushed (lower is gone). */
+static struct rtnl_link *net_new_upper(lua_State *L, struct netsock *s, int opts, const char *name, int kind)
 {
-	struct nl_addr *a = NULL;
+	static const char *const protocols[] = { "802.1Q", "802.1ad", NULL };
+	const char *lower = drv_optfield_string(L, opts, "lower", NULL);
+	const char *mode = drv_optfield_string(L, opts, "mode", NULL);
+	const char *protocol = drv_optfield_string(L, opts, "protocol", "802.1Q");
+	const char *mac = drv_optfield_string(L, opts, "mac", NULL);
+	lua_Integer id = drv_optfield_integer(L, opts, "id", -1);
+	lua_Integer mtu = drv_optfield_integer(L, opts, "mtu", -1);
+	int m = mode ? rtnl_link_macvlan_str2mode(mode) : -1, proto = 0;
+	struct rtnl_link *l, *under;
+	struct nl_addr *addr = NULL;
 
-	if (nl_addr_parse(text, AF_LLC, &a) < 0 || nl_addr_get_len(a) != 6) {
-		if (a)
-			nl_addr_put(a);
-		luaL_argerror(L, idx, lua_pushfstring(L, "field 'mac': a MAC address expected, got '%s'", text));
+	luaL_argcheck(L, lower != NULL, 2, "field 'lower': the link to add it on expected");
+	luaL_argcheck(L, mtu == -1 || (mtu > 0 && mtu <= UINT32_MAX), 2, "field 'mtu': out of range");
+	if (kind == 0) {
+		luaL_argcheck(L, id >= 0 && id < 4095, 2, "field 'id': a VLAN id (0-4094) expected");
+		for (; protocols[proto] && strcmp(protocols[proto], protocol) != 0; proto++)
+			;
+		luaL_argcheck(L, protocols[proto] != NULL, 2,
+			      lua_pushfstring(L, "field 'protocol': 802.1Q or 802.1ad expected, got '%s'", protocol));
+	} else {
+		luaL_argcheck(L, !mode || m >= 0, 2, lua_pushfstring(L, "field 'mode': a macvlan mode expected, got '%s'", mode));
 	}
-	return a;
+	if (mac)
+		addr = net_check_mac(L, 2, mac);
+	under = net_get_link(L, s, lower, lua_pushfstring(L, "add %s on it", name));
+	l = under ? (kind == 0 ? rtnl_link_vlan_alloc() : rtnl_link_macvlan_alloc()) : NULL;
+	if (!l) {
+		if (addr)
+			nl_addr_put(addr);
+		if (!under)
+			return NULL;
+		rtnl_link_put(under);
+		luaL_error(L, "not enough memory");
+	}
+	rtnl_link_set_name(l, name);
+	rtnl_link_set_link(l, rtnl_link_get_ifindex(under));
+	rtnl_link_put(under);
+	if (kind == 0) {
+		rtnl_link_vlan_set_id(l, (uint16_t)id);
+		rtnl_link_vlan_set_protocol(l, htons(proto ? ETH_P_8021AD : ETH_P_8021Q));
+	} else if (m >= 0) {
+		rtnl_link_macvlan_set_mode(l, (uint32_t)m);
+	}
+	if (addr) {
+		rtnl_link_set_addr(l, addr);
+		nl_addr_put(addr);
+	}
+	if (mtu != -1)
+		rtnl_link_set_mtu(l, (unsigned int)mtu);
+	return l;
+}
+
+/***
+ * Add a VLAN or a macvlan on a link (its lower device).
+ * @function socket:add_link
+ * @tparam table opts `{ name = "eth0.10", kind = "vlan"|"macvlan", lower = "eth0", id = 10 (a VLAN's),
+ *   protocol = "802.1Q"|"802.1ad" (a VLAN's; 802.1Q), mode = "private"|"vepa"|"bridge"|"passthru"|"source"
+ *   (a macvlan's; the kernel's default: vepa), mac = "02:..", mtu = n }`
+ * @treturn[1] true
+ * @treturn[2] nil, "<name>: cannot add a <kind> link on <lower>: <cause>", errno (EEXIST when a link has
+ *   that name; ENODEV when lower is gone: "<lower>: cannot add <name> on it: no such device")
+ * @see rtnetlink(7) RTM_NEWLINK, ip-link(8) type vlan, type macvlan
+ */
+static int net_l_add_link(lua_State *L)
+{
+	static const char *const kinds[] = { "vlan", "macvlan", NULL };
+	struct netsock *s = net_check(L);
+	int opts = (luaL_checktype(L, 2, LUA_TTABLE), 2);
+	const char *name = drv_optfield_string(L, opts, "name", NULL);
+	const char *kindname = drv_optfield_string(L, opts, "kind", NULL);
+	int kind = 0;
+	struct rtnl_link *l;
+	struct nl_msg *msg = NULL;
+	struct reply r = { 0 };
+	int rc;
+
+	luaL_argcheck(L, name && name[0] && strlen(name) < IFNAMSIZ && !strchr(name, '/'), 2,
+		      "field 'name': a link name (1-15 characters, no '/') expected");
+	for (; kindname && kinds[kind] && strcmp(kinds[kind], kindname) != 0; kind++)
+		;
+	luaL_argcheck(L, kindname && kinds[kind], 2, "field 'kind': \"vlan\" or \"macvlan\" expected");
+	if (!(l = net_new_upper(L, s, opts, name, kind)))
+		return 3;
+	rc = rtnl_link_build_add_request(l, NLM_F_CREATE | NLM_F_EXCL, &msg);
+	rtnl_link_put(l);
+	lua_pushfstring(L, "%s: cannot add a %s link on %s", name, kindname, drv_optfield_string(L, opts, "lower", NULL));
+	if (rc < 0)
+		return net_nle_fail(L, rc, lua_tostring(L, -1));
+	if (net_transact(s->route, msg, &r) < 0)
+		return net_reply_fail(L, &r, lua_tostring(L, -1));
+	return drv_ok(L);
 }
 
 /***
@@ -1212,12 +1392,269 @@ static int net_l_rebind(lua_State *L)
 	return 1;
 }
 
+/* ---- does an address answer ------------------------------------------------ */
+
+/* An IPv4 or IPv6 address argument into sa; its length. Raises when malformed. */
+static socklen_t net_check_sockaddr(lua_State *L, int idx, struct sockaddr_storage *sa, int port)
+{
+	const char *text = luaL_checkstring(L, idx);
+	struct sockaddr_in *v4 = (struct sockaddr_in *)sa;
+	struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)sa;
+
+	memset(sa, 0, sizeof(*sa));
+	if (inet_pton(AF_INET, text, &v4->sin_addr) == 1) {
+		v4->sin_family = AF_INET;
+		v4->sin_port = htons((uint16_t)port);
+		return sizeof(*v4);
+	}
+	if (inet_pton(AF_INET6, text, &v6->sin6_addr) == 1) {
+		v6->sin6_family = AF_INET6;
+		v6->sin6_port = htons((uint16_t)port);
+		return sizeof(*v6);
+	}
+	return luaL_argerror(L, idx, lua_pushfstring(L, "an IPv4 or IPv6 address expected, got '%s'", text));
+}
+
+/* Seconds as messages say them: "1", "0.25". */
+static const char *net_seconds(char buf[32], double t)
+{
+	snprintf(buf, 32, "%g", t);
+	return buf;
+}
+
+static double net_check_timeout(lua_State *L, int idx)
+{
+	double t = luaL_checknumber(L, idx);
+
+	luaL_argcheck(L, t >= 0 && t <= 86400, idx, "a timeout in seconds (0-86400) expected");
+	return t;
+}
+
+/* Wait until fd is ready for events or deadline (monotonic seconds) passes; 1, 0 (timeout), -1 (errno). */
+static int net_wait(int fd, short events, double deadline)
+{
+	struct pollfd p = { .fd = fd, .events = events };
+	int rc;
+
+	do {
+		double left = deadline - drv_clock(CLOCK_MONOTONIC);
+
+		rc = left <= 0 ? 0 : poll(&p, 1, (int)(left * 1000) + 1);
+	} while (rc < 0 && errno == EINTR);
+	return rc;
+}
+
+/* An echo request socket of family: a datagram ICMP socket where net.ipv4.ping_group_range lets
+ * this process open one, else a raw one (CAP_NET_RAW); -1 with errno. */
+static int net_echo_socket(int family, int *raw)
+{
+	int proto = family == AF_INET ? IPPROTO_ICMP : IPPROTO_ICMPV6;
+	int fd = socket(family, SOCK_DGRAM | SOCK_CLOEXEC, proto);
+
+	*raw = fd < 0;
+	if (fd < 0 && (errno == EACCES || errno == EPERM))
+		fd = socket(family, SOCK_RAW | SOCK_CLOEXEC, proto);
+	return fd;
+}
+
+static uint16_t net_icmp_checksum(const void *data, size_t len)
+{
+	const uint8_t *p = data;
+	uint32_t sum = 0;
+
+	for (; len > 1; p += 2, len -= 2)
+		sum += (uint32_t)(p[0] << 8 | p[1]);
+	if (len)
+		sum += (uint32_t)(p[0] << 8);
+	while (sum >> 16)
+		sum = (sum & 0xffff) + (sum >> 16);
+	return htons((uint16_t)~sum);
+}
+
+/* Is buf (n bytes; a raw IPv4 socket's have the IP header first) the echo reply to id and seq?
+ * A datagram socket's replies are this socket's already, their id the kernel's. */
+static int net_is_reply(const uint8_t *buf, ssize_t n, int family, int raw, uint16_t id, uint16_t seq)
+{
+	struct icmphdr h;
+	size_t off = family == AF_INET && raw && n > 0 ? (size_t)(buf[0] & 0x0f) * 4 : 0;
+
+	if (n < 0 || (size_t)n < off + sizeof(h))
+		return 0;
+	memcpy(&h, buf + off, sizeof(h)); /* the echo fields of icmphdr and icmp6hdr are laid out alike */
+	if (h.type != (family == AF_INET ? ICMP_ECHOREPLY : ICMPV6_ECHO_REPLY) || ntohs(h.un.echo.sequence) != seq)
+		return 0;
+	return !raw || ntohs(h.un.echo.id) == id;
+}
+
+/***
+ * Send one ICMP echo request to an address and wait for its reply (through a datagram ICMP
+ * socket where net.ipv4.ping_group_range lets the process open one, else a raw socket: root).
+ * @function ping
+ * @tparam string address "10.0.0.1" or "fd00::1"
+ * @tparam number timeout seconds to wait for the reply
+ * @treturn[1] number seconds the reply took
+ * @treturn[2] nil, "<address>: no echo reply within <timeout> s", errno (ETIMEDOUT); or
+ *   "<address>: cannot send an echo request: Network is unreachable", errno
+ * @see icmp(7), ping(8)
+ */
+static int net_l_ping(lua_State *L)
+{
+	static uint16_t sequence;
+	struct sockaddr_storage to;
+	socklen_t len = net_check_sockaddr(L, 1, &to, 0);
+	const char *text = lua_tostring(L, 1);
+	double timeout = net_check_timeout(L, 2), t0 = drv_clock(CLOCK_MONOTONIC);
+	uint16_t id = (uint16_t)getpid(), seq = ++sequence;
+	struct icmphdr req = { .type = to.ss_family == AF_INET ? ICMP_ECHO : ICMPV6_ECHO_REQUEST };
+	uint8_t packet[sizeof(req) + 24] = { 0 }, buf[512];
+	char secs[32];
+	int raw, fd = net_echo_socket(to.ss_family, &raw), err, rc;
+	ssize_t n;
+
+	if (fd < 0)
+		return drv_fail(L, errno, "%s: cannot open an ICMP socket: %s", text, strerror(errno));
+	req.un.echo.id = htons(id);
+	req.un.echo.sequence = htons(seq);
+	memcpy(packet, &req, sizeof(req));
+	memcpy(packet + sizeof(req), "drvrun echo request\n", 20);
+	if (to.ss_family == AF_INET) /* ICMPv6's checksum is the kernel's */
+		((struct icmphdr *)packet)->checksum = net_icmp_checksum(packet, sizeof(packet));
+	if (connect(fd, (struct sockaddr *)&to, len) < 0 || send(fd, packet, sizeof(packet), 0) < 0) {
+		err = errno;
+		close(fd);
+		return drv_fail(L, err, "%s: cannot send an echo request: %s", text, strerror(err));
+	}
+	do {
+		n = -1;
+		rc = net_wait(fd, POLLIN, t0 + timeout);
+		if (rc > 0)
+			n = recv(fd, buf, sizeof(buf), 0);
+	} while (rc > 0 && (n >= 0 || errno == EINTR) && !net_is_reply(buf, n, to.ss_family, raw, id, seq));
+	err = rc == 0 ? ETIMEDOUT : errno;
+	close(fd);
+	if (rc <= 0 || n < 0) {
+		if (err == ETIMEDOUT)
+			return drv_fail(L, err, "%s: no echo reply within %s s", text, net_seconds(secs, timeout));
+		return drv_fail(L, err, "%s: no echo reply: %s", text, strerror(err));
+	}
+	lua_pushnumber(L, drv_clock(CLOCK_MONOTONIC) - t0);
+	return 1;
+}
+
+/***
+ * Open a TCP connection to an address and port, and close it.
+ * @function connect
+ * @tparam string address "10.0.0.1" or "fd00::1"
+ * @tparam integer port
+ * @tparam number timeout seconds to wait for the connection
+ * @treturn[1] number seconds it took
+ * @treturn[2] nil, "<address> port <port>: cannot connect: Connection refused", errno (ECONNREFUSED:
+ *   the host answered, nothing listens); "<address> port <port>: no answer within <timeout> s",
+ *   errno (ETIMEDOUT)
+ * @see connect(2), tcp(7)
+ */
+static int net_l_connect(lua_State *L)
+{
+	lua_Integer port = luaL_checkinteger(L, 2);
+	struct sockaddr_storage to;
+	socklen_t len, elen = sizeof(int);
+	const char *text;
+	char secs[32];
+	double timeout = net_check_timeout(L, 3), t0 = drv_clock(CLOCK_MONOTONIC);
+	int fd, err = 0, rc;
+
+	luaL_argcheck(L, port > 0 && port < 65536, 2, "a TCP port (1-65535) expected");
+	len = net_check_sockaddr(L, 1, &to, (int)port);
+	text = lua_tostring(L, 1);
+	fd = socket(to.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return drv_fail(L, errno, "%s port %d: cannot open a socket: %s", text, (int)port, strerror(errno));
+	rc = connect(fd, (struct sockaddr *)&to, len);
+	if (rc < 0 && errno == EINPROGRESS) {
+		rc = net_wait(fd, POLLOUT, t0 + timeout);
+		if (rc > 0 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen) == 0)
+			rc = err ? -1 : 0;
+		else if (rc == 0)
+			err = ETIMEDOUT;
+	}
+	if (rc < 0 && !err)
+		err = errno;
+	close(fd);
+	if (err == ETIMEDOUT)
+		return drv_fail(L, err, "%s port %d: no answer within %s s", text, (int)port, net_seconds(secs, timeout));
+	if (err)
+		return drv_fail(L, err, "%s port %d: cannot connect: %s", text, (int)port, strerror(err));
+	lua_pushnumber(L, drv_clock(CLOCK_MONOTONIC) - t0);
+	return 1;
+}
+
+/* A gratuitous ARP request: who has ip? tell ip (at mac), to everyone. */
+struct garp {
+	struct arphdr h;
+	uint8_t sha[ETH_ALEN], sip[4], tha[ETH_ALEN], tip[4];
+} __attribute__((packed));
+
+/***
+ * Announce an IPv4 address of a link to its neighbours: a gratuitous ARP request (who has
+ * ADDRESS? tell ADDRESS, at the link's MAC, to the broadcast address), so that they point their
+ * entry for it at this link again at once (after a reload made the link afresh) instead of when
+ * their own resolution next tries. In the caller's network namespace.
+ * @function announce
+ * @tparam string name an Ethernet link
+ * @tparam string address an IPv4 address (of that link)
+ * @treturn[1] true
+ * @treturn[2] nil, "<name>: cannot announce <address>: <cause>", errno (ENODEV: no such link;
+ *   EOPNOTSUPP: not an Ethernet link)
+ * @see arp(7), packet(7), RFC 5227 (ARP announcements)
+ */
+static int net_l_announce(lua_State *L)
+{
+	const char *name = net_check_name(L, 1, "a link");
+	const char *text = luaL_checkstring(L, 2);
+	struct sockaddr_ll to = { .sll_family = AF_PACKET, .sll_protocol = htons(ETH_P_ARP), .sll_halen = ETH_ALEN };
+	struct garp arp = { .h = { .ar_hrd = htons(ARPHRD_ETHER), .ar_pro = htons(ETH_P_IP), .ar_hln = ETH_ALEN,
+				   .ar_pln = 4, .ar_op = htons(ARPOP_REQUEST) } };
+	struct ifreq ifr;
+	struct in_addr ip;
+	int fd, err = 0;
+
+	luaL_argcheck(L, strlen(name) < IFNAMSIZ, 1, "a link name (1-15 characters) expected");
+	luaL_argcheck(L, inet_pton(AF_INET, text, &ip) == 1, 2,
+		      lua_pushfstring(L, "an IPv4 address expected, got '%s'", text));
+	fd = socket(AF_PACKET, SOCK_DGRAM | SOCK_CLOEXEC, htons(ETH_P_ARP));
+	if (fd < 0)
+		return drv_fail(L, errno, "%s: cannot announce %s: %s", name, text, strerror(errno));
+	memset(&ifr, 0, sizeof(ifr));
+	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", name);
+	if (ioctl(fd, SIOCGIFINDEX, &ifr) < 0 || (to.sll_ifindex = ifr.ifr_ifindex, ioctl(fd, SIOCGIFHWADDR, &ifr) < 0))
+		err = errno;
+	else if (ifr.ifr_hwaddr.sa_family != ARPHRD_ETHER)
+		err = EOPNOTSUPP;
+	if (!err) {
+		memset(to.sll_addr, 0xff, ETH_ALEN);
+		memcpy(arp.sha, ifr.ifr_hwaddr.sa_data, ETH_ALEN);
+		memcpy(arp.sip, &ip, 4);
+		memcpy(arp.tip, &ip, 4);
+		if (sendto(fd, &arp, sizeof(arp), 0, (struct sockaddr *)&to, sizeof(to)) < 0)
+			err = errno;
+	}
+	close(fd);
+	if (err == ENODEV)
+		return drv_fail(L, err, "%s: cannot announce %s: no such device", name, text);
+	if (err == EOPNOTSUPP)
+		return drv_fail(L, err, "%s: cannot announce %s: not an Ethernet link", name, text);
+	if (err)
+		return drv_fail(L, err, "%s: cannot announce %s: %s", name, text, strerror(err));
+	return drv_ok(L);
+}
+
 static const luaL_Reg net_methods[] = {
 	{ "links", net_l_links },
 	{ "link", net_l_link },
 	{ "addresses", net_l_addresses },
 	{ "routes", net_l_routes },
 	{ "set_link", net_l_set_link },
+	{ "add_link", net_l_add_link },
 	{ "set_vf", net_l_set_vf },
 	{ "add_address", net_l_add_address },
 	{ "add_route", net_l_add_route },
@@ -1251,6 +1688,9 @@ static const luaL_Reg net_funcs[] = {
 	{ "open", net_l_open },
 	{ "set_numvfs", net_l_set_numvfs },
 	{ "rebind", net_l_rebind },
+	{ "ping", net_l_ping },
+	{ "connect", net_l_connect },
+	{ "announce", net_l_announce },
 	{ NULL, NULL }
 };
 

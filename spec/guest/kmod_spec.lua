@@ -129,6 +129,34 @@ describe("drv.kmod in a real kernel", function()
     for name in pairs(stk) do assert.is_nil(guest.proc_line(name), name) end
   end)
 
+  it("loads and unloads a stack in one call each, every module as soon as what it waits for is done", function()
+    local paths, items, names = guest.fixture_paths(), {}, {}
+    for name, path in pairs(paths) do
+      items[#items + 1] = { name = name, path = path, after = assert(kmod.modinfo(path)).depends }
+      names[#names + 1] = name
+    end
+    table.sort(items, function(a, b) return a.name > b.name end) -- given in no useful order
+    assert.is_true(kmod.insert_many(items))
+    for name in pairs(paths) do assert.truthy(guest.proc_line(name), name) end
+    local live = require("drv.stack").snapshot(assert(kmod.new()))
+    local unload = {}
+    for _, name in ipairs(names) do unload[#unload + 1] = { name = name, after = live[name].holders } end
+    assert.is_true(kmod.remove_many(unload))
+    for name in pairs(paths) do assert.is_nil(guest.proc_line(name), name) end
+  end)
+
+  it("leaves untried what needs a module that did not load", function()
+    local paths = guest.fixture_paths()
+    local ok, err, errno, failures = kmod.insert_many({ { name = "ib_core", path = paths.ib_core },
+                                                        { name = "ib_umad", path = paths.ib_umad, after = { "ib_core" } } })
+    assert.is_nil(ok)
+    assert.matches("^ib_core: unknown symbol", failures.ib_core, "mlx_compat is not loaded")
+    assert.equal("ib_umad: not loaded: it needs ib_core, which did not load", failures.ib_umad)
+    assert.equal("ENOENT", errno)
+    assert.matches("; ib_umad: not loaded", err, nil, true)
+    assert.is_nil(guest.proc_line("ib_umad"))
+  end)
+
   it("reports every failure of a concurrent level", function()
     local paths = guest.fixture_paths()
     local ok, err, errno, failures = kmod.insert_many({ { name = "ib_core", path = paths.ib_core },

@@ -1,4 +1,4 @@
--- guest-timeout: 1500 (six recipe runs and a plan, one depmod: the boot took 227-414 s here at load 2-11)
+-- guest-timeout: 2400 (eight recipe runs, two plans, one depmod: 1205 s at load 17 here; see doc/testing.md)
 -- Network continuity through recipes/ubuntu-ofed.lua on the guest's real kernel
 -- (drv.netcfg): the fixture NIC (sim_pci, bound by the simulated mlx5_core) is
 -- configured under another build of the stack (sim-ofed-next, loaded by hand),
@@ -74,18 +74,21 @@ local function comparable(d)
   return c
 end
 
--- The network now is as `before` (for the devices keyed in `only`, `{ ["sim_pci/..."] = true }`).
+-- The network now is as `before` (for the devices keyed in `only`, `{ ["sim_pci/..."] = true }`, and
+-- the uppers on them): each device's and upper's own configuration and place in its master.
 local function assert_same_network(sock, before, only)
   local now = netstate.save(sock, ofed.STACK)
-  local want = {}
-  for _, d in ipairs(before.devices) do
-    if not only or only[netstate.device_key(d)] then want[#want + 1] = comparable(d) end
+  local function kept(state)
+    local list = {}
+    for _, d in ipairs(state.devices) do
+      if not only or only[netstate.device_key(d)] then list[#list + 1] = comparable(d) end
+    end
+    for _, u in ipairs(state.uppers) do
+      if not only or only[u.root] then list[#list + 1] = u end
+    end
+    return list
   end
-  local have = {}
-  for _, d in ipairs(now.devices) do
-    if not only or only[netstate.device_key(d)] then have[#have + 1] = comparable(d) end
-  end
-  assert.same(want, have)
+  assert.same(kept(before), kept(now))
   return now
 end
 
@@ -283,5 +286,134 @@ describe("network continuity through the ubuntu-ofed recipe", function()
     assert_same_network(sock, before)
     ofed.assert_host_as_it_was({})
     assert.is_false(fs.exists(ofed.JOURNAL))
+  end)
+
+  -- Each answer of a peer's ping to `address` (drv.net.ping's seconds), or the failure.
+  local function answered(peer, address)
+    local reply = peer.ping(address, 20)
+    assert(tonumber(reply), ("%s from %s: %s"):format(address, peer.name, reply))
+  end
+
+  it("keeps a VLAN with its address, a bond's port and a bridge's port across the reload and stop's, the peers' "
+     .. "pings answered before and after", function()
+    local peers, ip = {}, simnic.ip
+    finally(function()
+      for _, peer in ipairs(peers) do peer.close() end
+      for _, l in ipairs { "bond0", "br0" } do proc.run({ "ip", "link", "del", l }) end
+      for _, id in ipairs { "4", "5" } do sysfs_write(SIMBUS .. "/del_device", id) end
+    end)
+    simnic.load_kernel_modules { "8021q", "bonding", "bridge" }
+    local pf = configure(sock)
+    for _, id in ipairs { "4", "5" } do sysfs_write(SIMBUS .. "/new_device", id) end
+    local p4, p5 = assert(link_of(sock, "0000:04:00.0")).name, assert(link_of(sock, "0000:05:00.0")).name
+    ip("link", "add", "link", pf.name, "name", "vlan100", "type", "vlan", "id", "100")
+    ip("addr", "add", "10.30.0.1/24", "dev", "vlan100")
+    ip("link", "set", "vlan100", "up")
+    ip("link", "add", "bond0", "type", "bond", "mode", "active-backup", "miimon", "100")
+    ip("link", "set", p4, "master", "bond0")
+    ip("addr", "add", "10.60.0.1/24", "dev", "bond0")
+    ip("link", "set", "bond0", "up")
+    ip("link", "add", "br0", "type", "bridge")
+    ip("link", "set", p5, "master", "br0")
+    ip("link", "set", p5, "up")
+    ip("addr", "add", "10.50.0.1/24", "dev", "br0")
+    ip("link", "set", "br0", "up")
+    peers[1] = simnic.peer("peer3", 3, "10.20.0.254/24", { { vlan = 100, cidr = "10.30.0.254/24" } })
+    peers[2] = simnic.peer("peer4", 4, "10.60.0.254/24")
+    peers[3] = simnic.peer("peer5", 5, "10.50.0.254/24")
+    local function all_answer()
+      answered(peers[1], "10.20.0.1")
+      answered(peers[1], "10.30.0.1")
+      answered(peers[2], "10.60.0.1")
+      answered(peers[3], "10.50.0.1")
+    end
+    all_answer()
+    local plan = assert(proc.run({ os.getenv("DRVRUN"), "--plan", "recipes/ubuntu-ofed.lua",
+                                   "OFED_URL=" .. env.server:url(env.bundle) }))
+    assert.equal(0, plan.status, plan.stderr)
+    for _, line in ipairs {
+      ("\nnetwork: save and make again vlan100 (vlan 100 on %s/%s): up, mtu 9000, 10.30.0.1/24\n"):format(BUS, PF),
+      ("\nnetwork: save and restore %s (%s/0000:04:00.0, mlx5_core): up, mtu 1500, port of bond0 (bond), eswitch legacy\n")
+        :format(p4, BUS),
+      ("\nnetwork: save and restore %s (%s/0000:05:00.0, mlx5_core): up, mtu 1500, port of br0 (bridge), eswitch legacy\n")
+        :format(p5, BUS),
+    } do
+      assert.matches(line, plan.stdout, nil, true)
+    end
+    local before = netstate.save(sock, ofed.STACK)
+    local masters = {}
+    for _, d in ipairs(before.devices) do masters[d.device .. (d.port or "")] = d.master end
+    assert.same({ "vlan100", "bond0", "br0" }, { before.uppers[1].name, masters["0000:04:00.0"], masters["0000:05:00.0"] })
+
+    local p, log = ofed.start(env)
+    assert.is_true(ofed.wait_for_log(log, "waiting for a signal", p), fs.read(log))
+    assert(loaded_build(KDIR .. "/updates/ubuntu-ofed"))
+    local text = fs.read(log)
+    for line in text:gmatch("[^\n]+") do
+      if line:find("network: saved vlan", 1, true) or line:find(" port of ", 1, true) or line:find("made on", 1, true) then
+        print("    | " .. line)
+      end
+    end
+    local key3 = BUS .. "/" .. PF
+    local n4, n5 = assert(link_of(sock, "0000:04:00.0")).name, assert(link_of(sock, "0000:05:00.0")).name
+    assert_in_order(text, {
+      "network: saved " .. p4 .. " (" .. BUS .. "/0000:04:00.0, mlx5_core): up, mtu 1500, port of bond0 (bond)",
+      "network: saved vlan100 (vlan 100 on " .. key3 .. "): up, mtu 9000, 10.30.0.1/24\n", -- its device's MTU
+      "network: restored vlan100 (vlan 100 on " .. key3 .. "): made on " .. assert(link_of(sock, PF)).name .. "\n",
+      "network: restored vlan100 (vlan 100 on " .. key3 .. "): address 10.30.0.1/24\n",
+      "network: restored " .. n4 .. " (" .. BUS .. "/0000:04:00.0): port of bond0 (bond)\n",
+      "network: restored " .. n5 .. " (" .. BUS .. "/0000:05:00.0): port of br0 (bridge)\n",
+      ", 0 could not be, in ",
+      "ready: /.driver-ready",
+    })
+    assert_same_network(sock, before)
+    all_answer()
+
+    text = stop(p, log)
+    assert(loaded_build(NEXT_DIR))
+    assert_in_order(text:sub((assert(text:find("phase stop started", 1, true)))), {
+      "network: saved vlan100 ", "restore: loading back ", "network: restored vlan100 (vlan 100 on " .. key3 .. "): made on ",
+      "port of bond0 (bond)\n", "port of br0 (bridge)\n", ", 0 could not be, in " })
+    assert_same_network(sock, before)
+    all_answer()
+  end)
+
+  -- Is process `pid` stopped (SIGSTOP)?
+  local function stopped(pid)
+    return (fs.read(("/proc/%d/stat"):format(pid)) or ""):match("^%d+ %b() (%a)") == "T"
+  end
+
+  it("rolls back a reload after which what answered before it does not: the previous stack and its network are "
+     .. "back, and the run fails naming the address", function()
+    configure(sock)
+    local peer = simnic.peer("peer3", 3, "10.20.0.254/24")
+    finally(function() peer.close() end)
+    local before = netstate.save(sock, ofed.STACK)
+    answered(peer, "10.20.0.1")
+    -- stopped between the unload and the load: then the peer stops answering
+    local p, log = ofed.start(env, { "GUARD_ADDRESSES=10.20.0.254", "ALLOW_UPLINK_RELOAD=true", "REACH_TIMEOUT=5" },
+                              false, { DRVRUN_FAULT = "reload:STOP" })
+    assert.is_true(guest.wait_until(function() return stopped(p:pid()) end, 300, p), fs.read(log))
+    peer.run([[local f = assert(io.open("/proc/sys/net/ipv4/icmp_echo_ignore_all", "w")) f:write("1\n") f:close()]])
+    assert.is_true(sys.kill(p:pid(), "CONT"))
+    local r = assert(p:wait(300))
+    local text = fs.read(log)
+    assert.equal(1, r.status, text)
+    local why = "10.20.0.254 (10.20.0.254: no echo reply within 1 s) did not answer within 5 s (REACH_TIMEOUT)"
+    for line in text:gmatch("[^\n]+") do
+      if line:find("10.20.0.254", 1, true) or line:find("restore: ", 1, true) then print("    | " .. line) end
+    end
+    assert_in_order(text, {
+      "network: 10.20.0.254 answers (", "fault: SIGSTOP at 'reload'", "network: restored ",
+      "ERROR load: " .. why .. "; rolling back to the previous stack and its network\n",
+      "network: saved ", "restore: loading back ", "network: restored ", ", 0 could not be, in ",
+      "ERROR reload: " .. why .. "; rolled back to the previous stack and its network\n",
+    })
+    assert(loaded_build(NEXT_DIR))
+    assert_same_network(sock, before)
+    answered(peer, "10.20.0.1")
+    ofed.assert_host_as_it_was({})
+    assert.is_false(fs.exists(ofed.JOURNAL))
+    assert.is_false(fs.exists(ofed.NETWORK))
   end)
 end)

@@ -1,3 +1,4 @@
+-- guest-timeout: 600 (the boot took 34 s at load 2, 171 s at load 16 here)
 -- Network continuity across the driver reload, on the guest's real kernel: the
 -- fixture NIC (sim_pci devices bound by the simulated mlx5_core) configured,
 -- its state saved, the stack swapped by hand for another build, the state
@@ -180,5 +181,144 @@ describe("network state across the driver reload", function()
     assert.is_false(ok)
     assert.equal(("the default route (via 10.20.0.254) goes through %s, a device of the stack"):format(label), why)
     assert.is_true(netstate.guard(netstate.save(sock, { "ib_core" })), "not when the NIC driver is not in the stack")
+  end)
+end)
+
+-- Devices stacked on the stack's, and its devices' places in others: the kernel's own 8021q,
+-- macvlan, bonding, bridge and vrf. Unloading the NIC driver destroys the VLANs and macvlans on
+-- its devices and takes them out of their bond, bridge and VRF; the restore makes them again and
+-- puts them back, and the peers at the far end of the PFs' cables are answered again.
+describe("devices stacked on the stack's, across the driver reload", function()
+  local sock, peer3, peer4
+  local ip = simnic.ip
+
+  setup(function()
+    guest.unload_all()
+    simnic.load_kernel_modules { "8021q", "macvlan", "bonding", "bridge", "vrf" }
+    assert(kmod.insert_many { { name = "sim_pci", path = guest.built .. "/sim-pci/sim_pci.ko" } })
+    for _, id in ipairs { "3", "4", "5" } do sysfs_write(SIMBUS .. "/new_device", id) end
+    local deps, paths = build_of("sim-ofed")
+    assert(stack.load(assert(graph.levels(deps)), paths))
+    sock = assert(net.open())
+  end)
+
+  teardown(function()
+    for _, p in ipairs { peer3, peer4 } do p.close() end
+    for _, l in ipairs { "bond0", "br0", "vrf0" } do require("drv.proc").run({ "ip", "link", "del", l }) end
+    if sock then sock:close() end
+    guest.unload_all()
+    for _, id in ipairs { "3", "4", "5" } do sysfs_write(SIMBUS .. "/del_device", id) end
+    assert(kmod.remove_many { "sim_pci" })
+  end)
+
+  local function answered(peer, address)
+    local reply = peer.ping(address, 20)
+    assert(tonumber(reply), ("%s from %s: %s"):format(address, peer.name, reply))
+  end
+
+  -- The saved state minus what a reload may change: the stack devices' names.
+  local function comparable_state(state)
+    local c = { devices = {}, uppers = state.uppers }
+    for i, d in ipairs(state.devices) do
+      c.devices[i] = {}
+      for k, v in pairs(d) do if k ~= "name" then c.devices[i][k] = v end end
+    end
+    return c
+  end
+
+  it("are made again or rejoin their bond, bridge and VRF, with their addresses, and carry traffic again", function()
+    local p3, p4, p5 = assert(link_of(sock, PF)).name, assert(link_of(sock, "0000:04:00.0")).name,
+                       assert(link_of(sock, "0000:05:00.0")).name
+    -- PF 3: an address, a VLAN with one, a macvlan with one, and a VLAN that is a bridge's port
+    ip("addr", "add", "10.20.0.1/24", "dev", p3)
+    ip("link", "set", p3, "up")
+    ip("link", "add", "link", p3, "name", "vlan100", "type", "vlan", "id", "100")
+    ip("addr", "add", "10.30.0.1/24", "dev", "vlan100")
+    ip("link", "set", "vlan100", "up")
+    ip("link", "add", "link", p3, "name", "mv0", "address", "02:6d:00:00:00:01", "type", "macvlan", "mode", "bridge")
+    ip("addr", "add", "10.40.0.1/24", "dev", "mv0")
+    ip("link", "set", "mv0", "up")
+    ip("link", "add", "br0", "type", "bridge")
+    ip("addr", "add", "10.50.0.1/24", "dev", "br0")
+    ip("link", "set", "br0", "up")
+    ip("link", "add", "link", p3, "name", "vlan200", "type", "vlan", "id", "200")
+    ip("link", "set", "vlan200", "master", "br0")
+    ip("link", "set", "vlan200", "up")
+    -- PF 4: the port of an active-backup bond, which has the address and a default route
+    ip("link", "add", "bond0", "type", "bond", "mode", "active-backup", "miimon", "100")
+    ip("link", "set", p4, "master", "bond0")
+    ip("addr", "add", "10.60.0.1/24", "dev", "bond0")
+    ip("link", "set", "bond0", "up")
+    ip("route", "add", "default", "via", "10.60.0.254", "dev", "bond0")
+    -- PF 5: a VRF's port, with an address and a route in the VRF's table
+    ip("link", "add", "vrf0", "type", "vrf", "table", "10")
+    ip("link", "set", "vrf0", "up")
+    ip("link", "set", p5, "master", "vrf0")
+    ip("addr", "add", "10.70.0.1/24", "dev", p5)
+    ip("link", "set", p5, "up")
+    ip("route", "add", "10.71.0.0/16", "via", "10.70.0.254", "dev", p5, "table", "10")
+    -- the hosts at the far end of PF 3's and PF 4's cables
+    peer3 = simnic.peer("peer3", 3, "10.20.0.254/24", { { vlan = 100, cidr = "10.30.0.254/24" } })
+    peer4 = simnic.peer("peer4", 4, "10.60.0.254/24")
+    answered(peer3, "10.20.0.1")
+    answered(peer3, "10.30.0.1")
+    answered(peer4, "10.60.0.1")
+
+    local saved = netstate.save(sock, ofed.STACK)
+    for _, d in ipairs(saved.devices) do print("    saved " .. netstate.describe(d)) end
+    for _, u in ipairs(saved.uppers) do print("    saved " .. netstate.describe_upper(u)) end
+    local key3 = BUS .. "/" .. PF
+    assert.same({ "vlan100 (vlan 100 on " .. key3 .. "): up, mtu 1500, 10.30.0.1/24",
+                  "mv0 (macvlan (bridge) on " .. key3 .. "): up, mtu 1500, 10.40.0.1/24",
+                  "vlan200 (vlan 200 on " .. key3 .. "): up, mtu 1500, port of br0 (bridge)" },
+                { netstate.describe_upper(saved.uppers[1]), netstate.describe_upper(saved.uppers[2]),
+                  netstate.describe_upper(saved.uppers[3]) })
+    assert.same({ "bond0", "bond", {} }, { saved.devices[2].master, saved.devices[2].master_kind,
+                                           saved.devices[2].addresses }, "the bond's address stays on the bond")
+    assert.same({ "vrf0", "vrf", { { dst = "10.71.0.0/16", gateway = "10.70.0.254", metric = 0, family = "inet",
+                                     table = 10 } } },
+                { saved.devices[3].master, saved.devices[3].master_kind, saved.devices[3].routes })
+    local ok, why, through = netstate.guard(saved)
+    assert.is_false(ok)
+    assert.equal(("the default route (via 10.60.0.254) goes through bond0 (a bond of %s (%s/0000:04:00.0)), which "
+                  .. "goes down with the stack"):format(p4, BUS), why)
+    assert.same({ BUS .. "/0000:04:00.0" }, through)
+    ok, why, through = netstate.guard(saved, { "10.30.0.1" })
+    assert.is_false(ok)
+    assert.equal(("%s; address 10.30.0.1 is on vlan100 (vlan 100 on %s), which goes down with the stack"):format(
+      select(2, netstate.guard(saved)), key3), why)
+    assert.same({ key3, BUS .. "/0000:04:00.0" }, through)
+
+    local new_deps, new_paths = build_of("sim-ofed-next")
+    local plan = stack.plan(graph.sorted(new_deps), stack.snapshot(assert(kmod.new())), { deps = new_deps })
+    assert(stack.unload(plan.unload))
+    assert.is_nil(sock:link("vlan100"), "the VLAN went with its device")
+    assert.is_nil(sock:link("mv0"))
+    assert(stack.load(plan.load, new_paths))
+    assert(netstate.wait(sock, saved))
+    local t0 = sys.monotonic()
+    local report = netstate.restore(sock, saved)
+    print(("    restored in %.3f s: %d steps"):format(sys.monotonic() - t0, #report.restored))
+    for _, line in ipairs(report.restored) do print("    | " .. line) end
+    assert.same({}, report.failed)
+    local n3, n4, n5 = assert(link_of(sock, PF)).name, assert(link_of(sock, "0000:04:00.0")).name,
+                       assert(link_of(sock, "0000:05:00.0")).name
+    for _, step in ipairs {
+      ("vlan100 (vlan 100 on %s): made on %s"):format(key3, n3), "vlan100 (vlan 100 on " .. key3 .. "): address 10.30.0.1/24",
+      ("mv0 (macvlan (bridge) on %s): made on %s"):format(key3, n3),
+      ("vlan200 (vlan 200 on %s): port of br0 (bridge)"):format(key3),
+      ("%s (%s/0000:04:00.0): port of bond0 (bond)"):format(n4, BUS),
+      ("%s (%s/0000:05:00.0): port of vrf0 (vrf)"):format(n5, BUS),
+      ("%s (%s/0000:05:00.0): route 10.71.0.0/16 via 10.70.0.254 table 10"):format(n5, BUS),
+    } do
+      assert.is_true(contains(report.restored, step), step .. " in:\n" .. table.concat(report.restored, "\n"))
+    end
+    assert.same(comparable_state(saved), comparable_state(netstate.save(sock, ofed.STACK)))
+    assert.equal("02:6d:00:00:00:01", assert(sock:link("mv0")).mac, "the macvlan has its own MAC again")
+    assert.equal(n4, (fs.read("/sys/class/net/bond0/bonding/active_slave") or ""):match("%S+"))
+    answered(peer3, "10.20.0.1")
+    answered(peer3, "10.30.0.1")
+    answered(peer4, "10.60.0.1")
+    assert.same({ restored = {}, failed = {} }, netstate.restore(sock, saved), "a second restore has nothing to do")
   end)
 end)

@@ -24,7 +24,8 @@ local signatures = {
   ["drv.fetch"] = { get = { S, S, T } },
   ["drv.transfer"] = { open = { S, S, T } },
   ["drv.archive"] = { list = { S }, extract = { S, S, T } },
-  ["drv.net"] = { open = { T }, set_numvfs = { S, S, N }, rebind = { S, S } },
+  ["drv.net"] = { open = { T }, set_numvfs = { S, S, N }, rebind = { S, S }, ping = { "127.0.0.1", N },
+                  connect = { "127.0.0.1", N, N }, announce = { "va", "10.0.0.1" } },
   ["drv.keyctl"] = { describe = { N }, list = { N } },
   ["drv.cert"] = { parse = { S } },
 }

@@ -31,3 +31,14 @@ describe("drv.graph.closure", function()
     assert.same({ "ib_core", "mlx5_ib", "rdma_cm", "rdma_ucm" }, graph.sorted(set))
   end)
 end)
+
+describe("drv.graph.chains", function()
+  it("weighs the heaviest chain each node heads", function()
+    -- ib_core <- rdma_cm <- rdma_ucm, ib_core <- ib_umad; mlx_compat under both
+    local edges = { mlx_compat = {}, ib_core = { "mlx_compat" }, rdma_cm = { "ib_core" }, rdma_ucm = { "rdma_cm" },
+                    ib_umad = { "ib_core" } }
+    local w = { mlx_compat = 1, ib_core = 5, rdma_cm = 2, rdma_ucm = 1, ib_umad = 7 }
+    assert.same({ mlx_compat = 13, ib_core = 12, rdma_cm = 3, rdma_ucm = 1, ib_umad = 7 },
+                graph.chains(edges, function(n) return w[n] end))
+  end)
+end)

@@ -138,6 +138,44 @@ describe("drv.kmod lookups", function()
     assert.matches("^ib_umad: ", err)
   end)
 
+  it("inserts and removes each after what it comes after, leaving untried what needs one that failed", function()
+    local ok, err, errno, failures = kmod.insert_many {
+      { name = "a", path = "/nonexistent/a.ko" }, { name = "b", path = "/nonexistent/b.ko", after = { "a" } },
+      { name = "c", path = "/nonexistent/c.ko", after = { "b" } } }
+    assert.is_nil(ok)
+    assert.equal("ENOENT", errno, "the first real failure, not the untried ones'")
+    assert.same({ a = "a: /nonexistent/a.ko: no such file", b = "b: not loaded: it needs a, which did not load",
+                  c = "c: not loaded: it needs b, which did not load" }, failures)
+    assert.equal("a: /nonexistent/a.ko: no such file; b: not loaded: it needs a, which did not load; "
+                 .. "c: not loaded: it needs b, which did not load", err)
+    -- delete_module fails here (no module, or no CAP_SYS_MODULE): the module it held is left as it is
+    ok, err, errno, failures = kmod.remove_many { "drvrun_holder", { name = "drvrun_held", after = { "drvrun_holder" } } }
+    assert.is_nil(ok)
+    assert.matches("; drvrun_held: not unloaded", err, nil, true)
+    assert.is_true(errno == "ENOENT" or errno == "EPERM" or errno == "ENOSYS", tostring(errno))
+    assert.equal("drvrun_held: not unloaded: drvrun_holder, which holds it, was not", failures.drvrun_held)
+  end)
+
+  it("raises on an order that names what is not an item, names one twice, or goes round", function()
+    local function raises(message, f, items)
+      local ok, err = pcall(f, items)
+      assert.is_false(ok)
+      assert.equal("bad argument #1 to '" .. (f == kmod.insert_many and "drv.kmod.insert_many" or "drv.kmod.remove_many")
+                   .. "' (" .. message .. ")", err)
+    end
+    raises("item 2: field 'after': z is not an item", kmod.insert_many,
+           { { name = "a", path = "/x" }, { name = "b", path = "/y", after = { "z" } } })
+    raises("item 2: a is named twice", kmod.remove_many, { "a", "a" })
+    raises("item 1: field 'after': a is in a cycle", kmod.remove_many,
+           { { name = "a", after = { "b" } }, { name = "b", after = { "a" } }, "c" })
+    raises("item 1: field 'after': a is in a cycle", kmod.remove_many, { { name = "a", after = { "a" } } })
+    raises("item 1: field 'after': table expected", kmod.remove_many, { { name = "a", after = "b" } })
+    raises("item 2: string or table expected, got number", kmod.remove_many, { "a", 7 })
+    local ok, err = pcall(kmod.insert_many, { { name = "a", path = "/x" } }, { parallel = -1 })
+    assert.is_false(ok)
+    assert.equal("bad argument #2 to 'drv.kmod.insert_many' (field 'parallel': 0 (no limit) to 4096 expected)", err)
+  end)
+
   it("closes idempotently", function()
     ctx:close()
     ctx:close()

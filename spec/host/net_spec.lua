@@ -1,6 +1,8 @@
 -- drv.net against the machine's kernel, in a network namespace of its own
 -- (veth pairs, addresses, routes, MTU); checked against ip(8) run there.
 local net = require "drv.net"
+local proc = require "drv.proc"
+local httpd = require "spec.support.httpd"
 local ns = require "spec.support.ns"
 
 describe("drv.net", function()
@@ -91,6 +93,109 @@ describe("drv.net", function()
     for _, r in ipairs(local_table) do assert.equal(255, r.table) end
   end)
 
+  it("adds a macvlan on a link, with its mode, MAC and MTU, and lists it on its lower device", function()
+    assert.is_true(s:add_link { name = "mv0", kind = "macvlan", lower = "va", mode = "bridge",
+                                mac = "02:11:22:33:44:55", mtu = 1400 })
+    assert.is_true(s:add_link { name = "mv1", kind = "macvlan", lower = "va" })
+    local shown = netns.ip("-d", "-o", "link", "show", "mv0")
+    assert.matches("^%d+: mv0@va: ", shown)
+    assert.matches(" macvlan mode bridge ", shown)
+    local mv0, mv1 = assert(s:link("mv0")), link_named(assert(s:links()), "mv1")
+    assert.same({ "macvlan", "va", "bridge", "02:11:22:33:44:55", 1400 },
+                { mv0.kind, mv0.lower, mv0.macvlan_mode, mv0.mac, mv0.mtu })
+    assert.same({ "va", "vepa" }, { mv1.lower, mv1.macvlan_mode }, "the kernel's default mode")
+    assert.is_nil(mv0.vlan_id)
+    assert.equal("vb", assert(s:link("va")).lower, "a veth's link is its peer")
+  end)
+
+  it("makes a link a bridge's port, and no port again", function()
+    netns.ip("link", "add", "br0", "type", "bridge")
+    assert.is_true(s:set_link("vb", { master = "br0" }))
+    assert.matches(" master br0 ", netns.ip("-o", "link", "show", "vb"))
+    assert.equal("br0", assert(s:link("vb")).master)
+    assert.equal("br0", link_named(assert(s:links()), "vb").master)
+    assert.is_true(s:set_link("vb", { master = false, up = true }))
+    local vb = assert(s:link("vb"))
+    assert.same({ nil, "up" }, { vb.master, vb.admin })
+    assert.is_nil(netns.ip("-o", "link", "show", "vb"):find(" master ", 1, true))
+  end)
+
+  -- drvrun -e CODE run in the namespace; its stdout (CODE prints what it found).
+  local function in_netns(code)
+    local r = assert(proc.run({ "nsenter", "--net=" .. netns.path, os.getenv("DRVRUN"), "-e", code }))
+    assert.equal(0, r.status, r.stderr)
+    return r.stdout
+  end
+
+  it("pings an address: its echo reply's time, or no reply within the timeout, or why not", function()
+    netns.ip("link", "set", "lo", "up")
+    netns.ip("addr", "add", "10.9.0.1/24", "dev", "va")
+    netns.ip("link", "set", "va", "up")
+    netns.ip("link", "set", "vb", "up")
+    local out = in_netns([[
+      local net = require "drv.net"
+      local function say(...)
+        local t = table.pack(...)
+        for i = 1, t.n do t[i] = tostring(t[i]) end
+        print(table.concat(t, "|"))
+      end
+      say(math.type(net.ping("127.0.0.1", 5)), net.ping("127.0.0.1", 5) < 5)
+      say(math.type(net.ping("::1", 5)))
+      say(net.ping("10.9.0.7", 0.2))
+      say(net.ping("10.99.0.7", 0.2))
+      local f = assert(io.open("/proc/sys/net/ipv4/ping_group_range", "w")) -- a datagram ICMP socket now
+      f:write("0 2147483647\n")
+      f:close()
+      say(math.type(net.ping("127.0.0.1", 5)))
+      say(net.ping("10.9.0.7", 0.2))
+    ]])
+    assert.equal(table.concat({ "float|true", "float", "nil|10.9.0.7: no echo reply within 0.2 s|ETIMEDOUT",
+      "nil|10.99.0.7: cannot send an echo request: Network is unreachable|ENETUNREACH", "float",
+      "nil|10.9.0.7: no echo reply within 0.2 s|ETIMEDOUT" }, "\n") .. "\n", out)
+  end)
+
+  it("connects to a TCP port: the time it took, or refused, or no answer within the timeout", function()
+    local server = httpd.start("spec")
+    local took = net.connect("127.0.0.1", server.port, 10)
+    server:stop()
+    assert.equal("float", math.type(took))
+    netns.ip("link", "set", "lo", "up")
+    netns.ip("addr", "add", "10.9.0.1/24", "dev", "va")
+    netns.ip("link", "set", "va", "up")
+    local out = in_netns([[
+      local net = require "drv.net"
+      print((select(2, net.connect("127.0.0.1", 9, 5))), select(3, net.connect("::1", 9, 5)))
+      print((select(2, net.connect("10.9.0.7", 80, 0.2))))
+    ]])
+    assert.equal("127.0.0.1 port 9: cannot connect: Connection refused\tECONNREFUSED\n"
+                 .. "10.9.0.7 port 80: no answer within 0.2 s\n", out)
+  end)
+
+  it("announces an address: a neighbour in another namespace points its entry at the link", function()
+    local other = ns.netns()
+    finally(other.close)
+    netns.ip("link", "set", "vb", "netns", other.path:match("^/proc/(%d+)/"))
+    netns.ip("addr", "add", "10.9.0.1/24", "dev", "va")
+    netns.ip("link", "set", "va", "up")
+    other.ip("addr", "add", "10.9.0.2/24", "dev", "vb")
+    other.ip("link", "set", "vb", "up")
+    other.ip("neigh", "add", "10.9.0.1", "lladdr", "02:00:00:00:00:99", "dev", "vb", "nud", "stale")
+    local mac = assert(s:link("va")).mac
+    assert.equal("true\nnope: cannot announce 10.9.0.1: no such device\tENODEV\n"
+                 .. "lo: cannot announce 127.0.0.1: not an Ethernet link\tEOPNOTSUPP\n",
+                 in_netns([[
+                   local net = require "drv.net"
+                   print(net.announce("va", "10.9.0.1"))
+                   print(select(2, net.announce("nope", "10.9.0.1")))
+                   print(select(2, net.announce("lo", "127.0.0.1")))
+                 ]]))
+    local deadline = require("drv.sys").monotonic() + 10
+    while not other.ip("neigh", "show", "dev", "vb"):find(mac, 1, true) and require("drv.sys").monotonic() < deadline do
+      require("drv.sys").sleep(0.05)
+    end
+    assert.matches("10%.9%.0%.1 lladdr " .. mac, other.ip("neigh", "show", "dev", "vb"))
+  end)
+
   describe("fails naming the device and what failed", function()
     local function fails(errno, message, ...)
       local ok, err, code = ...
@@ -107,6 +212,17 @@ describe("drv.net", function()
       fails("ENODEV", "nope: cannot add a route to default: no such device",
             s:add_route { dst = "default", dev = "nope" })
       fails("ENODEV", "nope: cannot set VF 0: no such device", s:set_vf("nope", 0, { mac = "02:00:00:00:00:01" }))
+      fails("ENODEV", "nope: cannot add mv0 on it: no such device",
+            s:add_link { name = "mv0", kind = "macvlan", lower = "nope" })
+      fails("ENODEV", "nobr: cannot make va its port: no such device", s:set_link("va", { master = "nobr" }))
+    end)
+
+    it("a link that exists, a port refused by its master", function()
+      fails("EEXIST", "vb: cannot add a macvlan link on va: File exists",
+            s:add_link { name = "vb", kind = "macvlan", lower = "va" })
+      netns.ip("link", "add", "br0", "type", "bridge")
+      assert.is_true(s:add_link { name = "mv0", kind = "macvlan", lower = "va" })
+      fails("EBUSY", "va: cannot set the link (master br0): Device or resource busy", s:set_link("va", { master = "br0" }))
     end)
 
     it("an MTU out of the device's range, with the kernel's reason", function()
@@ -157,7 +273,20 @@ describe("drv.net", function()
       assert.is_false(ok)
       assert.matches(pattern, err)
     end
-    raises("nothing to set: give 'up' and/or 'mtu'", s.set_link, s, "va", {})
+    raises("nothing to set: give 'up', 'mtu' and/or 'master'", s.set_link, s, "va", {})
+    raises("field 'master': a link's name, or false for none", s.set_link, s, "va", { master = true })
+    raises("field 'kind': \"vlan\" or \"macvlan\" expected", s.add_link, s, { name = "x", kind = "bond", lower = "va" })
+    raises("field 'name': a link name %(1%-15 characters", s.add_link, s, { name = ("x"):rep(16), kind = "vlan" })
+    raises("field 'lower': the link to add it on expected", s.add_link, s, { name = "x", kind = "vlan", id = 1 })
+    raises("field 'id': a VLAN id %(0%-4094%) expected", s.add_link, s, { name = "x", kind = "vlan", lower = "va" })
+    raises("field 'protocol': 802.1Q or 802.1ad expected, got 'qinq'", s.add_link, s,
+           { name = "x", kind = "vlan", lower = "va", id = 5, protocol = "qinq" })
+    raises("field 'mode': a macvlan mode expected, got 'hub'", s.add_link, s,
+           { name = "x", kind = "macvlan", lower = "va", mode = "hub" })
+    raises("an IPv4 or IPv6 address expected, got 'host.example'", net.ping, "host.example", 1)
+    raises("a timeout in seconds %(0%-86400%) expected", net.ping, "127.0.0.1", -1)
+    raises("a TCP port %(1%-65535%) expected", net.connect, "127.0.0.1", 0, 1)
+    raises("an IPv4 address expected, got 'fd00::1'", net.announce, "va", "fd00::1")
     raises("field 'mac': a MAC address expected, got 'zz'", s.set_vf, s, "va", 0, { mac = "zz" })
     raises("field 'link_state': invalid value 'on'", s.set_vf, s, "va", 0, { link_state = "on" })
     raises("address: an IPv4 or IPv6 address expected, got 'x'", s.add_address, s, "va", "x")

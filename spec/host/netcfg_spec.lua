@@ -23,7 +23,8 @@ end
 local function run_of(opt)
   local r = { name = "t", stack = { "mlx5_core", "ib_core" }, unload_also = {}, recipe = {},
               opt = { GUARD_ADDRESSES = {}, POST_READY_HOOKS = "", ALLOW_UPLINK_RELOAD = false, NET_RESTORE = true,
-                      NET_WAIT_TIMEOUT = 120, POST_READY_HOOK_TIMEOUT = 60, STATE_DIR = "/run/drvrun" } }
+                      NET_WAIT_TIMEOUT = 120, POST_READY_HOOK_TIMEOUT = 60, STATE_DIR = "/run/drvrun",
+                      REACH_TIMEOUT = 30 } }
   for k, v in pairs(opt or {}) do r.opt[k] = v end
   function r.fail(_, fmt, ...) error(fmt:format(...), 0) end
   function r.check_cancel() end
@@ -67,11 +68,47 @@ describe("drv.netcfg", function()
     end)
   end)
 
+  describe("reach_before and reach_after", function()
+    -- CODE run by drvrun in a network namespace of its own with loopback up, and `r` a run with
+    -- the options `opt`: its stdout and stderr (the log).
+    local function in_netns(opt, code)
+      local res = assert(require("drv.proc").run({ "unshare", "-n", os.getenv("DRVRUN"), "-e", ([[
+        os.execute("ip link set lo up")
+        local netcfg = require "drv.netcfg"
+        local r = { opt = %s }
+      ]]):format(opt) .. code }))
+      assert.equal(0, res.status, res.stderr)
+      return res.stdout, res.stderr
+    end
+
+    it("check after the reload what answered before it, and say what did not", function()
+      local out, text = in_netns([[{ GUARD_ADDRESSES = { "127.0.0.1", "127.0.0.1:1", "192.0.2.1" }, REACH_TIMEOUT = 2 }]], [[
+        r.net_gateways = { "127.0.0.1" } -- the default gateway the guard let through: checked once
+        local targets = netcfg.reach_before(r)
+        print(table.concat(targets, " "))
+        print(netcfg.reach_after(r, targets))
+        print(netcfg.reach_after(r, { "127.0.0.1", "192.0.2.1" }))
+        r.opt.REACH_TIMEOUT = 0
+        print(netcfg.reach_before(r))
+      ]])
+      assert.equal("127.0.0.1 127.0.0.1:1\nnil\n192.0.2.1 (192.0.2.1: cannot send an echo request: Network is unreachable) "
+                   .. "did not answer within 2 s (REACH_TIMEOUT)\nnil\n", out, "a refused connection is an answer")
+      assert.matches("INFO network: 127.0.0.1 answers %([%d.]+ ms%): it must answer after the reload too\n", text)
+      assert.matches("WARN network: 192.0.2.1 does not answer before the reload %(192.0.2.1: cannot send an echo "
+                     .. "request: Network is unreachable%): it is not checked after it\n", text)
+      assert.matches("INFO network: 127.0.0.1, 127.0.0.1:1 answered again [%d.]+ s after the restore\n", text)
+    end)
+  end)
+
   describe("prepare", function()
     it("refuses a GUARD_ADDRESSES entry that is not an address, and a malformed POST_READY_HOOKS", function()
-      local ok, err = pcall(netcfg.prepare, run_of { GUARD_ADDRESSES = { "10.0.0.1", "api.example" } })
+      local ok, err = pcall(netcfg.prepare, run_of { GUARD_ADDRESSES = { "10.0.0.1", "10.0.0.2:6443", "api.example" } })
       assert.is_false(ok)
-      assert.equal("option GUARD_ADDRESSES: 'api.example' is not an IPv4 or IPv6 address (give addresses, not names)",
+      assert.equal("option GUARD_ADDRESSES: 'api.example' is not an IPv4 or IPv6 address, nor one with a TCP port "
+                   .. "(10.0.0.1:6443, [fd00::1]:6443) (give addresses, not names)", err)
+      ok, err = pcall(netcfg.prepare, run_of { GUARD_ADDRESSES = { "[fd00::1]:70000" } })
+      assert.is_false(ok)
+      assert.equal("option GUARD_ADDRESSES: '[fd00::1]:70000': the port is not one of 1-65535 (give addresses, not names)",
                    err)
       ok, err = pcall(netcfg.prepare, run_of { POST_READY_HOOKS = "sh -c 'true" })
       assert.is_false(ok)

@@ -56,6 +56,27 @@ describe("drv.netstate", function()
       assert.is_true(netstate.guard(state(r), { "10.9.9.9" }))
     end)
 
+    it("names a device that goes down with the stack: an upper of one, a bond of them only", function()
+      local s = state({ { dst = "default", gateway = "10.60.0.254", dev = "bond0", family = "inet", metric = 0 },
+                        { dst = "10.30.0.0/24", dev = "ens1.100", family = "inet", metric = 0 },
+                        { dst = "10.80.0.0/24", dev = "bond1", family = "inet", metric = 0 } })
+      s.uppers = { { name = "ens1.100", kind = "vlan", vlan_id = 100, lower_key = "pci/0000:03:00.0",
+                     root = "pci/0000:03:00.0", addresses = { { family = "inet", address = "10.30.0.1", prefix = 24 } },
+                     routes = {} } }
+      s.going = { bond0 = { what = "bond0 (a bond of ens2 (pci/0000:04:00.0))", keys = { "pci/0000:04:00.0" } },
+                  ["ens1.100"] = { what = "ens1.100 (vlan 100 on pci/0000:03:00.0)", keys = { "pci/0000:03:00.0" } } }
+      assert.same({ false, "the default route (via 10.60.0.254) goes through bond0 (a bond of ens2 (pci/0000:04:00.0)), "
+                           .. "which goes down with the stack; address 10.30.0.1 is on ens1.100 (vlan 100 on "
+                           .. "pci/0000:03:00.0), which goes down with the stack",
+                    { "pci/0000:03:00.0", "pci/0000:04:00.0" } },
+                  { netstate.guard(s, { "10.30.0.1", "10.80.0.7" }) })
+      s.routes[1].dev = "eth0"
+      assert.same({ false, "address 10.30.0.9 is reached through ens1.100 (vlan 100 on pci/0000:03:00.0), which goes "
+                           .. "down with the stack (route 10.30.0.0/24)", { "pci/0000:03:00.0" } },
+                  { netstate.guard(s, { "10.30.0.9" }) })
+      assert.is_true(netstate.guard(s, { "10.80.0.7" }), "bond1 stays: not all of its ports are the stack's")
+    end)
+
     it("raises on what is not an address", function()
       local ok, err = pcall(netstate.guard, state(routes), { "api.example" })
       assert.is_false(ok)
@@ -99,6 +120,34 @@ describe("drv.netstate", function()
       local rep = device("0000:03:00.0", "eth5", { port = "pf0vf1", admin = "up" })
       assert.equal("eth5 (pci/0000:03:00.0#pf0vf1, mlx5_core): up, mtu 1500, representor", netstate.describe(rep))
       assert.equal("pci/0000:03:00.0#pf0vf1", netstate.device_key(rep), "a representor is keyed apart from its PF")
+      assert.equal("eth6 (pci/0000:06:00.0, mlx5_core): up, mtu 1500, port of bond0 (bond)",
+                   netstate.describe(device("0000:06:00.0", "eth6", { admin = "up", master = "bond0",
+                                                                      master_kind = "bond" })))
+    end)
+
+    it("says what an upper is and has in one line", function()
+      local function upper(extra)
+        local u = { name = "ens1.100", kind = "vlan", vlan_id = 100, vlan_protocol = "802.1Q", lower_key = "pci/0000:03:00.0",
+                    admin = "up", mtu = 1500, addresses = { { family = "inet", address = "10.30.0.1", prefix = 24 } },
+                    routes = {} }
+        for k, v in pairs(extra or {}) do u[k] = v end
+        return u
+      end
+      assert.equal("ens1.100 (vlan 100 on pci/0000:03:00.0): up, mtu 1500, 10.30.0.1/24", netstate.describe_upper(upper()))
+      assert.equal("q.7 (vlan 7 (802.1ad) on ens1.100): down, mtu 1496, port of br0 (bridge)",
+                   netstate.describe_upper(upper { name = "q.7", vlan_id = 7, vlan_protocol = "802.1ad", lower_key = false,
+                                                   lower = "ens1.100", admin = "down", mtu = 1496, addresses = {},
+                                                   master = "br0", master_kind = "bridge" }))
+      assert.equal("mv0 (macvlan (bridge) on pci/0000:03:00.0): up, mtu 1500, 10.30.0.1/24",
+                   netstate.describe_upper(upper { name = "mv0", kind = "macvlan", macvlan_mode = "bridge" }))
+    end)
+
+    it("merges uppers by name, an earlier save's first", function()
+      local function with(uppers) return { version = netstate.VERSION, routes = {}, devices = {}, uppers = uppers } end
+      local merged = netstate.merge(with { { name = "a", mtu = 1 }, { name = "b", mtu = 1 } },
+                                    with { { name = "b", mtu = 2 }, { name = "c", mtu = 2 } })
+      assert.same({ { name = "b", mtu = 2 }, { name = "c", mtu = 2 }, { name = "a", mtu = 1 } }, merged.uppers)
+      assert.same({}, netstate.merge(with(nil), with(nil)).uppers, "a state saved without uppers has none")
     end)
   end)
 

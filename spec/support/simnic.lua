@@ -1,7 +1,10 @@
 --- The fixture NIC of the guest's network specs: sim_pci devices
 -- (spec/fixtures/sim-pci) bound by the simulated mlx5_core, a PF with VFs and,
--- in switchdev mode, their representors.
+-- in switchdev mode, their representors; each PF cabled to its peer
+-- (simpeerID, the bus's netdev at the cable's far end), which a spec moves into
+-- a network namespace of its own to be the host there.
 local fs = require "drv.fs"
+local proc = require "drv.proc"
 
 local M = {}
 
@@ -13,6 +16,50 @@ function M.sysfs_write(path, text)
   local f = assert(io.open(path, "w"))
   assert(f:write(text))
   assert(f:close())
+end
+
+--- Run ip(8) with `...`; its output (raises when it fails).
+function M.ip(...)
+  local r = assert(proc.run({ "ip", ... }))
+  assert(r.status == 0, "ip " .. table.concat({ ... }, " ") .. ": " .. r.stderr)
+  return r.stdout
+end
+
+--- Load the kernel's own modules `names` (8021q, bonding, bridge...) with their dependencies.
+function M.load_kernel_modules(names)
+  local ctx = assert(require("drv.kmod").new())
+  for _, n in ipairs(names) do assert(ctx:insert(n)) end
+end
+
+--- A network namespace of its own (held by a process, as spec/support/ns.lua makes them: no
+-- /run/netns mount, which a recipe's rbind of / and its recursive unmount would take with them)
+-- holding the peer of PF ID, with the address `cidr` (and `more` { { vlan = 100, cidr = "..." }... }:
+-- VLANs of the peer), up: the host at the far end of the PF's cable. `:run(code)` runs drvrun -e
+-- CODE there (its output); `:ping(address, timeout)` from there, drv.net.ping's results as text;
+-- `:close()` ends the namespace (the peer goes back to the guest's).
+function M.peer(name, id, cidr, more)
+  local netns = require("spec.support.ns").netns()
+  local link = "simpeer" .. id
+  M.ip("link", "set", link, "netns", netns.path:match("^/proc/(%d+)/"))
+  netns.ip("addr", "add", cidr, "dev", link)
+  netns.ip("link", "set", link, "up")
+  for _, v in ipairs(more or {}) do
+    local vlan = ("%s.%d"):format(link, v.vlan)
+    netns.ip("link", "add", "link", link, "name", vlan, "type", "vlan", "id", tostring(v.vlan))
+    netns.ip("addr", "add", v.cidr, "dev", vlan)
+    netns.ip("link", "set", vlan, "up")
+  end
+  local peer = { name = name, link = link, path = netns.path }
+  function peer.run(code)
+    local r = assert(proc.run({ "nsenter", "--net=" .. netns.path, os.getenv("DRVRUN"), "-e", code }))
+    assert(r.status == 0, r.stderr)
+    return r.stdout
+  end
+  function peer.ping(address, timeout)
+    return (peer.run(("print(require('drv.net').ping(%q, %g))"):format(address, timeout or 10)):gsub("\n$", ""))
+  end
+  peer.close = netns.close
+  return peer
 end
 
 --- The link of sim_pci device `device`, from drv.net socket `sock`, or nil.

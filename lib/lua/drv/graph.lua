@@ -49,6 +49,31 @@ function M.levels(edges)
   return out
 end
 
+--- The heaviest chain each node heads: its weight plus the heaviest of those that wait for it.
+-- @tparam table edges `{ [name] = { names it waits for... } }` (acyclic: levels' edges)
+-- @tparam function weight `name -> number`
+-- @treturn table `{ [name] = weight of the heaviest chain from it to a node nothing waits for }`
+function M.chains(edges, weight)
+  local waiting = {}
+  for n, deps in pairs(edges) do
+    for _, d in ipairs(deps) do
+      waiting[d] = waiting[d] or {}
+      table.insert(waiting[d], n)
+    end
+  end
+  local memo = {}
+  local function chain(n)
+    if not memo[n] then
+      local longest = 0
+      for _, w in ipairs(waiting[n] or {}) do longest = math.max(longest, chain(w)) end
+      memo[n] = weight(n) + longest
+    end
+    return memo[n]
+  end
+  for n in pairs(edges) do chain(n) end
+  return memo
+end
+
 --- Flatten levels into one ordered list.
 function M.flatten(levels)
   local list = {}

@@ -7,7 +7,8 @@
 --   await    the recipes this one requires ready; the recipe's own waits
 --   build    the sources fetched; the build cache, else the recipe's build
 --   install  (the host-wide lock from here on) the modules and the recipe's files
---   load     the stack swapped for the built one, the network kept across, verified
+--   load     the stack swapped for the built one, the network kept across, verified;
+--            rolled back when what answered before it does not after it
 --   expose   the container's root bound where the host sees it
 --   ready    the ready files written; the post-ready hooks
 --   wait     until a signal, watching that the stack stays loaded
@@ -524,14 +525,26 @@ local function swap(s, plan)
   for _, m in ipairs(s.built) do paths[stack.module_name(m.name)] = m.installed or m.path end
   local blacklist = write_blacklist(s)
   local net = netcfg.spec(s)
-  s.journal:record({ kind = "modules", names = graph.flatten(plan.load), previous = s.previous,
-                     restore = s.opt.RESTORE_DRIVER_ON_POD_TERMINATION, net = net })
+  local swapped = s.journal:record({ kind = "modules", names = graph.flatten(plan.load), previous = s.previous,
+                                     restore = s.opt.RESTORE_DRIVER_ON_POD_TERMINATION, net = net })
   local state = net and netcfg.save(net)
   local ok, down_or_err = stack.swap(plan, paths, s.recipe.module_options and s.recipe.module_options(s.r), s.previous)
   if state then netcfg.restore(net, state) end
   remove_blacklist(s, blacklist)
   if not ok then s:fail("reload: %s", down_or_err) end
   log.info("load: the stack was down for %.3f s", down_or_err)
+  return swapped
+end
+
+-- What answered before the reload does not after it (`why`): the previous stack loaded back, the
+-- network kept across that reload too, and the run fails. The swap's entry (`swapped`) is then
+-- forgotten: stop has nothing of it left to undo (unless the roll back failed).
+local function roll_back(s, swapped, why)
+  log.error("load: %s; rolling back to the previous stack and its network", why)
+  if netcfg.around(swapped.net, function() return stack.restore(swapped.names, swapped.previous) end) then
+    s.journal:forget(swapped)
+  end
+  s:fail("reload: %s; rolled back to the previous stack and its network", why)
 end
 
 phase("load", {
@@ -544,9 +557,12 @@ phase("load", {
     end
     local plan = reload_plan(s)
     refuse_blockers(s, plan)
-    swap(s, plan)
+    local reach = netcfg.reach_before(s) -- what answers now must answer after the reload
+    local swapped = swap(s, plan)
     local good, bad, states = stack.verify(s:kmod(), built_srcversions(s))
     if not good then s:fail("verify: %s", table.concat(bad, "; ")) end
+    local unanswered = netcfg.reach_after(s, reach)
+    if unanswered then roll_back(s, swapped, unanswered) end
     s.verified = states
     if s.recipe.after_load then s.recipe.after_load(s.r) end
   end,

@@ -1,10 +1,11 @@
 --- drv.netcfg: the network policy around every reload of a recipe's stack.
 --
--- Unloading a NIC driver destroys its network devices; the new one makes them
+-- Unloading a NIC driver destroys its network devices, the VLANs and macvlans
+-- on them, and their places in bonds, bridges and VRFs; the new one makes them
 -- afresh, with defaults. Around every reload (the load phase's swap and the
 -- rollback of a failed load, stop's restore, a recovering run's restore), the
--- configuration of each device whose driver is a module of the stack is saved
--- (drv.netstate) to a file next to the journal, waited for after the load
+-- configuration of each device whose driver is a module of the stack, and of
+-- what is stacked on it, is saved (drv.netstate) to a file next to the journal, waited for after the load
 -- (NET_WAIT_TIMEOUT), restored, and the log says what was restored and what
 -- could not be. The file outlives a run killed mid-reload: the next one
 -- restores it. VFs of the PCI vendors a recipe names (its `network.pin_vf_macs`:
@@ -14,7 +15,10 @@
 --
 -- Before anything changes, `prepare` refuses a reload that would take the
 -- node's default route, or a GUARD_ADDRESSES address, with it (unless
--- ALLOW_UPLINK_RELOAD); after ready, `post_ready` runs POST_READY_HOOKS.
+-- ALLOW_UPLINK_RELOAD); around the reload, `reach_before` and `reach_after`
+-- say whether what answered before it (GUARD_ADDRESSES, the default gateway
+-- the guard let it take) answers after it (drv.reach); after ready,
+-- `post_ready` runs POST_READY_HOOKS.
 local M = {}
 
 -- drv.netstate (the largest module) loads at its first use: a run on a node
@@ -41,7 +45,14 @@ M.OPTIONS = {
   GUARD_ADDRESSES = { type = "list", default = "",
                       doc = "addresses that must not be reached through a device of the stack (the API server's, "
                             .. "the management network's): the reload is refused when one is, as when the default "
-                            .. "route is" },
+                            .. "route is; each answering before the reload must answer after it (REACH_TIMEOUT). "
+                            .. "ADDRESS is checked with an ICMP echo, ADDRESS:PORT ([ADDRESS]:PORT for IPv6) with a "
+                            .. "TCP connection" },
+  REACH_TIMEOUT = { type = "integer", default = 30, min = 0,
+                    doc = "seconds the GUARD_ADDRESSES (and the default gateway, when ALLOW_UPLINK_RELOAD let the "
+                          .. "reload take its route) that answered before the reload have to answer after it and the "
+                          .. "network's restore; one that does not fails the reload: the previous stack and its "
+                          .. "network are put back (0: not checked)" },
   ALLOW_UPLINK_RELOAD = { type = "boolean", default = false,
                           doc = "reload even when the default route or a GUARD_ADDRESSES address goes through a "
                                 .. "device of the stack; that device's configuration is restored right after the "
@@ -100,12 +111,15 @@ end
 
 local function only(state, keys)
   if not keys then return state end
-  local wanted, kept = {}, {}
+  local wanted, kept, uppers = {}, {}, {}
   for _, k in ipairs(keys) do wanted[k] = true end
   for _, d in ipairs(state.devices) do
     if wanted[netstate.device_key(d)] then kept[#kept + 1] = d end
   end
-  state.devices = kept
+  for _, u in ipairs(state.uppers or {}) do
+    if wanted[u.root] then uppers[#uppers + 1] = u end
+  end
+  state.devices, state.uppers = kept, uppers
   return state
 end
 
@@ -144,6 +158,10 @@ function M.save(spec)
   local ok, werr = netstate.write(spec.file, state)
   if not ok then log.warn("network: cannot keep the saved configuration in %s: %s", spec.file, werr) end
   for _, d in ipairs(state.devices) do log.info("network: saved %s", netstate.describe(d)) end
+  for _, u in ipairs(state.uppers or {}) do log.info("network: saved %s", netstate.describe_upper(u)) end
+  for _, what in ipairs(state.lost or {}) do
+    log.warn("network: %s goes with its device and is not made again (VLANs and macvlans are)", what)
+  end
   return state
 end
 
@@ -249,13 +267,24 @@ function M.parse_commands(text)
   return commands
 end
 
--- The guard's verdict on the devices now: true; or false, why, devices; or nil, why (unknown).
+-- GUARD_ADDRESSES' addresses (without their ports).
+local function guard_addresses(r)
+  local addresses = {}
+  for _, text in ipairs(r.opt.GUARD_ADDRESSES) do
+    local target = require("drv.reach").parse(text)
+    addresses[#addresses + 1] = target and target.address or text
+  end
+  return addresses
+end
+
+-- The guard's verdict on the devices now: true; or false, why, devices, the state; or nil, why (unknown).
 local function verdict(r)
   local modules = stack_modules(r)
   if not has_stack_netdev(modules) then return true end
   local state, err = read_now(modules)
   if not state then return nil, err end
-  return netstate.guard(state, r.opt.GUARD_ADDRESSES)
+  local ok, why, devices = netstate.guard(state, guard_addresses(r))
+  return ok, why, devices, state
 end
 
 --- Check the options and refuse, before anything changes, a reload that would take the node's
@@ -264,15 +293,14 @@ end
 -- after the load, whatever NET_RESTORE says). Fails the phase.
 function M.prepare(r)
   for _, a in ipairs(r.opt.GUARD_ADDRESSES) do
-    if not netstate.is_address(a) then
-      r:fail("option GUARD_ADDRESSES: '%s' is not an IPv4 or IPv6 address (give addresses, not names)", a)
-    end
+    local target, why = require("drv.reach").parse(a)
+    if not target then r:fail("option GUARD_ADDRESSES: %s (give addresses, not names)", why) end
   end
   local hooks, why = M.parse_commands(r.opt.POST_READY_HOOKS)
   if not hooks then r:fail("option POST_READY_HOOKS: %s: %s", why, r.opt.POST_READY_HOOKS) end
   r.hooks = hooks
   if r.opt.BUILD_ONLY then return end
-  local ok, reasons, devices = verdict(r)
+  local ok, reasons, devices, state = verdict(r)
   if ok then return end
   if ok == nil then
     if r.opt.ALLOW_UPLINK_RELOAD then return end
@@ -287,6 +315,58 @@ function M.prepare(r)
   log.warn("network: %s; reloading anyway (ALLOW_UPLINK_RELOAD=true): its configuration is restored right "
            .. "after the load", reasons)
   r.net_uplinks = devices
+  r.net_gateways = state and netstate.uplink_gateways(state)
+end
+
+-- ---- around the reload: what answered before it answers after it ---------------------
+
+local REACH_BEFORE = 3 -- seconds an address has before the reload to count as one that answers
+
+-- What the run checks: GUARD_ADDRESSES, and the gateways of the default routes the guard let the
+-- reload take (ALLOW_UPLINK_RELOAD), each once; nothing with REACH_TIMEOUT=0.
+local function reach_targets(r)
+  local targets, seen = {}, {}
+  if r.opt.REACH_TIMEOUT == 0 then return targets end
+  for _, list in ipairs { r.opt.GUARD_ADDRESSES, r.net_gateways or {} } do
+    for _, t in ipairs(list) do
+      if not seen[t] then targets[#targets + 1], seen[t] = t, true end
+    end
+  end
+  return targets
+end
+
+--- Before the reload: which of the addresses to check answer now (within 3 s); the others are
+-- said and not checked after the reload. nil when there is nothing to check (REACH_TIMEOUT=0).
+function M.reach_before(r)
+  local targets = reach_targets(r)
+  if #targets == 0 then return nil end
+  local dead, answered = require("drv.reach").check(targets, { timeout = REACH_BEFORE })
+  for _, d in ipairs(dead) do
+    log.warn("network: %s does not answer before the reload (%s): it is not checked after it", d.target, d.why)
+  end
+  local checked = {}
+  for _, t in ipairs(targets) do
+    if answered[t] then
+      checked[#checked + 1] = t
+      log.info("network: %s answers (%.1f ms): it must answer after the reload too", t, answered[t] * 1000)
+    end
+  end
+  return #checked > 0 and checked or nil
+end
+
+--- After the reload and the network's restore: nil when each of `targets` (from reach_before)
+-- answers within REACH_TIMEOUT, else what did not and why.
+function M.reach_after(r, targets)
+  if not targets then return nil end
+  local t0 = sys.monotonic()
+  local dead = require("drv.reach").check(targets, { timeout = r.opt.REACH_TIMEOUT })
+  if #dead == 0 then
+    log.info("network: %s answered again %.2f s after the restore", table.concat(targets, ", "), sys.monotonic() - t0)
+    return nil
+  end
+  local whys = {}
+  for _, d in ipairs(dead) do whys[#whys + 1] = ("%s (%s)"):format(d.target, d.why) end
+  return ("%s did not answer within %d s (REACH_TIMEOUT)"):format(table.concat(whys, ", "), r.opt.REACH_TIMEOUT)
 end
 
 -- ---- after ready ----------------------------------------------------------------------
@@ -326,17 +406,27 @@ end
 -- saved and restored, the guard's verdict, the hooks. `say(fmt, ...)` prints a line.
 function M.plan(r, say)
   local modules = stack_modules(r)
-  local ok, reasons, uplinks = verdict(r)
+  local ok, reasons, uplinks, now = verdict(r)
+  if ok == false and r.opt.ALLOW_UPLINK_RELOAD then r.net_gateways = netstate.uplink_gateways(now) end
   if has_stack_netdev(modules) then
     local state, err = read_now(modules)
     if not state then say("network: unknown (cannot read the network configuration: %s)", err) end
     local uplink = {}
     for _, k in ipairs(ok == false and r.opt.ALLOW_UPLINK_RELOAD and uplinks or {}) do uplink[k] = true end
+    local function kept(k, restore, leave)
+      return r.opt.NET_RESTORE and restore
+        or uplink[k] and restore .. " (the uplink: ALLOW_UPLINK_RELOAD=true)"
+        or leave .. " (NET_RESTORE=false)"
+    end
     for _, d in ipairs(state and state.devices or {}) do
-      local kept = r.opt.NET_RESTORE and "save and restore"
-        or uplink[netstate.device_key(d)] and "save and restore (the uplink: ALLOW_UPLINK_RELOAD=true)"
-        or "leave as the reload makes it (NET_RESTORE=false)"
-      say("network: %s %s", kept, netstate.describe(d))
+      say("network: %s %s", kept(netstate.device_key(d), "save and restore", "leave as the reload makes it"),
+          netstate.describe(d))
+    end
+    for _, u in ipairs(state and state.uppers or {}) do
+      say("network: %s %s", kept(u.root, "save and make again", "lose"), netstate.describe_upper(u))
+    end
+    for _, what in ipairs(state and state.lost or {}) do
+      say("network: lose %s (it goes with its device; VLANs and macvlans are made again)", what)
     end
   else
     say("network: no network device of the stack: nothing to save or restore")
@@ -347,6 +437,11 @@ function M.plan(r, say)
     say("guard: allowed by ALLOW_UPLINK_RELOAD=true: %s", reasons or "unknown")
   else
     say("guard: refused: %s; ALLOW_UPLINK_RELOAD=true would allow it", reasons or "cannot tell")
+  end
+  local targets = reach_targets(r)
+  if #targets > 0 then
+    say("reach: %s, each that answers before the reload, must answer within %d s after it, or the reload is rolled "
+        .. "back", table.concat(targets, ", "), r.opt.REACH_TIMEOUT)
   end
   local hooks, why = M.parse_commands(r.opt.POST_READY_HOOKS)
   if not hooks then say("post-ready hooks: POST_READY_HOOKS is malformed: %s", why) end

@@ -5,13 +5,16 @@
 -- them afresh with defaults (down, MTU 1500, no address, no VFs, legacy
 -- eswitch). `save` records, for every link whose driver is a module of the
 -- stack, what it had: admin state, MTU, addresses, routes, eswitch mode,
--- sriov_numvfs and each VF's config, as plain data (`write`/`read` keep it
--- in a file, so a run that dies between unload and restore leaves it for the
--- next). Devices are matched across the reload by their bus address (a
--- switchdev representor, on its PF's device, also by its port name): the
--- netdev names may change. `wait` waits for them to come back, `restore` puts
--- back what the reload reset, in the order the kernel needs it, and `guard`
--- says beforehand whether the reload would cut the node off.
+-- sriov_numvfs and each VF's config, the bond, bridge or VRF it is a port of,
+-- and the devices stacked on it that go with it (VLANs, macvlans, and theirs),
+-- as plain data (`write`/`read` keep it in a file, so a run that dies between
+-- unload and restore leaves it for the next). Devices are matched across the
+-- reload by their bus address (a switchdev representor, on its PF's device,
+-- also by its port name): the netdev names may change; a VLAN or macvlan is
+-- made again with its own name on its device's new link. `wait` waits for them
+-- to come back, `restore` puts back what the reload reset, in the order the
+-- kernel needs it, and `guard` says beforehand whether the reload would cut
+-- the node off (through a device of the stack, or one that goes down with it).
 local M = {}
 
 local fs = require "drv.fs"
@@ -21,7 +24,21 @@ local sys = require "drv.sys"
 
 local SYSBUS = "/sys/bus"
 local ZERO_MAC = "00:00:00:00:00:00"
+local LOCAL_TABLE = 255
 M.VERSION = 1
+
+-- Links that unloading their lower device's driver destroys: what restore makes again, and what
+-- it cannot (said when saved).
+local RECREATED = { vlan = true, macvlan = true }
+local LOST_WITH_LOWER = { ipvlan = true, ipvtap = true, macvtap = true, macsec = true }
+-- Kinds of ports that never carry the node's traffic off it (a bond or bridge with only these
+-- besides the stack's devices goes down with them).
+local LOCAL_ONLY = { veth = true, tun = true, dummy = true, ifb = true, vcan = true }
+-- Masters a port joins only while down (the kernel refuses an up one).
+local ENSLAVE_DOWN = { bond = true, team = true }
+-- Masters that take their ports back themselves when they come back (ovs-vswitchd re-adds a port
+-- by its name; IFLA_MASTER cannot make one an Open vSwitch port).
+local REJOINED_BY_MASTER = { openvswitch = true }
 
 local function set_of(list)
   local set = {}
@@ -35,6 +52,11 @@ local function key(bus, device, port) return bus .. "/" .. device .. (port and "
 
 -- A saved device's key: its bus address, and a representor's port ("pci/0000:03:00.0#pf0vf1").
 local function dkey(d) return key(d.bus, d.device, d.port) end
+
+-- A saved device as logs name it: "eth0 (pci/0000:03:00.0)" (by its link now, when given).
+local function label(d, link)
+  return ("%s (%s)"):format(link and link.name or d.name, dkey(d))
+end
 
 -- The port of a representor (switchdev mode: "pf0vf1", "pf0sf2"), nil for any other link: a
 -- representor is on its PF's bus device, the PF's own link with port p0 or none.
@@ -67,14 +89,13 @@ local function kept_address(a)
   return not a.dynamic and a.scope ~= "link" and a.scope ~= "host"
 end
 
-local function saved_device(sock, link, addresses, routes)
-  local d = { bus = link.bus, device = link.device, port = rep_port(link.name), name = link.name,
-              driver = link.driver or link.module, admin = link.admin, mtu = link.mtu, mac = link.mac,
-              physfn = physfn_of(link.bus, link.device), addresses = {}, routes = {}, vfs = {} }
-  if not d.port then -- a representor's VF count and config are its PF's
-    d.numvfs = link.numvfs
-    d.eswitch = not d.physfn and sock:eswitch(link.bus, link.device) or nil
-    for _, vf in ipairs(link.vfs or {}) do d.vfs[#d.vfs + 1] = vf end
+-- What a link has configured of its own: admin state, MTU, addresses, routes (of every table
+-- but the local one), the master it is a port of.
+local function own_config(d, link, addresses, routes, links_by_name)
+  d.admin, d.mtu, d.mac, d.addresses, d.routes = link.admin, link.mtu, link.mac, {}, {}
+  if link.master then
+    d.master = link.master
+    d.master_kind = links_by_name[link.master] and links_by_name[link.master].kind
   end
   for _, a in ipairs(addresses) do
     if a.dev == link.name and kept_address(a) then
@@ -82,11 +103,96 @@ local function saved_device(sock, link, addresses, routes)
     end
   end
   for _, r in ipairs(routes) do
-    if r.dev == link.name and r.protocol ~= "kernel" then
-      d.routes[#d.routes + 1] = { dst = r.dst, gateway = r.gateway, metric = r.metric, family = r.family }
+    if r.dev == link.name and r.protocol ~= "kernel" and r.table ~= LOCAL_TABLE then
+      d.routes[#d.routes + 1] = { dst = r.dst, gateway = r.gateway, metric = r.metric, family = r.family,
+                                  table = r.table ~= 254 and r.table or nil }
     end
   end
   return d
+end
+
+local function saved_device(sock, link, addresses, routes, links_by_name)
+  local d = own_config({ bus = link.bus, device = link.device, port = rep_port(link.name), name = link.name,
+                         driver = link.driver or link.module, physfn = physfn_of(link.bus, link.device), vfs = {} },
+                       link, addresses, routes, links_by_name)
+  if not d.port then -- a representor's VF count and config are its PF's
+    d.numvfs = link.numvfs
+    d.eswitch = not d.physfn and sock:eswitch(link.bus, link.device) or nil
+    for _, vf in ipairs(link.vfs or {}) do d.vfs[#d.vfs + 1] = vf end
+  end
+  return d
+end
+
+-- The VLANs and macvlans on the stack's devices (and on those), lower devices first, each with
+-- its lower device (`lower_key` a stack device's key, else `lower` an upper's name) and `root`,
+-- the key of the stack device under them; and the links that go with them, which restore
+-- cannot make again ("ipvl0 (ipvlan on eth0)").
+local function uppers_of(devices, links, addresses, routes, links_by_name)
+  local on, uppers, lost = {}, {}, {}
+  for _, d in ipairs(devices) do on[d.name] = { key = dkey(d), root = dkey(d) } end
+  local found = true
+  while found do
+    found = false
+    for _, link in ipairs(links) do
+      local under = link.lower and on[link.lower]
+      if under and not on[link.name] and RECREATED[link.kind or ""] then
+        uppers[#uppers + 1] = own_config({ name = link.name, kind = link.kind, lower = not under.key and link.lower or nil,
+          lower_key = under.key, root = under.root, vlan_id = link.vlan_id, vlan_protocol = link.vlan_protocol,
+          macvlan_mode = link.macvlan_mode }, link, addresses, routes, links_by_name)
+        on[link.name], found = { root = under.root }, true
+      elseif under and not on[link.name] and LOST_WITH_LOWER[link.kind or ""] then
+        lost[#lost + 1] = ("%s (%s on %s)"):format(link.name, link.kind, link.lower)
+        on[link.name] = { root = under.root }
+      end
+    end
+  end
+  return uppers, lost
+end
+
+-- What a saved upper is, for logs: "vlan 100 on sim_pci/0000:03:00.0", "macvlan (bridge) on eth0.100".
+local function upper_what(u)
+  local what = u.kind == "vlan" and ("vlan %d%s"):format(u.vlan_id or 0, u.vlan_protocol == "802.1ad" and " (802.1ad)" or "")
+    or ("%s%s"):format(u.kind, u.macvlan_mode and " (" .. u.macvlan_mode .. ")" or "")
+  return ("%s on %s"):format(what, u.lower_key or u.lower)
+end
+
+-- The links the reload takes down (for the guard): the stack's devices (`own`), the uppers, and the
+-- masters all of whose ports that carry traffic off the node go down with it.
+-- `{ [name] = { what = "bond0 (a bond of eth2 (pci/...))", keys = { the stack's devices under it }, own } }`.
+local function going_with(devices, uppers, links, links_by_name)
+  local going = {}
+  for _, d in ipairs(devices) do going[d.name] = { what = label(d), keys = { dkey(d) }, own = true } end
+  for _, u in ipairs(uppers) do
+    going[u.name] = { what = ("%s (%s)"):format(u.name, upper_what(u)), keys = { u.root } }
+  end
+  local ports = {}
+  for _, link in ipairs(links) do
+    if link.master then
+      ports[link.master] = ports[link.master] or {}
+      table.insert(ports[link.master], link)
+    end
+  end
+  local found = true
+  while found do
+    found = false
+    for master, list in pairs(ports) do
+      local on, keys, stays = {}, {}, false
+      for _, port in ipairs(list) do
+        if going[port.name] then
+          on[#on + 1] = going[port.name].what
+          for _, k in ipairs(going[port.name].keys) do keys[#keys + 1] = k end
+        elseif not LOCAL_ONLY[port.kind or ""] then
+          stays = true
+        end
+      end
+      if not going[master] and #on > 0 and not stays then
+        local kind = links_by_name[master] and links_by_name[master].kind or "master"
+        going[master] = { what = ("%s (a %s of %s)"):format(master, kind, table.concat(on, ", ")), keys = keys }
+        found = true
+      end
+    end
+  end
+  return going
 end
 
 local function must(what, v, err)
@@ -94,31 +200,41 @@ local function must(what, v, err)
   return v
 end
 
---- Record the network state of every device of the stack.
+--- Record the network state of every device of the stack, and of the devices stacked on them.
 -- @param sock a `drv.net.open()` socket
 -- @tparam table modules the stack's module names (a list or a set): a link is the stack's when its
 --   driver (ETHTOOL_GDRVINFO) or its bus device's driver module is one of them
 -- @treturn table `{ version, devices = { { bus, device, port (a representor's), name, driver, admin, mtu,
---   mac, numvfs, physfn, eswitch, addresses, routes, vfs }... }, routes = the main table (for guard) }`
---   (one link per bus device and representor port: the first, by ifindex); raises when
---   the kernel cannot be read
+--   mac, numvfs, physfn, eswitch, addresses, routes, vfs, master, master_kind }... },
+--   uppers = { { name, kind = "vlan"|"macvlan", lower_key (a device's key) or lower (an upper's name),
+--   root, vlan_id, vlan_protocol, macvlan_mode, admin, mtu, mac, addresses, routes, master,
+--   master_kind }... } (lower devices first), lost = { "ipvl0 (ipvlan on eth0)"... } (destroyed with
+--   a device of the stack, not made again), routes = the main table, going = { [name] = { what,
+--   keys } } (what goes down with the stack; both for guard) }` (one link per bus device and
+--   representor port: the first, by ifindex); raises when the kernel cannot be read
 function M.save(sock, modules)
   modules = set_of(modules)
   local links = must("links", sock:links())
   local addresses = must("addresses", sock:addresses())
-  local routes = must("routes", sock:routes())
+  local routes = must("routes", sock:routes { table = 0 })
+  local links_by_name = {}
+  for _, link in ipairs(links) do links_by_name[link.name] = link end
   local state, seen = { version = M.VERSION, devices = {}, routes = {} }, {}
   for _, link in ipairs(links) do
-    local d = of_stack(link, modules) and saved_device(sock, link, addresses, routes)
+    local d = of_stack(link, modules) and saved_device(sock, link, addresses, routes, links_by_name)
     if d and not seen[dkey(d)] then -- one link per key: the first made (an IPoIB child shares its parent's)
       seen[dkey(d)] = true
       state.devices[#state.devices + 1] = d
     end
   end
   table.sort(state.devices, function(a, b) return dkey(a) < dkey(b) end)
+  state.uppers, state.lost = uppers_of(state.devices, links, addresses, routes, links_by_name)
+  state.going = going_with(state.devices, state.uppers, links, links_by_name)
   for _, r in ipairs(routes) do
-    state.routes[#state.routes + 1] = { dst = r.dst, gateway = r.gateway, dev = r.dev, family = r.family,
-                                        metric = r.metric }
+    if r.table == 254 then
+      state.routes[#state.routes + 1] = { dst = r.dst, gateway = r.gateway, dev = r.dev, family = r.family,
+                                          metric = r.metric }
+    end
   end
   return state
 end
@@ -145,11 +261,13 @@ function M.device_key(d)
 end
 
 --- `state` with the devices saved in `over` in place of its own of the same bus address, and
--- those of `over` it lacks (e.g. what a run killed mid-reload saved of devices that are gone now).
+-- those of `over` it lacks (e.g. what a run killed mid-reload saved of devices that are gone now);
+-- likewise its uppers, by name (over's first: they were made on the devices as they were then).
 function M.merge(state, over)
   local theirs = {}
   for _, d in ipairs(over.devices) do theirs[dkey(d)] = d end
-  local merged = { version = M.VERSION, routes = state.routes, devices = {} }
+  local merged = { version = M.VERSION, routes = state.routes, going = state.going, lost = state.lost, devices = {},
+                   uppers = {} }
   for _, d in ipairs(state.devices) do
     local k = dkey(d)
     merged.devices[#merged.devices + 1] = theirs[k] or d
@@ -159,17 +277,36 @@ function M.merge(state, over)
     if theirs[dkey(d)] then merged.devices[#merged.devices + 1] = d end
   end
   table.sort(merged.devices, function(a, b) return dkey(a) < dkey(b) end)
+  local named = {}
+  for _, list in ipairs { over.uppers or {}, state.uppers or {} } do
+    for _, u in ipairs(list) do
+      if not named[u.name] then merged.uppers[#merged.uppers + 1], named[u.name] = u, true end
+    end
+  end
   return merged
 end
 
 local function plural(n, what) return ("%d %s%s"):format(n, what, n == 1 and "" or "s") end
 
---- One line saying what a saved device has configured, for logs and the plan:
--- "eth0 (pci/0000:03:00.0, mlx5_core): up, mtu 9000, 10.0.0.1/24, 1 route, eswitch switchdev, 2 VFs".
-function M.describe(d)
+-- The parts of a line describing what a device or upper has of its own.
+local function own_parts(d)
   local parts = { d.admin or "?", "mtu " .. tostring(d.mtu) }
   for _, a in ipairs(d.addresses) do parts[#parts + 1] = ("%s/%d"):format(a.address, a.prefix) end
   if #d.routes > 0 then parts[#parts + 1] = plural(#d.routes, "route") end
+  if d.master then parts[#parts + 1] = ("port of %s%s"):format(d.master, d.master_kind and " (" .. d.master_kind .. ")" or "") end
+  return parts
+end
+
+--- One line saying what a saved upper (a VLAN or macvlan on a device of the stack) has configured:
+-- "eth0.100 (vlan 100 on pci/0000:03:00.0): up, mtu 1500, 10.30.0.1/24, port of br0 (bridge)".
+function M.describe_upper(u)
+  return ("%s (%s): %s"):format(u.name, upper_what(u), table.concat(own_parts(u), ", "))
+end
+
+--- One line saying what a saved device has configured, for logs and the plan:
+-- "eth0 (pci/0000:03:00.0, mlx5_core): up, mtu 9000, 10.0.0.1/24, 1 route, eswitch switchdev, 2 VFs".
+function M.describe(d)
+  local parts = own_parts(d)
   if d.eswitch then parts[#parts + 1] = "eswitch " .. d.eswitch end
   if (d.numvfs or 0) > 0 then
     local macs = {}
@@ -235,10 +372,6 @@ local function step(report, what, ok, err)
     report.failed[#report.failed + 1] = what .. ": " .. tostring(err)
   end
   return ok
-end
-
-local function label(d, link)
-  return ("%s (%s)"):format(link and link.name or d.name, dkey(d))
 end
 
 local VF_FIELDS = { "mac", "vlan", "qos", "spoofchk", "trust", "link_state" }
@@ -312,26 +445,88 @@ local function rebind_vfs(report, d)
   end
 end
 
-local function restore_link(sock, report, d, link)
-  local name = label(d, link)
+-- The MTU and addresses of a device or upper, on its link now; `name` labels it. True when it
+-- gave it an address.
+local function restore_config(sock, report, d, link, name)
+  local added = false
   if link.mtu ~= d.mtu then
     step(report, ("%s: mtu %d"):format(name, d.mtu), sock:set_link(link.name, { mtu = d.mtu }))
   end
   for _, a in ipairs(d.addresses) do
     local cidr = ("%s/%d"):format(a.address, a.prefix)
     local ok, err, errno = sock:add_address(link.name, cidr)
-    if ok or errno ~= "EEXIST" then step(report, ("%s: address %s"):format(name, cidr), ok, err) end
+    if ok or errno ~= "EEXIST" then added = step(report, ("%s: address %s"):format(name, cidr), ok, err) or added end
   end
-  if d.admin == "up" and link.admin ~= "up" then
-    step(report, ("%s: up"):format(name), sock:set_link(link.name, { up = true }))
+  return added
+end
+
+local function upper_label(u) return ("%s (%s)"):format(u.name, upper_what(u)) end
+
+-- A VLAN or macvlan made again on its lower device's link now (`lower`), with its MTU (and a
+-- macvlan's own MAC); its link, or nil. One of its name, kind and device is taken as it is.
+local function restore_upper(sock, report, u, lower)
+  local have = sock:link(u.name)
+  if have and have.kind == u.kind and have.lower == lower.name then return have end
+  if have then
+    step(report, upper_label(u), nil, ("a %s link %s is there"):format(have.kind or "", u.name))
+    return nil
+  end
+  local ok, err = sock:add_link { name = u.name, kind = u.kind, lower = lower.name, id = u.vlan_id,
+                                  protocol = u.vlan_protocol, mode = u.macvlan_mode, mtu = u.mtu,
+                                  mac = u.kind == "macvlan" and u.mac or nil }
+  step(report, ("%s: made on %s"):format(upper_label(u), lower.name), ok, err)
+  return ok and sock:link(u.name) or nil
+end
+
+-- Its master again: the bond, bridge or VRF it was a port of (a bond's port joins while down).
+local function restore_master(sock, report, d, link, name)
+  if not d.master or link.master == d.master or REJOINED_BY_MASTER[d.master_kind or ""] then return end
+  if link.admin == "up" and ENSLAVE_DOWN[d.master_kind or ""] then sock:set_link(link.name, { up = false }) end
+  step(report, ("%s: port of %s%s"):format(name, d.master, d.master_kind and " (" .. d.master_kind .. ")" or ""),
+       sock:set_link(link.name, { master = d.master }))
+end
+
+-- Up again; true when it brought it up.
+local function restore_up(sock, report, d, link, name)
+  local now = d.admin == "up" and sock:link(link.name)
+  return now and now.admin ~= "up" and step(report, ("%s: up"):format(name), sock:set_link(link.name, { up = true }))
+end
+
+-- A gratuitous ARP for each IPv4 address of an Ethernet link the restore brought up or gave
+-- addresses to: its neighbours dropped their entry for it when their side of the link went down,
+-- and learn it again now instead of at their resolution's next try (up to a second later).
+-- From this process's network namespace.
+local function announce(report, d, link, name)
+  if d.admin ~= "up" or #(link.mac or "") ~= 17 then return end -- an IPoIB link's address is 20 bytes
+  for _, a in ipairs(d.addresses) do
+    if a.family == "inet" then
+      step(report, ("%s: announced %s (gratuitous ARP)"):format(name, a.address), net.announce(link.name, a.address))
+    end
   end
 end
 
-local function restore_routes(sock, report, d, link)
+local function restore_routes(sock, report, d, link, name)
   for _, r in ipairs(d.routes) do
-    local ok, err, errno = sock:add_route { dst = r.dst, gateway = r.gateway, dev = link.name, metric = r.metric }
+    local ok, err, errno = sock:add_route { dst = r.dst, gateway = r.gateway, dev = link.name, metric = r.metric,
+                                            table = r.table }
     if ok or errno ~= "EEXIST" then
-      step(report, ("%s: route %s%s"):format(label(d, link), r.dst, r.gateway and " via " .. r.gateway or ""), ok, err)
+      step(report, ("%s: route %s%s%s"):format(name, r.dst, r.gateway and " via " .. r.gateway or "",
+                                              r.table and " table " .. r.table or ""), ok, err)
+    end
+  end
+end
+
+-- The uppers made again on their devices' links `now`, lower devices first; added to `items`.
+local function restore_uppers(sock, report, state, now, items)
+  local made = {}
+  for _, u in ipairs(state.uppers or {}) do
+    local lower = u.lower_key and now[u.lower_key] or made[u.lower]
+    local link = lower and restore_upper(sock, report, u, lower)
+    if not lower then step(report, upper_label(u), nil, "its device is not there") end
+    if link then
+      local added = restore_config(sock, report, u, link, upper_label(u))
+      made[u.name] = link
+      items[#items + 1] = { d = u, link = link, name = upper_label(u), changed = added }
     end
   end
 end
@@ -339,9 +534,11 @@ end
 --- Put back what the reload reset: per PF its eswitch mode, then sriov_numvfs, then each VF's
 -- config, then (for a PF whose PCI vendor is in opts.pin_vf_macs) each VF without an admin MAC
 -- given its current MAC as one, then (when any of that changed, and opts.rebind is not false) each
--- VF rebound; then per device (the VFs' and the representors' once their links are back) its MTU,
--- addresses and admin state; routes last (a gateway may be on another device). What is already as
--- saved is left as it is.
+-- VF rebound; then per device (the VFs' and the representors' once their links are back) its MTU
+-- and addresses; then the VLANs and macvlans on them, made again, lower devices first, with
+-- theirs; then each back into its bond, bridge or VRF; then each up; then each IPv4 address of a
+-- link it brought up or gave addresses to announced (a gratuitous ARP); routes last (a gateway may
+-- be on another device). What is already as saved is left as it is.
 -- @tparam table opts `{ rebind = true, timeout = 60 (for the VFs' links), pin_vf_macs = { "0x15b3" } }`
 -- @treturn table `{ restored = { "eth0 (pci/0000:03:00.0): mtu 9000"... },
 --   failed = { "eth0 (pci/...): address 10.0.0.1/24: <reason>"... } }`
@@ -362,14 +559,19 @@ function M.restore(sock, state, opts)
   local _, err = wait_for(sock, vfs, opts.timeout or 60, "after their PF's sriov_numvfs was restored")
   if err then report.failed[#report.failed + 1] = err end
   now = links_by_device(sock)
+  local items = {}
   for _, d in ipairs(state.devices) do
     local link = now[dkey(d)]
-    if link then restore_link(sock, report, d, link) end
+    if link then
+      local added = restore_config(sock, report, d, link, label(d, link))
+      items[#items + 1] = { d = d, link = link, name = label(d, link), changed = added }
+    end
   end
-  for _, d in ipairs(state.devices) do
-    local link = now[dkey(d)]
-    if link then restore_routes(sock, report, d, link) end
-  end
+  restore_uppers(sock, report, state, now, items)
+  for _, it in ipairs(items) do restore_master(sock, report, it.d, it.link, it.name) end
+  for _, it in ipairs(items) do it.changed = restore_up(sock, report, it.d, it.link, it.name) or it.changed end
+  for _, it in ipairs(items) do if it.changed then announce(report, it.d, it.link, it.name) end end
+  for _, it in ipairs(items) do restore_routes(sock, report, it.d, it.link, it.name) end
   return report
 end
 
@@ -429,6 +631,18 @@ local function route_to(routes, addr)
   return best
 end
 
+--- The gateways of the default routes through what goes down with the stack (the guard's
+-- "default route" reasons): `{ "10.0.0.254"... }`.
+function M.uplink_gateways(state)
+  local going, gateways = {}, {}
+  for _, d in ipairs(state.devices) do going[d.name] = true end
+  for name in pairs(state.going or {}) do going[name] = true end
+  for _, r in ipairs(state.routes) do
+    if r.dst == "default" and r.gateway and going[r.dev] then gateways[#gateways + 1] = r.gateway end
+  end
+  return gateways
+end
+
 --- Is `text` an IPv4 or IPv6 address (as guard takes them)?
 function M.is_address(text)
   return type(text) == "string" and bytes_of(text) ~= nil
@@ -443,31 +657,39 @@ end
 -- @treturn[2] false, "the default route (via 10.0.0.254) goes through eth0 (pci/0000:03:00.0), a device
 --   of the stack; address 10.0.5.1 is reached through ...", and the devices named: `{ "pci/0000:03:00.0" }`
 function M.guard(state, addresses)
-  local by_name, reasons, through = {}, {}, {}
-  for _, d in ipairs(state.devices) do by_name[d.name] = d end
-  local function reason(d, fmt, ...)
-    reasons[#reasons + 1] = fmt:format(...)
-    through[dkey(d)] = true
+  local going, reasons, through = {}, {}, {}
+  for name, g in pairs(state.going or {}) do going[name] = g end
+  for _, d in ipairs(state.devices) do
+    going[d.name] = going[d.name] or { what = label(d), keys = { dkey(d) }, own = true }
   end
+  local function reason(g, fmt, ...)
+    reasons[#reasons + 1] = fmt:format(...)
+    for _, k in ipairs(g.keys) do through[k] = true end
+  end
+  local function a_device(g) return g.own and "a device of the stack" or "which goes down with the stack" end
   for _, r in ipairs(state.routes) do
-    local d = r.dst == "default" and by_name[r.dev]
-    if d then
-      reason(d, "the default route%s goes through %s, a device of the stack",
-             r.gateway and " (via " .. r.gateway .. ")" or "", label(d))
+    local g = r.dst == "default" and going[r.dev]
+    if g then
+      reason(g, "the default route%s goes through %s, %s", r.gateway and " (via " .. r.gateway .. ")" or "", g.what,
+             a_device(g))
     end
+  end
+  local owners = {}
+  for _, list in ipairs { state.devices, state.uppers or {} } do
+    for _, d in ipairs(list) do owners[#owners + 1] = d end
   end
   for _, text in ipairs(addresses or {}) do
     local addr = bytes_of(text) or error(("netstate.guard: '%s' is not an IPv4 or IPv6 address"):format(text), 2)
     local own
-    for _, d in ipairs(state.devices) do
-      for _, a in ipairs(d.addresses) do if bytes_of(a.address) == addr then own = d end end
+    for _, d in ipairs(owners) do
+      for _, a in ipairs(d.addresses) do if bytes_of(a.address) == addr then own = going[d.name] end end
     end
     local r = route_to(state.routes, addr)
     if own then
-      reason(own, "address %s is on %s, a device of the stack", text, label(own))
-    elseif r and by_name[r.dev] then
-      reason(by_name[r.dev], "address %s is reached through %s, a device of the stack (route %s)", text,
-             label(by_name[r.dev]), r.dst)
+      reason(own, "address %s is on %s, %s", text, own.what, a_device(own))
+    elseif r and going[r.dev] then
+      reason(going[r.dev], "address %s is reached through %s, %s (route %s)", text, going[r.dev].what,
+             a_device(going[r.dev]), r.dst)
     end
   end
   if #reasons > 0 then
