@@ -444,7 +444,7 @@ local function load_kernel_deps(s, ctx)
   end
   log.info("load: first the kernel's %s (the stack needs them)", table.concat(graph.flatten(inbox.levels), " "))
   s.journal:record({ kind = "kernel_modules", levels = inbox.levels })
-  s:must("load the kernel's modules", stack.load(inbox.levels, inbox.paths))
+  s:must("load the kernel's modules", stack.load(inbox.levels, inbox.paths, nil, inbox.after))
 end
 
 -- Each required recipe still ready as it was when awaited (not mid-reload), and this run
