@@ -2,7 +2,7 @@
 -- the node, Debian's podman (its `docker` command, podman-docker) runs the
 -- images tools/build-test-images built with buildah on the host (the seed's
 -- `docker build` lines), spec/support/engine.lua. What runs is README.md's
--- "Container images" section: the seed's two `docker run` lines as the README
+-- "Running the driver containers" section: the seed's two `docker run` lines as the README
 -- gives them for a node (with `-i` for `-it`: no terminal here), on the real
 -- MLNX_OFED 25.10 stack from the node's build cache (the host's
 -- build/cache-real as /var/cache/drvrun: the guest compiles nothing), the
