@@ -46,11 +46,15 @@ end
 
 --- Whether the top-most mount at `target` is an exposed root (this run's, or a
 -- killed run's left behind): the root of a file system, not the namespace's own
--- "/". A volume mounted there (a bind of the host's directory) is not.
+-- "/". A volume mounted there (a bind of the host's directory) is not. This
+-- run's own root is found by the file itself: under `chroot` (no engine's
+-- pivot_root) the root is a directory, not the root of its mount.
 -- @tparam string target the expose path
 -- @treturn boolean
 function M.exposed_at(target)
   if not mount.is_mountpoint(target) then return false end
+  local here, root = fs.stat(target), fs.stat("/")
+  if here and root and here.dev == root.dev and here.ino == root.ino then return true end
   local top = mount.info(target)
   return top ~= nil and (top.root or "/") == "/" and top.id ~= (mount.find("/") or {}).id
 end
