@@ -59,6 +59,21 @@ function M.exposed_at(target)
   return top ~= nil and (top.root or "/") == "/" and top.id ~= (mount.find("/") or {}).id
 end
 
+--- Whether the top-most mount at `target` is the only one there: the volume
+-- the engine mounted, nothing of this run's on it. After `docker kill` the
+-- host path still holds the killed run's root, and the next `docker run -v`
+-- binds that root as the new container's volume.
+-- @tparam string target the expose path
+-- @treturn boolean
+function M.is_volume(target)
+  if in_host_namespace() then return false end -- no engine, no volume: what is there is a run's
+  local n = 0
+  for _, m in ipairs(mount.list() or {}) do
+    if m.target == target then n = n + 1 end
+  end
+  return n == 1
+end
+
 --- Before the root is rbound at `target`: every other shared mount of this
 -- namespace made a slave (it still receives from the host; it sends nothing).
 -- An engine shares a container's root mounts once a volume is rshared; their

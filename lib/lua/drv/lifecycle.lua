@@ -150,8 +150,14 @@ local function recover(s)
   if not old or #old.entries == 0 then return end
   lock_host(s) -- another container may be mid-reload
   log.warn("recovery: undoing %d changes left by an earlier run that did not stop cleanly", #old.entries)
-  local ok, failures = old:undo_all({ hurry = false })
+  local o = { hurry = false, recovering = true }
+  local ok, failures = old:undo_all(o)
   if not ok then s:fail("recovery: %s", table.concat(failures, "; ")) end
+  if o.kept_volume then
+    log.warn("expose: %s holds the root the killed run exposed, which the engine bound as this container's "
+             .. "volume: kept under this run's, unmounted at its stop", o.kept_volume)
+    s.journal:record({ kind = "mount", target = o.kept_volume, stale = true })
+  end
   unlock_host(s)
 end
 
@@ -575,8 +581,15 @@ phase("load", {
 
 -- The expose's journal entry: the rbind of the container's root; undone by unmounting it, and
 -- only it: never the volume under it (the host's, which a container engine mounted there).
-journal.define("mount", function(e)
+-- A killed run's root can be that volume (expose.is_volume): recovery keeps it, for unmounting
+-- it would cut this container off the host's path; it is recorded again (`stale`), and this
+-- run's stop unmounts it after its own root, the host's copy with it.
+journal.define("mount", function(e, o)
   if not expose.exposed_at(e.target) then return true end
+  if expose.is_volume(e.target) and (o.recovering or not e.stale) then
+    if o.recovering then o.kept_volume = e.target end
+    return true
+  end
   return mount.umount(e.target, { lazy = true })
 end)
 
@@ -584,7 +597,7 @@ phase("expose", {
   run = function(s)
     local target = s.recipe.expose and s:expand(s.recipe.expose)
     if not target then return end
-    if expose.exposed_at(target) then
+    if expose.exposed_at(target) and not expose.is_volume(target) then
       log.info("expose: replacing a stale mount at %s", target)
       s:must("umount " .. target, mount.umount(target, { recursive = true, lazy = true }))
     end
