@@ -157,6 +157,11 @@ local function recover(s)
     log.warn("expose: %s holds the root the killed run exposed, which the engine bound as this container's "
              .. "volume: kept under this run's, unmounted at its stop", o.kept_volume)
     s.journal:record({ kind = "mount", target = o.kept_volume, stale = true })
+    -- its ready files as it wrote them, through its own root: the host's, under that root once it goes
+    local under = {}
+    for _, path in ipairs(s.opt.READY_FILES) do under[#under + 1] = o.kept_volume .. path end
+    local removed, err = ready.remove(under)
+    if not removed then log.error("recovery: %s", err) end
   end
   unlock_host(s)
 end
