@@ -57,8 +57,16 @@ local function assert_inbox_loaded()
 end
 
 -- Nothing of a run is left on the node: no ready file, nothing mounted at the expose path.
+-- What is mounted at or below `path`, a line for a failure message.
+local function mounts_below(path)
+  local out = {}
+  for _, m in ipairs(mount.list(path) or {}) do out[#out + 1] = ("%s (root %s, %s)"):format(m.target, m.root, m.fstype) end
+  return table.concat(out, ", ")
+end
+
 local function assert_nothing_left()
-  assert.is_false(fs.exists(READY), READY)
+  assert.is_false(fs.exists(READY), ("%s is left: %s; mounted at or below %s: %s"):format(READY, fs.read(READY) or "?",
+                                                                                         EXPOSE, mounts_below(EXPOSE)))
   assert.same({}, mount.list(EXPOSE) or {}, "nothing mounted at or below " .. EXPOSE .. " but the volume")
 end
 
