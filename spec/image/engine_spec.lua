@@ -188,12 +188,12 @@ describe("the images run by a real engine on the node (the guest)", function()
     sh("rmmod nvidia")
   end)
 
-  it("docker kill, then the same docker run: the new container recovers and reaches ready; a stop puts the inbox "
-     .. "stack back", function()
+  -- docker kill of the run of `args`, then the same run again: recovered and ready, then stopped.
+  -- Returns the second run's log.
+  local function kill_and_rerun(args)
     load_inbox()
-    local p, log = engine.spawn(OFED_RUN)
+    local p, log = engine.spawn(args)
     wait_ready(p, log, 900)
-    assert.matches("install: depmod outputs copied from the build cache", fs.read(log), nil, true)
     local id = assert(engine.container_of("ofed-driver", p))
     local k = engine.docker({ "kill", id })
     assert.equal(0, k.status, k.stdout)
@@ -201,7 +201,7 @@ describe("the images run by a real engine on the node (the guest)", function()
     assert.equal(OFED_VERSION, assert(assert(kmod.new()):state("mlx5_core")).version, "left loaded by the kill")
     local seconds
     seconds = engine.timed(function()
-      p, log = engine.spawn(OFED_RUN)
+      p, log = engine.spawn(args)
       wait_ready(p, log, 900)
     end)
     local text = assert(fs.read(log))
@@ -212,6 +212,33 @@ describe("the images run by a real engine on the node (the guest)", function()
     local _, status = stop("ofed-driver", p)
     assert.equal(0, status, fs.read(log))
     assert_inbox_loaded()
+    return assert(fs.read(log))
+  end
+
+  it("docker kill, then the same docker run: the new container recovers and reaches ready; a stop puts the inbox "
+     .. "stack back; the killed root, the new container's volume, stays on the node and the log says how to unmount it",
+     function()
+    local text = kill_and_rerun(OFED_RUN)
+    -- the engine bound the killed run's root as the volume: no umount from inside reaches the node's copy
+    assert.matches("expose: " .. EXPOSE .. " holds the root the killed run exposed", text, nil, true)
+    assert.matches("`umount -R " .. EXPOSE .. "`", text, nil, true)
+    -- the killed run's files in it too: the engine removed that container's layer, its overlay still shows them
+    local left = mount.list(EXPOSE) or {}
+    assert.is_true(#left > 0 and left[1].target == EXPOSE and left[1].fstype == "overlay",
+                   "the killed root: " .. mounts_below(EXPOSE))
+    print("    left on the node, as the log says: " .. mounts_below(EXPOSE))
+    sh("umount -R " .. EXPOSE)
+    assert_nothing_left()
+  end)
+
+  it("with the parent directory as the volume (-v /run/mellanox:/run/mellanox:rshared), docker kill then docker run "
+     .. "leaves nothing: the new container unmounts the killed root on the node", function()
+    local args = { table.unpack(OFED_RUN) }
+    assert.equal(EXPOSE .. ":" .. EXPOSE .. ":rshared", args[5])
+    args[5] = "/run/mellanox:/run/mellanox:rshared"
+    print("    " .. show(args))
+    local text = kill_and_rerun(args)
+    assert.is_nil(text:find("holds the root the killed run exposed", 1, true), "the killed root is unmounted")
     assert_nothing_left()
   end)
 

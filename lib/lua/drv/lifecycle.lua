@@ -154,10 +154,15 @@ local function recover(s)
   local ok, failures = old:undo_all(o)
   if not ok then s:fail("recovery: %s", table.concat(failures, "; ")) end
   if o.kept_volume then
-    log.warn("expose: %s holds the root the killed run exposed, which the engine bound as this container's "
-             .. "volume: kept under this run's, unmounted at its stop", o.kept_volume)
-    s.journal:record({ kind = "mount", target = o.kept_volume, stale = true })
-    -- its ready files as it wrote them, through its own root: the host's, under that root once it goes
+    local parent = o.kept_volume:match("^(.+)/[^/]+$") or "/"
+    log.warn("expose: %s holds the root the killed run exposed, and the engine bound it as this container's "
+             .. "volume: this container cannot unmount the host's copy, which stays mounted there, with what the "
+             .. "killed run left in it, under this run's root and after its stop. Unmount it on the host "
+             .. "(`umount -R %s`), or make the parent directory the volume (`docker run -v %s:%s:rshared`, a "
+             .. "hostPath of %s in a pod) so that the next run unmounts it", o.kept_volume, o.kept_volume, parent,
+             parent, parent)
+    -- its ready files as it wrote them, through its own root; once the engine removed the killed
+    -- container's layer, that root's overlay still shows them and cannot remove them (ENOENT)
     local under = {}
     for _, path in ipairs(s.opt.READY_FILES) do under[#under + 1] = o.kept_volume .. path end
     local removed, err = ready.remove(under)
@@ -587,11 +592,10 @@ phase("load", {
 -- The expose's journal entry: the rbind of the container's root; undone by unmounting it, and
 -- only it: never the volume under it (the host's, which a container engine mounted there).
 -- A killed run's root can be that volume (expose.is_volume): recovery keeps it, for unmounting
--- it would cut this container off the host's path; it is recorded again (`stale`), and this
--- run's stop unmounts it after its own root, the host's copy with it.
+-- it would cut this container off the host's path and leave the host's copy.
 journal.define("mount", function(e, o)
   if not expose.exposed_at(e.target) then return true end
-  if expose.is_volume(e.target) and (o.recovering or not e.stale) then
+  if expose.is_volume(e.target) then
     if o.recovering then o.kept_volume = e.target end
     return true
   end
