@@ -303,16 +303,29 @@ describe("the images run by a real engine on the node (the guest)", function()
     return { pod = pod, ctr = ctr, logs = logs, grace = grace }
   end
 
-  -- podman kube down of a played pod, within its grace.
+  -- A played pod deleted as the kubelet deletes it: its containers sent SIGTERM and given the pod's
+  -- terminationGracePeriodSeconds (`podman pod stop -t GRACE`), then removed (`podman kube down`).
+  -- podman 4.3's kube down alone stops with a timeout of 0 (PodStopOptions{}: SIGKILL at once), which
+  -- no kubelet does. Returns the container's whole log, its stop too.
   local function down(p)
-    local seconds, r = engine.timed(function() return engine.podman({ "kube", "down", p.pod }, p.grace + 60) end)
-    assert.equal(0, r.status, r.stdout)
-    print(("    podman kube down %s: %.1f s (terminationGracePeriodSeconds %d)"):format(p.pod, seconds, p.grace))
+    local name = assert(assert(fs.read(p.pod)):match("\nmetadata:\n.-\n  name: (%S+)\n"), "the pod's name")
+    local seconds, r = engine.timed(function()
+      return engine.podman({ "pod", "stop", "-t", tostring(p.grace), name }, p.grace + 60)
+    end)
+    local text = p.logs() -- the stopped container's, until kube down removes it
+    assert.equal(0, r.status, r.stdout .. "\n" .. text)
+    local rm = engine.podman({ "kube", "down", p.pod }, 120)
+    assert.equal(0, rm.status, rm.stdout)
+    print(("    podman pod stop -t %d %s (the kubelet's SIGTERM and grace): %.1f s; podman kube down %s")
+          :format(p.grace, name, seconds, p.pod))
     assert.is_true(seconds < p.grace)
+    assert.matches('"msg":"received SIGTERM"', text, nil, true)
+    return text
   end
 
   it("podman kube play of the two DaemonSets' pods: ready with their volumes, Bidirectional propagation, "
-     .. "privileged, env and probes; podman kube down stops each within its terminationGracePeriodSeconds", function()
+     .. "privileged, env and probes; each stopped within its terminationGracePeriodSeconds, then removed by podman kube "
+     .. "down", function()
     load_inbox()
     local ofed = play("ofed-driver", READY)
     local text = ofed.logs()
@@ -332,8 +345,8 @@ describe("the images run by a real engine on the node (the guest)", function()
     assert.equal("1.3-0", st.version)
     print("    nv_peer_mem " .. st.version .. " loaded by the pod")
 
-    down(peer)
-    assert.is_nil(guest.proc_line("nv_peer_mem"), "nv_peer_mem unloaded")
+    local stopped = down(peer)
+    assert.is_nil(guest.proc_line("nv_peer_mem"), "nv_peer_mem unloaded: " .. stopped)
     assert.is_false(fs.exists("/run/drvrun/peermem.driver-ready"))
     down(ofed)
     assert_inbox_loaded()
