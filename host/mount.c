@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -488,7 +489,26 @@ static int mnt_l_umount(lua_State *L)
 	return drv_ok(L);
 }
 
+/***
+ * Give this process a mount namespace of its own: a copy of the current one,
+ * every mount a slave of its original (mounts made there still arrive; nothing
+ * mounted here goes back). For a child run that binds things for itself only.
+ * @function unshare
+ * @treturn[1] true
+ * @treturn[2] nil, string message, string errno
+ * @see unshare(2), mount_namespaces(7)
+ */
+static int mnt_l_unshare(lua_State *L)
+{
+	if (unshare(CLONE_NEWNS) < 0)
+		return drv_fail(L, errno, "unshare the mount namespace: %s", strerror(errno));
+	if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0)
+		return drv_fail(L, errno, "make / a slave mount in the new namespace: %s", strerror(errno));
+	return drv_ok(L);
+}
+
 static const luaL_Reg mnt_funcs[] = {
+	{ "unshare", mnt_l_unshare },
 	{ "mount", mnt_l_mount },
 	{ "bind", mnt_l_bind },
 	{ "rbind", mnt_l_rbind },
