@@ -6,7 +6,7 @@ local compile = require "drv.compile"
 local fs = require "drv.fs"
 local kmod = require "drv.kmod"
 
-local kver = assert(fs.dir("/lib/modules"))[1]
+local kver = require("spec.support.kernel").newest
 local NVIDIA_SRC = "spec/fixtures/nvidia/nvidia"
 
 describe("drv.compile.kbuild", function()

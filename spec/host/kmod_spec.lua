@@ -4,7 +4,7 @@ local kmod = require "drv.kmod"
 local fs = require "drv.fs"
 local proc = require "drv.proc"
 
-local release = assert(fs.dir("/lib/modules"))[1]
+local release = require("spec.support.kernel").newest
 local dirname = "/lib/modules/" .. release
 
 local function modinfo_field(name, field)

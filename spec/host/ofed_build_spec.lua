@@ -6,7 +6,7 @@ local fs = require "drv.fs"
 local proc = require "drv.proc"
 local sys = require "drv.sys"
 
-local KVER = assert(fs.dir("/lib/modules"))[1]
+local KVER = require("spec.support.kernel").newest
 local ARCH = sys.uname().machine
 local FIXTURES = fs.realpath("build/fixtures")
 local vendor = require "spec.support.vendor"

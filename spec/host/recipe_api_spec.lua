@@ -4,7 +4,7 @@
 local proc = require "drv.proc"
 local fs = require "drv.fs"
 
-local kver = assert(fs.dir("/lib/modules"))[1]
+local kver = require("spec.support.kernel").newest
 local dir
 
 -- Write recipe `name` with `text`; run drvrun on it with `args` in a fresh state.

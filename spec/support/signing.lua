@@ -6,9 +6,10 @@ local M = {}
 local sh = require "spec.support.sh"
 local fs = require "drv.fs"
 
-M.KVER = (function()
-  for _, k in ipairs(fs.dir("/lib/modules") or {}) do
-    if fs.exists("/lib/modules/" .. k .. "/build/scripts/sign-file") then return k end
+M.KVER = (function() -- the newest kernel with its signer: the one the fixtures are built for
+  local installed = require("spec.support.kernel").installed
+  for i = #installed, 1, -1 do
+    if fs.exists("/lib/modules/" .. installed[i] .. "/build/scripts/sign-file") then return installed[i] end
   end
 end)()
 
