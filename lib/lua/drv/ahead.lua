@@ -60,12 +60,13 @@ local function sources_at_hand(s)
   return true
 end
 
--- The first line of a failure, its first error line (drv.compile's "first errors in the log"), its log.
+-- What failed (a failure's first line), the first line of its log's that says why (a compiler's
+-- error), its log.
 local function failure_text(f)
-  local first = f.message:match("^[^\n]*")
-  local err = f.message:match("\nfirst errors in the log:\n([^\n]+)")
+  local first = f.message:match("^[^\n]*"):gsub("; last lines of .*$", "")
+  local err = require("drv.compile").first_error(f.message:match("\n(.*)$") or "")
   local parts = { first }
-  if err then parts[#parts + 1] = "first error: " .. err end
+  if err then parts[#parts + 1] = "first error: " .. err:match("^%s*(.-)%s*$") end
   if f.log ~= "" then parts[#parts + 1] = "log: " .. f.log end
   return table.concat(parts, "; ") .. (" (%s)"):format(f.time)
 end

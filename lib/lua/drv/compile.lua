@@ -68,6 +68,13 @@ local function first_errors(text, tail, n)
   return found
 end
 
+--- The first line of `text` (a build's log, or a failure's message with its lines) that
+-- says what went wrong: a compiler's error, make's, configure's; nil when none does.
+function M.first_error(text)
+  local found = first_errors(text, "", 1)
+  return found[1]
+end
+
 local function failure_text(label, what, res, logfile)
   local text = res.stdout
   local tail = last_lines(text, 20)

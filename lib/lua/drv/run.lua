@@ -223,6 +223,9 @@ function State:ensure_headers(kver)
   log.info("kernel headers for %s missing (%s): installing %s", kver, kdir, pkg)
   install_packages(self, ("kernel headers for %s not found at %s, and installing %s failed"):format(kver, kdir, pkg),
                    { pkg })
+  if not fs.exists(kdir .. "/Makefile") then
+    self:fail("kernel headers for %s not found at %s, and %s is installed but did not put them there", kver, kdir, pkg)
+  end
   return kdir
 end
 
