@@ -46,7 +46,8 @@ DEB_BUILD = build-essential pkg-config liblua5.4-dev libkmod-dev libmount-dev \
             libnl-genl-3-dev
 DEB_TEST  = lua5.4 lua-busted lua-check python3 openssl kmod util-linux cpio ccache keyutils \
             busybox-static qemu-system-x86 linux-image-amd64 linux-headers-amd64 \
-            nodejs npm valgrind buildah debootstrap ovmf efitools
+            nodejs npm valgrind buildah debootstrap ovmf efitools podman podman-docker catatonit \
+            iptables docker-registry bpftool
 # The kernel upgrade spec (spec/guest/upgrade_spec.lua) needs a second kernel beside
 # linux-image-amd64's: an older ABI of bookworm's kernel, which Debian's archive keeps.
 UPGRADE_KVER = 6.1.0-50-amd64
@@ -107,7 +108,8 @@ check-lint: $(DRVRUN)
 # One check: valgrind finds no memory error and no definite leak in the C tests
 # and in the specs of the bindings (run in-process: busted inside drvrun).
 MEMCHECK      = valgrind -q --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite --child-silent-after-fork=yes --error-exitcode=99
-BINDING_SPECS = $(wildcard $(HOST_SRC:host/%.c=spec/host/%_spec.lua)) spec/host/badargs_spec.lua
+# drv.fetch is drv.transfer's Lua half: its spec drives the C module the most.
+BINDING_SPECS = $(wildcard $(HOST_SRC:host/%.c=spec/host/%_spec.lua)) spec/host/fetch_spec.lua spec/host/badargs_spec.lua
 
 check-memcheck: $(DRVRUN) $(C_TESTS)
 	@tools/run-counted $(RESULTS)/check-memcheck tools/memcheck $(BUILD)/memcheck.log \
@@ -124,7 +126,22 @@ $(NODE_TOOLS): tools/images/package.json tools/images/package-lock.json
 	cd tools/images && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-check-host: $(DRVRUN) $(NODE_TOOLS)
+# The real DKMS driver the dkms recipe's specs build and load: Debian bookworm's
+# v4l2loopback-dkms, downloaded (its sha256 checked) and unpacked into build/dkms, not
+# installed (it depends on dkms, whose postinst would build it). Its source tree lands
+# in $(DKMS_TREE), with its dkms.conf; the guest sees it there.
+DKMS_PKG    = v4l2loopback-dkms=0.12.7-2
+DKMS_DEB    = v4l2loopback-dkms_0.12.7-2_all.deb
+DKMS_SHA256 = 7f2bdae29e28efab6e6f1f8b187266fa3c740d3becab11e1d686b45bfcb22aa9
+DKMS_TREE   = build/dkms/usr/src/v4l2loopback-0.12.7
+$(DKMS_TREE)/dkms.conf:
+	mkdir -p build/dkms
+	cd build && { apt-get download $(DKMS_PKG) 2>/dev/null || { apt-get update -qq && apt-get download $(DKMS_PKG); }; }
+	echo "$(DKMS_SHA256)  build/$(DKMS_DEB)" | sha256sum -c --quiet
+	dpkg-deb -x build/$(DKMS_DEB) build/dkms
+	touch $@
+
+check-host: $(DRVRUN) $(NODE_TOOLS) $(DKMS_TREE)/dkms.conf
 	DRVRUN=$(abspath $(DRVRUN)) VENDOR=$(abspath $(VENDOR)) DRVRUN_RESULTS=$(RESULTS)/check-host \
 	  $(BUSTED) spec/host
 
@@ -173,7 +190,7 @@ $(SB_KEYS)/db.crt:
 	  -addext extendedKeyUsage=codeSigning -keyout $(SB_KEYS)/db.key -out $@.new 2>/dev/null
 	mv $@.new $@
 
-check-guest: $(DRVRUN) fixtures $(CACHE)/.stamp $(REAL_CACHE)/.stamp $(SB_KEYS)/db.crt
+check-guest: $(DRVRUN) fixtures $(CACHE)/.stamp $(REAL_CACHE)/.stamp $(SB_KEYS)/db.crt $(DKMS_TREE)/dkms.conf
 	@tools/check-guest $(abspath $(RESULTS)) $(BUILD)/vm "$(GUEST_SPECS)" \
 	  env DRVRUN=$(abspath $(DRVRUN)) VENDOR=$(abspath $(VENDOR)) $(BUSTED)
 
@@ -194,8 +211,10 @@ check-images: $(DRVRUN) fixtures $(CACHE)/.stamp $(REAL_CACHE)/.stamp $(NODE_TOO
 	@rm -rf $(RESULTS)/images; mkdir -p $(RESULTS)/images $(BUILD)/vm
 	@if tools/run-counted $(RESULTS)/images/build tools/build-test-images $(IMAGE_BASE) $(VENDOR) \
 	    "$(IMAGE_OFED_BUNDLE)" $(GUEST_KVER) $(abspath $(IMAGES)); then \
-	   spec/vm/run -q --timeout 1800 --log $(BUILD)/vm/images.log --out $(abspath $(RESULTS)) -- \
+	   spec/vm/run -q --mem 3072 --timeout 3600 --log $(BUILD)/vm/images.log --out $(abspath $(RESULTS)) -- \
 	     env DRVRUN=$(abspath $(DRVRUN)) DRVRUN_IMAGES=$(abspath $(IMAGES)) DRVRUN_IMAGE_CACHE=$(abspath $(IMAGE_CACHE)) \
+	     CONTAINERS_CONF=$(abspath spec/image/engine/containers.conf) \
+	     CONTAINERS_STORAGE_CONF=$(abspath spec/image/engine/storage.conf) \
 	     DRVRUN_RESULTS=$(abspath $(RESULTS))/images/guest $(BUSTED) spec/image; \
 	   rc=$$?; [ -s $(RESULTS)/images/guest ] || echo "0 1" > $(RESULTS)/images/guest; \
 	 else rc=1; fi; \

@@ -22,6 +22,7 @@
 --    bare `lua5.4 -e ''` in turns with it (the ratio is the target: absolute
 --    times in an emulated guest depend on the machine).
 local kmod = require "drv.kmod"
+local mount = require "drv.mount"
 local stack = require "drv.stack"
 local graph = require "drv.graph"
 local proc = require "drv.proc"
@@ -209,10 +210,22 @@ local function recipe_args(s, extra)
   return args
 end
 
+-- The expose path shared with the guest, as a driver container's volume is
+-- (drvrun refuses one the host would not see); the run's own namespace keeps it so.
+local function shared_expose()
+  local dir = WORK .. "/expose"
+  assert(fs.mkdir(dir))
+  if not mount.is_mountpoint(dir) then
+    assert(mount.bind(dir, dir))
+    assert(mount.propagation(dir, "shared"))
+  end
+end
+
 local contenders = {
   { key = "drvrun", name = "drvrun (recipe reload, by levels)", argv = function(s, _, cache)
       fs.remove(WORK .. "/state", { recursive = true, missing_ok = true })
-      local argv = { "unshare", "-m", DRVRUN }
+      shared_expose()
+      local argv = { "unshare", "-m", "--propagation", "unchanged", DRVRUN }
       for _, a in ipairs(recipe_args(s, { "WAIT=false", "CACHE_DIR=" .. cache })) do argv[#argv + 1] = a end
       return argv
     end },

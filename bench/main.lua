@@ -5,7 +5,7 @@
 --   build/drvrun bench/main.lua          (make bench builds what it needs first)
 --
 -- environment: BENCH_REPS (repetitions of the reload and warm restart runs, 5),
--- BENCH_REAL_REPS (of the real stack's cold builds, 3), BENCH_ONLY=host|guest|real
+-- BENCH_REAL_REPS (of the real stack's cold builds, 3), BENCH_ONLY=host|guest|real|engine
 -- or build|fetch|startup, comma-separated (some parts only, while working on
 -- them), VENDOR (../shared/vendor).
 --
@@ -16,7 +16,9 @@
 -- (bench/real.lua: cold vs the vendor's configure and make, rebuilds, a cache
 -- hit). In the real-kernel guest (bench/guest.lua): reload downtime, cold start,
 -- warm restart, peak RSS, for the simulated stack, and reload downtime and warm
--- restart for the real one.
+-- restart for the real one. The images run by podman in the guest (bench/engine.lua):
+-- a container restart against the engine's floor, docker stop against its grace, and
+-- the precompiled image's size against the build-from-source image's.
 local fs = require "drv.fs"
 local sys = require "drv.sys"
 local proc = require "drv.proc"
@@ -29,7 +31,7 @@ local traps = require "spec.support.trap"
 local ROOT = assert(fs.realpath("."))
 local DRVRUN = ROOT .. "/build/drvrun"
 local OUT = ROOT .. "/build/bench"
-local K = require("spec.support.kernel").newest -- the installed kernel, as tools/fill-cache picks it
+local K = require("spec.support.kernel").release -- the newest installed kernel, as tools/fill-cache picks it
 local ONLY = os.getenv("BENCH_ONLY")
 local RECIPE = dofile("recipes/ubuntu-ofed.lua")
 -- The real MLNX_OFED bundle (../shared/vendor/README.md); VENDOR=DIR when it is elsewhere.
@@ -279,6 +281,42 @@ local function bench_guest()
   end
 end
 
+-- ---- the images, run by a real engine -------------------------------------------------
+
+-- An image's size in buildah's storage (bytes), as podman reports it.
+local function image_size(ref)
+  local r = assert(proc.run({ "podman", "image", "inspect", "--format", "{{.Size}}", ref }, { stderr = "stdout" }))
+  return assert(tonumber(r.stdout), ref .. ": " .. r.stdout)
+end
+
+-- The images (tools/build-test-images), the real bundle's precompiled image (its build, ~15 min on
+-- 2 CPUs, at image build time), then bench/engine.lua in the guest: restart and stop under podman.
+local function bench_engine()
+  local images = ROOT .. "/build/images"
+  util.must({ "tools/build-test-images", "localhost/debian:bookworm", VENDOR, REAL_BUNDLE, K, images })
+  util.must({ "tools/build-images", "--base", "localhost/debian:bookworm", "--vendor", images .. "/vendor", "--only",
+              "ofed", "--tag", "precompiled-real", "--build-arg", "PRECOMPILE_KERNEL=" .. K })
+  local src, pre = image_size("localhost/ofed-driver:latest"), image_size("localhost/ofed-driver:precompiled-real")
+  rows[#rows + 1] = util.target("engine: precompiled image (real OFED 25.10) / build-from-source image",
+                                pre / 1e6, "MB", src / 1e6, pre / src, "<=", 1 / 3)
+  local dir = OUT .. "/engine"
+  fs.remove(dir, { recursive = true, missing_ok = true })
+  assert(fs.mkdir(dir))
+  local argv = { "spec/vm/run", "-q", "--mem", "3072", "--timeout", tostring(GUEST_TIMEOUT), "--log",
+                 OUT .. "/engine-console.log", "--out", dir,
+                 "--env", "DRVRUN_IMAGE_CACHE=" .. ROOT .. "/build/cache-real",
+                 "--env", "CONTAINERS_CONF=" .. ROOT .. "/spec/image/engine/containers.conf",
+                 "--env", "CONTAINERS_STORAGE_CONF=" .. ROOT .. "/spec/image/engine/storage.conf" }
+  if os.getenv("BENCH_REPS") then argv[#argv + 1] = "--env"; argv[#argv + 1] = "BENCH_REPS=" .. os.getenv("BENCH_REPS") end
+  for _, a in ipairs({ "--", DRVRUN, "bench/engine.lua", dir .. "/rows.lua" }) do argv[#argv + 1] = a end
+  local res = assert(proc.run(argv, { stdout = "inherit", stderr = "inherit" }))
+  local chunk = loadfile(dir .. "/rows.lua", "t", {})
+  add(chunk and chunk() or {})
+  if res.status ~= 0 then
+    rows[#rows + 1] = util.missing("engine part", nil, nil, "spec/vm/run exited " .. tostring(res.status))
+  end
+end
+
 -- ---- main ---------------------------------------------------------------------------
 
 local t0 = sys.monotonic()
@@ -291,7 +329,7 @@ end
 -- { group, name, function }: BENCH_ONLY names groups or parts, comma-separated.
 local parts = {
   { "guest", "guest", bench_guest }, { "host", "build", bench_build }, { "host", "fetch", bench_fetch },
-  { "host", "startup", bench_startup }, { "real", "real", bench_real },
+  { "host", "startup", bench_startup }, { "real", "real", bench_real }, { "engine", "engine", bench_engine },
 }
 local function selected(p)
   if not ONLY then return true end

@@ -65,7 +65,7 @@ void drv_push_script_env(lua_State *L);
 int luaopen_drv_chunk(lua_State *L);
 int luaopen_drv_kmod(lua_State *L);
 int luaopen_drv_mount(lua_State *L);
-int luaopen_drv_fetch(lua_State *L);
+int luaopen_drv_transfer(lua_State *L);
 int luaopen_drv_proc(lua_State *L);
 int luaopen_drv_fs(lua_State *L);
 int luaopen_drv_sys(lua_State *L);

@@ -77,8 +77,10 @@ void drv_lazy_load(lua_State *L, const char *soname, const char *package)
 	pthread_mutex_lock(&lazy_lock);
 	rc = lazy_resolve(soname, why, sizeof(why));
 	pthread_mutex_unlock(&lazy_lock);
-	if (rc < 0)
-		luaL_error(L, "%s: install the package %s (Debian, Ubuntu)", why, package);
+	if (rc < 0) {	/* no position: the missing library is the machine's fault, not the caller's line */
+		lua_pushfstring(L, "%s: install the package %s (Debian, Ubuntu)", why, package);
+		lua_error(L);
+	}
 }
 
 void *drv_lazy_unloaded(const struct drv_lazy_fn *f)

@@ -8,7 +8,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <lualib.h>
@@ -46,6 +49,9 @@ static const char usage_text[] =
 	"                       chunks are named after FILE without a leading $DESTDIR)\n"
 	"  --log-level LEVEL    error, warn, info (default) or debug\n"
 	"  --log-format FORMAT  text (default) or json (one object a line)\n"
+	"  --init COMMAND...    be a container's init: run COMMAND as a child, forward\n"
+	"                       every signal to it, reap orphans, exit with its status\n"
+	"                       (drvrun started as PID 1 does this by itself)\n"
 	"  -v, --version        print the version and exit\n"
 	"  -h, --help           print this help and exit\n"
 	"  --                   stop handling options\n"
@@ -225,7 +231,7 @@ static void preload(lua_State *L)
 		{ "drv.chunk", luaopen_drv_chunk },
 		{ "drv.kmod", luaopen_drv_kmod },
 		{ "drv.mount", luaopen_drv_mount },
-		{ "drv.fetch", luaopen_drv_fetch },
+		{ "drv.transfer", luaopen_drv_transfer },
 		{ "drv.proc", luaopen_drv_proc },
 		{ "drv.fs", luaopen_drv_fs },
 		{ "drv.sys", luaopen_drv_sys },
@@ -511,12 +517,87 @@ static const char *env_or(const char *name, const char *def)
 	return v && *v ? v : def;
 }
 
+/* ---- PID 1 -----------------------------------------------------------------
+ * The init of a container's PID namespace gets no signal it has no handler
+ * for (the engine's SIGTERM would be dropped) and inherits every orphan. So
+ * drvrun started as PID 1 (or with --init) splits, as tini does: this process
+ * blocks every signal before anything else (one arriving meanwhile waits,
+ * queued), forks, and stays a minimal init: it forwards each signal to the
+ * child, reaps every process that ends, and exits with the child's status
+ * once the child has ended. The child, no longer PID 1, gets its signals as
+ * outside a container, and runs drvrun or, with --init, execs COMMAND. */
+static void init_exit(int status)
+{
+	if (WIFSIGNALED(status))
+		_exit(128 + WTERMSIG(status));
+	_exit(WEXITSTATUS(status));
+}
+
+static void init_loop(pid_t child)
+{
+	sigset_t all;
+	siginfo_t si;
+	int status;
+	pid_t pid;
+
+	sigfillset(&all);
+	for (;;) {
+		if (sigwaitinfo(&all, &si) < 0)
+			continue;
+		if (si.si_signo != SIGCHLD) {
+			kill(child, si.si_signo);
+			continue;
+		}
+		while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
+			if (pid == child)
+				init_exit(status);
+	}
+}
+
+/* Returns in the child, with the signal mask it was started with. */
+static void init_split(void)
+{
+	sigset_t all, old;
+	pid_t child;
+
+	sigfillset(&all);
+	sigprocmask(SIG_BLOCK, &all, &old);
+	prctl(PR_SET_CHILD_SUBREAPER, 1); /* orphans come here when this is not PID 1 (--init) */
+	child = fork();
+	if (child < 0) {
+		perror("drvrun: init: fork");
+		_exit(EXIT_SCRIPT);
+	}
+	if (child > 0)
+		init_loop(child);
+	prctl(PR_SET_CHILD_SUBREAPER, 0);
+	sigprocmask(SIG_SETMASK, &old, NULL);
+}
+
+/* --init COMMAND...: COMMAND as the init's child. */
+static int run_init(int argc, char **argv)
+{
+	if (argc < 3) {
+		fprintf(stderr, "%s: option '--init' needs a command\nTry '%s --help' for the options.\n", progname,
+			progname);
+		return EXIT_USAGE;
+	}
+	init_split();
+	execvp(argv[2], argv + 2);
+	fprintf(stderr, "%s: --init: cannot run %s: %s\n", progname, argv[2], strerror(errno));
+	return errno == ENOENT ? 127 : 126;
+}
+
 int main(int argc, char **argv)
 {
 	struct options o = { 0 };
 	lua_State *L;
 	int code, status;
 
+	if (argc > 1 && strcmp(argv[1], "--init") == 0)
+		return run_init(argc, argv);
+	if (getpid() == 1)
+		init_split();
 	o.log_level = env_or("DRVRUN_LOG_LEVEL", "info");
 	o.log_format = env_or("DRVRUN_LOG_FORMAT", "text");
 	status = parse_args(argc, argv, &o);

@@ -1,7 +1,7 @@
 /* proc.c - drv.proc: run programs from an argv array, never through a shell.
  *
  * Children start with an empty signal mask and default dispositions (the
- * parent may block TERM/INT/HUP for drv.sys.signals), in their own process
+ * parent may block TERM/INT/HUP for a drv.signal watcher), in their own process
  * group (a timeout kills make and every compiler under it), with only the
  * descriptors they are given. exec failures travel back over a CLOEXEC pipe. */
 #include <errno.h>

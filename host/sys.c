@@ -2,6 +2,9 @@
  * id, hostname, pid, CPUs, clocks, UTC time, sleep, unbuffered writes, isatty,
  * kill. Host-wide locks are drv.lock, waiting for signals drv.signal. */
 #include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -150,21 +153,25 @@ static int sys_utc(lua_State *L)
 }
 
 /***
- * Sleep (not interrupted by handled signals: they wait in their watcher).
+ * Sleep (not interrupted by handled signals: they wait in their watcher), or
+ * until fd becomes readable (an interrupt_fd: it is not read).
  * @function sleep
  * @tparam number seconds
+ * @tparam[opt] integer fd
+ * @treturn boolean true when fd became readable before the time was up
  */
 static int sys_sleep(lua_State *L)
 {
 	lua_Number s = luaL_checknumber(L, 1);
-	struct timespec ts;
+	struct pollfd pfd = { .fd = (int)luaL_optinteger(L, 2, -1), .events = POLLIN };
+	double end = drv_clock(CLOCK_MONOTONIC) + s, left;
+	int woken = 0;
 
 	luaL_argcheck(L, s >= 0, 1, "negative duration");
-	ts.tv_sec = (time_t)s;
-	ts.tv_nsec = (long)((s - (lua_Number)ts.tv_sec) * 1e9);
-	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-		;
-	return 0;
+	while (!woken && (left = end - drv_clock(CLOCK_MONOTONIC)) > 0)
+		woken = poll(&pfd, 1, (int)fmin(ceil(left * 1000), INT_MAX)) > 0;
+	lua_pushboolean(L, woken);
+	return 1;
 }
 
 /***

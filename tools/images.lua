@@ -484,10 +484,13 @@ local function entry_checks(img, d, recipe, env, file, install)
     if ins.keyword == "ENTRYPOINT" then entry = ins.exec end
     if ins.keyword == "HEALTHCHECK" then health = ins end
   end
-  local want = { prefix .. "/share/drvrun/entrypoint", ("%s/share/drvrun/recipes/%s.lua"):format(prefix, img.recipe) }
+  -- drvrun --init: PID 1 of the container, a minimal init that forwards the engine's signals and reaps orphans
+  local files = { prefix .. "/bin/drvrun", prefix .. "/share/drvrun/entrypoint",
+                  ("%s/share/drvrun/recipes/%s.lua"):format(prefix, img.recipe) }
+  local want = { files[1], "--init", files[2], files[3] }
   check(entry and show(entry) == show(want), file, "ENTRYPOINT must be %s (exec form), not %s", show(want),
         entry and show(entry) or "missing or a shell form")
-  for _, p in ipairs(want) do
+  for _, p in ipairs(files) do
     check(fs.exists(install .. p), file, "%s is not in the install tree (make install PREFIX=%s)", p, prefix)
   end
   check(fs.exists(install .. prefix .. "/share/drvrun/probe.lua"), file, "%s/share/drvrun/probe.lua is not installed", prefix)
@@ -513,24 +516,28 @@ local function entrypoint_default(name)
   return assert(text:match(name .. ":%-([^}]+)}"), "docker/entrypoint: no " .. name .. " default")
 end
 
--- PRECOMPILE_KERNEL: the image stage builds the image's recipe build-only for that kernel, after
--- the ENV that gives the recipe its options, into the build cache the entrypoint seeds from.
+-- PRECOMPILE_KERNEL: a stage before the image's builds the image's recipe (as installed, under the
+-- install's DESTDIR) build-only for that kernel, into the build cache the entrypoint seeds from, in
+-- that install tree, which the image gets; the image stage installs no compiler for it.
 local function precompile_checks(img, d, prefix, file)
-  local st = final_stage(d)
-  local run, env_line
-  for _, ins in ipairs(st.instructions) do
-    if ins.keyword == "ENV" then env_line = ins.line end
-    if ins.keyword == "RUN" and contains(ins.variables, "PRECOMPILE_KERNEL") then run = ins end
+  local run, destdir
+  for i = 1, #d.stages - 1 do
+    for _, ins in ipairs(d.stages[i].instructions) do
+      destdir = destdir or (ins.keyword == "RUN" and ins.text:match("make[^&|;]*install[^&|;]*DESTDIR=(%S+)"))
+      if ins.keyword == "RUN" and contains(ins.variables, "PRECOMPILE_KERNEL") then run = ins end
+    end
   end
-  if not check(run ~= nil, file, "no RUN of the image stage uses PRECOMPILE_KERNEL") then return end
+  if not check(run ~= nil, file, "no RUN of a stage before the image's uses PRECOMPILE_KERNEL") then return end
+  destdir = destdir or ""
   local where = ("%s:%d"):format(file, run.line)
-  check(env_line ~= nil and env_line < run.line, where, "the precompile runs before the ENV that gives the recipe "
-        .. "its options")
-  local cmd = ('drvrun %s/share/drvrun/recipes/%s.lua BUILD_ONLY=true KVER="$PRECOMPILE_KERNEL"'):format(prefix, img.recipe)
-  check(run.text:find(cmd, 1, true) ~= nil, where, "the precompile must run %s", cmd)
+  local root = destdir .. prefix
+  local cmd = ('%s/bin/drvrun %s/share/drvrun/recipes/%s.lua BUILD_ONLY=true'):format(root, root, img.recipe)
+  check(run.text:find(cmd, 1, true) ~= nil and run.text:find('KVER="$PRECOMPILE_KERNEL"', 1, true) ~= nil, where,
+        'the precompile must run %s KVER="$PRECOMPILE_KERNEL"', cmd)
   local seeds_from = entrypoint_default("DRVRUN_PRECOMPILED")
-  check(run.text:find("CACHE_DIR=" .. seeds_from .. " ", 1, true) ~= nil, where, "the precompile does not build into "
-        .. "CACHE_DIR=%s, where the entrypoint seeds the build cache from (DRVRUN_PRECOMPILED)", seeds_from)
+  check(run.text:find("CACHE_DIR=" .. destdir .. seeds_from .. " ", 1, true) ~= nil, where, "the precompile does not "
+        .. "build into CACHE_DIR=%s%s, where the entrypoint seeds the build cache from (DRVRUN_PRECOMPILED)", destdir,
+        seeds_from)
 end
 
 -- The seed's `docker run`: its mounts are where the recipe looks by default.

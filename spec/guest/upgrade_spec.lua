@@ -27,7 +27,7 @@ local upgrade = require "spec.support.upgrade"
 local vendor = require "spec.support.vendor"
 
 local BOOT = tonumber(os.getenv("DRVRUN_VM_BOOT") or "1")
-local NEWEST = kernel.newest
+local NEWEST = kernel.release
 local OLDER = kernel.installed[#kernel.installed - 1]
   or error("only " .. NEWEST .. " is installed here: the upgrade spec needs a second kernel (make deps: UPGRADE_KVER)")
 local OUT = "build/upgrade"

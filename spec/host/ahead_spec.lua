@@ -123,10 +123,10 @@ describe("a build for another installed kernel, and what the plan says of it", f
                    .. "start on it runs no compiler %[cached%]\n$", out)
     -- the newest kernel's build next to it; a build for a kernel that is not installed is pruned
     assert(fs.mkdir(dir .. "/cache/ubuntu-ofed/6.1.0-1-amd64/builds/0123"))
-    r = build(dir, { kver = kernel.newest })
+    r = build(dir, { kver = kernel.release })
     assert.equal(0, r.status, r.stderr)
     assert.matches("cache: removed the builds for kernel 6.1.0-1-amd64, which is not installed", r.stderr, nil, true)
-    for _, k in ipairs { OLDER, kernel.newest } do
+    for _, k in ipairs { OLDER, kernel.release } do
       assert.equal(0, (preflight(dir, { kver = k })), k .. " is kept")
     end
     status, out = preflight(dir, { kver = "6.1.0-1-amd64" })
@@ -136,22 +136,22 @@ describe("a build for another installed kernel, and what the plan says of it", f
   end)
 
   it("--preflight: a build that failed (5), with the compiler's first error and its log; being built (4)", function()
-    local r = build(dir, { kver = kernel.newest, bundle = "sim-ofed-broken-*.tgz" })
+    local r = build(dir, { kver = kernel.release, bundle = "sim-ofed-broken-*.tgz" })
     assert.equal(1, r.status, r.stderr)
-    local status, out = preflight(dir, { kver = kernel.newest, bundle = "sim-ofed-broken-*.tgz" })
+    local status, out = preflight(dir, { kver = kernel.release, bundle = "sim-ofed-broken-*.tgz" })
     assert.equal(5, status, out)
     assert.matches(": the last build failed: build mlnx%-ofed%-kernel_[%d.-]+ failed %(make exited 2%); first error: "
                    .. "[^\n]*mlx5_ib%.c[^\n]*error[^\n]*; log: " .. dir:gsub("%p", "%%%0") .. "/cache/ubuntu%-ofed/"
-                   .. kernel.newest:gsub("%p", "%%%0") .. "/failed%.log %(%d+%-", out)
-    assert.matches("this is not C", fs.read(dir .. "/cache/ubuntu-ofed/" .. kernel.newest .. "/failed.log"), nil, true)
+                   .. kernel.release:gsub("%p", "%%%0") .. "/failed%.log %(%d+%-", out)
+    assert.matches("this is not C", fs.read(dir .. "/cache/ubuntu-ofed/" .. kernel.release .. "/failed.log"), nil, true)
     -- a build in progress holds the kernel's build lock
-    local lock = dir .. "/cache/ubuntu-ofed/" .. kernel.newest .. "/work.lock"
+    local lock = dir .. "/cache/ubuntu-ofed/" .. kernel.release .. "/work.lock"
     local holder = assert(proc.spawn({ os.getenv("DRVRUN"), "-e", ([[
       local l = assert(require("drv.lock").acquire(%q, { owner = "ubuntu-ofed build for test", remove = true }))
       io.write("held\n") io.stdout:flush() require("drv.sys").sleep(60)]]):format(lock) }, { stdout = "capture" }))
     assert.is_true(require("spec.support.guest").wait_until(function() return fs.exists(lock) and
       (fs.read(lock) or ""):find("since") ~= nil end, 30))
-    status, out = preflight(dir, { kver = kernel.newest, bundle = "sim-ofed-broken-*.tgz" })
+    status, out = preflight(dir, { kver = kernel.release, bundle = "sim-ofed-broken-*.tgz" })
     holder:kill("KILL")
     holder:wait()
     assert.equal(4, status, out)

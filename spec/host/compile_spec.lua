@@ -5,8 +5,9 @@
 local compile = require "drv.compile"
 local fs = require "drv.fs"
 local kmod = require "drv.kmod"
+local sys = require "drv.sys"
 
-local kver = require("spec.support.kernel").newest
+local kver = require("spec.support.kernel").release
 local NVIDIA_SRC = "spec/fixtures/nvidia/nvidia"
 
 describe("drv.compile.kbuild", function()
@@ -55,5 +56,39 @@ describe("drv.compile.kbuild", function()
     assert.equal("kernel build directory /lib/modules/0.0.0-none/build not found: "
       .. "install the headers (linux-headers-0.0.0-none)", err)
     assert.equal("ENOENT", errno)
+  end)
+end)
+
+describe("drv.compile.depmod with a memo", function()
+  local mods = assert(fs.glob("build/fixtures/built/sim-ofed/src/*/*.ko"))
+
+  it("keeps its outputs with what they were made from; the same tree again gets them copied, another tree depmod's",
+     function()
+    local root = assert(fs.tmpdir("depmod"))
+    finally(function() fs.remove(root, { recursive = true }) end)
+    local moddir, memo = root .. "/lib/modules/" .. kver, root .. "/memo"
+    local a = moddir .. "/updates/x/" .. mods[1]:match("[^/]+$")
+    local function install() -- as a fresh container layer gets it: copied, a new time, the same bytes
+      assert(fs.mkdir(moddir .. "/updates/x"))
+      assert(fs.copy(mods[1], a))
+      return { [a] = assert(fs.sha256(mods[1])) }
+    end
+    assert.is_true(compile.depmod(kver, root, { memo = memo, known = install() }))
+    local dep = assert(fs.read(moddir .. "/modules.dep"))
+    assert.matches("updates/x/", dep, nil, true)
+    for _, f in ipairs(assert(fs.glob(moddir .. "/modules.*"))) do assert(fs.remove(f)) end
+    sys.sleep(0.01)
+    assert.equal("remembered", compile.depmod(kver, root, { memo = memo, known = install() }))
+    assert.equal(dep, fs.read(moddir .. "/modules.dep"))
+    assert.is_true(fs.exists(moddir .. "/modules.alias.bin"))
+    -- another module in the tree: depmod runs, and its outputs are what the memo keeps now
+    assert(fs.mkdir(moddir .. "/extra"))
+    assert(fs.copy(mods[2], moddir .. "/extra/" .. mods[2]:match("[^/]+$")))
+    assert.is_true(compile.depmod(kver, root, { memo = memo, known = install() }))
+    assert.matches("extra/", fs.read(moddir .. "/modules.dep"), nil, true)
+    assert.equal(fs.read(moddir .. "/modules.dep"), fs.read(memo .. "/modules.dep"))
+    -- a file of the tree changed in place (same path, other size or time) is another input too
+    assert(fs.write(moddir .. "/modules.order", "changed\n"))
+    assert.is_true(compile.depmod(kver, root, { memo = memo, known = install() }))
   end)
 end)

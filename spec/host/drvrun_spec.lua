@@ -53,7 +53,7 @@ describe("drvrun command line", function()
   end)
 
   it("loads every primitive module", function()
-    local r = sh.drvrun("-e", [[for _, m in ipairs{"drv.kmod","drv.mount","drv.fetch","drv.proc",
+    local r = sh.drvrun("-e", [[for _, m in ipairs{"drv.kmod","drv.mount","drv.transfer","drv.proc",
       "drv.fs","drv.sys","drv.lock","drv.signal","drv.archive"} do assert(type(require(m)) == "table") end]])
     assert.equal(0, r.status, r.stderr)
   end)
@@ -211,5 +211,63 @@ describe("drvrun command line", function()
       assert.is_false(fs.exists(dir .. "/bad.luac"))
       assert.same({ "bad.lua" }, fs.dir(dir))
     end)
+  end)
+end)
+
+-- drvrun as a container's PID 1: a real PID namespace (unshare --pid --fork), in which it is PID 1.
+describe("drvrun as PID 1 (--init, or started as PID 1)", function()
+  local proc = require "drv.proc"
+  local fs = require "drv.fs"
+  local sys = require "drv.sys"
+  local DRVRUN = os.getenv("DRVRUN")
+
+  local function in_pid_ns(argv, opts)
+    local full = { "unshare", "--pid", "--fork", "--mount-proc" }
+    for _, a in ipairs(argv) do full[#full + 1] = a end
+    return full, opts
+  end
+
+  -- Send `sig` to PID 1 of the namespace once `file` exists (its command is up); the run's result.
+  local function signal_when(argv, file, sig)
+    local p = assert(proc.spawn((in_pid_ns(argv)), { stdout = "capture", stderr = "capture" }))
+    local deadline = sys.monotonic() + 30
+    while not fs.exists(file) and sys.monotonic() < deadline do sys.sleep(0.02) end
+    -- unshare's child is the namespace's PID 1: the only child of unshare
+    local pid1 = assert(fs.read(("/proc/%d/task/%d/children"):format(p:pid(), p:pid()))):match("%d+")
+    assert.is_true(sys.kill(tonumber(pid1), sig))
+    return assert(p:wait(30))
+  end
+
+  it("--init: reaps the orphans of its command's children, exits with the command's status", function()
+    local r = assert(proc.run((in_pid_ns { DRVRUN, "--init", "sh", "-c",
+      'sh -c "sleep 0.2 & exit 0"; sleep 1; ps -eo stat,comm | grep -c "^Z" ; exit 7' })))
+    assert.equal(7, r.status, r.stderr)
+    assert.equal("0\n", r.stdout, "no zombie left in the namespace")
+  end)
+
+  it("--init: forwards SIGTERM to its command (the kernel gives PID 1 only what it handles)", function()
+    local dir = assert(fs.tmpdir("init"))
+    local r = signal_when({ DRVRUN, "--init", "sh", "-c",
+      'trap "echo got TERM; exit 5" TERM; touch ' .. dir .. '/up; while :; do sleep 0.05; done' }, dir .. "/up", "TERM")
+    assert.equal(5, r.status, r.stderr)
+    assert.equal("got TERM\n", r.stdout)
+  end)
+
+  it("started as PID 1, splits by itself: its run gets SIGHUP as outside a container", function()
+    local dir = assert(fs.tmpdir("init"))
+    local r = signal_when({ DRVRUN, "-e", 'local s = require("drv.signal").watch { "TERM", "HUP" }; '
+      .. 'assert(require("drv.fs").write("' .. dir .. '/up", "")); print(s:wait(20), require("drv.sys").getpid())' },
+      dir .. "/up", "HUP")
+    assert.equal(0, r.status, r.stderr)
+    assert.equal("HUP\t2\n", r.stdout, "the run is PID 2, the init PID 1")
+  end)
+
+  it("--init without a command is a usage error; a missing command exits 127", function()
+    local r = assert(proc.run { DRVRUN, "--init" })
+    assert.equal(2, r.status)
+    assert.matches("option '--init' needs a command", r.stderr, nil, true)
+    r = assert(proc.run { DRVRUN, "--init", "/nonexistent/cmd" })
+    assert.equal(127, r.status)
+    assert.matches("--init: cannot run /nonexistent/cmd: No such file or directory", r.stderr, nil, true)
   end)
 end)

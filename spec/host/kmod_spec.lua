@@ -4,7 +4,7 @@ local kmod = require "drv.kmod"
 local fs = require "drv.fs"
 local proc = require "drv.proc"
 
-local release = require("spec.support.kernel").newest
+local release = require("spec.support.kernel").release
 local dirname = "/lib/modules/" .. release
 
 local function modinfo_field(name, field)

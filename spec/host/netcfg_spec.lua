@@ -21,7 +21,7 @@ end
 
 -- A run as prepare and post_ready see it: options, the stack, r:fail.
 local function run_of(opt)
-  local r = { stack = { "mlx5_core", "ib_core" }, unload_also = {}, recipe = { name = "t" },
+  local r = { name = "t", stack = { "mlx5_core", "ib_core" }, unload_also = {}, recipe = {},
               opt = { GUARD_ADDRESSES = {}, POST_READY_HOOKS = "", ALLOW_UPLINK_RELOAD = false, NET_RESTORE = true,
                       NET_WAIT_TIMEOUT = 120, POST_READY_HOOK_TIMEOUT = 60, STATE_DIR = "/run/drvrun" } }
   for k, v in pairs(opt or {}) do r.opt[k] = v end

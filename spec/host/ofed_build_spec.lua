@@ -6,7 +6,7 @@ local fs = require "drv.fs"
 local proc = require "drv.proc"
 local sys = require "drv.sys"
 
-local KVER = require("spec.support.kernel").newest
+local KVER = require("spec.support.kernel").release
 local ARCH = sys.uname().machine
 local FIXTURES = fs.realpath("build/fixtures")
 local vendor = require "spec.support.vendor"

@@ -7,7 +7,7 @@ local kmod = require "drv.kmod"
 local fs = require "drv.fs"
 
 local built = fs.realpath("build/fixtures/built")
-local kver = require("spec.support.kernel").newest
+local kver = require("spec.support.kernel").release
 local ofed_root, nvidia_root = built .. "/ofed-root", built .. "/nvidia-root"
 local ib_core_ko = ("%s/lib/modules/%s/updates/dkms/ib_core.ko"):format(ofed_root, kver)
 local nvidia_ko = ("%s/lib/modules/%s/kernel/drivers/video/nvidia.ko"):format(nvidia_root, kver)

@@ -4,22 +4,22 @@
 local proc = require "drv.proc"
 local fs = require "drv.fs"
 
-local kver = require("spec.support.kernel").newest
+local kver = require("spec.support.kernel").release
 local dir
 
--- Write recipe `name` with `text`; run drvrun on it with `args` in a fresh state.
+-- Write recipe `name` with `text`; run drvrun on it with `args` (before it) and `kv` (KEY=VALUE) in a fresh state.
 local function recipe(name, text)
   local path = ("%s/%s.lua"):format(dir, name)
   assert(fs.write(path, text))
   return path
 end
 
-local function run(path, args)
+local function run(path, args, kv)
   local argv = { os.getenv("DRVRUN") }
   for _, a in ipairs(args or {}) do argv[#argv + 1] = a end
   argv[#argv + 1] = path
   for _, a in ipairs { "STATE_DIR=" .. dir .. "/state", "LOCK_FILE=" .. dir .. "/lock", "CACHE_DIR=" .. dir .. "/cache",
-                       "READY_FILES=" .. dir .. "/ready" } do
+                       "READY_FILES=" .. dir .. "/ready", table.unpack(kv or {}) } do
     argv[#argv + 1] = a
   end
   return assert(proc.run(argv))
@@ -89,6 +89,32 @@ return {
     no_traceback(r)
     assert.matches("fn.lua: recipe field 'stack': a list of module names expected", r.stderr, nil, true)
     assert.matches("(as the recipe's stack function returned it)", r.stderr, nil, true)
+  end)
+
+  it("takes name and version from functions of the run, as stack, and lines for the plan from the recipe", function()
+    local text = 'return { api = 3, name = function(r) return r.opt.N end, version = function(r) return r.kver end,\n'
+                 .. '  options = { N = { default = "pkg", doc = "its name" } }, stack = { "x" },\n'
+                 .. '  plan = function(r, say) say("mine: %s for %s", r.opt.N, r.kver) end }\n'
+    local path = recipe("named_fn", text)
+    local r = run(path, { "--plan" }, { "KVER=" .. kver })
+    assert.equal(0, r.status, r.stderr)
+    assert.matches("plan: pkg " .. kver .. " for kernel " .. kver, r.stdout, nil, true)
+    assert.matches("\nmine: pkg for " .. kver .. "\n", r.stdout, nil, true)
+    assert.matches("build: pkg into " .. dir .. "/cache/pkg/" .. kver, r.stdout, nil, true)
+    r = run(path, { "--plan" }, { "N=../etc" })
+    assert.equal(2, r.status, r.stderr)
+    no_traceback(r)
+    assert.matches("named_fn.lua: recipe field 'name': a word of letters, digits and _ . + ~ : - expected, got '../etc' "
+                   .. "(as the recipe's name function returned it)", r.stderr, nil, true)
+  end)
+
+  it("says why a field's function failed at the start, with exit 1 and no traceback, changing nothing", function()
+    local r = run(recipe("fails", 'return { api = 3, name = "x", version = "1",\n'
+                         .. '  stack = function(r) r:fail("no dkms.conf in %s", "/nowhere") end }\n'), {})
+    assert.equal(1, r.status, r.stderr)
+    no_traceback(r)
+    assert.matches("fails.lua: no dkms.conf in /nowhere\n", r.stderr, nil, true)
+    assert.is_nil(fs.dir(dir .. "/state"), "no state")
   end)
 
   it("gives an API 3 recipe the library, and a raw C module only when it names it", function()

@@ -98,6 +98,33 @@ return { api = 3, name = "must", version = "1", stack = {},
     assert.is_nil(r.stderr:find("must.lua:", 1, true), "no source position: it is not a bug in the recipe")
   end)
 
+  it("stops waiting for another instance on SIGTERM, exits 0 and says nothing was changed", function()
+    local dir = fs.tmpdir("instance")
+    assert(fs.write(dir .. "/waiter.lua", 'return { name = "waiter", version = "1", stack = {} }'))
+    local first = assert(require("drv.lock").acquire(dir .. "/waiter.lock", { owner = "the first", remove = true }))
+    local argv = { os.getenv("DRVRUN"), dir .. "/waiter.lua", "STATE_DIR=" .. dir, "LOCK_FILE=" .. dir .. "/lock",
+                   "CACHE_DIR=" .. dir .. "/cache", "READY_FILES=" .. dir .. "/ready", "INSTANCE_WAIT=60" }
+    local log = os.tmpname()
+    -- the log read while the process runs: its stderr is the file (exec: the signal reaches drvrun)
+    local p = assert(proc.spawn({ "sh", "-c", 'exec "$@" 2>"$0"', log, table.unpack(argv) }, { stdout = "null" }))
+    local waiting = false
+    for _ = 1, 600 do -- 30 s
+      waiting = (fs.read(log) or ""):find("waiting up to 60 s", 1, true)
+      if waiting then break end
+      require("drv.sys").sleep(0.05)
+    end
+    assert.truthy(waiting, "the second instance waits for the first")
+    assert(p:kill("TERM"))
+    local r = assert(p:wait(30))
+    first:unlock()
+    local text = fs.read(log)
+    os.remove(log)
+    assert.equal(0, r.status, text)
+    assert.matches("INFO instance: " .. dir:gsub("%p", "%%%0") .. "/waiter%.lock: interrupted while waiting for pid "
+                   .. "%d+ %(the first%) since [^;]+; nothing was changed\n", text)
+    assert.same({ "waiter.lua" }, fs.dir(dir), "no journal, no ready file, no lock left")
+  end)
+
   it("lists a recipe's options with their values here (RECIPE --help), changing nothing", function()
     local r = run("recipes/ubuntu-ofed.lua", { "--help" })
     assert.equal(0, r.status, r.stderr)
@@ -116,7 +143,7 @@ return { api = 3, name = "must", version = "1", stack = {},
 end)
 
 describe("a recipe built from a local directory or a fetched tarball (BUILD_ONLY, for the installed kernel)", function()
-  local kver = require("spec.support.kernel").newest
+  local kver = require("spec.support.kernel").release
   local dir, src, input, recipe, builds
 
   setup(function()

@@ -31,6 +31,15 @@ describe("spec/vm/run", function()
     assert.matches("^mlx5_ib %d+ 0 %- Live 0x%x+\n$", r.stdout)
   end)
 
+  it("runs it in a real root, as a container engine needs one: switch_root into the overlay (pivot_root works "
+     .. "there, not under a chroot), cgroup v2 mounted", function()
+    local r = vm(60, "-q", "--", "sh", "-c", "findmnt -n -o FSTYPE /; findmnt -n -o FSTYPE /sys/fs/cgroup; "
+      .. "unshare -m sh -c 'mkdir -p /tmp/nr && mount -t tmpfs t /tmp/nr && mkdir /tmp/nr/old && cd /tmp/nr && "
+      .. "pivot_root . old && echo pivoted'")
+    assert.equal(0, r.status, r.stderr)
+    assert.equal("overlay\ncgroup2\npivoted\n", r.stdout)
+  end)
+
   it("passes the command's exit status back", function()
     assert.equal(1, vm(60, "-q", "--", "false").status)
     assert.equal(3, vm(60, "-q", "--", "sh", "-c", "exit 3").status)

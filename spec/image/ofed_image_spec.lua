@@ -1,27 +1,15 @@
 -- The images as built for real by tools/build-test-images (make check-images),
--- extracted into $DRVRUN_IMAGES: each image's root file system, under a
--- writable layer as a container runtime mounts an image, run as
--- deploy/ofed-driver.yaml runs its container (its hostPath volumes, env and
--- propagation, from the manifest) with the image's own ENTRYPOINT, Env and
--- HEALTHCHECK. The guest is the node. The image's compilers, make and apt-get
--- are replaced by traps that note any run in /.compiler-runs: a node with the
--- stack in its build cache, or an image precompiled for its kernel, must reach
--- ready without them.
+-- extracted into $DRVRUN_IMAGES: what each carries, checked in its root file
+-- system (chroot, the image's Env; no engine needed to read files). Running
+-- them is spec/image/engine_spec.lua's: a real engine on the guest.
 local fs = require "drv.fs"
-local kmod = require "drv.kmod"
 local proc = require "drv.proc"
 local sys = require "drv.sys"
-local probe = require "drv.ready"
-local guest = require "spec.support.guest"
 local ofed = require "spec.support.ofed"
-local container = require "spec.support.container"
 
 local IMAGES = assert(os.getenv("DRVRUN_IMAGES"), "DRVRUN_IMAGES is not set (make check-images sets it)")
-local TRAPS = "/.compiler-runs"
 local KVER = sys.uname().release
 local PRECOMPILED = "/var/lib/drvrun/precompiled"
--- The build cache that holds a build of the bundle in the image (make check-images: the real one's)
-local HOST_CACHE = os.getenv("DRVRUN_IMAGE_CACHE") or "build/cache"
 
 -- An extracted image: its root and its configuration (tools/build-images --export).
 local function image(name)
@@ -36,87 +24,12 @@ local function image(name)
   return img
 end
 
--- The image's root under a layer in memory, its compilers, make and apt-get trapped.
-local function prepare(img)
-  return ([[
-L=$(mktemp -d)
-mount -t tmpfs tmpfs "$L"
-mkdir "$L/upper" "$L/work"
-mount -t overlay overlay -o "lowerdir=%s,upperdir=$L/upper,workdir=$L/work" "$R"
-for f in "$R"/usr/bin/cc "$R"/usr/bin/gcc* "$R"/usr/bin/*-gcc* "$R"/usr/bin/make "$R"/usr/bin/as \
-         "$R"/usr/bin/*-as "$R"/usr/bin/ld "$R"/usr/bin/ld.* "$R"/usr/bin/*-ld "$R"/usr/bin/*-ld.* \
-         "$R"/usr/bin/apt-get; do
-	[ -e "$f" ] || [ -L "$f" ] || continue
-	rm -f "$f"
-	printf '#!/bin/sh\necho "$0 $*" >> %s\nexit 1\n' > "$f"
-	chmod 0755 "$f"
-done
-]]):format(img.root, TRAPS)
-end
-
--- The image's Env, then the container's (it wins).
-local function environment(img, pod)
-  local env, at = {}, {}
-  for _, list in ipairs { img.env, pod.env } do
-    for _, kv in ipairs(list) do
-      local k = kv:match("^[^=]+")
-      if at[k] then env[at[k]] = kv else env[#env + 1], at[k] = kv, #env + 1 end
-    end
-  end
-  return env
-end
-
--- The image's container on the node, with `cache` as the host's /var/cache/drvrun.
-local function start(img, cache)
-  local pod = container.pod(IMAGES .. "/ofed-driver.pod.lua", { ["/var/cache/drvrun"] = cache })
-  local c = { img = img, env = environment(img, pod) }
-  c.p, c.log = container.start { root = assert(fs.tmpdir("image-root")), prepare = prepare(img), volumes = pod.volumes,
-                                 env = c.env, argv = img.entrypoint }
-  ofed.running[#ofed.running + 1] = c.p
-  return c
-end
-
 -- The modules of a build cache entry: { name = srcversion }.
 local function entry_modules(dir)
   local manifest = assert(load(assert(fs.read(dir .. "/manifest.lua")), "=manifest", "t", {}))()
   local mods = {}
   for _, m in ipairs(manifest) do mods[m.name] = m.srcversion end
   return mods
-end
-
--- Ready and live with the modules of `built` (a cache entry's), no trap run;
--- returns the image's HEALTHCHECK run in the container and the log.
-local function assert_ready(c, built)
-  assert.is_true(ofed.wait_for(ofed.READY[2], c.p, 900), fs.read(c.log))
-  local text = fs.read(c.log)
-  assert.matches("drvrun entrypoint: /lib/modules/" .. KVER:gsub("%p", "%%%0") .. ": the host's", text)
-  assert.matches("build: cache hit for kernel " .. KVER:gsub("%p", "%%%0"), text)
-  assert.is_nil(fs.read(ofed.EXPOSE .. TRAPS), "a compiler, make or apt-get ran")
-  local ok, ready = probe.live(ofed.READY[2])
-  assert.is_true(ok, ready)
-  assert.equal(#ofed.STACK, #ready.modules)
-  local ctx = assert(kmod.new())
-  for _, m in ipairs(ready.modules) do
-    assert.equal(built[m.name], assert(ctx:state(m.name), m.name).srcversion, m.name)
-  end
-  local health = container.exec(c.p, c.env, c.img.healthcheck)
-  assert.equal(0, health.status, health.stderr)
-  assert.matches("^probe: ubuntu%-ofed %S+ live: " .. #ofed.STACK .. " modules as /%.driver%-ready says\n$", health.stdout)
-  return text
-end
-
-local function assert_stops_cleanly(c, inbox)
-  assert.is_true(sys.kill(c.p:pid(), "TERM"))
-  local res = assert(c.p:wait(300))
-  assert.equal(0, res.status, fs.read(c.log))
-  for _, f in ipairs(ofed.READY) do assert.is_false(fs.exists(f), f) end
-  assert.is_false(fs.exists(ofed.EXPOSE .. "/usr/local/share/drvrun"), "the exposed root is unmounted")
-  assert.is_false(fs.exists(ofed.JOURNAL))
-  assert.is_false(fs.exists(ofed.BLACKLIST))
-  local ctx = assert(kmod.new())
-  for _, n in ipairs(inbox) do
-    assert.equal("", assert(ctx:state(n), n .. " reloaded").taint, n)
-  end
 end
 
 -- The single cache entry for this kernel under a build cache.
@@ -162,58 +75,27 @@ describe("the images, as built,", function()
 
   it("peermem: plans its recipe on the archive it carries", function()
     local img = image("nv-peer-mem-latest")
-    local status, out = run_in_image(img, { img.entrypoint[1], "--plan", img.entrypoint[2] })
+    assert.same({ "/usr/local/bin/drvrun", "--init" }, { img.entrypoint[1], img.entrypoint[2] })
+    local status, out = run_in_image(img, { img.entrypoint[3], "--plan", img.entrypoint[4] })
     assert.equal(0, status, out)
     assert.matches("\nsource: peermem /usr/src/nv_peer_memory%.tar%.gz\n", out)
   end)
 
-  it("precompiled: the image holds the stack's build for the guest's kernel, and drvrun on the base's Lua "
-     .. "package", function()
+  it("precompiled: the image holds the stack's build for the guest's kernel and none of the tools to make it, and "
+     .. "drvrun on the base's Lua package", function()
     local img = image("ofed-driver-precompiled")
     local built = entry_modules(the_entry(img.root .. PRECOMPILED))
     for _, name in ipairs(ofed.STACK) do assert.matches("^%x+$", built[name], name) end
     assert.is_false(fs.exists(img.root .. PRECOMPILED .. "/ubuntu-ofed/sources"), "the build's copy of the bundle")
+    for _, f in ipairs { "/usr/bin/gcc", "/usr/bin/make", "/usr/bin/patch", "/usr/bin/ld", "/var/lib/apt/lists/lock" } do
+      assert.is_false(fs.exists(img.root .. f), f .. " is in the precompiled image")
+    end
+    assert.same({}, fs.glob(img.root .. "/usr/src/linux-headers-*") or {}, "kernel headers in the precompiled image")
     local status, out = run_in_image(img, { "drvrun", "--version" })
     assert.equal(0, status, out)
     assert.not_matches("%(Lua " .. lua_release():gsub("%p", "%%%0") .. "%)", out)
     assert.matches("%(Lua 5%.4%.%d+%)", out)
     -- the package's static library is linked in too: the image needs no Lua package either way
     assert.is_nil(fs.read(img.root .. "/usr/local/share/drvrun/runtime-packages"):find("liblua", 1, true))
-  end)
-end)
-
-describe("the OFED image's root, run as the DaemonSet runs it", function()
-  local env
-  setup(function()
-    env = ofed.setup()
-    assert(fs.mkdir("/run/drvrun"))
-  end)
-  after_each(function() ofed.cleanup() end)
-  teardown(function()
-    env.server:stop()
-    guest.unload_all()
-  end)
-
-  it("reaches ready with the stack of the host's build cache, without a compiler, is healthy, stops cleanly", function()
-    local inbox = ofed.load_inbox()
-    local cache = ofed.fresh_cache(HOST_CACHE)
-    local c = start(image("ofed-driver-latest"), cache)
-    assert_ready(c, entry_modules(the_entry(cache)))
-    assert_stops_cleanly(c, inbox)
-  end)
-
-  it("precompiled for the guest's kernel: ready on an empty build cache with the image's own build, "
-     .. "without a compiler", function()
-    local img = image("ofed-driver-precompiled")
-    local inbox = ofed.load_inbox()
-    local cache = assert(fs.tmpdir("empty-cache"))
-    local c = start(img, cache)
-    local built = entry_modules(the_entry(img.root .. PRECOMPILED))
-    local text = assert_ready(c, built)
-    local entry = the_entry(cache)
-    local in_container = "/var/cache/drvrun" .. entry:sub(#cache + 1)
-    assert.matches("drvrun entrypoint: " .. in_container:gsub("%p", "%%%0") .. ": the build the image holds", text)
-    assert.same(built, entry_modules(entry))
-    assert_stops_cleanly(c, inbox)
   end)
 end)

@@ -39,7 +39,7 @@ local function content_digest(r, path)
 end
 
 local function build_key(r, kver)
-  local parts = { r.recipe.name, r.recipe.version, kver }
+  local parts = { r.name, r.version, kver }
   for _, key in ipairs(graph.sorted(r.sources)) do
     parts[#parts + 1] = key .. "=" .. content_digest(r, r.sources[key])
   end

@@ -333,15 +333,90 @@ function M.make(o)
   return collect(o, label, res)
 end
 
+-- What depmod writes into a kernel's module directory (the rest there is its input).
+local DEPMOD_OUTPUTS = { "modules.dep", "modules.dep.bin", "modules.alias", "modules.alias.bin", "modules.softdep",
+                         "modules.symbols", "modules.symbols.bin", "modules.builtin.bin", "modules.builtin.alias.bin",
+                         "modules.devname", "modules.weakdep" }
+
+-- Everything depmod's result depends on, as text: the kernel package's modules
+-- (kernel/, thousands of files) by the index its installation made (modules.dep
+-- and the module lists, by sha256: a package that changes a module runs depmod,
+-- which rewrites them), every other file of the module tree but depmod's outputs
+-- (updates/, extra/...) by path, size and modification time (or the sha256
+-- `known` gives: a file just copied has a new time, not new content), the
+-- configuration directories, and depmod itself. Walking kernel/ instead cost a
+-- restart in the emulated guest most of a minute (a stat each over 9p).
+local function depmod_inputs(kver, root, known)
+  local moddir = root .. "/lib/modules/" .. kver
+  local outputs = {}
+  for _, name in ipairs(DEPMOD_OUTPUTS) do outputs[moddir .. "/" .. name] = true end
+  local lines = {}
+  for _, name in ipairs { "modules.dep", "modules.order", "modules.builtin", "modules.builtin.modinfo" } do
+    lines[#lines + 1] = name .. " " .. (fs.sha256(moddir .. "/" .. name) or "-")
+  end
+  local function walk(d)
+    for _, name in ipairs(fs.dir(d) or {}) do
+      local path = d .. "/" .. name
+      local st = fs.lstat(path)
+      if st and st.type == "directory" and path ~= moddir .. "/kernel" then
+        walk(path)
+      elseif st and st.type == "file" and not outputs[path] and not path:match("^" .. moddir:gsub("%p", "%%%0")
+                                                                            .. "/modules%.[^/]*$") then
+        lines[#lines + 1] = path:sub(#root + 1) .. " " .. (known[path] or st.size .. " " .. st.mtime_ns)
+      end
+    end
+  end
+  for _, dir in ipairs { moddir, root .. "/etc/depmod.d", root .. "/lib/depmod.d" } do walk(dir) end
+  table.sort(lines)
+  local depmod = fs.stat(proc.which("depmod") or "/sbin/depmod")
+  lines[#lines + 1] = "depmod " .. (depmod and depmod.size .. " " .. depmod.mtime_ns or "?")
+  return table.concat(lines, "\n") .. "\n"
+end
+
+-- The outputs of an earlier depmod over the same inputs, kept in `memo`: copied into the tree.
+local function depmod_recall(memo, inputs, moddir)
+  if fs.read(memo .. "/inputs") ~= inputs then return false end
+  for _, name in ipairs(DEPMOD_OUTPUTS) do
+    local kept = memo .. "/" .. name
+    if fs.exists(kept) and not fs.copy(kept, moddir .. "/" .. name, { sync = false }) then return false end
+  end
+  return true
+end
+
+-- Keep this depmod's outputs in `memo` (replacing what it held), for the next run over the same inputs.
+local function depmod_remember(memo, inputs, moddir)
+  local tmp = memo .. ".new"
+  fs.remove(tmp, { recursive = true, missing_ok = true })
+  if not fs.mkdir(tmp) then return end
+  for _, name in ipairs(DEPMOD_OUTPUTS) do
+    if fs.exists(moddir .. "/" .. name) and not fs.copy(moddir .. "/" .. name, tmp .. "/" .. name) then return end
+  end
+  if not fs.write(tmp .. "/inputs", inputs) then return end
+  fs.remove(memo, { recursive = true, missing_ok = true })
+  fs.rename(tmp, memo)
+end
+
 --- Run depmod for kernel `kver` over the tree rooted at `basedir` ("/" by default).
+-- depmod reads every module of the kernel (most of a minute under emulation).
+-- With `o.memo`, a directory, its outputs are kept there with what they were
+-- made from (the kernel package's index by sha256, each other file's path, size
+-- and time; `o.known` gives the sha256 of files just copied); the next call over the same inputs copies them instead
+-- of running depmod: a driver container starting again on a fresh layer over
+-- the host's module tree installs the same files into the same tree.
 -- @tparam string kver
 -- @tparam[opt] string basedir
--- @tparam[opt] table o `{ timeout = seconds, interrupt_fd = fd }`
--- @treturn[1] true
+-- @tparam[opt] table o `{ timeout = seconds, interrupt_fd = fd, memo = dir, known = { [path] = sha256 } }`
+-- @treturn[1] true, or "remembered" when the memo's outputs were copied
 -- @treturn[2] nil, message, errno
 function M.depmod(kver, basedir, o)
   if type(kver) ~= "string" then error("bad argument #1 to 'depmod' (string expected, got " .. type(kver) .. ")", 2) end
   o = o or {}
+  local root = (basedir or "/"):gsub("/+$", "")
+  local moddir, inputs = root .. "/lib/modules/" .. kver, nil
+  if o.memo then
+    inputs = depmod_inputs(kver, root, o.known or {})
+    if depmod_recall(o.memo, inputs, moddir) then return "remembered" end
+  end
   local res, err, errno = proc.run({ "depmod", "-b", basedir or "/", kver }, { stderr = "stdout",
                                      timeout = o.timeout, interrupt_fd = o.interrupt_fd })
   if not res then return nil, "depmod: " .. err, errno end
@@ -350,6 +425,7 @@ function M.depmod(kver, basedir, o)
   if res.status ~= 0 then
     return nil, ("depmod %s failed: %s"):format(kver, last_lines(res.stdout, 5)), "EIO"
   end
+  if inputs then depmod_remember(o.memo, inputs, moddir) end
   return true
 end
 

@@ -33,6 +33,7 @@ local ahead = require "drv.ahead"
 local kernels = require "drv.kernels"
 local fault = require "drv.fault"
 local mount = require "drv.mount"
+local expose = require "drv.expose"
 local kmod = require "drv.kmod"
 local fs = require "drv.fs"
 local sys = require "drv.sys"
@@ -44,13 +45,13 @@ local EXIT_REFUSED = 3 -- another instance of the recipe runs on this host
 
 -- ---- the run's state ----------------------------------------------------------------
 
--- A field of the recipe that may be a function of the run (stack, sources): its value here,
+-- A field of the recipe that may be a function of the run (name, version, stack, sources): its value here,
 -- what a function returned checked as the field itself is (`check(key, value)` raises).
 local function field_value(s, key, check)
   local v = s.recipe[key]
   if type(v) == "function" then
     v = v(s.r)
-    if v ~= nil or key == "stack" then check(key, v) end
+    if v ~= nil or key ~= "sources" then check(key, v) end
   end
   return v
 end
@@ -66,6 +67,7 @@ end
 function M.new(recipe, opt, check)
   local s = run.new(recipe, opt)
   s.r = run.facade(s)
+  s:named(field_value(s, "name", check), field_value(s, "version", check))
   s.stack = field_value(s, "stack", check)
   s.source_specs = field_value(s, "sources", check) or {}
   local also, why
@@ -84,7 +86,7 @@ local function claim_instance(s)
   s:must("instance lock", fs.mkdir(s.opt.STATE_DIR))
   local l, err, errno = lock.acquire(path, {
     timeout = s.opt.INSTANCE_WAIT, remove = true, interrupt_fd = s:interrupt_fd(),
-    owner = ("%s %s on %s"):format(s.name, s.recipe.version, sys.hostname() or "?"),
+    owner = ("%s %s on %s"):format(s.name, s.version, sys.hostname() or "?"),
     on_wait = function(holder)
       log.info("instance: another %s runs on this host (%s): waiting up to %d s for it to end", s.name, holder,
                s.opt.INSTANCE_WAIT)
@@ -110,10 +112,10 @@ end
 
 -- The host-wide lock (LOCK_FILE): held while the host changes (install to ready, recovery, stop),
 -- not while waiting or building: other driver containers on the host reload meanwhile.
-local function lock_host(s)
+local function lock_host(s, timeout)
   s.lock = s:take_lock("lock", s.opt.LOCK_FILE, {
-    timeout = s.opt.LOCK_TIMEOUT,
-    owner = ("%s %s"):format(s.name, s.recipe.version),
+    timeout = timeout or s.opt.LOCK_TIMEOUT,
+    owner = ("%s %s"):format(s.name, s.version),
     on_wait = function(holder) log.info("lock: waiting for %s (held by %s)", s.opt.LOCK_FILE, holder) end,
   })
 end
@@ -195,6 +197,15 @@ local function phase(name, def)
   PHASES[name] = def
 end
 
+-- Where expose mounts the root must reach the host (drv.expose): refused now when it would not.
+local function check_expose(s)
+  local target = s.recipe.expose and s:expand(s.recipe.expose)
+  if not target then return end
+  local view, err = expose.host_view(target)
+  if not view then s:fail("expose: %s", err) end
+  s.expose_view = view
+end
+
 phase("prepare", {
   run = function(s)
     if not s.opt.BUILD_ONLY and s.opt.BLACKLIST_FILE ~= "" then
@@ -207,7 +218,9 @@ phase("prepare", {
     secureboot.prepare(s) -- the signing options; under enforcement, a key the kernel trusts
     if s.recipe.prepare then s.recipe.prepare(s.r) end
     netcfg.prepare(s)
-    if not s.opt.BUILD_ONLY then refuse_blockers(s, reload_plan(s)) end
+    if s.opt.BUILD_ONLY then return end
+    refuse_blockers(s, reload_plan(s))
+    check_expose(s)
   end,
 })
 
@@ -376,7 +389,7 @@ phase("build", {
 -- only when a file changed: it reads every module of the kernel.
 local function install_modules(s)
   local dir = s:path(("/lib/modules/%s/updates/%s"):format(s.kver, s.name))
-  local changed = false
+  local changed, known = false, {}
   s:must("install", fs.mkdir(dir))
   for _, m in ipairs(s.built) do
     local dest = dir .. "/" .. m.name .. ".ko"
@@ -384,13 +397,16 @@ local function install_modules(s)
       s:must("install " .. dest, fs.copy(m.path, dest))
       changed = true
     end
-    m.installed = dest
+    m.installed, known[dest] = dest, m.sha256
   end
   if not changed then return log.info("install: %s already installed", dir) end
   local t0 = sys.monotonic()
   log.info("install: %s changed; depmod %s (it reads every module of the kernel)", dir, s.kver)
-  s:checked("depmod", require("drv.compile").depmod(s.kver, s.root, { interrupt_fd = s:interrupt_fd() }))
-  log.info("install: depmod done in %.1f s", sys.monotonic() - t0)
+  -- its outputs kept in the build cache: a container starting again on a fresh layer copies them
+  local ok = s:checked("depmod", require("drv.compile").depmod(s.kver, s.root, {
+    interrupt_fd = s:interrupt_fd(), known = known, memo = ("%s/%s/depmod"):format(s.cache, s.kver) }))
+  log.info("install: depmod %s in %.1f s", ok == "remembered" and "outputs copied from the build cache (the same "
+           .. "module tree as the last run's)" or "done", sys.monotonic() - t0)
   s.kmod_ctx = nil -- its indexes are the old ones
 end
 
@@ -424,7 +440,13 @@ phase("install", {
       s.stack_loaded, _, s.verified = stack.verify(s:kmod(), built_srcversions(s))
       if not s.stack_loaded then remember_previous(s) end
     end
-    install_modules(s)
+    -- The module files serve a load; with the built stack loaded, none follows in this run (a
+    -- container restarting on a fresh layer would copy them and recall depmod's index for nothing).
+    if s.stack_loaded then
+      log.info("install: the built stack is loaded already: its modules are not installed again (nothing loads them)")
+    else
+      install_modules(s)
+    end
     if s.recipe.install then s.recipe.install(s.r) end
   end,
   plan = function(s, say)
@@ -432,9 +454,16 @@ phase("install", {
   end,
 })
 
--- What the stack needs from the kernel (mlx5_core: psample, tls...), loaded from the kernel's
--- own tree before the old stack goes, so that the new one does not fail on an unknown symbol
--- where nothing had loaded them yet. A dependency that is neither loaded nor the kernel's fails.
+-- The kernel's modules a run loaded for its stack: undone after the stack's own entry (which is
+-- newer), each unloaded unless something uses it then (the modules loaded back).
+journal.define("kernel_modules", function(e)
+  return stack.unload_unused(e.levels)
+end)
+
+-- What the stack needs from the kernel (mlx5_core: psample, tls...; v4l2loopback: videodev), loaded
+-- from the kernel's own tree before the old stack goes, so that the new one does not fail on an
+-- unknown symbol where nothing had loaded them yet; journaled, so that stop unloads what nothing
+-- uses any more. A dependency that is neither loaded nor the kernel's fails.
 local function load_kernel_deps(s, ctx)
   local missing = {}
   for _, n in ipairs(s.kernel_deps) do
@@ -448,6 +477,7 @@ local function load_kernel_deps(s, ctx)
     end
   end
   log.info("load: first the kernel's %s (the stack needs them)", table.concat(graph.flatten(inbox.levels), " "))
+  s.journal:record({ kind = "kernel_modules", levels = inbox.levels })
   s:must("load the kernel's modules", stack.load(inbox.levels, inbox.paths))
 end
 
@@ -503,7 +533,11 @@ end
 journal.define("modules", function(e, o)
   if not e.restore then return true end
   if o.lost then log.warn("stop: the modules changed behind this run's back: leaving them as they are"); return true end
-  if o.hurry then log.warn("stop: second signal or deadline: not restoring the previous modules"); return true end
+  if o.hurry then
+    log.warn("stop: %s: not restoring the previous modules; %s stay loaded as they are", o.hurry,
+             table.concat(e.names, " "))
+    return true
+  end
   log.info("stop: unloading %s (holders first)", table.concat(e.names, " "))
   local net = e.net and netcfg.save(e.net)
   local ok, err = stack.restore(e.names, e.previous)
@@ -574,18 +608,18 @@ phase("load", {
   end,
 })
 
--- The expose's journal entry: the rbind of the container's root; undone by unmounting it.
+-- The expose's journal entry: the rbind of the container's root; undone by unmounting it, and
+-- only it: never the volume under it (the host's, which a container engine mounted there).
 journal.define("mount", function(e)
-  if not mount.is_mountpoint(e.target) then return true end
-  return mount.umount(e.target, { recursive = true, lazy = true })
+  if not expose.exposed_at(e.target) then return true end
+  return mount.umount(e.target, { lazy = true })
 end)
 
 phase("expose", {
   run = function(s)
     local target = s.recipe.expose and s:expand(s.recipe.expose)
     if not target then return end
-    if mount.is_mountpoint(target) and (mount.info(target).root or "/") == "/"
-        and mount.find(target).id ~= mount.find("/").id then
+    if expose.exposed_at(target) then
       log.info("expose: replacing a stale mount at %s", target)
       s:must("umount " .. target, mount.umount(target, { recursive = true, lazy = true }))
     end
@@ -593,9 +627,10 @@ phase("expose", {
     -- /sys must not be rbound into the target: it would pin sysfs submounts.
     s:must("expose /sys", mount.propagation("/sys", "unbindable", { recursive = true }))
     s:must("expose /sys", mount.propagation("/sys", "private"))
+    s:must("expose " .. target, expose.isolate(target))
     s.journal:record({ kind = "mount", target = target })
     s:must("expose " .. target, mount.rbind("/", target))
-    log.info("expose: container root visible at %s", target)
+    log.info("expose: container root at %s, %s", target, s.expose_view)
   end,
   plan = function(s, say)
     if s.recipe.expose then say("mount: rbind / %s", s:expand(s.recipe.expose)) end
@@ -609,7 +644,7 @@ phase("ready", {
       local st = s.verified[name]
       modules[#modules + 1] = { name = name, srcversion = st and st.srcversion }
     end
-    local text = ready.format { recipe = s.name, version = s.recipe.version, kernel = s.kver,
+    local text = ready.format { recipe = s.name, version = s.version, kernel = s.kver,
                                 time = log.timestamp(), modules = modules }
     s:must("ready", ready.write(s.opt.READY_FILES, text))
     log.info("ready: %s (%s s after start)", table.concat(s.opt.READY_FILES, ", "),
@@ -682,9 +717,10 @@ local function stop(s)
   local deadline = t0 + s.opt.STOP_TIMEOUT
   local o = { hurry = false, lost = s.lost, deadline = deadline }
   o.skip = function()
-    if not o.hurry and (s.signals:poll() or sys.monotonic() > deadline) then
-      log.warn("stop: second signal or deadline: skipping the slow parts")
-      o.hurry = true
+    if not o.hurry then
+      o.hurry = (s.signals:poll() and "second signal")
+                or (sys.monotonic() > deadline and ("STOP_TIMEOUT (%d s) reached"):format(s.opt.STOP_TIMEOUT))
+      if o.hurry then log.warn("stop: %s: skipping the slow parts", o.hurry) end
     end
     return false
   end
@@ -706,7 +742,7 @@ end
 function M.run(s)
   s.started = sys.monotonic()
   s.signals = signal.watch({ "TERM", "INT", "HUP" })
-  log.info("%s %s for kernel %s", s.name, s.recipe.version, s.kver)
+  log.info("%s %s for kernel %s", s.name, s.version, s.kver)
   local changes_host = not s.opt.BUILD_ONLY
   if changes_host then
     local refused = claim_instance(s)
@@ -735,7 +771,9 @@ function M.run(s)
     wait_for_signal(s)
   end
   if changes_host and not s.lock and #s.journal.entries > 0 then
-    local lok = pcall(lock_host, s) -- stop changes the host too; proceed without it rather than not at all
+    -- stop changes the host too; it waits for the lock no longer than it may take (STOP_TIMEOUT:
+    -- the engine's grace ends in SIGKILL), then proceeds without it rather than not at all
+    local lok = pcall(lock_host, s, math.min(s.opt.LOCK_TIMEOUT, s.opt.STOP_TIMEOUT))
     if not lok then log.warn("stop: proceeding without the host-wide lock") end
   end
   local stopped = not changes_host or (ok and not s.opt.WAIT) or stop(s)
@@ -764,9 +802,10 @@ end
 function M.plan(s, specs, out)
   out = out or io.stdout
   local function say(fmt, ...) out:write(fmt:format(...), "\n") end
-  say("plan: %s %s for kernel %s (nothing is changed)", s.name, s.recipe.version, s.kver)
+  say("plan: %s %s for kernel %s (nothing is changed)", s.name, s.version, s.kver)
   say("options:")
   for _, line in ipairs(options.describe(specs, s.opt)) do say("%s", line) end
+  if s.recipe.plan then s.recipe.plan(s.r, say) end
   for _, p in ipairs(PHASES) do
     if p.plan and (not s.opt.BUILD_ONLY or BUILD_PHASES[p.name]) then p.plan(s, say) end
   end

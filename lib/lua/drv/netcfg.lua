@@ -93,7 +93,7 @@ end
 --   only = { "bus/device"... } (NET_RESTORE=false: the uplink's devices), pin_vf_macs = { PCI vendor ids } }`
 function M.spec(r)
   if not r.opt.NET_RESTORE and not r.net_uplinks then return nil end
-  return { file = ("%s/%s.network"):format(r.opt.STATE_DIR, r.recipe.name), modules = stack_modules(r),
+  return { file = ("%s/%s.network"):format(r.opt.STATE_DIR, r.name), modules = stack_modules(r),
            timeout = r.opt.NET_WAIT_TIMEOUT, only = not r.opt.NET_RESTORE and r.net_uplinks or nil,
            pin_vf_macs = r.recipe.network and r.recipe.network.pin_vf_macs }
 end

@@ -23,14 +23,14 @@ local API_DATES = { "2026-11-25", "2026-12-01", "2026-12-07" }
 
 -- Fields a recipe may have: the types each may be, and whether it is required.
 local FIELDS = {
-  api = { "number", false }, name = { "string", true }, version = { "string", true },
+  api = { "number", false }, name = { "string|function", true }, version = { "string|function", true },
   description = { "string", false }, options = { "table", false }, stack = { "table|function", true },
   sources = { "table|function", false }, requires = { "table", false }, raw_modules = { "table", false },
   devices = { "string", false }, network = { "table", false },
   await = { "function", false }, prepare = { "function", false }, build = { "function", false },
   install = { "function", false }, before_load = { "function", false }, after_load = { "function", false },
   stop = { "function", false }, unload_also = { "function", false }, blacklist = { "function", false },
-  expose = { "string", false }, module_options = { "function", false },
+  expose = { "string", false }, module_options = { "function", false }, plan = { "function", false },
 }
 
 -- Options every recipe has (a recipe may override their defaults).
@@ -138,9 +138,18 @@ local function check_network(network)
   end
 end
 
+-- A name or version: it names files (the cache, the journal, the install directory).
+local function check_word(key, value)
+  if type(value) ~= "string" or not value:match("^[%w][%w_.+~:-]*$") then
+    mistake(key, "recipe field '%s': a word of letters, digits and _ . + ~ : - expected, got %s", key,
+            type(value) == "string" and "'" .. value .. "'" or type(value))
+  end
+end
+
 --- Check a value of field `key` (a recipe's, or what its function returned); raises a mistake.
 function M.check_field(key, value)
   if key == "stack" then check_stack(value) elseif key == "sources" then check_sources(value) end
+  if key == "name" or key == "version" then check_word(key, value) end
 end
 
 --- Check a recipe table (upgraded to this API); raises a mistake naming the field.
@@ -158,6 +167,9 @@ function M.check(recipe)
   end
   if type(recipe.stack) == "table" then check_stack(recipe.stack) end
   if type(recipe.sources) == "table" then check_sources(recipe.sources) end
+  for _, key in ipairs { "name", "version" } do
+    if type(recipe[key]) == "string" then check_word(key, recipe[key]) end
+  end
   if recipe.requires then check_requires(recipe.requires) end
   if recipe.network then check_network(recipe.network) end
   local ok, err = pcall(options.check_specs, recipe.options or {}, 1)
@@ -291,8 +303,9 @@ end
 function M.help(recipe, script, kv, out)
   out = out or io.stdout
   local specs = M.option_specs(recipe)
-  out:write(("usage: drvrun [--plan] %s [KEY=VALUE...]\n\n%s %s%s\n\n"):format(script, recipe.name,
-    recipe.version, recipe.description and ": " .. recipe.description or ""))
+  local name = type(recipe.name) == "string" and recipe.name or script:match("([^/]+)%.lua$") or script
+  out:write(("usage: drvrun [--plan] %s [KEY=VALUE...]\n\n%s%s%s\n\n"):format(script, name,
+    type(recipe.version) == "string" and " " .. recipe.version or "", recipe.description and ": " .. recipe.description or ""))
   out:write("options (a KEY=VALUE argument overrides the environment variable KEY, which overrides the default):\n")
   local values, err = options.resolve(specs, kv)
   for _, line in ipairs(options.describe(specs, values)) do out:write(line, "\n") end
@@ -328,10 +341,12 @@ function M.main(recipe, script, arg, env)
   end
   local lifecycle = require "drv.lifecycle"
   local ok, s = pcall(lifecycle.new, recipe, opt, M.check_field)
-  if not ok then
-    if getmetatable(s) ~= Mistake then error(s, 0) end
+  if not ok and getmetatable(s) == Mistake then
     log.error("%s: %s (as the recipe's %s function returned it)", script, s.message, s.field)
     return 2
+  elseif not ok then -- a field's function failed (r:fail: its DKMS_SOURCE has no dkms.conf): nothing was changed
+    log.error("%s: %s", script, tostring(s))
+    return 1
   end
   s.recipe_file, s.args = script, kv -- a build ahead runs the recipe again, build-only for another kernel
   if config.preflight then return lifecycle.preflight(s) end

@@ -30,20 +30,18 @@ local function packages() return require "drv.packages" end
 
 M.Cancel = {} -- metatable of the error raised when a signal cancels a phase
 
---- The private state of a run (for drv.lifecycle and the library; recipes see `facade(state)`).
+--- The private state of a run (for drv.lifecycle and the library; recipes see `facade(state)`),
+-- unnamed until `State:named`.
 -- Written by the lifecycle as the run goes: `built`, `kept`, `build_id`, `stack_deps`, `kernel_deps`,
 -- `verified`, `previous`, `requires`, `lock`, `instance`, `lost`.
 -- @tparam table recipe the checked recipe
 -- @tparam table opt its resolved options
 -- @treturn table the state
 function M.new(recipe, opt)
-  local s = setmetatable({ recipe = recipe, name = recipe.name, opt = opt, sources = {}, inputs = {}, requires = {} },
+  local s = setmetatable({ recipe = recipe, opt = opt, sources = {}, inputs = {}, requires = {} },
                          { __index = M.State })
   s.kver = opt.KVER or sys.uname().release
   s.root = opt.ROOT
-  s.cache = ("%s/%s"):format(opt.CACHE_DIR, recipe.name)
-  s.digests = digests.open(s.cache .. "/digests")
-  s.journal = journal.new(("%s/%s.journal"):format(opt.STATE_DIR, recipe.name))
   return s
 end
 
@@ -51,6 +49,15 @@ end
 
 local State = {}
 M.State = State
+
+--- Name the run: its recipe's name and version (the fields, or what their functions returned),
+-- which name its cache (CACHE_DIR/<name>) and its journal (STATE_DIR/<name>.journal).
+function State:named(name, version)
+  self.name, self.version = name, version
+  self.cache = ("%s/%s"):format(self.opt.CACHE_DIR, name)
+  self.digests = digests.open(self.cache .. "/digests")
+  self.journal = journal.new(("%s/%s.journal"):format(self.opt.STATE_DIR, name))
+end
 
 --- Cancel the current phase for signal `sig` ("TERM"): stop runs next.
 function State:cancel(sig)

@@ -312,12 +312,14 @@ function M.inbox(ctx, names)
   return { levels = assert(graph.levels(deps)), paths = paths }
 end
 
+local NONE_BEFORE = "none of the stack was loaded before"
+
 -- Why `previous` cannot be loaded back, or nil when it can.
 local function cannot_load_back(previous)
   if previous and previous.lost and #previous.lost > 0 then
     return ("the files %s had been loaded from are gone"):format(table.concat(previous.lost, " "))
   end
-  if not previous or #previous.levels == 0 then return "none of the stack was loaded before" end
+  if not previous or #previous.levels == 0 then return NONE_BEFORE end
   for _, n in ipairs(graph.flatten(previous.levels)) do
     if not fs.exists(previous.paths[n]) then return ("%s is gone"):format(previous.paths[n]) end
   end
@@ -364,17 +366,41 @@ function M.unload_all(ctx, names)
   return M.unload(assert(graph.levels(edges)))
 end
 
+--- Unload the modules of `levels` (as `load` takes them) that nothing uses, the last level first.
+-- @treturn[1] true
+-- @treturn[2] nil, message, errno
+function M.unload_unused(levels)
+  local ctx, err, errno = kmod.new()
+  if not ctx then return nil, err, errno end
+  for i = #levels, 1, -1 do
+    local unused = {}
+    for _, n in ipairs(levels[i]) do
+      local st = ctx:state(n)
+      if st and st.initstate ~= "builtin" and st.refcount == 0 and #(st.holders or {}) == 0 then unused[#unused + 1] = n end
+    end
+    if #unused > 0 then
+      local ok, rerr, rerrno = kmod.remove_many(unused)
+      if not ok then return nil, rerr, rerrno end
+      log.info("restore: unloaded the kernel's %s (loaded for the stack; nothing uses them now)", table.concat(unused, " "))
+    end
+  end
+  return true
+end
+
 --- Unload whatever of `names` is loaded (holders first) and load back what
 -- `load_back` says: `previous`, or the kernel's own modules of `names` (also
 -- when loading `previous` fails). Says what it loads back instead, and why.
 function M.restore(names, previous)
-  local ctx = kmod.new()
+  local ctx, cerr = kmod.new()
+  if not ctx then return nil, "restore: cannot read the kernel's modules: " .. cerr end
   local ok, err = M.unload_all(ctx, names)
   if not ok then log.error("restore: %s", err) end
   fault.point("restore")
   local back, why = M.load_back(ctx, names, previous)
   local list = table.concat(graph.flatten(back.levels), " ")
-  if why then
+  if why == NONE_BEFORE and list == "" then
+    log.info("restore: nothing to load back (%s, and the kernel has no module of it)", why)
+  elseif why then
     log.warn("restore: loading back the kernel's own %s (%s)", list ~= "" and list or "(none found)", why)
   else
     log.info("restore: loading back %s", list)
