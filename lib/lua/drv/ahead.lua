@@ -180,7 +180,8 @@ function Watcher:tick()
       if kver ~= self.s.kver and self.looked[kver] ~= seen then
         self.looked[kver] = seen
         local v = M.verdict(self.s, kver)
-        if v.state == "pending" or v.state == "missing" then return self:start(kver, headers or "none: " .. why) end
+        -- a failed build is tried again at a start, and when the kernel's headers change
+        if v.state ~= "cached" and v.state ~= "building" then return self:start(kver, headers or "none: " .. why) end
         log.info("ahead: kernel %s is installed on the host: %s", kver, v.text)
       end
     end
