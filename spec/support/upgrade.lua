@@ -60,8 +60,13 @@ end
 
 --- A host's root as a DaemonSet mounts it under HOST_ROOT: lib/modules, empty until
 -- `install`, and usr, this machine's /usr as it is on disk (what `hide` covered shows).
+-- It is a shared mount: what `install` mounts under it later is seen in the mount namespace
+-- of a container started before (ofed.start_recipe's), as a host's new files are through
+-- the DaemonSet's hostPath mounts.
 function M.host()
   local root = assert(fs.tmpdir("host"))
+  assert(mount.bind(root, root))
+  assert(mount.propagation(root, "shared"))
   assert(fs.mkdir(root .. "/lib/modules"))
   assert(fs.mkdir(root .. "/usr"))
   assert(mount.bind("/usr", root .. "/usr"))
