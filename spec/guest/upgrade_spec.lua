@@ -102,7 +102,8 @@ local function assert_no_compiler(log, runs)
     if line:match("configure [^:]+: %./configure") or line:match(": make %-j") then ran[#ran + 1] = line end
   end
   assert.same({}, ran, "a compiler, make, configure or apt-get ran")
-  print(("    ready on %s from the build cache: %d compiler runs"):format(upgrade.running, #ran))
+  print(("    ready on %s from the build cache: %d compiler runs; %s"):format(upgrade.running, #ran,
+        text:match("ready: [^\n]*%(([%d.]+ s after start)%)") or "?"))
 end
 
 local function setup_node()
@@ -214,7 +215,10 @@ if BOOT == 2 then
         local name = (fs.read(comm) or ""):match("^(%S*)")
         assert.is_true(name ~= "cc1" and name ~= "make", comm .. ": " .. name .. " still runs")
       end
-      assert.matches("ahead: stopping the build for kernel", fs.read(log), nil, true)
+      local after = fs.read(log)
+      assert.matches("ahead: stopping the build for kernel", after, nil, true)
+      assert.is_nil(after:find("ahead: kernel " .. NEWEST .. ": the build failed", 1, true),
+                    "the build ahead was running, not failed, when the TERM came:\n" .. after)
       print(("    TERM during the build ahead: the run ended %.1f s later, the build with it"):format(seconds))
       assert.is_true(seconds < 60, "the run took " .. seconds .. " s to stop")
     end)
@@ -223,6 +227,8 @@ if BOOT == 2 then
        .. "cache", function()
       local p, log = start(args)
       assert.is_true(ofed.wait_for_log(log, "waiting for a signal", p, 600), fs.read(log))
+      print("    warm restart on " .. OLDER .. " (the stack loaded): "
+            .. (fs.read(log):match("ready: [^\n]*%(([%d.]+ s after start)%)") or "?"))
       local before = ready_state()
       local t0 = sys.monotonic()
       local text = wait_log(log, "ahead: kernel " .. NEWEST:gsub("%p", "%%%0") .. ": built in", p, AHEAD_BUILD_TIMEOUT)

@@ -84,10 +84,11 @@ function M.install(root, kver, headers)
   end
 end
 
---- The headers of kernel `kver` installed on the host at `root` (after `install(..., false)`).
+--- The headers of kernel `kver` installed on the host at `root` (after `install(..., false)`):
+-- every tree `install` covered (Debian's arch tree and the common one its Makefile includes).
 function M.install_headers(root, kver)
-  for _, dir in ipairs(mount.list(root .. "/usr")) do
-    if dir.target:find("linux-headers-" .. kver, 1, true) then assert(mount.umount(dir.target)) end
+  for _, tree in ipairs(kernel_dirs(kver, root)) do
+    if mount.is_mountpoint(root .. tree) then assert(mount.umount(root .. tree)) end
   end
 end
 
