@@ -191,3 +191,48 @@ describe("a build for another installed kernel, and what the plan says of it", f
     assert.same({}, ns.mounts_under(dir), "the build's mounts stayed in its namespace")
   end)
 end)
+
+describe("the watcher of a ready run (drv.ahead.watcher)", function()
+  local dir
+  before_each(function() dir = fs.tmpdir("watch") end)
+  after_each(function() fs.remove(dir, { recursive = true, missing_ok = true }) end)
+
+  -- The run's state as drvrun makes it for the OFED recipe on kernel `kver`, the host's root at `host`.
+  local function state(kver, host)
+    local recipe = require "drv.recipe"
+    local r = dofile("recipes/ubuntu-ofed.lua")
+    local bundle, sha = sim_bundle()
+    local kv = { KVER = kver, CACHE_DIR = dir .. "/cache", OFED_URL = "file://" .. bundle, OFED_SHA256 = sha,
+                 HOST_ROOT = host }
+    local opt = assert(require("drv.options").resolve(recipe.option_specs(r), kv))
+    local s = require("drv.lifecycle").new(r, opt, recipe.check_field)
+    s.recipe_file, s.args = "recipes/ubuntu-ofed.lua", kv
+    return s
+  end
+
+  it("builds ahead a host's kernel without a build, and one whose last build failed once at each start", function()
+    assert(OLDER, "a second kernel is installed here (make deps: UPGRADE_KVER)")
+    local host = dir .. "/host"
+    assert(fs.mkdir(host .. "/lib/modules"))
+    for _, k in ipairs { OLDER, kernel.release } do assert(fs.symlink("/lib/modules/" .. k, host .. "/lib/modules/" .. k)) end
+    local ahead = require "drv.ahead"
+    local function watch()
+      local w = assert(ahead.watcher(state(kernel.release, host)))
+      local started = {}
+      w.start = function(_, k) started[#started + 1] = k end
+      return w, started
+    end
+    local w, started = watch()
+    w:tick()
+    assert.same({ OLDER }, started, "the kernel that is not running, without a build")
+    local cache = require "drv.cache"
+    local s = state(OLDER, host)
+    assert(fs.mkdir(dir .. "/cache/ubuntu-ofed/" .. OLDER))
+    cache.note_failure(cache.entry(s, OLDER), "build mlnx-ofed-kernel failed (make exited 2)", "")
+    assert.equal("failing", ahead.verdict(s, OLDER).state)
+    w, started = watch()
+    w:tick()
+    w:tick()
+    assert.same({ OLDER }, started, "tried again once at a start, not at every look")
+  end)
+end)
