@@ -313,7 +313,8 @@ static int fs_remove(lua_State *L)
 	if (S_ISDIR(st.st_mode) && fs_is_root(path))
 		return fs_refuse_root(L, path);
 	if (!S_ISDIR(st.st_mode)) {
-		if (unlink(path) < 0)
+		/* gone since the lstat (another process, an unmount): missing_ok still holds */
+		if (unlink(path) < 0 && !(errno == ENOENT && missing_ok))
 			return fs_fail_path(L, path);
 		return drv_ok(L);
 	}

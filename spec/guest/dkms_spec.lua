@@ -52,12 +52,7 @@ describe("the dkms recipe on Debian's v4l2loopback-dkms 0.12.7", function()
                                                    "ROOT=" .. ROOT, "READY_FILES=" .. READY, "LOCK_TIMEOUT=30" })
   end
 
-  local function stop(p, log)
-    assert.is_true(sys.kill(p:pid(), "TERM"))
-    local r = assert(p:wait(300))
-    assert.equal(0, r.status, fs.read(log))
-    return fs.read(log)
-  end
+  local stop = ofed.stop_recipe
 
   it("builds the tree here, loads it after the kernel's videodev, says ready, and leaves nothing on SIGTERM", function()
     for _, n in ipairs { "v4l2loopback", "videodev", "mc" } do assert.is_nil(guest.proc_line(n), n .. " loaded before") end

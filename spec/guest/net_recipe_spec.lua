@@ -95,12 +95,7 @@ local function assert_vf2_pinned(sock)
   assert.equal(VF2_MAC, assert(link_of(sock, VF2)).mac)
 end
 
-local function stop(p, log)
-  assert.is_true(sys.kill(p:pid(), "TERM"))
-  local r = assert(p:wait(300))
-  assert.equal(0, r.status, fs.read(log))
-  return fs.read(log)
-end
+local stop = ofed.stop_recipe
 
 local function assert_in_order(text, lines)
   local at = 1

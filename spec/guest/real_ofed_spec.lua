@@ -39,11 +39,7 @@ local function start(args, after_crash)
   return ofed.start_recipe("recipes/ubuntu-ofed.lua", argv)
 end
 
-local function stop(p, log)
-  assert.is_true(sys.kill(p:pid(), "TERM"))
-  local r = assert(p:wait(300))
-  assert.equal(0, r.status, fs.read(log))
-end
+local stop = ofed.stop_recipe
 
 -- The real stack is loaded from drvrun's install: each module's srcversion is
 -- that of its installed file, out-of-tree and unsigned (taint OE), and the

@@ -143,6 +143,21 @@ describe("drv.mount", function()
       io.write(table.concat(names, ","), "|", m.find(D .. "/a/dir").target:sub(#D + 2))]]))
   end)
 
+  it("reads mountinfo's escapes, stacked mounts and bind roots as the kernel wrote them", function()
+    assert.equal("a b|src\tx y|1|over|/sub|shared|1", run([[
+      assert(fs.mkdir(D .. "/a b"))
+      assert(m.mount("src\tx y", D .. "/a b", "tmpfs"))
+      assert(m.mount("tmpfs", D .. "/a", "tmpfs"))
+      assert(m.propagation(D .. "/a", "shared"))
+      assert(fs.mkdir(D .. "/a/sub"))
+      assert(m.bind(D .. "/a/sub", D .. "/b"))
+      local bound = m.info(D .. "/b")
+      assert(m.mount("over", D .. "/b", "tmpfs"))
+      local spaced, top = m.info(D .. "/a b"), m.info(D .. "/b")
+      io.write(spaced.target:sub(#D + 2), "|", spaced.source, "|", #m.list(D .. "/a b"), "|", top.source, "|",
+        bound.root, "|", bound.propagation, "|", bound.shared_group == m.info(D .. "/a").shared_group and 1 or 0)]]))
+  end)
+
   it("returns failure tuples that name the target and the cause", function()
     local out = run([[
       local function t(...) local _, e, n = ... return e .. " [" .. n .. "]\n" end

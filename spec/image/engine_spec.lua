@@ -2,7 +2,7 @@
 -- the node, Debian's podman (its `docker` command, podman-docker) runs the
 -- images tools/build-test-images built with buildah on the host (the seed's
 -- `docker build` lines), spec/support/engine.lua. What runs is README.md's
--- "Container images" section: the seed's two `docker run` lines as the README
+-- "Running the driver containers" section: the seed's two `docker run` lines as the README
 -- gives them for a node (with `-i` for `-it`: no terminal here), on the real
 -- MLNX_OFED 25.10 stack from the node's build cache (the host's
 -- build/cache-real as /var/cache/drvrun: the guest compiles nothing), the
@@ -57,8 +57,16 @@ local function assert_inbox_loaded()
 end
 
 -- Nothing of a run is left on the node: no ready file, nothing mounted at the expose path.
+-- What is mounted at or below `path`, a line for a failure message.
+local function mounts_below(path)
+  local out = {}
+  for _, m in ipairs(mount.list(path) or {}) do out[#out + 1] = ("%s (root %s, %s)"):format(m.target, m.root, m.fstype) end
+  return table.concat(out, ", ")
+end
+
 local function assert_nothing_left()
-  assert.is_false(fs.exists(READY), READY)
+  assert.is_false(fs.exists(READY), ("%s is left: %s; mounted at or below %s: %s"):format(READY, fs.read(READY) or "?",
+                                                                                         EXPOSE, mounts_below(EXPOSE)))
   assert.same({}, mount.list(EXPOSE) or {}, "nothing mounted at or below " .. EXPOSE .. " but the volume")
 end
 
@@ -180,10 +188,11 @@ describe("the images run by a real engine on the node (the guest)", function()
     sh("rmmod nvidia")
   end)
 
-  it("docker kill, then the same docker run: the new container recovers and reaches ready; a stop puts the inbox "
-     .. "stack back", function()
+  -- docker kill of the run of `args`, then the same run again: recovered and ready, then stopped.
+  -- Returns the second run's log.
+  local function kill_and_rerun(args)
     load_inbox()
-    local p, log = engine.spawn(OFED_RUN)
+    local p, log = engine.spawn(args)
     wait_ready(p, log, 900)
     assert.matches("install: depmod outputs copied from the build cache", fs.read(log), nil, true)
     local id = assert(engine.container_of("ofed-driver", p))
@@ -193,7 +202,7 @@ describe("the images run by a real engine on the node (the guest)", function()
     assert.equal(OFED_VERSION, assert(assert(kmod.new()):state("mlx5_core")).version, "left loaded by the kill")
     local seconds
     seconds = engine.timed(function()
-      p, log = engine.spawn(OFED_RUN)
+      p, log = engine.spawn(args)
       wait_ready(p, log, 900)
     end)
     local text = assert(fs.read(log))
@@ -204,6 +213,33 @@ describe("the images run by a real engine on the node (the guest)", function()
     local _, status = stop("ofed-driver", p)
     assert.equal(0, status, fs.read(log))
     assert_inbox_loaded()
+    return assert(fs.read(log))
+  end
+
+  it("docker kill, then the same docker run: the new container recovers and reaches ready; a stop puts the inbox "
+     .. "stack back; the killed root, the new container's volume, stays on the node and the log says how to unmount it",
+     function()
+    local text = kill_and_rerun(OFED_RUN)
+    -- the engine bound the killed run's root as the volume: no umount from inside reaches the node's copy
+    assert.matches("expose: " .. EXPOSE .. " holds the root the killed run exposed", text, nil, true)
+    assert.matches("`umount -R " .. EXPOSE .. "`", text, nil, true)
+    -- the killed run's files in it too: the engine removed that container's layer, its overlay still shows them
+    local left = mount.list(EXPOSE) or {}
+    assert.is_true(#left > 0 and left[1].target == EXPOSE and left[1].fstype == "overlay",
+                   "the killed root: " .. mounts_below(EXPOSE))
+    print("    left on the node, as the log says: " .. mounts_below(EXPOSE))
+    sh("umount -R " .. EXPOSE)
+    assert_nothing_left()
+  end)
+
+  it("with the parent directory as the volume (-v /run/mellanox:/run/mellanox:rshared), docker kill then docker run "
+     .. "leaves nothing: the new container unmounts the killed root on the node", function()
+    local args = { table.unpack(OFED_RUN) }
+    assert.equal(EXPOSE .. ":" .. EXPOSE .. ":rshared", args[5])
+    args[5] = "/run/mellanox:/run/mellanox:rshared"
+    print("    " .. show(args))
+    local text = kill_and_rerun(args)
+    assert.is_nil(text:find("holds the root the killed run exposed", 1, true), "the killed root is unmounted")
     assert_nothing_left()
   end)
 
@@ -268,16 +304,29 @@ describe("the images run by a real engine on the node (the guest)", function()
     return { pod = pod, ctr = ctr, logs = logs, grace = grace }
   end
 
-  -- podman kube down of a played pod, within its grace.
+  -- A played pod deleted as the kubelet deletes it: its containers sent SIGTERM and given the pod's
+  -- terminationGracePeriodSeconds (`podman pod stop -t GRACE`), then removed (`podman kube down`).
+  -- podman 4.3's kube down alone stops with a timeout of 0 (PodStopOptions{}: SIGKILL at once), which
+  -- no kubelet does. Returns the container's whole log, its stop too.
   local function down(p)
-    local seconds, r = engine.timed(function() return engine.podman({ "kube", "down", p.pod }, p.grace + 60) end)
-    assert.equal(0, r.status, r.stdout)
-    print(("    podman kube down %s: %.1f s (terminationGracePeriodSeconds %d)"):format(p.pod, seconds, p.grace))
+    local name = assert(assert(fs.read(p.pod)):match("\nmetadata:\n.-\n  name: (%S+)\n"), "the pod's name")
+    local seconds, r = engine.timed(function()
+      return engine.podman({ "pod", "stop", "-t", tostring(p.grace), name }, p.grace + 60)
+    end)
+    local text = p.logs() -- the stopped container's, until kube down removes it
+    assert.equal(0, r.status, r.stdout .. "\n" .. text)
+    local rm = engine.podman({ "kube", "down", p.pod }, 120)
+    assert.equal(0, rm.status, rm.stdout)
+    print(("    podman pod stop -t %d %s (the kubelet's SIGTERM and grace): %.1f s; podman kube down %s")
+          :format(p.grace, name, seconds, p.pod))
     assert.is_true(seconds < p.grace)
+    assert.matches('"msg":"received SIGTERM"', text, nil, true)
+    return text
   end
 
   it("podman kube play of the two DaemonSets' pods: ready with their volumes, Bidirectional propagation, "
-     .. "privileged, env and probes; podman kube down stops each within its terminationGracePeriodSeconds", function()
+     .. "privileged, env and probes; each stopped within its terminationGracePeriodSeconds, then removed by podman kube "
+     .. "down", function()
     load_inbox()
     local ofed = play("ofed-driver", READY)
     local text = ofed.logs()
@@ -297,8 +346,8 @@ describe("the images run by a real engine on the node (the guest)", function()
     assert.equal("1.3-0", st.version)
     print("    nv_peer_mem " .. st.version .. " loaded by the pod")
 
-    down(peer)
-    assert.is_nil(guest.proc_line("nv_peer_mem"), "nv_peer_mem unloaded")
+    local stopped = down(peer)
+    assert.is_nil(guest.proc_line("nv_peer_mem"), "nv_peer_mem unloaded: " .. stopped)
     assert.is_false(fs.exists("/run/drvrun/peermem.driver-ready"))
     down(ofed)
     assert_inbox_loaded()

@@ -74,6 +74,16 @@ function M.start_recipe(recipe, args, vars)
   return p, log
 end
 
+-- Stop a run started by start_recipe with SIGTERM; it must exit 0. Returns its log.
+function M.stop_recipe(p, log)
+  local luassert = require "luassert" -- busted's assert, which a spec's global is
+  luassert.is_true(sys.kill(p:pid(), "TERM"))
+  local r = assert(p:wait(300))
+  local text = fs.read(log)
+  luassert.equal(0, r.status, text)
+  return text
+end
+
 --- Start the OFED recipe; returns the process and its log path. Ready files
 -- must not exist, unless `after_crash` (a killed run left them).
 function M.start(env, args, after_crash, vars)

@@ -46,13 +46,38 @@ end
 
 --- Whether the top-most mount at `target` is an exposed root (this run's, or a
 -- killed run's left behind): the root of a file system, not the namespace's own
--- "/". A volume mounted there (a bind of the host's directory) is not.
+-- "/". A volume mounted there (a bind of the host's directory) is not. This
+-- run's own root is found by the file itself: under `chroot` (no engine's
+-- pivot_root) the root is a directory, not the root of its mount.
 -- @tparam string target the expose path
 -- @treturn boolean
 function M.exposed_at(target)
   if not mount.is_mountpoint(target) then return false end
+  local here, root = fs.stat(target), fs.stat("/")
+  if here and root and here.dev == root.dev and here.ino == root.ino then return true end
   local top = mount.info(target)
   return top ~= nil and (top.root or "/") == "/" and top.id ~= (mount.find("/") or {}).id
+end
+
+--- Whether the top-most mount at `target` is the volume the engine bound there,
+-- nothing of this run's on it: the only mount at `target`, on the container's
+-- own root mount. After `docker kill` of a container whose volume is the expose
+-- path itself (the seed's `-v /run/mellanox/drivers:/run/mellanox/drivers`), the
+-- host path still holds the killed run's root, and the next `docker run -v`
+-- binds that root as the new container's volume. Unmounting it here would cut
+-- this container off the host's path and not reach the host's copy (a umount
+-- propagates only through the parent's peers). With the parent directory as the
+-- volume (`-v /run/mellanox:/run/mellanox:rshared`) the killed root sits on the
+-- volume, and unmounting it here unmounts the host's.
+-- @tparam string target the expose path
+-- @treturn boolean
+function M.is_volume(target)
+  if in_host_namespace() then return false end -- no engine, no volume: what is there is a run's
+  local at, root = {}, mount.find("/")
+  for _, m in ipairs(mount.list() or {}) do
+    if m.target == target then at[#at + 1] = m end
+  end
+  return #at == 1 and root ~= nil and at[1].parent == root.id
 end
 
 --- Before the root is rbound at `target`: every other shared mount of this

@@ -152,8 +152,24 @@ local function recover(s)
   if not old or #old.entries == 0 then return end
   lock_host(s) -- another container may be mid-reload
   log.warn("recovery: undoing %d changes left by an earlier run that did not stop cleanly", #old.entries)
-  local ok, failures = old:undo_all({ hurry = false })
+  local o = { hurry = false, recovering = true }
+  local ok, failures = old:undo_all(o)
   if not ok then s:fail("recovery: %s", table.concat(failures, "; ")) end
+  if o.kept_volume then
+    local parent = o.kept_volume:match("^(.+)/[^/]+$") or "/"
+    log.warn("expose: %s holds the root the killed run exposed, and the engine bound it as this container's "
+             .. "volume: this container cannot unmount the host's copy, which stays mounted there, with what the "
+             .. "killed run left in it, under this run's root and after its stop. Unmount it on the host "
+             .. "(`umount -R %s`), or make the parent directory the volume (`docker run -v %s:%s:rshared`, a "
+             .. "hostPath of %s in a pod) so that the next run unmounts it", o.kept_volume, o.kept_volume, parent,
+             parent, parent)
+    -- its ready files as it wrote them, through its own root; once the engine removed the killed
+    -- container's layer, that root's overlay still shows them and cannot remove them (ENOENT)
+    local under = {}
+    for _, path in ipairs(s.opt.READY_FILES) do under[#under + 1] = o.kept_volume .. path end
+    local removed, err = ready.remove(under)
+    if not removed then log.error("recovery: %s", err) end
+  end
   unlock_host(s)
 end
 
@@ -610,8 +626,14 @@ phase("load", {
 
 -- The expose's journal entry: the rbind of the container's root; undone by unmounting it, and
 -- only it: never the volume under it (the host's, which a container engine mounted there).
-journal.define("mount", function(e)
+-- A killed run's root can be that volume (expose.is_volume): recovery keeps it, for unmounting
+-- it would cut this container off the host's path and leave the host's copy.
+journal.define("mount", function(e, o)
   if not expose.exposed_at(e.target) then return true end
+  if expose.is_volume(e.target) then
+    if o.recovering then o.kept_volume = e.target end
+    return true
+  end
   return mount.umount(e.target, { lazy = true })
 end)
 
@@ -619,7 +641,7 @@ phase("expose", {
   run = function(s)
     local target = s.recipe.expose and s:expand(s.recipe.expose)
     if not target then return end
-    if expose.exposed_at(target) then
+    if expose.exposed_at(target) and not expose.is_volume(target) then
       log.info("expose: replacing a stale mount at %s", target)
       s:must("umount " .. target, mount.umount(target, { recursive = true, lazy = true }))
     end

@@ -253,11 +253,12 @@ end
 -- @treturn[1] table the recipe
 -- @treturn[2] nil, string "FILE:LINE: message"
 function M.take(recipe, file, env)
-  local f = io.open(file)
-  local src = f and f:read("a")
-  if f then f:close() end
-  local function where(field, line)
-    line = line or line_of(src, field)
+  local function where(field, line) -- the source is read only for a message: not at every start
+    if not line and field then
+      local f = io.open(file)
+      line = f and line_of(f:read("a"), field)
+      if f then f:close() end
+    end
     return line and ("%s:%d"):format(file, line) or file
   end
   local function warn(field, fmt, ...)
