@@ -48,6 +48,10 @@ DEB_TEST  = lua5.4 lua-busted lua-check python3 openssl kmod util-linux cpio cca
             busybox-static qemu-system-x86 linux-image-amd64 linux-headers-amd64 \
             nodejs npm valgrind buildah debootstrap ovmf efitools podman podman-docker catatonit \
             iptables docker-registry bpftool
+# The kernel upgrade spec (spec/guest/upgrade_spec.lua) needs a second kernel beside
+# linux-image-amd64's: an older ABI of bookworm's kernel, which Debian's archive keeps.
+UPGRADE_KVER = 6.1.0-50-amd64
+DEB_TEST += linux-image-$(UPGRADE_KVER) linux-headers-$(UPGRADE_KVER)
 DEB_ALL   = $(DEB_BUILD) $(DEB_TEST)
 
 .PHONY: all check demo install deps deps-ok clean lint fixtures doc docker-context bench \
@@ -147,6 +151,9 @@ check-host: $(DRVRUN) $(NODE_TOOLS) $(DKMS_TREE)/dkms.conf
 # the vendor's source, in its layout) with the real nv_peer_memory built
 # against it (build/cache-real: ~10 minutes on 2 CPUs the first time, then a
 # cache hit). ROOT_SIM/ROOT_REAL are the OFED installs the clients build against.
+# Both OFED bundles are built for UPGRADE_KVER too (build-only, as a build ahead
+# of a reboot builds: the real one ~10 minutes more the first time), for the
+# upgrade spec's boot on that kernel.
 CACHE       = build/cache
 ROOT_SIM    = build/root-sim
 VENDOR     ?= ../shared/vendor
@@ -158,11 +165,14 @@ ROOT_REAL   = build/root-real
 LIBRARY     = $(wildcard lib/lua/drv/*.lua)
 $(CACHE)/.stamp: $(DRVRUN) build/fixtures/SHA256SUMS recipes/ubuntu-ofed.lua recipes/peermem.lua $(LIBRARY)
 	tools/fill-cache ofed $(DRVRUN) $(abspath $(CACHE)) $(abspath $(ROOT_SIM))
+	KVER=$(UPGRADE_KVER) tools/fill-cache ofed $(DRVRUN) $(abspath $(CACHE)) $(abspath $(ROOT_SIM))
 	tools/fill-cache peermem $(DRVRUN) $(abspath $(CACHE)) $(ROOT_SIM) $$(ls build/fixtures/nv_peer_memory-*.tgz)
 	touch $@
 
 $(REAL_CACHE)/.stamp: $(DRVRUN) fixtures $(OFED_BUNDLE) $(PEERMEM_SRC) recipes/ubuntu-ofed.lua recipes/peermem.lua $(LIBRARY)
 	tools/fill-cache ofed $(DRVRUN) $(abspath $(REAL_CACHE)) $(abspath $(ROOT_REAL)) $(OFED_BUNDLE) $(OFED_SHA256)
+	KVER=$(UPGRADE_KVER) tools/fill-cache ofed $(DRVRUN) $(abspath $(REAL_CACHE)) $(abspath $(ROOT_REAL)) \
+	  $(OFED_BUNDLE) $(OFED_SHA256)
 	tools/fill-cache peermem $(DRVRUN) $(abspath $(REAL_CACHE)) $(ROOT_REAL) $(PEERMEM_SRC)
 	touch $@
 

@@ -26,6 +26,7 @@ local compile = require "drv.compile"
 local fetch = require "drv.fetch"
 local util = require "bench.util"
 local httpd = require "spec.support.httpd"
+local traps = require "spec.support.trap"
 
 local ROOT = assert(fs.realpath("."))
 local DRVRUN = ROOT .. "/build/drvrun"
@@ -96,12 +97,9 @@ end
 -- A cache hit: the recipe in build-only mode on a copy of a filled build cache,
 -- with every compiler and make trapped on PATH; a configure (./configure in the
 -- tree, no PATH lookup) shows in its log and leaves a build tree.
-local TRAPPED = { "make", "gmake", "cc", "gcc", "gcc-12", "x86_64-linux-gnu-gcc", "x86_64-linux-gnu-gcc-12",
-                  "cc1", "as", "ld", "clang", "ccache" }
-
 local function bench_cache_hit(label, cache_dir, bundle_path, sha)
   local trap = OUT .. "/trap"
-  local path, runs = util.trap(trap, TRAPPED)
+  local path, runs = traps.set(trap, traps.BUILD)
   util.must({ "cp", "-a", cache_dir, trap .. "/cache" })
   assert(fs.mkdir(trap .. "/root"))
   local hit, out = recipe_build(trap .. "/cache", trap .. "/root", bundle_path, sha, nil, { PATH = path })

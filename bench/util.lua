@@ -189,24 +189,6 @@ function M.built_stack(names, modules)
   return { names = names, deps = deps, order = graph.flatten(assert(graph.levels(all))) }
 end
 
---- Programs that record each run in `dir`/runs and fail, on a PATH of their
--- own (`dir`/bin): a run with it first on PATH that runs one of them is seen.
--- Returns the PATH and a function that gives the runs recorded.
-function M.trap(dir, names)
-  assert(fs.remove(dir, { recursive = true, missing_ok = true }))
-  assert(fs.mkdir(dir .. "/bin"))
-  for _, name in ipairs(names) do
-    assert(fs.write(dir .. "/bin/" .. name, ('#!/bin/sh\necho "%s $*" >> %s/runs\nexit 1\n'):format(name, dir),
-      { mode = 493 }))
-  end
-  local function runs()
-    local list = {}
-    for line in (fs.read(dir .. "/runs") or ""):gmatch("[^\n]+") do list[#list + 1] = line end
-    return list
-  end
-  return dir .. "/bin:" .. os.getenv("PATH"), runs
-end
-
 --- Rows as Lua source (the guest hands its rows to the host this way).
 function M.serialize(rows)
   local out = { "return {" }

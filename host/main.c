@@ -40,6 +40,10 @@ static const char usage_text[] =
 	"  -e CODE              run CODE (may be repeated)\n"
 	"  -l MODULE            require MODULE into the global MODULE (may be repeated)\n"
 	"  --plan               print what a recipe would do; change nothing\n"
+	"  --preflight          say whether a recipe's build for its kernel (KVER) is in\n"
+	"                       the build cache (exit 0), not yet (4: being built, or not\n"
+	"                       built) or failing (5: the last build failed, or no kernel\n"
+	"                       headers); change nothing\n"
 	"  --compile FILE...    write FILE.luac beside each Lua FILE, loaded instead of\n"
 	"                       FILE while FILE is unchanged (make install does this;\n"
 	"                       chunks are named after FILE without a leading $DESTDIR)\n"
@@ -60,17 +64,19 @@ static const char usage_text[] =
 	"exit status: 0 success, 1 the script or recipe failed, 2 usage error or\n"
 	"a script that does not load, 3 another instance of the recipe runs on\n"
 	"this host (it is named; nothing was changed); a recipe interrupted by a\n"
-	"signal exits 0 after a clean stop.\n"
+	"signal exits 0 after a clean stop; --preflight: 0, 4 or 5 as above.\n"
 	"\n"
 	"examples:\n"
 	"  drvrun recipes/ubuntu-ofed.lua                  install the OFED stack\n"
 	"  drvrun recipes/ubuntu-ofed.lua --help           its options, as set here\n"
 	"  drvrun --plan recipes/ubuntu-ofed.lua KVER=6.1.0-56-amd64\n"
+	"  drvrun --preflight recipes/ubuntu-ofed.lua KVER=6.1.0-57-amd64   before a reboot\n"
 	"  drvrun -e 'print(require(\"drv.sys\").uname().release)'\n"
 	"  drvrun $(command -v busted) spec/             run specs on the real bindings\n";
 
 struct options {
 	int plan;
+	int preflight;
 	int script;	   /* argv index of the script, 0 if none */
 	int inline_code;   /* -e or -l given */
 	int compile;	   /* argv index of the first file of --compile, 0 if none */
@@ -262,6 +268,8 @@ static void set_config(lua_State *L, const struct options *o, const char *libdir
 	setfield_string(L, "log_format", o->log_format);
 	lua_pushboolean(L, o->plan);
 	lua_setfield(L, -2, "plan");
+	lua_pushboolean(L, o->preflight);
+	lua_setfield(L, -2, "preflight");
 	lua_setfield(L, -2, "drv.config");
 	lua_pop(L, 1);
 }
@@ -319,6 +327,10 @@ static int parse_args(int argc, char **argv, struct options *o)
 		}
 		if (strcmp(a, "--plan") == 0) {
 			o->plan = 1;
+			continue;
+		}
+		if (strcmp(a, "--preflight") == 0) {
+			o->preflight = 1;
 			continue;
 		}
 		if (strcmp(a, "--compile") == 0) {

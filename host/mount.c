@@ -1,12 +1,14 @@
 /* mount.c - drv.mount: mounts through libmount, and queries of
- * /proc/self/mountinfo. Bind mounts, remounts and propagation changes are plain
- * mount(2) calls, and whether a path is a mount point is statx(2)'s answer
- * when the kernel gives it: there is nothing for libmount to add to them, and
- * loading it (with libblkid, libselinux and libpcre2) is most of what exposing
- * a root costs a restart in an emulated guest. libmount never writes /etc/mtab here. */
+ * /proc/self/mountinfo, read here. Bind mounts, remounts and propagation
+ * changes are plain mount(2) calls, and whether a path is a mount point is
+ * statx(2)'s answer when the kernel gives it: there is nothing for libmount to
+ * add to them, and loading it (with libblkid, libselinux and libpcre2) is most
+ * of what exposing a root costs a restart in an emulated guest. libmount never
+ * writes /etc/mtab here. */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -206,17 +208,142 @@ static int mnt_l_propagation(lua_State *L)
 	return drv_ok(L);
 }
 
-/* ---- mountinfo ------------------------------------------------------------ */
+/* ---- mountinfo ------------------------------------------------------------
+ * Read here, not through libmount's table: a restart reads it at every start,
+ * and loading libmount with its libraries costs more than the read itself
+ * (25 ms against 1 ms in an emulated guest). Its format is proc(5)'s. */
 
-static struct libmnt_table *mnt_table(lua_State *L)
+/* One line of mountinfo, its fields unescaped in place. */
+struct mnt_entry {
+	lua_Integer id, parent;
+	const char *root, *target, *options, *optional, *fstype, *source, *fs_options;
+};
+
+/* Every line of mountinfo, in its order; the strings point into buf. */
+struct mnt_table {
+	char *buf;
+	struct mnt_entry *e;
+	size_t n;
+};
+
+/* The octal escapes of mountinfo ("\040" for a space) back to their bytes. */
+static char *mnt_unescape(char *s)
 {
-	struct libmnt_table *tb;
+	char *r = s, *w = s;
 
-	DRV_LAZY_LOAD(L, MOUNT);
-	tb = mnt_new_table_from_file(MOUNTINFO);
-	if (!tb)
-		drv_errno_fail(L, MOUNTINFO);
-	return tb;
+	while (*r) {
+		if (r[0] == '\\' && r[1] >= '0' && r[1] <= '3' && r[2] >= '0' && r[2] <= '7' &&
+		    r[3] >= '0' && r[3] <= '7') {
+			*w++ = (char)((r[1] - '0') * 64 + (r[2] - '0') * 8 + (r[3] - '0'));
+			r += 4;
+		} else {
+			*w++ = *r++;
+		}
+	}
+	*w = '\0';
+	return s;
+}
+
+/* The next space-separated field at *p, ended in place and unescaped; NULL when none is left. */
+static char *mnt_field(char **p)
+{
+	char *s = *p, *end;
+
+	if (!*s)
+		return NULL;
+	end = strchr(s, ' ');
+	if (end) {
+		*end = '\0';
+		*p = end + 1;
+	} else {
+		*p = s + strlen(s);
+	}
+	return mnt_unescape(s);
+}
+
+/* "ID PARENT MAJ:MIN ROOT TARGET OPTIONS [OPTIONAL...] - FSTYPE SOURCE FS_OPTIONS"; 0, or -1 if malformed. */
+static int mnt_parse(char *line, struct mnt_entry *e)
+{
+	char *p = line, *id = mnt_field(&p), *parent = mnt_field(&p), *sep;
+
+	if (!id || !parent || !mnt_field(&p))
+		return -1;
+	e->id = strtoll(id, NULL, 10);
+	e->parent = strtoll(parent, NULL, 10);
+	e->root = mnt_field(&p);
+	e->target = mnt_field(&p);
+	e->options = mnt_field(&p);
+	if (strncmp(p, "- ", 2) == 0) {
+		e->optional = "";
+		p += 2;
+	} else if ((sep = strstr(p, " - "))) {
+		*sep = '\0';
+		e->optional = p;
+		p = sep + 3;
+	} else {
+		return -1;
+	}
+	e->fstype = mnt_field(&p);
+	e->source = mnt_field(&p);
+	e->fs_options = mnt_field(&p);
+	return e->target && e->fstype ? 0 : -1;
+}
+
+/* Read all of mountinfo into a userdata of cap bytes, pushed; its length, or -1 with errno set
+ * (-2: it did not fit). Nothing raises while the file is open. */
+static ssize_t mnt_read(lua_State *L, size_t cap)
+{
+	char *buf = lua_newuserdatauv(L, cap, 0);
+	size_t len = 0;
+	ssize_t n;
+	int fd = open(MOUNTINFO, O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return -1;
+	while (len < cap - 1 && (n = read(fd, buf + len, cap - 1 - len)) != 0) {
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			int err = errno;
+
+			close(fd);
+			errno = err;
+			return -1;
+		}
+		len += (size_t)n;
+	}
+	close(fd);
+	if (len == cap - 1)
+		return -2;
+	buf[len] = '\0';
+	return (ssize_t)len;
+}
+
+/* mountinfo parsed into t (two userdata pushed); 1, or 0 with nil, message, errno pushed. */
+static int mnt_table(lua_State *L, struct mnt_table *t)
+{
+	size_t cap = 16384, lines = 0;
+	ssize_t len;
+	char *line, *next;
+
+	while ((len = mnt_read(L, cap)) == -2) {
+		lua_pop(L, 1);
+		cap *= 4;
+	}
+	if (len < 0)
+		return drv_errno_fail(L, MOUNTINFO), 0;
+	t->buf = lua_touserdata(L, -1);
+	for (const char *c = t->buf; (c = strchr(c, '\n')); c++)
+		lines++;
+	t->e = lua_newuserdatauv(L, (lines + 1) * sizeof(*t->e), 0);
+	t->n = 0;
+	for (line = t->buf; *line; line = next) {
+		next = strchr(line, '\n');
+		next = next ? (*next = '\0', next + 1) : line + strlen(line);
+		if (mnt_parse(line, &t->e[t->n]) == 0)
+			t->n++;
+	}
+	return 1;
 }
 
 static void mnt_setstr(lua_State *L, const char *key, const char *v)
@@ -227,48 +354,60 @@ static void mnt_setstr(lua_State *L, const char *key, const char *v)
 	lua_setfield(L, -2, key);
 }
 
-/* "shared", "slave", "private", "unbindable", or e.g. "shared,slave"; plus the peer groups. */
-static void mnt_push_propagation(lua_State *L, struct libmnt_fs *fs)
+/* Whether e's optional fields hold tag ("tag" or "tag:N"); N, or 0, in *value. */
+static int mnt_optional(const struct mnt_entry *e, const char *tag, lua_Integer *value)
 {
-	const char *opt = mnt_fs_get_optional_fields(fs);
-	unsigned long flags = 0;
-	char kind[64] = "";
-	const char *p;
+	size_t n = strlen(tag);
 
-	mnt_fs_get_propagation(fs, &flags);
-	if (flags & MS_SHARED)
+	for (const char *p = e->optional; (p = strstr(p, tag)); p += n) {
+		if ((p == e->optional || p[-1] == ' ') && (p[n] == ':' || p[n] == ' ' || p[n] == '\0')) {
+			*value = p[n] == ':' ? strtoll(p + n + 1, NULL, 10) : 0;
+			return 1;
+		}
+	}
+	return 0;
+}
+
+/* "shared", "slave", "private", "unbindable", or e.g. "shared,slave"; plus the peer groups. */
+static void mnt_push_propagation(lua_State *L, const struct mnt_entry *e)
+{
+	lua_Integer shared, master, none;
+	int is_shared = mnt_optional(e, "shared", &shared), is_slave = mnt_optional(e, "master", &master);
+	char kind[64] = "";
+
+	if (is_shared)
 		strcat(kind, "shared");
-	if (flags & MS_SLAVE)
+	if (is_slave)
 		strcat(kind, kind[0] ? ",slave" : "slave");
-	if (flags & MS_UNBINDABLE)
+	if (mnt_optional(e, "unbindable", &none))
 		strcat(kind, kind[0] ? ",unbindable" : "unbindable");
 	if (!kind[0])
 		strcat(kind, "private");
 	mnt_setstr(L, "propagation", kind);
-	if (opt && (p = strstr(opt, "shared:"))) {
-		lua_pushinteger(L, strtol(p + 7, NULL, 10));
+	if (is_shared) {
+		lua_pushinteger(L, shared);
 		lua_setfield(L, -2, "shared_group");
 	}
-	if (opt && (p = strstr(opt, "master:"))) {
-		lua_pushinteger(L, strtol(p + 7, NULL, 10));
+	if (is_slave) {
+		lua_pushinteger(L, master);
 		lua_setfield(L, -2, "master");
 	}
 }
 
-static void mnt_push_fs(lua_State *L, struct libmnt_fs *fs)
+static void mnt_push_entry(lua_State *L, const struct mnt_entry *e)
 {
 	lua_createtable(L, 0, 11);
-	lua_pushinteger(L, mnt_fs_get_id(fs));
+	lua_pushinteger(L, e->id);
 	lua_setfield(L, -2, "id");
-	lua_pushinteger(L, mnt_fs_get_parent_id(fs));
+	lua_pushinteger(L, e->parent);
 	lua_setfield(L, -2, "parent");
-	mnt_setstr(L, "target", mnt_fs_get_target(fs));
-	mnt_setstr(L, "source", mnt_fs_get_source(fs));
-	mnt_setstr(L, "fstype", mnt_fs_get_fstype(fs));
-	mnt_setstr(L, "root", mnt_fs_get_root(fs));
-	mnt_setstr(L, "options", mnt_fs_get_vfs_options(fs));
-	mnt_setstr(L, "fs_options", mnt_fs_get_fs_options(fs));
-	mnt_push_propagation(L, fs);
+	mnt_setstr(L, "target", e->target);
+	mnt_setstr(L, "source", e->source);
+	mnt_setstr(L, "fstype", e->fstype);
+	mnt_setstr(L, "root", e->root);
+	mnt_setstr(L, "options", e->options);
+	mnt_setstr(L, "fs_options", e->fs_options);
+	mnt_push_propagation(L, e);
 }
 
 /* The canonical form of path (symlinks resolved); path itself when it does not exist. */
@@ -277,20 +416,24 @@ static const char *mnt_canon(const char *path, char *buf)
 	return realpath(path, buf) ? buf : path;
 }
 
-/* The top-most mount exactly at path, or NULL. */
-static struct libmnt_fs *mnt_at(struct libmnt_table *tb, const char *path)
+/* The top-most mount exactly at path (the last listed there), or NULL. */
+static const struct mnt_entry *mnt_at(const struct mnt_table *t, const char *path)
 {
-	struct libmnt_iter *it = mnt_new_iter(MNT_ITER_BACKWARD);
-	struct libmnt_fs *fs, *found = NULL;
+	const struct mnt_entry *found = NULL;
 
-	while (it && mnt_table_next_fs(tb, it, &fs) == 0) {
-		if (strcmp(mnt_fs_get_target(fs), path) == 0) {
-			found = fs;
-			break;
-		}
-	}
-	mnt_free_iter(it);
+	for (size_t i = 0; i < t->n; i++)
+		if (strcmp(t->e[i].target, path) == 0)
+			found = &t->e[i];
 	return found;
+}
+
+static int mnt_under(const char *target, const char *base)
+{
+	size_t n = strlen(base);
+
+	if (strcmp(base, "/") == 0)
+		return 1;
+	return strncmp(target, base, n) == 0 && (target[n] == '\0' || target[n] == '/');
 }
 
 /***
@@ -303,7 +446,7 @@ static int mnt_l_is_mountpoint(lua_State *L)
 {
 	const char *path = luaL_checkstring(L, 1);
 	char buf[PATH_MAX];
-	struct libmnt_table *tb;
+	struct mnt_table t;
 	struct statx stx;
 	int rc = statx(AT_FDCWD, path, AT_NO_AUTOMOUNT, STATX_TYPE, &stx);
 
@@ -311,11 +454,9 @@ static int mnt_l_is_mountpoint(lua_State *L)
 		return lua_pushboolean(L, 0), 1;
 	if (rc == 0 && (stx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT))
 		return lua_pushboolean(L, (stx.stx_attributes & STATX_ATTR_MOUNT_ROOT) != 0), 1;
-	tb = mnt_table(L); /* a kernel before 5.8, or statx refused */
-	if (!tb)
+	if (!mnt_table(L, &t)) /* a kernel before 5.8, or statx refused */
 		return 3;
-	lua_pushboolean(L, mnt_at(tb, mnt_canon(path, buf)) != NULL);
-	mnt_unref_table(tb);
+	lua_pushboolean(L, mnt_at(&t, mnt_canon(path, buf)) != NULL);
 	return 1;
 }
 
@@ -331,18 +472,15 @@ static int mnt_l_info(lua_State *L)
 {
 	const char *path = luaL_checkstring(L, 1);
 	char buf[PATH_MAX];
-	struct libmnt_table *tb = mnt_table(L);
-	struct libmnt_fs *fs;
+	const struct mnt_entry *e;
+	struct mnt_table t;
 
-	if (!tb)
+	if (!mnt_table(L, &t))
 		return 3;
-	fs = mnt_at(tb, mnt_canon(path, buf));
-	if (!fs) {
-		mnt_unref_table(tb);
+	e = mnt_at(&t, mnt_canon(path, buf));
+	if (!e)
 		return drv_fail(L, EINVAL, "%s: not a mount point", path);
-	}
-	mnt_push_fs(L, fs);
-	mnt_unref_table(tb);
+	mnt_push_entry(L, e);
 	return 1;
 }
 
@@ -357,31 +495,26 @@ static int mnt_l_find(lua_State *L)
 {
 	const char *path = luaL_checkstring(L, 1);
 	char buf[PATH_MAX];
-	struct libmnt_table *tb;
-	struct libmnt_fs *fs;
+	const struct mnt_entry *found = NULL;
+	size_t longest = 0;
+	struct mnt_table t;
 
 	if (!realpath(path, buf))
 		return drv_errno_fail(L, path);
-	tb = mnt_table(L);
-	if (!tb)
+	if (!mnt_table(L, &t))
 		return 3;
-	fs = mnt_table_find_mountpoint(tb, buf, MNT_ITER_BACKWARD);
-	if (!fs) {
-		mnt_unref_table(tb);
-		return drv_fail(L, ENOENT, "%s: no mount contains it", path);
+	for (size_t i = 0; i < t.n; i++) { /* the deepest mount point above path, the top-most there */
+		size_t n = strlen(t.e[i].target);
+
+		if (mnt_under(buf, t.e[i].target) && (!found || n >= longest)) {
+			found = &t.e[i];
+			longest = n;
+		}
 	}
-	mnt_push_fs(L, fs);
-	mnt_unref_table(tb);
+	if (!found)
+		return drv_fail(L, ENOENT, "%s: no mount contains it", path);
+	mnt_push_entry(L, found);
 	return 1;
-}
-
-static int mnt_under(const char *target, const char *base)
-{
-	size_t n = strlen(base);
-
-	if (strcmp(base, "/") == 0)
-		return 1;
-	return strncmp(target, base, n) == 0 && (target[n] == '\0' || target[n] == '/');
 }
 
 /***
@@ -395,25 +528,20 @@ static int mnt_l_list(lua_State *L)
 {
 	const char *under = luaL_optstring(L, 1, NULL);
 	char buf[PATH_MAX];
-	struct libmnt_table *tb = mnt_table(L);
-	struct libmnt_iter *it;
-	struct libmnt_fs *fs;
+	struct mnt_table t;
 	int n = 0;
 
-	if (!tb)
+	if (!mnt_table(L, &t))
 		return 3;
 	if (under)
 		under = mnt_canon(under, buf);
-	it = mnt_new_iter(MNT_ITER_FORWARD);
-	lua_newtable(L);
-	while (it && mnt_table_next_fs(tb, it, &fs) == 0) {
-		if (under && !mnt_under(mnt_fs_get_target(fs), under))
+	lua_createtable(L, (int)t.n, 0);
+	for (size_t i = 0; i < t.n; i++) {
+		if (under && !mnt_under(t.e[i].target, under))
 			continue;
-		mnt_push_fs(L, fs);
+		mnt_push_entry(L, &t.e[i]);
 		lua_rawseti(L, -2, ++n);
 	}
-	mnt_free_iter(it);
-	mnt_unref_table(tb);
 	return 1;
 }
 
@@ -448,21 +576,15 @@ static int mnt_l_umount(lua_State *L)
 	int force = drv_optfield_boolean(L, opts, "force", 0);
 	char buf[PATH_MAX];
 	const char *target = mnt_canon(arg, buf);
-	struct libmnt_table *tb;
-	struct libmnt_iter *it;
-	struct libmnt_fs *fs;
+	struct mnt_table t;
 	int top;
 
-	tb = mnt_table(L);
-	if (!tb)
+	if (!mnt_table(L, &t))
 		return 3;
-	if (!mnt_at(tb, target)) {
-		mnt_unref_table(tb);
+	if (!mnt_at(&t, target))
 		return drv_fail(L, EINVAL, "umount %s: not a mount point", arg);
-	}
 	if (!rec || lazy) {
 		/* a lazy unmount detaches the whole tree below target at once */
-		mnt_unref_table(tb);
 		if (lazy && umount2(target, MNT_DETACH | (force ? MNT_FORCE : 0)) < 0)
 			return drv_fail(L, errno, "umount %s: %s", arg, strerror(errno));
 		return lazy ? drv_ok(L) : mnt_umount_one(L, target, 0, force);
@@ -470,15 +592,12 @@ static int mnt_l_umount(lua_State *L)
 	/* collect targets below (mountinfo lists children after parents), unmount in reverse */
 	lua_newtable(L);
 	top = lua_gettop(L);
-	it = mnt_new_iter(MNT_ITER_FORWARD);
-	while (it && mnt_table_next_fs(tb, it, &fs) == 0) {
-		if (mnt_under(mnt_fs_get_target(fs), target)) {
-			lua_pushstring(L, mnt_fs_get_target(fs));
+	for (size_t i = 0; i < t.n; i++) {
+		if (mnt_under(t.e[i].target, target)) {
+			lua_pushstring(L, t.e[i].target);
 			lua_rawseti(L, top, (lua_Integer)lua_rawlen(L, top) + 1);
 		}
 	}
-	mnt_free_iter(it);
-	mnt_unref_table(tb);
 	for (lua_Integer i = (lua_Integer)lua_rawlen(L, top); i > 0; i--) {
 		lua_rawgeti(L, top, i);
 		if (umount2(lua_tostring(L, -1), force ? MNT_FORCE : 0) < 0)
@@ -488,7 +607,26 @@ static int mnt_l_umount(lua_State *L)
 	return drv_ok(L);
 }
 
+/***
+ * Give this process a mount namespace of its own: a copy of the current one,
+ * every mount a slave of its original (mounts made there still arrive; nothing
+ * mounted here goes back). For a child run that binds things for itself only.
+ * @function unshare
+ * @treturn[1] true
+ * @treturn[2] nil, string message, string errno
+ * @see unshare(2), mount_namespaces(7)
+ */
+static int mnt_l_unshare(lua_State *L)
+{
+	if (unshare(CLONE_NEWNS) < 0)
+		return drv_fail(L, errno, "unshare the mount namespace: %s", strerror(errno));
+	if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0)
+		return drv_fail(L, errno, "make / a slave mount in the new namespace: %s", strerror(errno));
+	return drv_ok(L);
+}
+
 static const luaL_Reg mnt_funcs[] = {
+	{ "unshare", mnt_l_unshare },
 	{ "mount", mnt_l_mount },
 	{ "bind", mnt_l_bind },
 	{ "rbind", mnt_l_rbind },

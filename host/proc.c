@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
@@ -52,6 +53,8 @@ struct process {
 	int on_tick_ref;	/* registry ref of on_tick, LUA_NOREF if none */
 	double tick, next_tick;	/* on_tick every tick seconds: when it is next due */
 	enum stream_mode out_mode, err_mode;
+	int nice;		/* added to the child's nice value (0: as the parent) */
+	int io_idle;		/* the child in the idle I/O scheduling class */
 };
 
 static enum stream_mode proc_mode(lua_State *L, int opts, const char *key,
@@ -197,9 +200,25 @@ static void proc_child_fail(int fd, int err)
 	_exit(127);
 }
 
-/* In the child: clean signals, own group, wire fds, chdir, exec. Never returns. */
-static void proc_exec_child(const char *path, const char **argv, const char **envp,
-			    const char *cwd, int in, int out, int err, int report)
+#define PROC_IOPRIO_WHO_PROCESS 1
+#define PROC_IOPRIO_IDLE (3 << 13)	/* IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT */
+
+/* In the child: a lower CPU and I/O priority, as p asks. 0, or -1 with errno. */
+static int proc_lower_priority(const struct process *p)
+{
+	if (p->nice) {
+		errno = 0;
+		if (nice(p->nice) == -1 && errno)
+			return -1;
+	}
+	if (p->io_idle && syscall(SYS_ioprio_set, PROC_IOPRIO_WHO_PROCESS, 0, PROC_IOPRIO_IDLE) < 0)
+		return -1;
+	return 0;
+}
+
+/* In the child: clean signals, own group, priority, wire fds, chdir, exec. Never returns. */
+static void proc_exec_child(const struct process *p, const char *path, const char **argv,
+			    const char **envp, const char *cwd, int in, int out, int err, int report)
 {
 	sigset_t none;
 
@@ -208,6 +227,8 @@ static void proc_exec_child(const char *path, const char **argv, const char **en
 		signal(s, SIG_DFL);
 	sigprocmask(SIG_SETMASK, &none, NULL);
 	setpgid(0, 0);
+	if (proc_lower_priority(p) < 0)
+		proc_child_fail(report, errno);
 	if ((in >= 0 && dup2(in, 0) < 0) || (out >= 0 && dup2(out, 1) < 0) ||
 	    (err >= 0 && dup2(err, 2) < 0))
 		proc_child_fail(report, errno);
@@ -265,7 +286,7 @@ static int proc_start(struct process *p, const char *path, const char **argv,
 	if (p->pid == 0) {
 		int errfd = p->err_mode == S_STDOUT ? (out[1] >= 0 ? out[1] : 1) : err[1];
 
-		proc_exec_child(path, argv, envp, cwd, in[0], out[1], errfd, rep[1]);
+		proc_exec_child(p, path, argv, envp, cwd, in[0], out[1], errfd, rep[1]);
 	}
 	setpgid(p->pid, p->pid); /* also in the parent: no race with kill() */
 	p->pidfd = (int)syscall(SYS_pidfd_open, p->pid, 0);
@@ -646,6 +667,9 @@ static int proc_setup(lua_State *L, struct process *p, int default_inherit, int 
 		luaL_argcheck(L, lua_isfunction(L, -1), 2, "field 'on_line': function expected");
 		p->on_line_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 	}
+	p->nice = (int)drv_optfield_integer(L, opts, "nice", 0);
+	luaL_argcheck(L, p->nice >= 0 && p->nice <= 19, 2, "field 'nice': 0 to 19 expected (a lower priority only)");
+	p->io_idle = drv_optfield_boolean(L, opts, "io_idle", 0);
 	p->tick = drv_optfield_number(L, opts, "tick", 10);
 	luaL_argcheck(L, p->tick > 0, 2, "field 'tick': positive number expected");
 	if (proc_field(L, opts, "on_tick")) {
@@ -686,10 +710,12 @@ static int proc_setup(lua_State *L, struct process *p, int default_inherit, int 
  *   kill_after = 5, interrupt_fd = fd (readable => stop the program, result.interrupted), stdin = "data", stdout = "capture"|"inherit"|"null",
  *   stderr = "capture"|"inherit"|"null"|"stdout", log = path, max_capture = 1 MiB,
  *   on_line = function(stream, line), on_tick = function(seconds since start), tick = 10 (seconds between
- *   on_tick calls, while the program runs, whether it writes or not: for progress lines) }`
+ *   on_tick calls, while the program runs, whether it writes or not: for progress lines), nice = 0-19 (added
+ *   to the program's nice value: a lower CPU priority), io_idle = false (true: the idle I/O class, its disk
+ *   reads and writes served when no one else waits for the disk) }`
  * @treturn[1] table `{ status = n | nil, signal = "SIGKILL" | nil, timed_out, stdout, stderr, seconds, pid }`
  * @treturn[2] nil, string message, string errno (the program could not be started)
- * @see execvpe(3), poll(2)
+ * @see execvpe(3), poll(2), nice(2), ioprio_set(2)
  */
 static int proc_run(lua_State *L)
 {

@@ -66,9 +66,12 @@ return {
     return { peermem = { path = src } }
   end,
 
-  -- OFED's headers (it is ready: required), and NVIDIA's driver loaded with its headers.
+  -- OFED's headers (it is ready: required; a build-only run ahead of a reboot waits for
+  -- OFED's build ahead to leave them for the kernel), and NVIDIA's driver with its headers.
   await = function(r)
-    r.ofed = r:must("OFED in " .. r.opt.OFED_ROOT, peermem.ofed_headers(r.requires.ofed.root, r.kver, r.opt.D_ARCH))
+    r.ofed = r:wait_for("OFED's headers for " .. r.kver .. " in " .. r.opt.OFED_ROOT, function()
+      return peermem.ofed_headers(r.requires.ofed.root, r.kver, r.opt.D_ARCH)
+    end)
     r.nvidia = r:wait_for("NVIDIA driver in " .. table.concat(r.opt.NVIDIA_ROOT, " or "), function()
       return find_nvidia(r)
     end)

@@ -21,6 +21,7 @@ local MODULE_FLAGS = { "--with-core-mod", "--with-user_mad-mod", "--with-user_ac
 -- Debian splits the kernel headers into an arch tree and a common one: the
 -- tree's configure is given both (DKMS names only the first, and fails).
 local function configure_args(r)
+  r:ensure_headers(r.kver) -- first: a build ahead binds the host's headers where their links point
   local dirs = require("drv.compile").kernel_dirs(r.kver) -- loaded at the build, not at every start
   local args = { "--kernel-version=" .. r.kver, "--kernel-sources=" .. dirs.build, "--with-linux=" .. dirs.source,
                  "--with-linux-obj=" .. dirs.build, "--modules-dir=/lib/modules/" .. r.kver }
@@ -244,13 +245,17 @@ return {
   -- memory), under usr/src/ofa_kernel/ARCH/KVER with a relative `default` link,
   -- so the link still resolves when this root is seen from the host or another
   -- container; OFED's udev rules on the host, before the reload makes the
-  -- network devices they name.
+  -- network devices they name. A build-only run (ahead for the next kernel)
+  -- leaves its headers beside the running one's, where a peer-memory build for
+  -- that kernel looks (ARCH/KVER), and an existing `default` as it is.
   install = function(r)
     install_udev(r)
     local base = r:path("/usr/src/ofa_kernel")
     r:install_dir(("%s/%s/%s"):format(base, r.opt.D_ARCH, r.kver), function(dir)
       r:copy_tree(r.kept.ofa_kernel, dir)
     end)
-    r:must("install headers", fs.symlink(("%s/%s"):format(r.opt.D_ARCH, r.kver), base .. "/default", { replace = true }))
+    local default = base .. "/default"
+    if r.opt.BUILD_ONLY and fs.exists(default) then return end -- a build-only run keeps the running one's
+    r:must("install headers", fs.symlink(("%s/%s"):format(r.opt.D_ARCH, r.kver), default, { replace = true }))
   end,
 }

@@ -110,13 +110,15 @@ local function render(out, module, blocks, intro, prefix)
   end
 end
 
--- The first comment paragraph of a file: what the module is for.
+-- The comment a file opens with: what the module is for.
 local function intro_of(text, comment)
   local lines = {}
-  for line in text:gmatch("[^\n]+") do
+  for line in text:gmatch("[^\n]*") do
     local l = line:match(comment)
     if not l then break end
+    local last = l:find("%*/%s*$")
     lines[#lines + 1] = l:gsub("%s*%*/%s*$", "")
+    if last then break end
   end
   return (table.concat(lines, " "):gsub("%s+", " "):gsub("^[%w_]+%.c %- ", ""))
 end
@@ -134,7 +136,7 @@ local function c_modules(out)
       for _, name in ipairs(c_registered(text)) do
         if not documented[name] then missing[#missing + 1] = path .. ": " .. name end
       end
-      render(out, "drv." .. module, blocks, intro_of(text, "^/?%*+%s?(.*)$"))
+      render(out, "drv." .. module, blocks, intro_of(text, "^%s*/?%*+%s?(.*)$"))
     end
   end
 end

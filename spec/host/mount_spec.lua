@@ -90,6 +90,29 @@ describe("drv.mount", function()
       io.write(fs.read(D .. "/a/marker") == "from the container" and "visible" or "hidden")]==]):format(inner)))
   end)
 
+  it("gives a process a mount namespace of its own: its mounts stay there, the parent's still arrive", function()
+    -- the namespace the snippet runs in stands for the driver container's; the child
+    -- drvrun unshares, mounts /a for itself, then sees /b mounted here afterwards
+    local child = ([==[
+      local m, fs = require "drv.mount", require "drv.fs"
+      assert(m.unshare())
+      assert(m.mount("tmpfs", %q, "tmpfs"))
+      assert(fs.write(%q, "x"))
+      while not fs.exists(%q) do require("drv.sys").sleep(0.01) end
+      io.write(tostring(m.is_mountpoint(%q)))]==]):format(dir .. "/a", dir .. "/go", dir .. "/b/marker", dir .. "/b")
+    local r = ns.run(("local m, fs, D = require 'drv.mount', require 'drv.fs', %q\n"):format(dir) .. ([==[
+      local p = assert(require("drv.proc").spawn({ os.getenv("DRVRUN"), "-e", %q }, { stdout = "capture" }))
+      while not fs.exists(D .. "/go") do require("drv.sys").sleep(0.01) end
+      io.write(tostring(m.is_mountpoint(D .. "/a")), "|")
+      assert(m.mount("tmpfs", D .. "/b", "tmpfs"))
+      assert(fs.write(D .. "/b/marker", "y"))
+      local r = assert(p:wait(30))
+      assert(r.status == 0, r.stderr)
+      io.write(r.stdout)]==]):format(child), "shared")
+    assert.equal(0, r.status, r.stderr)
+    assert.equal("false|true", r.stdout)
+  end)
+
   it("unmounts recursively, deepest first, and lazily", function()
     assert.equal("busy|true|false|false|0", run([[
       assert(m.mount("tmpfs", D .. "/a", "tmpfs"))
@@ -118,6 +141,21 @@ describe("drv.mount", function()
       for _, i in ipairs(m.list(D)) do names[#names + 1] = i.target:sub(#D + 2) end
       assert(fs.mkdir(D .. "/a/dir"))
       io.write(table.concat(names, ","), "|", m.find(D .. "/a/dir").target:sub(#D + 2))]]))
+  end)
+
+  it("reads mountinfo's escapes, stacked mounts and bind roots as the kernel wrote them", function()
+    assert.equal("a b|src\tx y|1|over|/sub|shared|1", run([[
+      assert(fs.mkdir(D .. "/a b"))
+      assert(m.mount("src\tx y", D .. "/a b", "tmpfs"))
+      assert(m.mount("tmpfs", D .. "/a", "tmpfs"))
+      assert(m.propagation(D .. "/a", "shared"))
+      assert(fs.mkdir(D .. "/a/sub"))
+      assert(m.bind(D .. "/a/sub", D .. "/b"))
+      local bound = m.info(D .. "/b")
+      assert(m.mount("over", D .. "/b", "tmpfs"))
+      local spaced, top = m.info(D .. "/a b"), m.info(D .. "/b")
+      io.write(spaced.target:sub(#D + 2), "|", spaced.source, "|", #m.list(D .. "/a b"), "|", top.source, "|",
+        bound.root, "|", bound.propagation, "|", bound.shared_group == m.info(D .. "/a").shared_group and 1 or 0)]]))
   end)
 
   it("returns failure tuples that name the target and the cause", function()

@@ -131,6 +131,18 @@ describe("drv.proc.run", function()
     assert.is_nil(r.status)
   end)
 
+  it("runs a child at a lower CPU and I/O priority on request, and refuses to raise one", function()
+    -- the 19th field of /proc/PID/stat is the nice value; ionice(1) reads the I/O class back
+    local r = assert(proc.run({ "sh", "-c", 'cut -d" " -f19 /proc/self/stat; ionice -p $$' },
+                              { nice = 19, io_idle = true }))
+    assert.equal("19\nidle\n", r.stdout)
+    r = assert(proc.run({ "sh", "-c", 'cut -d" " -f19 /proc/self/stat; ionice -p $$' }))
+    assert.matches("^0\n", r.stdout)
+    assert.not_matches("idle", r.stdout)
+    assert.error_matches(function() proc.run({ "true" }, { nice = -5 }) end,
+                         "bad argument #2 to '[%w.]*run' %(field 'nice': 0 to 19 expected %(a lower priority only%)%)")
+  end)
+
   it("gives children a clean signal mask even when signals are blocked here", function()
     local w = signal.watch { "TERM", "HUP" }
     local r = assert(proc.run({ "grep", "^SigBlk", "/proc/self/status" }))

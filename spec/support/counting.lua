@@ -3,16 +3,25 @@
 -- The counts are written after every test too, with one failure more for the
 -- run that has not ended: a run cut off (a guest killed at its timeout, a
 -- crash) still reports the tests it finished, and fails. The suite's end
--- writes the final counts.
+-- writes the final counts. After a reboot of the guest (spec/vm/run: the same
+-- COMMAND again, DRVRUN_VM_BOOT > 1) the counts of the boots before are added.
 return function(options)
   local busted = require 'busted'
   local handler = require 'busted.outputHandlers.gtest'(options)
   local path = os.getenv('DRVRUN_RESULTS')
+  local before = { 0, 0 }
+  if path and tonumber(os.getenv('DRVRUN_VM_BOOT') or '1') > 1 then
+    local f = io.open(path)
+    if f then
+      before = { f:read('n') or 0, f:read('n') or 0 }
+      f:close()
+    end
+  end
 
   local function write_counts(unfinished)
     local f = assert(io.open(path, 'w'))
-    f:write(string.format('%d %d\n', handler.successesCount,
-      handler.failuresCount + handler.errorsCount + unfinished))
+    f:write(string.format('%d %d\n', before[1] + handler.successesCount,
+      before[2] + handler.failuresCount + handler.errorsCount + unfinished))
     f:close()
   end
 

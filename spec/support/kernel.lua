@@ -1,6 +1,9 @@
--- The kernel the specs build for: the newest one installed (/lib/modules/K), as the Makefile,
--- tools/fill-cache and spec/vm/run pick it (`sort -V | tail -n 1`); a machine may have several.
+-- The kernels installed here. `release` is the one the specs build for: the
+-- newest installed (/lib/modules/K), as the Makefile, tools/fill-cache and spec/vm/run pick
+-- it (`sort -V | tail -n 1`); `installed` lists those with their modules' index, oldest first
+-- (the upgrade spec boots the guest on an older one too: Makefile's UPGRADE_KVER).
 local fs = require "drv.fs"
+local kernels = require "drv.kernels"
 
 -- Release strings compared as `sort -V` does: runs of digits by number, the rest by text.
 local function version_less(a, b)
@@ -21,4 +24,7 @@ end
 
 local releases = assert(fs.dir("/lib/modules"))
 table.sort(releases, version_less)
-return { release = releases[#releases], version_less = version_less }
+local installed = kernels.installed("/lib/modules")
+table.sort(installed, version_less)
+return { release = releases[#releases], installed = installed,
+         version_less = version_less }

@@ -35,14 +35,19 @@ function M.setup()
   env.bundle = assert(fs.glob(guest.fixtures .. "/sim-ofed-[0-9]*.tgz"))[1]:match("[^/]+$")
   env.broken = assert(fs.glob(guest.fixtures .. "/sim-ofed-broken-*.tgz"))[1]:match("[^/]+$")
   env.sha, env.broken_sha = M.sha_of(env.bundle), M.sha_of(env.broken)
-  -- the "host" side of the shared path, as with mountPropagation: Bidirectional
+  M.share_expose()
+  return env
+end
+
+--- The "host" side of the exposed path, as with mountPropagation: Bidirectional: a
+-- container's rbind there is seen here.
+function M.share_expose()
   assert(fs.mkdir(M.EXPOSE))
   local mount = require "drv.mount"
   if not mount.is_mountpoint(M.EXPOSE) then
     assert(mount.bind(M.EXPOSE, M.EXPOSE))
     assert(mount.propagation(M.EXPOSE, "shared"))
   end
-  return env
 end
 
 --- A fresh copy of a build cache (`from`, default build/cache) without the

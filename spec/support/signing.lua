@@ -6,7 +6,12 @@ local M = {}
 local sh = require "spec.support.sh"
 local fs = require "drv.fs"
 
-M.KVER = require("spec.support.kernel").release
+M.KVER = (function() -- the newest kernel with its signer: the one the fixtures are built for
+  local installed = require("spec.support.kernel").installed
+  for i = #installed, 1, -1 do
+    if fs.exists("/lib/modules/" .. installed[i] .. "/build/scripts/sign-file") then return installed[i] end
+  end
+end)()
 
 M.FIXTURES = "build/fixtures/built/sim-ofed/src"
 

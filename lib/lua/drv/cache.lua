@@ -6,6 +6,8 @@
 --   modules, the files install needs (keep/), build.log and manifest.lua (with
 --   manifest.luac, its compiled chunk: a restart loads that, not the text)
 -- CACHE_DIR/<recipe>/<kernel>/builds/recent  the entries, most recently used first
+-- CACHE_DIR/<recipe>/<kernel>/failed, failed.log  the last build for the kernel that failed:
+--   why, and its log (removed by the next build that succeeds)
 --
 -- The key is readable text kept in the manifest (recipe, version, kernel, the
 -- content of every source and build input, by name, not path; the options marked `build`); the
@@ -16,6 +18,7 @@ local M = {}
 local chunk = require "drv.chunk"
 local graph = require "drv.graph"
 local fs = require "drv.fs"
+local lock = require "drv.lock"
 local log = require "drv.log"
 
 local function short_hash(s) -- FNV-1a, 64 bits: names a directory, not a security check
@@ -35,8 +38,8 @@ local function content_digest(r, path)
   return "tree " .. short_hash(table.concat(lines, "\n"))
 end
 
-local function build_key(r)
-  local parts = { r.name, r.version, r.kver }
+local function build_key(r, kver)
+  local parts = { r.name, r.version, kver }
   for _, key in ipairs(graph.sorted(r.sources)) do
     parts[#parts + 1] = key .. "=" .. content_digest(r, r.sources[key])
   end
@@ -55,20 +58,32 @@ local function build_key(r)
   return table.concat(parts, "\n")
 end
 
+local function recent_builds(builds)
+  local ids = {}
+  for id in (fs.read(builds .. "/recent") or ""):gmatch("%x+") do ids[#ids + 1] = id end
+  return ids
+end
+
 --- Where a source fetched from `url` is kept: CACHE/sources/<its file name>.
 function M.source_path(r, url)
   return ("%s/sources/%s"):format(r.cache, url:match("([^/?#]+)[^/]*$"))
 end
 
---- Where this run's build tree goes: CACHE/KVER/work.
-function M.work_dir(r)
-  return ("%s/%s/work"):format(r.cache, r.kver)
+-- CACHE/KVER: everything the cache holds for a kernel.
+local function kernel_dir(r, kver)
+  return ("%s/%s"):format(r.cache, kver or r.kver)
 end
 
---- The entry for this run's sources, inputs and options: `{ key, id, dir, builds }`.
-function M.entry(r)
-  local key = build_key(r)
-  local builds, id = ("%s/%s/builds"):format(r.cache, r.kver), short_hash(key)
+--- Where this run's build tree goes (or, with `kver`, a build's for that kernel): CACHE/KVER/work.
+function M.work_dir(r, kver)
+  return kernel_dir(r, kver) .. "/work"
+end
+
+--- The entry for this run's sources, inputs and options: `{ key, id, dir, builds }`; for
+-- kernel `kver` when given (default: the run's).
+function M.entry(r, kver)
+  local key = build_key(r, kver or r.kver)
+  local builds, id = kernel_dir(r, kver) .. "/builds", short_hash(key)
   return { key = key, id = id, dir = builds .. "/" .. id, builds = builds }
 end
 
@@ -141,12 +156,55 @@ function M.store(r, entry, res)
   lines[#lines + 1] = "keep = {" .. table.concat(keep, ", ") .. "},"
   lines[#lines + 1] = "sources = {" .. table.concat(fetched_sources(r), ", ") .. "} }"
   r:must("cache manifest", fs.write(dir .. "/manifest.lua", table.concat(lines, "\n") .. "\n"))
+  for _, name in ipairs { "failed", "failed.log" } do fs.remove(kernel_dir(r) .. "/" .. name, { missing_ok = true }) end
 end
 
-local function recent_builds(builds)
-  local ids = {}
-  for id in (fs.read(builds .. "/recent") or ""):gmatch("%x+") do ids[#ids + 1] = id end
-  return ids
+--- Note that a build for `entry` failed with `message` (the log at `logfile`, when there is
+-- one, kept beside as failed.log): what `failure` tells a plan until a build succeeds.
+function M.note_failure(entry, message, logfile)
+  local dir = entry.builds:match("^(.*)/builds$")
+  local ok, err = fs.mkdir(dir)
+  local kept = dir .. "/failed.log"
+  if ok and logfile and fs.exists(logfile) then ok, err = fs.copy(logfile, kept) else kept = nil end
+  if ok then
+    ok, err = fs.write(dir .. "/failed", ("return { key = %q, time = %q, message = %q, log = %q }\n")
+                                          :format(entry.key, log.timestamp(), message, kept or ""))
+  end
+  if not ok then log.warn("cache: cannot note the failed build: %s", err) end
+end
+
+--- The last failed build for kernel `kver`: `{ key, time, message, log }` (log: "" when there
+-- was none), or nil.
+function M.failure(r, kver)
+  local text = fs.read(kernel_dir(r, kver) .. "/failed")
+  local fn = text and load(text, "=failed", "t", {})
+  if not fn then return nil end
+  local ok, t = pcall(fn)
+  return ok and type(t) == "table" and t or nil
+end
+
+--- Who builds for kernel `kver` now (the holder of its build lock), or nil. Changes nothing.
+function M.builder(r, kver)
+  local path = M.work_dir(r, kver) .. ".lock"
+  if not fs.exists(path) then return nil end
+  local held, err = lock.acquire(path, { timeout = 0, shared = true })
+  if held then
+    held:unlock()
+    return nil
+  end
+  return err:match("held by (.*)$") or err
+end
+
+--- The most recently used build for kernel `kver` that is whole: its modules, kept files and
+-- entry; nil when there is none.
+function M.latest(r, kver)
+  local builds = kernel_dir(r, kver) .. "/builds"
+  for _, id in ipairs(recent_builds(builds)) do
+    local manifest = read_manifest(builds .. "/" .. id)
+    local entry = { key = manifest and manifest.key, id = id, dir = builds .. "/" .. id, builds = builds }
+    local modules, kept = M.load(r, entry)
+    if modules then return modules, kept, entry end
+  end
 end
 
 --- Note the entry as the most recently used one. Written only when the order
@@ -170,8 +228,10 @@ end
 
 --- After a build: keep this kernel's CACHE_KEEP most recently used builds and
 -- the sources they were made from; remove the build tree (the objects of the
--- whole bundle), older builds and the builds for other kernels.
-function M.prune(r, entry)
+-- whole bundle), older builds and the builds for kernels not in `kernels` (the
+-- releases that may boot: the host's installed kernels, the running one; this run's
+-- is always kept).
+function M.prune(r, entry, kernels)
   remove("the build tree", M.work_dir(r))
   local keep, sources = {}, {}
   for i, id in ipairs(recent_builds(entry.builds)) do
@@ -186,9 +246,11 @@ function M.prune(r, entry)
   for _, name in ipairs(fs.dir(r.cache .. "/sources") or {}) do
     if not sources[name] then remove("source " .. name .. ", which no kept build uses", r.cache .. "/sources/" .. name) end
   end
+  local bootable = { [r.kver] = true }
+  for _, k in ipairs(kernels) do bootable[k] = true end
   for _, name in ipairs(fs.dir(r.cache) or {}) do
-    if name ~= r.kver and name ~= "sources" and fs.exists(r.cache .. "/" .. name .. "/builds") then
-      remove("the builds for kernel " .. name, r.cache .. "/" .. name)
+    if not bootable[name] and name ~= "sources" and fs.exists(r.cache .. "/" .. name .. "/builds") then
+      remove("the builds for kernel " .. name .. ", which is not installed", r.cache .. "/" .. name)
     end
   end
 end

@@ -68,6 +68,13 @@ local function first_errors(text, tail, n)
   return found
 end
 
+--- The first line of `text` (a build's log, or a failure's message with its lines) that
+-- says what went wrong: a compiler's error, make's, configure's; nil when none does.
+function M.first_error(text)
+  local found = first_errors(text, "", 1)
+  return found[1]
+end
+
 local function failure_text(label, what, res, logfile)
   local text = res.stdout
   local tail = last_lines(text, 20)
@@ -219,11 +226,19 @@ local function check_opts(o, fname)
   end
 end
 
-local function defaults(o, default_log)
+local DEFAULT_LOG = ".drvrun-build.log"
+
+--- The log a build step with options `o` writes: `o.log`, or `.drvrun-build.log` in its tree
+-- (a configure's and the make after it append to the same one).
+function M.log_path(o)
+  return o.log or (type(o.src) == "string" and o.src .. "/" .. DEFAULT_LOG or nil)
+end
+
+local function defaults(o)
   o = setmetatable({}, { __index = o })
   o.kver = o.kver or sys.uname().release
   o.jobs = o.jobs or sys.nproc()
-  o.log = o.log or (o.src .. "/" .. default_log)
+  o.log = M.log_path(o)
   return o
 end
 
@@ -262,7 +277,7 @@ end
 -- @treturn[2] nil, message (with the last lines of the log), errno ("EINTR" when interrupted)
 function M.kbuild(o)
   check_opts(o, "kbuild")
-  o = defaults(o, ".drvrun-build.log")
+  o = defaults(o)
   o.kdir = o.kdir or M.kernel_build_dir(o.kver)
   if not fs.exists(o.kdir .. "/Makefile") then
     return nil, ("kernel build directory %s not found: install the headers (linux-headers-%s)")
@@ -286,7 +301,7 @@ end
 -- @treturn[2] nil, message (with the lines of the log that matter), errno
 function M.configure(o)
   check_opts(o, "configure")
-  o = defaults(o, ".drvrun-build.log")
+  o = defaults(o)
   if not fs.exists(o.src .. "/configure") then
     return nil, ("configure %s: there is no %s/configure (is this the source tree?)"):format(o.src, o.src), "ENOENT"
   end
@@ -309,7 +324,7 @@ end
 -- @treturn[2] nil, message, errno
 function M.make(o)
   check_opts(o, "make")
-  o = defaults(o, ".drvrun-build.log")
+  o = defaults(o)
   local label = "build " .. o.src:match("[^/]+$")
   log.info("%s for %s: make -j%d", label, o.kver, o.jobs)
   local res, err, errno = run_step { label = label, argv = make_argv({ "make", "-C", o.src }, o), env = o.env,

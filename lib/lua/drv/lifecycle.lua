@@ -30,6 +30,8 @@ local netcfg = require "drv.netcfg"
 local secureboot = require "drv.secureboot"
 local graph = require "drv.graph"
 local cache = require "drv.cache"
+local ahead = require "drv.ahead"
+local kernels = require "drv.kernels"
 local fault = require "drv.fault"
 local mount = require "drv.mount"
 local expose = require "drv.expose"
@@ -308,9 +310,25 @@ local function fetch_sources(s)
   end
 end
 
+-- A build for another kernel than the running one is refused before anything changes: the
+-- kernel would refuse its modules ("invalid module format") once the old stack is gone.
+local function refuse_other_kernel(s, modules)
+  local running = sys.uname().release
+  for _, m in ipairs(modules) do
+    local built_for = (m.vermagic or ""):match("^%S+") or "(none)"
+    if built_for ~= running then
+      s:fail("%s was built for kernel %s (vermagic \"%s\"), but the running kernel is %s: refusing it before anything "
+             .. "is unloaded. Is KVER (%s) set to another kernel, or the build cache or precompiled image one for kernel "
+             .. "%s? Leave KVER unset to build for the running kernel", m.name, built_for, m.vermagic or "", running,
+             s.kver, built_for)
+    end
+  end
+end
+
 -- The build cache entry's modules taken for this run: the stack's graph from what the build
 -- produced (drv.stack.from_build); their signed copies, each checked as the kernel will check it.
 local function take_build(s, entry, modules, kept)
+  if not s.opt.BUILD_ONLY then refuse_other_kernel(s, modules) end
   local deps, kernel = stack.from_build(s.stack, modules)
   if not deps then s:fail("%s", kernel) end
   s.stack_deps, s.kernel_deps = deps, kernel
@@ -319,16 +337,31 @@ local function take_build(s, entry, modules, kept)
   cache.used(s, entry)
 end
 
--- The modules of the build this run would reuse, when its sources are here already (a local
--- path, or a download in the cache with its sha256) and the build cache holds them; for the plan.
-local function cached_build(s)
+-- The sources, when they are here already (a local path, or a download in the cache with its
+-- sha256): noted in s.sources, as fetch_sources does; for the plan.
+local function sources_at_hand(s)
   for key, src in pairs(s.source_specs) do
     local path = src.path and s:expand(src.path) or cache.source_path(s, s:expand(src.url))
-    if src.url and (s:expand(src.sha256) == "" or s:sha256(path) ~= s:expand(src.sha256)) then return nil end
-    if not fs.exists(path) then return nil end
+    if src.url and (s:expand(src.sha256) == "" or s:sha256(path) ~= s:expand(src.sha256)) then return false end
+    if not fs.exists(path) then return false end
     s.sources[key] = path
   end
-  return (cache.load(s, cache.entry(s)))
+  return true
+end
+
+-- The modules of the build this run would reuse, when its sources are here already and the
+-- build cache holds them; for the plan.
+local function cached_build(s)
+  return sources_at_hand(s) and (cache.load(s, cache.entry(s))) or nil
+end
+
+-- The recipe's build; a failure (not a signal) is kept in the cache with its log, for the plan
+-- of a kernel (drv.ahead's verdict: why a build for it fails).
+local function build_or_note(s, entry)
+  local ok, res = pcall(s.recipe.build, s.r)
+  if ok then return res end
+  if getmetatable(res) ~= run.Cancel then cache.note_failure(entry, tostring(res), s.build_log) end
+  error(res, 0)
 end
 
 phase("build", {
@@ -346,12 +379,12 @@ phase("build", {
       return take_build(s, entry, cached, kept)
     end
     if not s.recipe.build then s:fail("nothing in the build cache at %s and the recipe has no build", entry.dir) end
-    local res = s.recipe.build(s.r)
+    local res = build_or_note(s, entry)
     local deps, err = stack.from_build(s.stack, res.modules)
     if not deps then s:fail("%s", err) end
     cache.store(s, entry, res)
     take_build(s, entry, cache.load(s, entry))
-    cache.prune(s, entry)
+    cache.prune(s, entry, kernels.bootable(s.opt.HOST_ROOT))
   end,
   plan = function(s, say)
     for _, key in ipairs(graph.sorted(s.source_specs)) do
@@ -364,6 +397,8 @@ phase("build", {
       end
     end
     say("build: %s into %s/%s (cached builds are reused)", s.name, s.cache, s.kver)
+    sources_at_hand(s)
+    ahead.plan(s, say)
   end,
 })
 
@@ -676,10 +711,14 @@ end
 
 -- ---- wait: ready until a signal -------------------------------------------------------
 
--- Wait for a signal, checking every WATCH_INTERVAL seconds that the stack is still the built one.
--- False when it is not (another container reloaded it): the run ends, so that it is restarted.
+-- Wait for a signal, checking every WATCH_INTERVAL seconds that the stack is still the built one,
+-- and building ahead for the host's other kernels (drv.ahead; its child stopped with the wait).
+-- False when the stack is not the built one (another container reloaded it): the run ends, so
+-- that it is restarted.
 local function wait_for_signal(s)
   log.info("waiting for a signal (TERM, INT or HUP) to stop")
+  local watcher <close> = ahead.watcher(s)
+  if watcher then watcher:tick() end
   local interval = s.opt.WATCH_INTERVAL > 0 and s.opt.WATCH_INTERVAL or nil
   local want = built_srcversions(s)
   while true do
@@ -688,6 +727,7 @@ local function wait_for_signal(s)
       log.info("received SIG%s", sig)
       return true
     end
+    if watcher then watcher:tick() end
     local ctx = kmod.new() -- not s:kmod(): nothing here may raise
     local good, bad = true, nil
     if ctx then good, bad = stack.verify(ctx, want) end
@@ -781,6 +821,16 @@ function M.run(s)
   if not stopped or s.lost then return 1 end
   if not ok and getmetatable(err) ~= run.Cancel then return 1 end
   return 0
+end
+
+--- Print what a start on the run's kernel (KVER) would find: its build in the cache, being
+-- built, failing and why, no headers, not built yet (drv.ahead.verdict); changes nothing.
+-- @treturn integer the exit status: drv.ahead.EXIT of the verdict
+function M.preflight(s, out)
+  out = out or io.stdout
+  sources_at_hand(s)
+  local v = ahead.plan(s, function(fmt, ...) out:write(fmt:format(...), "\n") end)
+  return ahead.EXIT[v.state]
 end
 
 --- Print what a run would do, changing nothing: each phase's plan, in order.

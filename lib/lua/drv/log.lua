@@ -13,12 +13,16 @@ local M = {}
 local config = require "drv.config"
 local sys = require "drv.sys"
 local os, table = os, table
-local pairs, tostring, type, select = pairs, tostring, type, select
+local pairs, next, tostring, type, select = pairs, next, tostring, type, select
 
 local LEVELS = { error = 1, warn = 2, info = 3, debug = 4 }
 
 M.level = config.log_level or "info"
 M.format = config.log_format or "text"
+-- Fields every line carries, from DRVRUN_LOG_FIELDS="name=value ..." (a build ahead's lines
+-- carry the kernel it builds for: ahead=K).
+M.fields = {}
+for k, v in (os.getenv("DRVRUN_LOG_FIELDS") or ""):gmatch("([%w_]+)=(%S+)") do M.fields[k] = v end
 -- Where lines go: anything with :write and :flush (a file); stderr, a line
 -- in one write(2), by default.
 M.out = { write = function(_, s) return sys.write(2, s) end, flush = function() end }
@@ -118,7 +122,14 @@ end
 function M.event(level, msg, fields)
   if not LEVELS[level] then error("unknown log level '" .. tostring(level) .. "'", 2) end
   if not M.enabled(level) then return end
-  local line = (M.format == "json" and format_json or format_text)(level, msg, fields or {})
+  fields = fields or {}
+  if next(M.fields) then
+    local all = {}
+    for k, v in pairs(M.fields) do all[k] = v end
+    for k, v in pairs(fields) do all[k] = v end
+    fields = all
+  end
+  local line = (M.format == "json" and format_json or format_text)(level, msg, fields)
   -- one write(2) a line: stderr is unbuffered, and each write wakes the reader
   -- (the container runtime's log pipe)
   M.out:write(line .. "\n")

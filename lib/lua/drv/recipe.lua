@@ -14,6 +14,7 @@ local config = require "drv.config"
 local options = require "drv.options"
 local netcfg = require "drv.netcfg"
 local secureboot = require "drv.secureboot"
+local ahead = require "drv.ahead"
 local log = require "drv.log"
 
 --- The recipe API this drvrun implements (doc/recipes.md has the changelog).
@@ -72,6 +73,7 @@ local COMMON = {
 }
 for name, spec in pairs(netcfg.OPTIONS) do COMMON[name] = spec end -- NET_RESTORE, the guard, the hooks
 for name, spec in pairs(secureboot.OPTIONS) do COMMON[name] = spec end -- SIGN_KEY, SIGN_CERT, SIGNATURE_CHECK...
+for name, spec in pairs(ahead.OPTIONS) do COMMON[name] = spec end -- HOST_ROOT, BUILD_AHEAD, AHEAD_JOBS
 
 --- Every option of a recipe, the common ones included: `{ NAME = spec }`.
 function M.option_specs(recipe)
@@ -251,11 +253,12 @@ end
 -- @treturn[1] table the recipe
 -- @treturn[2] nil, string "FILE:LINE: message"
 function M.take(recipe, file, env)
-  local f = io.open(file)
-  local src = f and f:read("a")
-  if f then f:close() end
-  local function where(field, line)
-    line = line or line_of(src, field)
+  local function where(field, line) -- the source is read only for a message: not at every start
+    if not line and field then
+      local f = io.open(file)
+      line = f and line_of(f:read("a"), field)
+      if f then f:close() end
+    end
     return line and ("%s:%d"):format(file, line) or file
   end
   local function warn(field, fmt, ...)
@@ -346,7 +349,8 @@ function M.main(recipe, script, arg, env)
     log.error("%s: %s", script, tostring(s))
     return 1
   end
-  s.recipe_file = script
+  s.recipe_file, s.args = script, kv -- a build ahead runs the recipe again, build-only for another kernel
+  if config.preflight then return lifecycle.preflight(s) end
   if config.plan then return lifecycle.plan(s, specs) end
   return lifecycle.run(s)
 end

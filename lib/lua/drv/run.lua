@@ -16,6 +16,7 @@ local M = {}
 
 local digests = require "drv.digests"
 local cache = require "drv.cache"
+local kernels = require "drv.kernels"
 local journal = require "drv.journal"
 local archive = require "drv.archive"
 local kmod = require "drv.kmod"
@@ -205,19 +206,33 @@ local function step_options(s, o)
 end
 
 local function build_step(s, fn, o)
-  local res = s:checked(nil, fn(step_options(s, o)))
+  o = step_options(s, o)
+  s.build_log = compiler().log_path(o) -- the log a failure points to
+  local res = s:checked(nil, fn(o))
   s:check_cancel() -- a signal that came as the step ended
   return res
 end
 
---- Make sure the kernel headers for `kver` are there; install the distribution's package of them if not.
+--- Make sure the kernel headers for `kver` are there: a build-only run (one ahead of a
+-- reboot, an image's) takes the host's (HOST_ROOT, drv.kernels), bound where the host has
+-- them in a mount namespace of its own; else the distribution's package is installed.
 function State:ensure_headers(kver)
   local kdir = compiler().kernel_build_dir(kver)
   if fs.exists(kdir .. "/Makefile") then return kdir end
+  local host = self.opt.BUILD_ONLY and kernels.on_host(kver, self.opt.HOST_ROOT)
+  if host then
+    log.info("kernel headers for %s: the host's, %s (from %s), bound at the host's paths for this build", kver,
+             host.build, self.opt.HOST_ROOT)
+    self:must("the host's kernel headers for " .. kver, kernels.use_host_headers(kver, host))
+    return kdir
+  end
   local pkg = packages().kernel_headers(kver)
   log.info("kernel headers for %s missing (%s): installing %s", kver, kdir, pkg)
   install_packages(self, ("kernel headers for %s not found at %s, and installing %s failed"):format(kver, kdir, pkg),
                    { pkg })
+  if not fs.exists(kdir .. "/Makefile") then
+    self:fail("kernel headers for %s not found at %s, and %s is installed but did not put them there", kver, kdir, pkg)
+  end
   return kdir
 end
 
