@@ -231,6 +231,47 @@ int drv_read_attr(const char *path, char *buf, size_t size)
 	return 0;
 }
 
+/* Read path into a userdata of cap bytes, pushed; its length, or -1 with errno (-2: it did not fit). */
+static ssize_t drv_read_into(lua_State *L, const char *path, size_t cap)
+{
+	char *buf = lua_newuserdatauv(L, cap, 0);
+	size_t len = 0;
+	ssize_t n;
+	int fd = open(path, O_RDONLY | O_CLOEXEC), err;
+
+	if (fd < 0)
+		return lua_pop(L, 1), -1;
+	while (len < cap - 1 && (n = read(fd, buf + len, cap - 1 - len)) != 0) {
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			err = errno;
+			close(fd);
+			lua_pop(L, 1);
+			errno = err;
+			return -1;
+		}
+		len += (size_t)n;
+	}
+	close(fd);
+	if (len == cap - 1)
+		return -2;
+	buf[len] = '\0';
+	return (ssize_t)len;
+}
+
+char *drv_push_file(lua_State *L, const char *path)
+{
+	size_t cap = 16384;
+	ssize_t len;
+
+	while ((len = drv_read_into(L, path, cap)) == -2) { /* read again, into a larger one */
+		lua_pop(L, 1);
+		cap *= 4;
+	}
+	return len < 0 ? NULL : lua_touserdata(L, -1);
+}
+
 /* By arithmetic (days to civil date, after H. Hinnant): gmtime and strftime
  * load the time zone (tzset reads /etc/localtime) for a time they write in UTC. */
 void drv_utc(long long t, char *buf, size_t size)

@@ -38,6 +38,10 @@ int drv_checksignal(lua_State *L, int idx);
 
 /* Read a small file (a sysfs attribute) into buf, trailing newline and blanks trimmed; 0 or -1 with errno. */
 int drv_read_attr(const char *path, char *buf, size_t size);
+/* All of the file at path (a /proc file: its size is not known), NUL-terminated, in a userdata
+ * pushed onto the stack (the GC frees it; nothing raises while the file is open); its text, or
+ * NULL with errno set and nothing pushed. */
+char *drv_push_file(lua_State *L, const char *path);
 /* A time in seconds, with fractions. */
 double drv_seconds(const struct timespec *t);
 /* Seconds on clock id (CLOCK_MONOTONIC for durations and deadlines), with fractions. */

@@ -45,7 +45,7 @@ struct kctx {
  * result, owned by a userdata made before the first of them: a Lua error (a
  * memory error in a lua_push*) that unwinds the call leaves them to its __gc,
  * and the binding releases them all (kmod_release_all) once done. */
-enum held_kind { HELD_CTX, HELD_MODULE, HELD_MODULES, HELD_INFO, HELD_SYMBOLS, HELD_VERSIONS, HELD_MEMORY };
+enum held_kind { HELD_CTX, HELD_MODULE, HELD_MODULES, HELD_INFO, HELD_SYMBOLS, HELD_VERSIONS };
 
 struct held {
 	struct {
@@ -74,9 +74,6 @@ static void kmod_release_one(void *p, enum held_kind kind)
 		break;
 	case HELD_VERSIONS:
 		kmod_module_versions_free_list(p);
-		break;
-	case HELD_MEMORY:
-		free(p);
 		break;
 	}
 }
@@ -687,44 +684,6 @@ static void kmod_push_csv(lua_State *L, const char *s)
 	}
 }
 
-/* All of the file at path (a /proc file: its size is not known), NUL-terminated,
- * in a new buffer (free it); NULL with errno. */
-static char *kmod_read_all(const char *path)
-{
-	size_t len = 0, cap = 16384;
-	char *buf = malloc(cap), *grown;
-	int fd = open(path, O_RDONLY | O_CLOEXEC), saved;
-	ssize_t n = 0;
-
-	if (fd < 0 || !buf)
-		goto fail;
-	for (;;) {
-		if (cap - len < 2) {
-			if (!(grown = realloc(buf, cap * 2)))
-				goto fail;
-			buf = grown;
-			cap *= 2;
-		}
-		n = read(fd, buf + len, cap - len - 1);
-		if (n == 0)
-			break;
-		if (n < 0 && errno != EINTR)
-			goto fail;
-		if (n > 0)
-			len += (size_t)n;
-	}
-	close(fd);
-	buf[len] = '\0';
-	return buf;
-fail:
-	saved = errno;
-	free(buf);
-	if (fd >= 0)
-		close(fd);
-	errno = saved;
-	return NULL;
-}
-
 /* One line of <proc>/modules ("name size refcount holders state address"), as a table. */
 static int kmod_push_loaded(lua_State *L, char *line)
 {
@@ -764,7 +723,7 @@ static int kmod_m_loaded(lua_State *L)
 	struct held *h = kmod_hold(L);
 
 	snprintf(path, sizeof(path), "%s/modules", c->proc);
-	if (!(text = kmod_keep(h, HELD_MEMORY, kmod_read_all(path))))
+	if (!(text = drv_push_file(L, path)))
 		return drv_errno_fail(L, path);
 	lua_newtable(L);
 	for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save))

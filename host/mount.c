@@ -289,50 +289,14 @@ static int mnt_parse(char *line, struct mnt_entry *e)
 	return e->target && e->fstype ? 0 : -1;
 }
 
-/* Read all of mountinfo into a userdata of cap bytes, pushed; its length, or -1 with errno set
- * (-2: it did not fit). Nothing raises while the file is open. */
-static ssize_t mnt_read(lua_State *L, size_t cap)
-{
-	char *buf = lua_newuserdatauv(L, cap, 0);
-	size_t len = 0;
-	ssize_t n;
-	int fd = open(MOUNTINFO, O_RDONLY | O_CLOEXEC);
-
-	if (fd < 0)
-		return -1;
-	while (len < cap - 1 && (n = read(fd, buf + len, cap - 1 - len)) != 0) {
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			int err = errno;
-
-			close(fd);
-			errno = err;
-			return -1;
-		}
-		len += (size_t)n;
-	}
-	close(fd);
-	if (len == cap - 1)
-		return -2;
-	buf[len] = '\0';
-	return (ssize_t)len;
-}
-
 /* mountinfo parsed into t (two userdata pushed); 1, or 0 with nil, message, errno pushed. */
 static int mnt_table(lua_State *L, struct mnt_table *t)
 {
-	size_t cap = 16384, lines = 0;
-	ssize_t len;
+	size_t lines = 0;
 	char *line, *next;
 
-	while ((len = mnt_read(L, cap)) == -2) {
-		lua_pop(L, 1);
-		cap *= 4;
-	}
-	if (len < 0)
+	if (!(t->buf = drv_push_file(L, MOUNTINFO)))
 		return drv_errno_fail(L, MOUNTINFO), 0;
-	t->buf = lua_touserdata(L, -1);
 	for (const char *c = t->buf; (c = strchr(c, '\n')); c++)
 		lines++;
 	t->e = lua_newuserdatauv(L, (lines + 1) * sizeof(*t->e), 0);

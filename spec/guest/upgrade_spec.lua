@@ -119,9 +119,7 @@ if BOOT == 1 then
     it("the real OFED stack ready; " .. OLDER .. " installed on the host: its build is in the cache, the plan says "
        .. "so before the reboot", function()
       assert.equal(NEWEST, upgrade.running, "the first boot is on the newest kernel (spec/vm/run's default)")
-      upgrade.hide(OLDER)
-      local host = upgrade.host()
-      upgrade.install(host, NEWEST)
+      local host = upgrade.node(OLDER)
       upgrade.load_inbox()
       local args = real(host)
       local p, log = start(args)
@@ -146,9 +144,7 @@ if BOOT == 2 then
     local host
     setup(function()
       setup_node()
-      upgrade.hide(NEWEST)
-      host = upgrade.host()
-      upgrade.install(host, OLDER)
+      host = upgrade.node(NEWEST)
     end)
     after_each(function() ofed.cleanup() end)
     teardown(function() guest.unload_all() end)
@@ -252,9 +248,7 @@ if BOOT == 3 then
     local host
     setup(function()
       setup_node()
-      upgrade.hide(OLDER)
-      host = upgrade.host()
-      upgrade.install(host, NEWEST)
+      host = upgrade.node(OLDER)
       upgrade.install(host, OLDER)
     end)
     after_each(function() ofed.cleanup() end)

@@ -182,11 +182,17 @@ function M.load_kernel_modules(names)
   for _, n in ipairs(names) do assert(guest.proc_line(n), n .. " loaded") end
 end
 
---- Load the inbox stack, in use (rdma_ucm holds rdma_cm, mlx5_ib holds mlx5_core...).
-function M.load_inbox()
-  M.reset_modules()
+--- The inbox stack loaded from the kernel's own files and in use (rdma_ucm holds rdma_cm,
+-- mlx5_ib holds mlx5_core...), on whatever is loaded now: its modules.
+function M.use_inbox()
   M.load_kernel_modules { "mlx5_ib", "rdma_ucm", "ib_umad" }
   return { "mlx5_ib", "mlx5_core", "rdma_ucm", "rdma_cm", "ib_uverbs", "ib_core", "ib_umad" }
+end
+
+--- Load the inbox stack, in use, after a reset of the modules (reset_modules): its modules.
+function M.load_inbox()
+  M.reset_modules()
+  return M.use_inbox()
 end
 
 return M

@@ -73,6 +73,15 @@ function M.host()
   return root
 end
 
+--- The node as booted on the running kernel: kernel `other` hidden in this container, a
+-- host root (`host`) with the running kernel installed. Returns that root.
+function M.node(other)
+  M.hide(other)
+  local root = M.host()
+  M.install(root, M.running)
+  return root
+end
+
 --- Install kernel `kver` on the host at `root`: its modules, and its headers unless
 -- `headers` is false (they come later, with `install_headers`).
 function M.install(root, kver, headers)
@@ -106,8 +115,7 @@ end
 --- The inbox stack, loaded and in use, from the kernel's own files: its modules.
 function M.load_inbox()
   guest.unload_all()
-  ofed.load_kernel_modules { "mlx5_ib", "rdma_ucm", "ib_umad" }
-  return { "mlx5_ib", "mlx5_core", "rdma_ucm", "rdma_cm", "ib_uverbs", "ib_core", "ib_umad" }
+  return ofed.use_inbox()
 end
 
 return M
