@@ -21,14 +21,21 @@ function M.host_modules(host_root)
   return st and st.type == "directory" and dir or nil
 end
 
--- a < b as versions: their runs of digits compared as numbers (6.1.0-9 before 6.1.0-10).
-local function older(a, b)
+--- `a` and `b` as versions, their runs of digits compared as numbers (6.1.0-9 before
+-- 6.1.0-10): -1, 0 (the same numbers) or 1.
+function M.compare(a, b)
   local pa, pb = {}, {}
   for part in a:gmatch("%d+") do pa[#pa + 1] = tonumber(part) end
   for part in b:gmatch("%d+") do pb[#pb + 1] = tonumber(part) end
   for i = 1, math.max(#pa, #pb) do
-    if (pa[i] or -1) ~= (pb[i] or -1) then return (pa[i] or -1) < (pb[i] or -1) end
+    if (pa[i] or -1) ~= (pb[i] or -1) then return (pa[i] or -1) < (pb[i] or -1) and -1 or 1 end
   end
+  return 0
+end
+
+local function older(a, b)
+  local c = M.compare(a, b)
+  if c ~= 0 then return c < 0 end
   return a < b
 end
 
@@ -81,10 +88,9 @@ end
 -- The links at the top of a header tree whose targets leave it (Debian's scripts and tools
 -- -> ../../lib/linux-kbuild-V/...): the host paths a build follows out of the tree.
 local function links_out(root, tree)
-  local out = {}
-  for _, name in ipairs(fs.dir(M.resolve(root, tree)) or {}) do
-    local at = M.resolve(root, tree) .. "/" .. name
-    local st = fs.lstat(at)
+  local out, dir = {}, M.resolve(root, tree)
+  for _, name in ipairs(fs.dir(dir) or {}) do
+    local st = fs.lstat(dir .. "/" .. name)
     if st and st.type == "link" then
       local _, host = M.resolve(root, tree .. "/" .. name)
       if host:sub(1, #tree + 1) ~= tree .. "/" then out[#out + 1] = host end

@@ -7,6 +7,7 @@
 local M = {}
 
 local fs = require "drv.fs"
+local kernels = require "drv.kernels"
 local kmod = require "drv.kmod"
 local symvers = require "drv.symvers"
 
@@ -56,13 +57,8 @@ end
 
 local function newest(paths)
   table.sort(paths, function(a, b)
-    local va, vb = a:match("nvidia%-([%d%.]+)"), b:match("nvidia%-([%d%.]+)")
-    local ta, tb = {}, {}
-    for n in (va or ""):gmatch("%d+") do ta[#ta + 1] = tonumber(n) end
-    for n in (vb or ""):gmatch("%d+") do tb[#tb + 1] = tonumber(n) end
-    for i = 1, math.max(#ta, #tb) do
-      if (ta[i] or -1) ~= (tb[i] or -1) then return (ta[i] or -1) < (tb[i] or -1) end
-    end
+    local c = kernels.compare(a:match("nvidia%-([%d%.]+)") or "", b:match("nvidia%-([%d%.]+)") or "")
+    if c ~= 0 then return c < 0 end
     return a < b
   end)
   return paths[#paths]
