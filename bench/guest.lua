@@ -36,6 +36,16 @@
 --    installed, cache present: start to ready file, against the start of a
 --    bare `lua5.4 -e ''` in turns with it (the ratio is the target: absolute
 --    times in an emulated guest depend on the machine).
+-- 4. A kernel upgrade (both stacks; bench/main.lua boots the guest on the older
+--    kernel, Makefile's UPGRADE_KVER, and this script asks spec/vm/run for the
+--    reboot into the newest): the start after a reboot (the inbox stack loaded,
+--    no state in /run, the stack's build for the running kernel in the cache) on
+--    the older kernel, then on the newest from its build made ahead (tools/fill-
+--    cache made both on the host with the build ahead's command, build-only for
+--    a kernel); the vendor's way, the build after the reboot, is the cold start
+--    (2.). On the older kernel, a reload of the simulated stack while the build
+--    ahead for the newest runs (drv.ahead.command: nice 19, idle I/O, its jobs),
+--    in turns with one while that build is stopped (SIGSTOP to its group).
 local kmod = require "drv.kmod"
 local mount = require "drv.mount"
 local stack = require "drv.stack"
@@ -45,6 +55,8 @@ local sys = require "drv.sys"
 local fs = require "drv.fs"
 local util = require "bench.util"
 local httpd = require "spec.support.httpd"
+local ahead = require "drv.ahead"
+local kernel = require "spec.support.kernel"
 
 local OUT = assert(arg[1], "usage: bench/guest.lua ROWS_FILE")
 local REPS = tonumber(os.getenv("BENCH_REPS") or "") or 5
@@ -60,6 +72,8 @@ local READY = WORK .. "/ready"
 local TRACE = "/sys/kernel/tracing"
 local RECIPE = dofile("recipes/ubuntu-ofed.lua")
 local VENDOR = os.getenv("VENDOR") or ROOT .. "/../shared/vendor"
+local NEWEST = kernel.release -- the guest boots the older kernel first, then this one
+local BOOT = tonumber(os.getenv("DRVRUN_VM_BOOT") or "1")
 local rows = {}
 local say = util.say
 
@@ -322,12 +336,16 @@ local contenders = {
 
 -- A copy of a stack's build cache in the guest's tmpfs, as a node has it on
 -- its own disk rather than on this guest's 9p share of the host (~1 ms each
--- file opened there): what a restart reads, without the ccache.
+-- file opened there): what a restart reads, without the ccache and the builds
+-- for other kernels.
 local function local_cache(s)
   local cache = WORK .. "/cache-" .. s.key
   assert(fs.mkdir(cache .. "/ubuntu-ofed"))
   for _, name in ipairs(assert(fs.dir(s.cache .. "/ubuntu-ofed"))) do
-    if name ~= "ccache" then util.must({ "cp", "-a", s.cache .. "/ubuntu-ofed/" .. name, cache .. "/ubuntu-ofed/" }) end
+    local other_kernel = name:match("^%d+%.%d") and name ~= K
+    if name ~= "ccache" and not other_kernel then
+      util.must({ "cp", "-a", s.cache .. "/ubuntu-ofed/" .. name, cache .. "/ubuntu-ofed/" })
+    end
   end
   return cache
 end
@@ -686,10 +704,146 @@ local function bench_real()
   bench_warm(REAL)
 end
 
+-- ---- 4. a kernel upgrade ----------------------------------------------------------------
+
+local UPGRADE_NAME = "upgrade%s: start after a reboot into %s"
+
+-- A start as the first after a reboot: the inbox stack loaded and in use, no state in /run,
+-- the build for the running kernel in the cache: seconds from start to the ready file.
+local function start_after_reboot(s)
+  reset_inbox()
+  assert(fs.remove(WORK .. "/state", { recursive = true, missing_ok = true }))
+  local dt, res = start_to_ready(warm_argv(s), 600)
+  local ran = res.stdout:match("[^\n]*configure [^:\n]+: %./configure[^\n]*") or res.stdout:match("[^\n]*: make %-j[^\n]*")
+  if res.status ~= 0 or not res.stdout:match("build: cache hit for kernel") or ran then
+    error(("the start after a reboot did not load the build from the cache (exit %s%s):\n%s"):format(
+      tostring(res.status), ran and ("; it ran " .. ran) or "", res.stdout))
+  end
+  return dt
+end
+
+-- Starts after a reboot of stack `s` on the running kernel, the first (which hashes the cache
+-- copy's files, drv.digests) not counted: a row of their median.
+local function bench_reboot_starts(s, what)
+  say("%s: %.3f s, the first from this cache (not counted)", UPGRADE_NAME:format(s.label, K), start_after_reboot(s))
+  sys.sleep(1)
+  local t = {}
+  for rep = 1, REPS do
+    t[rep] = start_after_reboot(s)
+    say("%s (%s) %d/%d: ready after %.3f s", UPGRADE_NAME:format(s.label, K), what, rep, REPS, t[rep])
+  end
+  local row = util.info(UPGRADE_NAME:format(s.label, K) .. " (" .. what .. ")", util.median(t), "s")
+  rows[#rows + 1] = row
+  return row
+end
+
+-- The row of an earlier boot named `name`.
+local function earlier(name)
+  for _, r in ipairs(rows) do if r.name == name then return r end end
+end
+
+-- On the newest kernel: its starts against the older kernel's (the boot before), and the
+-- build after the reboot (the cold start, simulated stack) beside them.
+local function bench_upgraded(s, older, cold)
+  local new = bench_reboot_starts(s, "its build made ahead")
+  local old = earlier(UPGRADE_NAME:format(s.label, older) .. " (the same kernel as before)")
+  local name = ("upgrade%s: after a reboot into %s built ahead / after a reboot on %s"):format(s.label, K, older)
+  rows[#rows + 1] = old and util.target(name, new.value, "s", old.value, new.value / old.value, "<=", 1.5)
+    or util.missing(name, "s", "<= 1.5", "no start on " .. older .. " measured (its boot failed)")
+  if cold then
+    rows[#rows + 1] = util.compare(("upgrade%s: the vendor's way, built after the reboot (the cold start) / built "
+      .. "ahead"):format(s.label), cold, "s", new.value, cold / new.value)
+  end
+end
+
+-- The build ahead of stack `s` for kernel `kver`, as the watcher of a ready run starts it, its
+-- output in `log`: the process.
+local function start_build_ahead(s, kver, log)
+  local args = {}
+  for _, a in ipairs(recipe_args(s, { "CACHE_DIR=" .. WORK .. "/ahead-cache", "ROOT=" .. WORK .. "/ahead-root",
+                                      "HOST_ROOT=/" })) do
+    local k, v = a:match("^([%u%d_]+)=(.*)$")
+    if k then args[k] = v end
+  end
+  local argv, opts = ahead.command("recipes/ubuntu-ofed.lua", args, kver, ahead.OPTIONS.AHEAD_JOBS.default)
+  table.insert(argv, 1, log)
+  for i, a in ipairs { "sh", "-c", 'exec "$@" >"$0" 2>&1' } do table.insert(argv, i, a) end
+  return assert(proc.spawn(argv, opts))
+end
+
+-- drvrun's reload of stack `s` (the recipe, WAIT=false, run from the runtime in tmpfs as a
+-- container runs from its image), from the inbox stack: the run's seconds and the swap's
+-- downtime (the trace's).
+local function reload_once(s)
+  reset_inbox()
+  fs.remove(WORK .. "/state", { recursive = true, missing_ok = true })
+  shared_expose()
+  local argv = { "unshare", "-m", "--propagation", "unchanged" }
+  for _, a in ipairs(warm_argv(s)) do argv[#argv + 1] = a end
+  argv[#argv + 1] = "WAIT=false"
+  trace_clear()
+  local wall, res = util.time(argv, { stdout = "capture", stderr = "stdout" })
+  local down = trace_downtime()
+  if res.status ~= 0 or not down then error(("the reload failed (exit %s):\n%s"):format(tostring(res.status), res.stdout)) end
+  return wall, down
+end
+
+-- Reloads of stack `s` while the build ahead for kernel `kver` runs, in turns with reloads
+-- while it is stopped; the build must run through them all.
+local function bench_reload_during_build(s, kver)
+  local log = WORK .. "/ahead.log"
+  local p = start_build_ahead(s, kver, log)
+  local t = { [true] = { wall = {}, down = {} }, [false] = { wall = {}, down = {} } }
+  local ok, err = pcall(function()
+    sys.sleep(5) -- past its start: the fetch and the extraction, into the compiles
+    for rep = 1, 2 * REPS do
+      local building = rep % 4 == 1 or rep % 4 == 0 -- in turns: with, without, without, with...
+      if not p:running() then
+        error(("the build ahead for %s ended before the reloads were measured:\n%s"):format(kver, fs.read(log) or ""))
+      end
+      p:kill(building and "CONT" or "STOP")
+      sys.sleep(1)
+      local wall, down = reload_once(s)
+      table.insert(t[building].wall, wall)
+      table.insert(t[building].down, down)
+      say("reload %d/%d %s the build ahead for %s: %.3f s, the stack down %.3f s", rep, 2 * REPS,
+        building and "during" or "without", kver, wall, down)
+    end
+  end)
+  p:kill("CONT")
+  p:kill("TERM")
+  local t0 = sys.monotonic()
+  if not p:wait(120) then p:kill("KILL") p:wait() end
+  say("the build ahead for %s: ended %.1f s after its TERM", kver, sys.monotonic() - t0)
+  if not ok then error(err, 0) end
+  local w1, w0 = util.median(t[true].wall), util.median(t[false].wall)
+  local d1, d0 = util.median(t[true].down), util.median(t[false].down)
+  rows[#rows + 1] = util.info("upgrade: drvrun's reload, no build running (" .. K .. ")", w0, "s")
+  rows[#rows + 1] = util.target("upgrade: drvrun's reload during a build ahead / without it", w1, "s", w0, w1 / w0,
+    "<=", 1.2)
+  rows[#rows + 1] = util.compare("upgrade: the swap's downtime during a build ahead / without it", d1, "s", d0,
+    d1 / d0)
+end
+
+-- The first boot, on the older kernel: the starts after a reboot, the reload during a
+-- build ahead; then the reboot into the newest.
+local function bench_before_upgrade()
+  SIM.cache, REAL.cache = local_cache(SIM), local_cache(REAL)
+  bench_reboot_starts(SIM, "the same kernel as before")
+  bench_reload_during_build(SIM, NEWEST)
+  install_stack(REAL)
+  bench_reboot_starts(REAL, "the same kernel as before")
+end
+
 -- ---- main ---------------------------------------------------------------------------
 
 local t0 = sys.monotonic()
 assert(fs.mkdir(WORK))
+local OLDER = K ~= NEWEST and K or (BOOT > 1 and kernel.installed[#kernel.installed - 1]) or nil
+if BOOT > 1 then -- the rows of the boot before
+  local chunk = loadfile(OUT, "t", {})
+  for _, r in ipairs(chunk and chunk() or {}) do rows[#rows + 1] = r end
+end
 trace_setup()
 load_inbox_first()
 install_stack(SIM)
@@ -697,6 +851,10 @@ stage_runtime()
 -- The rows so far, after each part: a guest cut off still reports what it measured.
 local function save() assert(fs.write(OUT, util.serialize(rows))) end
 local ok, err = pcall(function()
+  if K ~= NEWEST then
+    bench_before_upgrade()
+    return
+  end
   bench_reload(SIM)
   save()
   say("reload part done in %.0f s", sys.monotonic() - t0)
@@ -708,14 +866,23 @@ local ok, err = pcall(function()
   SIM.cache = local_cache(SIM) -- restarts read the cache from the node's disk, as the real stack's do
   first_restart(SIM)
   bench_warm(SIM, cold)
+  if OLDER then bench_upgraded(SIM, OLDER, cold) end
   save()
   say("simulated stack done in %.0f s", sys.monotonic() - t0)
   bench_real()
+  if OLDER then bench_upgraded(REAL, OLDER) end
 end)
 if not ok then
   say("FAILED: %s", tostring(err))
-  rows[#rows + 1] = util.missing("guest part", nil, nil, tostring(err):match("^[^\n]*"))
+  rows[#rows + 1] = util.missing("guest part" .. (K ~= NEWEST and (" on " .. K) or ""), nil, nil,
+    tostring(err):match("^[^\n]*"))
 end
 save()
-say("guest part done in %.0f s", sys.monotonic() - t0)
+if K ~= NEWEST then -- the upgrade: the rest on the newest kernel
+  local dir = assert(os.getenv("DRVRUN_VM_REBOOT"), "not in a spec/vm/run guest: DRVRUN_VM_REBOOT is not set")
+  assert(fs.write(dir .. "/kernel", "/boot/vmlinuz-" .. NEWEST .. "\n"))
+  say("on %s done in %.0f s; rebooting into %s", K, sys.monotonic() - t0, NEWEST)
+else
+  say("guest part done in %.0f s", sys.monotonic() - t0)
+end
 os.exit(ok and 0 or 1)

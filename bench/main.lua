@@ -16,7 +16,9 @@
 -- (bench/real.lua: cold vs the vendor's configure and make, rebuilds, a cache
 -- hit). In the real-kernel guest (bench/guest.lua): reload downtime, cold start,
 -- warm restart, peak RSS, for the simulated stack, and reload downtime and warm
--- restart for the real one. The images run by podman in the guest (bench/engine.lua):
+-- restart for the real one; a kernel upgrade (the guest boots the older kernel,
+-- then the newest: the start after each reboot, a reload during a build ahead).
+-- The images run by podman in the guest (bench/engine.lua):
 -- a container restart against the engine's floor, docker stop against its grace, and
 -- the precompiled image's size against the build-from-source image's.
 local fs = require "drv.fs"
@@ -228,24 +230,27 @@ end
 -- ---- the real-kernel guest ---------------------------------------------------------
 
 -- A stack's build installed as the recipe installs it, with its index, under
--- OUT/stage-NAME: depmod runs here (under a second) rather than in the guest
--- (minutes over 9p), which copies them into its /lib/modules.
-local function stage_index(name, cache_dir)
+-- OUT/stage-NAME/lib/modules/K for each kernel the guest boots: depmod runs here
+-- (under a second) rather than in the guest (minutes over 9p), which copies them
+-- into its /lib/modules.
+local function stage_index(name, cache_dir, kvers)
   local base = OUT .. "/stage-" .. name
-  local stage = base .. "/lib/modules/" .. K
   fs.remove(base, { recursive = true, missing_ok = true })
-  assert(fs.mkdir(stage .. "/updates/ubuntu-ofed"))
-  for _, entry in ipairs(assert(fs.dir("/lib/modules/" .. K))) do
-    if not entry:match("^modules%.") or entry == "modules.builtin" or entry == "modules.builtin.modinfo"
-       or entry == "modules.order" then
-      if entry ~= "updates" then assert(fs.symlink("/lib/modules/" .. K .. "/" .. entry, stage .. "/" .. entry)) end
+  for _, kver in ipairs(kvers) do
+    local stage = base .. "/lib/modules/" .. kver
+    assert(fs.mkdir(stage .. "/updates/ubuntu-ofed"))
+    for _, entry in ipairs(assert(fs.dir("/lib/modules/" .. kver))) do
+      if not entry:match("^modules%.") or entry == "modules.builtin" or entry == "modules.builtin.modinfo"
+         or entry == "modules.order" then
+        if entry ~= "updates" then assert(fs.symlink("/lib/modules/" .. kver .. "/" .. entry, stage .. "/" .. entry)) end
+      end
     end
+    local build = util.cached_build(cache_dir, "ubuntu-ofed", kver)
+    for _, m in ipairs(build.modules) do
+      assert(fs.copy(build.dir .. "/" .. m.file, stage .. "/updates/ubuntu-ofed/" .. m.file))
+    end
+    util.must({ "depmod", "-b", base, kver })
   end
-  local build = util.cached_build(cache_dir, "ubuntu-ofed", K)
-  for _, m in ipairs(build.modules) do
-    assert(fs.copy(build.dir .. "/" .. m.file, stage .. "/updates/ubuntu-ofed/" .. m.file))
-  end
-  util.must({ "depmod", "-b", base, K })
 end
 
 -- The runtime as an image holds it (make install), for the guest's restarts.
@@ -254,15 +259,23 @@ local function stage_install()
   util.must({ "make", "-s", "install", "DESTDIR=" .. OUT .. "/install" })
 end
 
+-- The guest boots the older kernel first (Makefile's UPGRADE_KVER), for the kernel upgrade's
+-- rows, and asks for the reboot into K (bench/guest.lua); with one kernel installed, K alone.
 local function bench_guest()
-  stage_index("sim", ROOT .. "/build/cache")
-  stage_index("real", ROOT .. "/build/cache-real")
+  local older = require("spec.support.kernel").installed
+  older = #older > 1 and older[#older - 1] or nil
+  local kvers = { K, older }
+  stage_index("sim", ROOT .. "/build/cache", kvers)
+  stage_index("real", ROOT .. "/build/cache-real", kvers)
   stage_install()
   local dir = OUT .. "/guest"
   fs.remove(dir, { recursive = true, missing_ok = true })
   assert(fs.mkdir(dir))
   local argv = { "spec/vm/run", "-q", "--timeout", tostring(GUEST_TIMEOUT), "--log", OUT .. "/guest-console.log",
                  "--out", dir, "--env", "VENDOR=" .. VENDOR }
+  if older then
+    for _, a in ipairs { "--kernel", "/boot/vmlinuz-" .. older } do argv[#argv + 1] = a end
+  end
   if os.getenv("BENCH_REPS") then argv[#argv + 1] = "--env"; argv[#argv + 1] = "BENCH_REPS=" .. os.getenv("BENCH_REPS") end
   for _, a in ipairs({ "--", DRVRUN, "bench/guest.lua", dir .. "/rows.lua" }) do argv[#argv + 1] = a end
   local res = assert(proc.run(argv, { stdout = "inherit", stderr = "inherit" }))

@@ -125,25 +125,26 @@ function M.watcher(s)
   return setmetatable({ s = s, modules = modules, looked = {} }, Watcher)
 end
 
--- The command line of the build ahead for `kver`: this run's recipe and options, build-only for it.
-local function child_argv(s, kver)
+--- The build ahead for kernel `kver` of recipe file `recipe_file` run with options `args`
+-- (`{ NAME = "value" }`): its command line (the run's own, build-only for `kver`, `jobs` jobs)
+-- and drv.proc.spawn's options (nice 19, the idle I/O class, its log lines marked `ahead=K`).
+function M.command(recipe_file, args, kver, jobs)
   local argv = { assert(fs.readlink("/proc/self/exe")), "--log-format", log.format, "--log-level", log.level,
-                 s.recipe_file }
-  local set = { BUILD_ONLY = "true", KVER = kver, BUILD_JOBS = tostring(s.opt.AHEAD_JOBS) }
+                 recipe_file }
+  local set = { BUILD_ONLY = "true", KVER = kver, BUILD_JOBS = tostring(jobs) }
   local names = {}
-  for k in pairs(s.args or {}) do names[#names + 1] = k end
+  for k in pairs(args or {}) do names[#names + 1] = k end
   table.sort(names)
   for _, k in ipairs(names) do
-    if not set[k] then argv[#argv + 1] = k .. "=" .. s.args[k] end
+    if not set[k] then argv[#argv + 1] = k .. "=" .. args[k] end
   end
   for _, k in ipairs { "BUILD_ONLY", "KVER", "BUILD_JOBS" } do argv[#argv + 1] = k .. "=" .. set[k] end
-  return argv
+  return argv, { nice = AHEAD_NICE, io_idle = true, env = { DRVRUN_LOG_FIELDS = "ahead=" .. kver } }
 end
 
 function Watcher:start(kver, headers)
   local s = self.s
-  local p, err = proc.spawn(child_argv(s, kver), { nice = AHEAD_NICE, io_idle = true,
-                                                   env = { DRVRUN_LOG_FIELDS = "ahead=" .. kver } })
+  local p, err = proc.spawn(M.command(s.recipe_file, s.args, kver, s.opt.AHEAD_JOBS))
   if not p then return log.error("ahead: cannot start the build for kernel %s: %s", kver, err) end
   self.child, self.kver, self.started = p, kver, sys.monotonic()
   log.info("ahead: kernel %s is installed on the host (%s/%s) and has no build here: building it in the background "
