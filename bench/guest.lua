@@ -308,13 +308,17 @@ local function shared_expose()
   end
 end
 
+-- The command line of a recipe reload run by `argv` (drvrun, the recipe and its arguments), from
+-- a fresh state, in a mount namespace of its own.
+local function reload_argv(argv)
+  fs.remove(WORK .. "/state", { recursive = true, missing_ok = true })
+  shared_expose()
+  return table.move(argv, 1, #argv, 5, { "unshare", "-m", "--propagation", "unchanged" })
+end
+
 local contenders = {
   { key = "drvrun", name = "drvrun (recipe reload, along the graph)", argv = function(s, _, cache)
-      fs.remove(WORK .. "/state", { recursive = true, missing_ok = true })
-      shared_expose()
-      local argv = { "unshare", "-m", "--propagation", "unchanged", DRVRUN }
-      for _, a in ipairs(recipe_args(s, { "WAIT=false", "CACHE_DIR=" .. cache })) do argv[#argv + 1] = a end
-      return argv
+      return reload_argv({ DRVRUN, table.unpack(recipe_args(s, { "WAIT=false", "CACHE_DIR=" .. cache })) })
     end },
   { key = "levels", name = "drvrun's swap by levels (a barrier between levels)", argv = function(s)
       return { DRVRUN, "bench/swap.lua", "levels", "-", table.unpack(s.names) }
@@ -776,11 +780,9 @@ end
 -- downtime (the trace's).
 local function reload_once(s)
   reset_inbox()
-  fs.remove(WORK .. "/state", { recursive = true, missing_ok = true })
-  shared_expose()
-  local argv = { "unshare", "-m", "--propagation", "unchanged" }
-  for _, a in ipairs(warm_argv(s)) do argv[#argv + 1] = a end
+  local argv = warm_argv(s)
   argv[#argv + 1] = "WAIT=false"
+  argv = reload_argv(argv)
   trace_clear()
   local wall, res = util.time(argv, { stdout = "capture", stderr = "stdout" })
   local down = trace_downtime()
@@ -839,7 +841,8 @@ end
 
 local t0 = sys.monotonic()
 assert(fs.mkdir(WORK))
-local OLDER = K ~= NEWEST and K or (BOOT > 1 and kernel.installed[#kernel.installed - 1]) or nil
+local BEFORE_UPGRADE = K ~= NEWEST -- the first boot, on the older kernel
+local OLDER = BOOT > 1 and kernel.installed[#kernel.installed - 1] or nil -- the kernel of the boot before
 if BOOT > 1 then -- the rows of the boot before
   local chunk = loadfile(OUT, "t", {})
   for _, r in ipairs(chunk and chunk() or {}) do rows[#rows + 1] = r end
@@ -851,7 +854,7 @@ stage_runtime()
 -- The rows so far, after each part: a guest cut off still reports what it measured.
 local function save() assert(fs.write(OUT, util.serialize(rows))) end
 local ok, err = pcall(function()
-  if K ~= NEWEST then
+  if BEFORE_UPGRADE then
     bench_before_upgrade()
     return
   end
@@ -879,11 +882,11 @@ local ok, err = pcall(function()
 end)
 if not ok then
   say("FAILED: %s", tostring(err))
-  rows[#rows + 1] = util.missing("guest part" .. (K ~= NEWEST and (" on " .. K) or ""), nil, nil,
+  rows[#rows + 1] = util.missing("guest part" .. (BEFORE_UPGRADE and (" on " .. K) or ""), nil, nil,
     tostring(err):match("^[^\n]*"))
 end
 save()
-if K ~= NEWEST then -- the upgrade: the rest on the newest kernel
+if BEFORE_UPGRADE then -- the rest on the newest kernel
   local dir = assert(os.getenv("DRVRUN_VM_REBOOT"), "not in a spec/vm/run guest: DRVRUN_VM_REBOOT is not set")
   assert(fs.write(dir .. "/kernel", "/boot/vmlinuz-" .. NEWEST .. "\n"))
   say("on %s done in %.0f s; rebooting into %s", K, sys.monotonic() - t0, NEWEST)

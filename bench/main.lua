@@ -262,8 +262,8 @@ end
 -- The guest boots the older kernel first (Makefile's UPGRADE_KVER), for the kernel upgrade's
 -- rows, and asks for the reboot into K (bench/guest.lua); with one kernel installed, K alone.
 local function bench_guest()
-  local older = require("spec.support.kernel").installed
-  older = #older > 1 and older[#older - 1] or nil
+  local installed = require("spec.support.kernel").installed
+  local older = installed[#installed - 1] -- nil with one kernel
   local kvers = { K, older }
   stage_index("sim", ROOT .. "/build/cache", kvers)
   stage_index("real", ROOT .. "/build/cache-real", kvers)
