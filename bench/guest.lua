@@ -6,13 +6,16 @@
 -- bench/main.lua made on the host (OUT/stage-sim, OUT/stage-real).
 --
 -- 1. Reload downtime: the OFED stack (the simulated one, then the real one)
---    replaces the loaded inbox RDMA stack. Five contenders, in rotating order,
+--    replaces the loaded inbox RDMA stack. Six contenders, in rotating order,
 --    each from the same state:
 --    drvrun (the recipe, WAIT=false), drvrun's swap by levels (bench/swap.lua
 --    levels: a barrier between dependency levels, the way the graph replaced),
---    the seed's shell (bench/seed-reload.sh), modprobe
---    (bench/modprobe-reload.sh), and the floor (build/floor, one syscall at a
---    time in the order drvrun's plan gives). The downtime is read from the
+--    drvrun with normal RCU grace periods (the kernel's rcu_normal=1 overrides
+--    the expedited ones drvrun's swap asks for: drv.stack.expedited), the
+--    seed's shell (bench/seed-reload.sh), modprobe (bench/modprobe-reload.sh),
+--    and the floor (build/floor, one syscall at a time in the order drvrun's
+--    plan gives, with grace periods expedited as drvrun's swap has them: the
+--    same work for the kernel). The downtime is read from the
 --    kernel's own trace of the syscalls: from the entry of the first
 --    delete_module(2) that succeeded to the return of the last finit_module(2)
 --    that succeeded. Every run is checked: the new stack loaded, as built.
@@ -70,6 +73,7 @@ local FIXTURES = ROOT .. "/build/fixtures"
 local WORK = "/run/bench"                                    -- guest tmpfs
 local READY = WORK .. "/ready"
 local TRACE = "/sys/kernel/tracing"
+local RCU_EXPEDITED, RCU_NORMAL = "/sys/kernel/rcu_expedited", "/sys/kernel/rcu_normal"
 local RECIPE = dofile("recipes/ubuntu-ofed.lua")
 local VENDOR = os.getenv("VENDOR") or ROOT .. "/../shared/vendor"
 local NEWEST = kernel.release -- the guest boots the older kernel first, then this one
@@ -330,7 +334,11 @@ local contenders = {
       return { "sh", "bench/modprobe-reload.sh", table.concat(graph.flatten(plan.unload), " "),
         table.concat(tops(s.deps), " ") }
     end },
-  { key = "floor", name = "floor (sequential syscalls, precomputed)", argv = function(s, plan)
+  { key = "normal", name = "drvrun, normal RCU grace periods (the kernel's rcu_normal=1)", rcu_normal = true,
+    argv = function(s, _, cache)
+      return reload_argv({ DRVRUN, table.unpack(recipe_args(s, { "WAIT=false", "CACHE_DIR=" .. cache })) })
+    end },
+  { key = "floor", name = "floor (sequential syscalls, precomputed)", expedited = true, argv = function(s, plan)
       local argv, paths = { FLOOR }, new_paths(s)
       for _, n in ipairs(graph.flatten(plan.unload)) do argv[#argv + 1] = "-r"; argv[#argv + 1] = n end
       for _, n in ipairs(graph.flatten(plan.load)) do argv[#argv + 1] = "-i"; argv[#argv + 1] = paths[n] end
@@ -367,7 +375,11 @@ local function bench_reload(s)
       local argv = c.argv(s, plan, cache)
       plan0 = plan0 or plan
       trace_clear()
+      if c.expedited then put(RCU_EXPEDITED, "1") end
+      if c.rcu_normal then put(RCU_NORMAL, "1") end
       local wall, res = util.time(argv, { stdout = "capture", stderr = "stdout" })
+      if c.expedited then put(RCU_EXPEDITED, "0") end
+      if c.rcu_normal then put(RCU_NORMAL, "0") end
       local calls = trace_calls()
       local down, unloads, loads = trace_downtime(calls)
       if c.key == "floor" and down then
@@ -422,6 +434,8 @@ local function bench_reload(s)
   rows[#rows + 1] = util.target(label .. ": drvrun / critical path", m.drvrun, "s", cp, m.drvrun / cp, "<=", 1.15)
   rows[#rows + 1] = util.compare(label .. ": by levels / drvrun (the graph's gain)", m.drvrun, "s", m.levels,
     m.levels / m.drvrun)
+  rows[#rows + 1] = util.compare(label .. ": normal grace periods / drvrun (expedited ones' gain)", m.drvrun, "s",
+    m.normal, m.normal / m.drvrun)
   fs.remove(WORK .. "/state", { recursive = true, missing_ok = true }) -- the WAIT=false runs' journal
 end
 

@@ -23,6 +23,9 @@ local plan = stack.plan(names, stack.snapshot(assert(kmod.new())), { deps = deps
 assert(#plan.blockers == 0, table.concat(plan.blockers, "; "))
 if mode == "levels" then plan.unload_after, plan.load_after = nil, nil end
 local spec = netstate ~= "-" and { file = netstate, modules = names, timeout = 60 } or nil
-local ok, down = netcfg.around(spec, function() return stack.swap(plan, paths) end)
+-- graph: what is loaded now remembered, as the recipe does (a load then waits only for the unloads
+-- of what it replaces); levels: nothing, so every load waits for every unload
+local previous = mode == "graph" and stack.remember(assert(kmod.new()), names) or nil
+local ok, down = netcfg.around(spec, function() return stack.swap(plan, paths, nil, previous) end)
 assert(ok, down)
 print(("down %.6f"):format(down))

@@ -2,10 +2,11 @@
  *
  * Lookups (name, alias, path) and insert/remove use libkmod. Live state comes
  * straight from <sysfs>/module and <proc>/modules, whose roots a context can
- * move (for tests and for reading another root). insert_many/remove_many run
- * finit_module(2)/delete_module(2) concurrently, one thread per module, each
- * started as soon as the items it must come after are done (none: all at
- * once, a dependency level); they never touch libkmod, which is not thread-safe. */
+ * move (for tests and for reading another root). insert_many, remove_many and
+ * change_many run finit_module(2)/delete_module(2) concurrently on a pool of
+ * threads started before the first call, each call as soon as the items it
+ * must come after are done (none: all at once, a dependency level); they never
+ * touch libkmod, which is not thread-safe. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -983,27 +984,32 @@ static int kmod_l_symbols(lua_State *L)
 
 /* ---- concurrently, each as soon as what it comes after is done ------------ */
 
-struct sched {
-	pthread_mutex_t lock;
-	pthread_cond_t changed;	/* a job is done */
-	void *(*fn)(void *);
-};
-
 struct job {
+	const char *key;	/* what `after` lists name it by: its name, unless said */
 	const char *name;
 	const char *path;	/* insert: the .ko; remove: NULL */
 	const char *options;
+	int fd;			/* insert: the .ko opened before the first job starts, or -1 (errno in err) */
 	int err;		/* 0, or the errno of the call (ECANCELED: not tried, see blocker) */
 	int nafter;		/* the jobs that must succeed first: after[0..nafter) */
 	int *after;
 	int blocker;		/* ECANCELED: the one of them that did not */
-	pthread_t thread;
-	int state;		/* 0 waiting, 1 started, 2 done (under sched.lock), 3 reaped */
-	int threaded;
-	struct sched *sched;	/* set when it is started */
+	int state;		/* under sched.lock */
 };
 
-enum { JOB_WAITING, JOB_STARTED, JOB_DONE, JOB_REAPED };
+enum { JOB_WAITING, JOB_STARTED, JOB_DONE };
+
+/* Most threads a run of jobs starts: a stack's graph is seldom wider. */
+#define MAX_WORKERS 8
+
+/* The jobs and the workers that run them (kmod_run_jobs). */
+struct sched {
+	pthread_mutex_t lock;
+	pthread_cond_t changed;	/* a job is done, or a worker has nothing left to do */
+	struct job *jobs;
+	int n, left, running, max;
+	int go;			/* every worker is started: jobs may begin */
+};
 
 static int kmod_finit_flags(const char *path)
 {
@@ -1015,40 +1021,20 @@ static int kmod_finit_flags(const char *path)
 	return 0;
 }
 
-static void *kmod_insert_job(void *arg)
+static void kmod_insert_job(struct job *j)
 {
-	struct job *j = arg;
-	int fd = open(j->path, O_RDONLY | O_CLOEXEC);
-
-	if (fd < 0) {
-		j->err = errno;
-		return NULL;
-	}
-	if (syscall(SYS_finit_module, fd, j->options ? j->options : "", kmod_finit_flags(j->path)) < 0)
+	if (j->fd < 0)
+		return;	/* the open failed: j->err */
+	if (syscall(SYS_finit_module, j->fd, j->options ? j->options : "", kmod_finit_flags(j->path)) < 0)
 		j->err = errno == EEXIST ? 0 : errno;
-	close(fd);
-	return NULL;
+	close(j->fd);
+	j->fd = -1;
 }
 
-static void *kmod_remove_job(void *arg)
+static void kmod_remove_job(struct job *j)
 {
-	struct job *j = arg;
-
 	if (syscall(SYS_delete_module, j->name, O_NONBLOCK) < 0)
 		j->err = errno;
-	return NULL;
-}
-
-static void *kmod_job_thread(void *arg)
-{
-	struct job *j = arg;
-
-	j->sched->fn(j);
-	pthread_mutex_lock(&j->sched->lock);
-	j->state = JOB_DONE;
-	pthread_cond_signal(&j->sched->changed);
-	pthread_mutex_unlock(&j->sched->lock);
-	return NULL;
 }
 
 /* 1 when every job j comes after succeeded, -1 when one failed (j->blocker), 0 while one runs. */
@@ -1067,72 +1053,108 @@ static int kmod_job_ready(struct job *jobs, struct job *j)
 	return 1;
 }
 
-/* Start j in a thread of its own (run it here when none can be made). Called with s->lock held. */
-static void kmod_job_start(struct sched *s, struct job *j)
+/* The first job in the list that may start now, or NULL; those that never can (one they come
+ * after failed) are done, ECANCELED. Called with s->lock held. */
+static struct job *kmod_next_job(struct sched *s)
 {
-	j->sched = s;
-	j->state = JOB_STARTED;
-	j->threaded = pthread_create(&j->thread, NULL, kmod_job_thread, j) == 0;
-	if (!j->threaded) {
-		pthread_mutex_unlock(&s->lock);
-		s->fn(j);
-		pthread_mutex_lock(&s->lock);
-		j->state = JOB_DONE;
+	for (int i = 0; i < s->n; i++) {
+		struct job *j = &s->jobs[i];
+		int ready = j->state == JOB_WAITING ? kmod_job_ready(s->jobs, j) : 0;
+
+		if (ready < 0) {
+			j->err = ECANCELED;
+			j->state = JOB_DONE;
+			s->left--;
+		} else if (ready > 0 && (!s->max || s->running < s->max)) {
+			return j;
+		}
 	}
+	return NULL;
 }
 
-/* Run fn for every job, each once the jobs it comes after have succeeded (one that failed: not run,
- * ECANCELED); returns when all are done. */
-static void kmod_run_jobs(struct job *jobs, int n, void *(*fn)(void *), int max)
+/* A worker: once every worker is started, runs jobs as they become ready until none is left.
+ * The one that finishes a job starts the next ready one itself, a dependent usually: no hand-over
+ * to another thread. */
+static void *kmod_worker(void *arg)
 {
-	struct sched s = { .fn = fn };
-	int left = n, running = 0;
+	struct sched *s = arg;
 
-	if (n == 1) {
-		fn(&jobs[0]);
-		return;
+	pthread_mutex_lock(&s->lock);
+	while (!s->go)
+		pthread_cond_wait(&s->changed, &s->lock);
+	while (s->left > 0) {
+		struct job *j = kmod_next_job(s);
+
+		if (!j) {
+			if (s->left > 0)
+				pthread_cond_wait(&s->changed, &s->lock);
+			continue;
+		}
+		j->state = JOB_STARTED;
+		s->running++;
+		pthread_mutex_unlock(&s->lock);
+		if (j->path)
+			kmod_insert_job(j);
+		else
+			kmod_remove_job(j);
+		pthread_mutex_lock(&s->lock);
+		j->state = JOB_DONE;
+		s->running--;
+		s->left--;
+		pthread_cond_broadcast(&s->changed);
+	}
+	pthread_cond_broadcast(&s->changed);
+	pthread_mutex_unlock(&s->lock);
+	return NULL;
+}
+
+/* Run every job (path set: insert, else remove), each once the jobs it comes after have succeeded
+ * (one that failed: not run, ECANCELED), at most max at once (0: no limit); returns when all are
+ * done. The workers (this thread one of them) are all started before the first job: a thread's
+ * start, a millisecond in an emulated guest, is not spent while a stack is down. */
+static void kmod_run_jobs(struct job *jobs, int n, int max)
+{
+	struct sched s = { .jobs = jobs, .n = n, .left = n, .max = max };
+	pthread_t threads[MAX_WORKERS];
+	int want = max && max < n ? max : n, started = 0;
+
+	for (int i = 0; i < n; i++) {	/* opened now, not while the old stack is unloaded and the new one not in */
+		jobs[i].fd = jobs[i].path ? open(jobs[i].path, O_RDONLY | O_CLOEXEC) : -1;
+		if (jobs[i].path && jobs[i].fd < 0)
+			jobs[i].err = errno;
 	}
 	pthread_mutex_init(&s.lock, NULL);
 	pthread_cond_init(&s.changed, NULL);
+	if (want > MAX_WORKERS)
+		want = MAX_WORKERS;
+	while (started < want - 1 && pthread_create(&threads[started], NULL, kmod_worker, &s) == 0)
+		started++;
 	pthread_mutex_lock(&s.lock);
-	while (left > 0) {
-		int progress = 0;
-
-		for (int i = 0; i < n; i++) {
-			struct job *j = &jobs[i];
-			int ready = j->state == JOB_WAITING ? kmod_job_ready(jobs, j) : 0;
-
-			if (ready < 0) {
-				j->err = ECANCELED;
-				j->state = JOB_DONE;
-			} else if (ready > 0 && (!max || running < max)) {
-				running++;
-				kmod_job_start(&s, j);
-			}
-			if (j->state == JOB_DONE) {
-				if (j->threaded)
-					pthread_join(j->thread, NULL);
-				running -= j->sched != NULL; /* it ran (it was not left untried) */
-				j->state = JOB_REAPED;
-				left--;
-				progress = 1;
-			}
-		}
-		if (!progress && left > 0)
-			pthread_cond_wait(&s.changed, &s.lock);
-	}
+	s.go = 1;
+	pthread_cond_broadcast(&s.changed);
 	pthread_mutex_unlock(&s.lock);
+	kmod_worker(&s);
+	for (int i = 0; i < started; i++)
+		pthread_join(threads[i], NULL);
+	for (int i = 0; i < n; i++)	/* jobs not run (one they came after failed) */
+		if (jobs[i].fd >= 0)
+			close(jobs[i].fd);
 	pthread_cond_destroy(&s.changed);
 	pthread_mutex_destroy(&s.lock);
 }
 
 /* The message for a job that failed, pushed. */
-static void kmod_push_job_error(lua_State *L, struct job *jobs, struct job *j, int removing, const char *sysfs)
+static void kmod_push_job_error(lua_State *L, struct job *jobs, struct job *j, const char *sysfs)
 {
-	if (j->err == ECANCELED && removing)
-		lua_pushfstring(L, "%s: not unloaded: %s, which holds it, was not", j->name, jobs[j->blocker].name);
-	else if (j->err == ECANCELED)
-		lua_pushfstring(L, "%s: not loaded: it needs %s, which did not load", j->name, jobs[j->blocker].name);
+	int removing = !j->path;
+	struct job *b = j->err == ECANCELED ? &jobs[j->blocker] : NULL;
+
+	if (b && removing)
+		lua_pushfstring(L, "%s: not unloaded: %s, which holds it, was not", j->name, b->name);
+	else if (b && !b->path)
+		lua_pushfstring(L, "%s: not loaded: %s, which it waits for, was not unloaded", j->name, b->name);
+	else if (b)
+		lua_pushfstring(L, "%s: not loaded: it needs %s, which did not load", j->name, b->name);
 	else if (removing && (j->err == EWOULDBLOCK || j->err == EBUSY))
 		kmod_push_busy(L, sysfs, j->name);
 	else if (removing && j->err == ENOENT)
@@ -1146,7 +1168,7 @@ static void kmod_push_job_error(lua_State *L, struct job *jobs, struct job *j, i
 }
 
 /* Return the results of jobs: true, or nil, joined message, first errno, failures. */
-static int kmod_jobs_result(lua_State *L, struct job *jobs, int n, int removing, const char *sysfs)
+static int kmod_jobs_result(lua_State *L, struct job *jobs, int n, const char *sysfs)
 {
 	int first = 0, failures;
 	luaL_Buffer b;
@@ -1158,8 +1180,8 @@ static int kmod_jobs_result(lua_State *L, struct job *jobs, int n, int removing,
 			continue;
 		if (!first || first == ECANCELED)
 			first = jobs[i].err;
-		kmod_push_job_error(L, jobs, &jobs[i], removing, sysfs);
-		lua_setfield(L, failures, jobs[i].name);
+		kmod_push_job_error(L, jobs, &jobs[i], sysfs);
+		lua_setfield(L, failures, jobs[i].key);
 	}
 	if (!first) {
 		lua_pop(L, 1);
@@ -1172,7 +1194,7 @@ static int kmod_jobs_result(lua_State *L, struct job *jobs, int n, int removing,
 			continue;
 		if (k++)
 			luaL_addstring(&b, "; ");
-		lua_getfield(L, failures, jobs[i].name);
+		lua_getfield(L, failures, jobs[i].key);
 		luaL_addvalue(&b);
 	}
 	luaL_pushresult(&b);
@@ -1229,11 +1251,11 @@ static void kmod_jobs_after(lua_State *L, struct job *jobs, int n)
 	lua_createtable(L, 0, n);
 	names = lua_gettop(L);
 	for (i = 0; i < n; i++) {
-		luaL_argcheck(L, lua_getfield(L, names, jobs[i].name) == LUA_TNIL, 1,
-			      lua_pushfstring(L, "item %d: %s is named twice", i + 1, jobs[i].name));
+		luaL_argcheck(L, lua_getfield(L, names, jobs[i].key) == LUA_TNIL, 1,
+			      lua_pushfstring(L, "item %d: %s is named twice", i + 1, jobs[i].key));
 		lua_pop(L, 1);
 		lua_pushinteger(L, i);
-		lua_setfield(L, names, jobs[i].name);
+		lua_setfield(L, names, jobs[i].key);
 		if (lua_rawgeti(L, 1, i + 1) == LUA_TTABLE && lua_getfield(L, -1, "after") != LUA_TNIL) {
 			luaL_argcheck(L, lua_istable(L, -1), 1, lua_pushfstring(L, "item %d: field 'after': table expected", i + 1));
 			total += (int)luaL_len(L, -1);
@@ -1275,7 +1297,7 @@ static void kmod_jobs_after(lua_State *L, struct job *jobs, int n)
 		if (!progress && marked < n) {
 			for (i = 0; jobs[i].state; i++)
 				;
-			luaL_argerror(L, 1, lua_pushfstring(L, "item %d: field 'after': %s is in a cycle", i + 1, jobs[i].name));
+			luaL_argerror(L, 1, lua_pushfstring(L, "item %d: field 'after': %s is in a cycle", i + 1, jobs[i].key));
 		}
 	}
 	for (i = 0; i < n; i++)
@@ -1283,7 +1305,7 @@ static void kmod_jobs_after(lua_State *L, struct job *jobs, int n)
 }
 
 /***
- * Insert modules concurrently: finit_module(2) for each item in a thread of its own, started as
+ * Insert modules concurrently: finit_module(2) for each item (threads of a pool), started as
  * soon as the items it comes after are loaded (all at once when none says: a dependency level).
  * No dependency lookup: say what comes after what. A module already loaded is success.
  * @function insert_many
@@ -1308,15 +1330,16 @@ static int kmod_l_insert_many(lua_State *L)
 		jobs[i].options = kmod_item_string(L, lua_gettop(L), "options", 0, i + 1);
 		if (!jobs[i].name)
 			jobs[i].name = jobs[i].path;
+		jobs[i].key = jobs[i].name;
 		lua_pop(L, 1);
 	}
 	kmod_jobs_after(L, jobs, n);
-	kmod_run_jobs(jobs, n, kmod_insert_job, max);
-	return kmod_jobs_result(L, jobs, n, 0, "/sys");
+	kmod_run_jobs(jobs, n, max);
+	return kmod_jobs_result(L, jobs, n, "/sys");
 }
 
 /***
- * Remove modules concurrently: delete_module(2) for each in a thread of its own, started as soon as
+ * Remove modules concurrently: delete_module(2) for each (threads of a pool), started as soon as
  * the items it comes after are unloaded (all at once when none says: a dependency level).
  * @function remove_many
  * @tparam table items `{ "rdma_ucm", "mlx5_ib" }`, or `{ { name = "ib_core", after = { "rdma_ucm" } }… }`
@@ -1342,11 +1365,48 @@ static int kmod_l_remove_many(lua_State *L)
 		else
 			luaL_argerror(L, 1, lua_pushfstring(L, "item %d: string or table expected, got %s",
 							     i + 1, luaL_typename(L, -1)));
+		jobs[i].key = jobs[i].name;
 		lua_pop(L, 1);
 	}
 	kmod_jobs_after(L, jobs, n);
-	kmod_run_jobs(jobs, n, kmod_remove_job, max);
-	return kmod_jobs_result(L, jobs, n, 1, "/sys");
+	kmod_run_jobs(jobs, n, max);
+	return kmod_jobs_result(L, jobs, n, "/sys");
+}
+
+/***
+ * Unload and load modules concurrently, in one graph: each item with a `path` is loaded
+ * (finit_module(2)), each without one unloaded (delete_module(2)), started as soon as the items it
+ * comes after are done (all at once when none says). A swap's loads need not wait for every
+ * unload: a module waits for its dependencies' loads and for the unloads of what it replaces.
+ * @function change_many
+ * @tparam table items `{ { key = "-ib_core", name = "ib_core", after = { "-rdma_cm" } },
+ *   { name = "ib_core", path = "/…/ib_core.ko", options = "…", after = { "-ib_core" } }… }`
+ *   (key: what `after` lists call the item, its name when not given: an unload and a load of one
+ *   module need distinct keys)
+ * @tparam[opt] table opts `{ parallel = n }`, as insert_many
+ * @treturn[1] true
+ * @treturn[2] nil, "a: …; b: not loaded: a, which it waits for, was not unloaded", first errno,
+ *   `{ [key] = message }`
+ */
+static int kmod_l_change_many(lua_State *L)
+{
+	int max = kmod_opt_parallel(L, 2), n;
+	struct job *jobs = (lua_settop(L, 1), kmod_new_jobs(L, &n));
+
+	for (int i = 0; i < n; i++) {
+		luaL_argcheck(L, lua_rawgeti(L, 1, i + 1) == LUA_TTABLE, 1,
+			      lua_pushfstring(L, "item %d: table expected", i + 1));
+		jobs[i].name = kmod_item_string(L, lua_gettop(L), "name", 1, i + 1);
+		jobs[i].path = kmod_item_string(L, lua_gettop(L), "path", 0, i + 1);
+		jobs[i].options = kmod_item_string(L, lua_gettop(L), "options", 0, i + 1);
+		jobs[i].key = kmod_item_string(L, lua_gettop(L), "key", 0, i + 1);
+		if (!jobs[i].key)
+			jobs[i].key = jobs[i].name;
+		lua_pop(L, 1);
+	}
+	kmod_jobs_after(L, jobs, n);
+	kmod_run_jobs(jobs, n, max);
+	return kmod_jobs_result(L, jobs, n, "/sys");
 }
 
 static const luaL_Reg kmod_ctx_methods[] = {
@@ -1380,6 +1440,7 @@ static const luaL_Reg kmod_funcs[] = {
 	{ "symbols", kmod_l_symbols },
 	{ "insert_many", kmod_l_insert_many },
 	{ "remove_many", kmod_l_remove_many },
+	{ "change_many", kmod_l_change_many },
 	{ NULL, NULL }
 };
 

@@ -5,8 +5,9 @@
 -- stop (the stack unloaded, the previous one not loaded back yet) — DRVRUN_FAULT,
 -- drv.fault — then a rerun to ready and a stop. After every case the host is
 -- consistent: no ready file without the stack it names loaded, no stray mount,
--- no blacklist, no journal, and the inbox or the built stack loaded, never
--- neither. The table of outcomes is printed at the end.
+-- no blacklist, no journal, RCU grace periods normal again (a swap expedites
+-- them), and the inbox or the built stack loaded, never neither. The table of
+-- outcomes is printed at the end.
 local fs = require "drv.fs"
 local kmod = require "drv.kmod"
 local mount = require "drv.mount"
@@ -162,6 +163,7 @@ for _, name in ipairs { "ubuntu-ofed", "peermem" } do
           assert.equal(0, assert(p2:wait(300)).status, fs.read(log2))
           for _, f in ipairs(rc.ready) do assert.is_false(fs.exists(f), "no ready file after the stop: " .. f) end
           assert.is_false(fs.exists(rc.journal), "no journal left")
+          assert.equal("0", fs.read("/sys/kernel/rcu_expedited"):match("%d"), "RCU grace periods normal again")
           rc.assert_end()
           outcomes[point .. ":" .. sig] = ("%s%s; rerun ready; stop: %s"):format(first, recovered, rc.state())
         end)

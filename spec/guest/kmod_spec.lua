@@ -145,6 +145,37 @@ describe("drv.kmod in a real kernel", function()
     for name in pairs(paths) do assert.is_nil(guest.proc_line(name), name) end
   end)
 
+  it("swaps the inbox stack for the fixture stack in one graph: loads begin while unloads go on", function()
+    assert(ctx:insert("mlx5_ib"))
+    local live = require("drv.stack").snapshot(assert(kmod.new()))
+    local paths, items = guest.fixture_paths(), {}
+    for _, name in ipairs({ "mlx5_ib", "mlx5_core", "ib_uverbs", "ib_core" }) do
+      local after = {}
+      for _, h in ipairs(live[name].holders) do after[#after + 1] = "-" .. h end
+      items[#items + 1] = { key = "-" .. name, name = name, after = after }
+    end
+    for name, path in pairs(paths) do
+      local after = assert(kmod.modinfo(path)).depends
+      if live[name] then after[#after + 1] = "-" .. name end
+      items[#items + 1] = { name = name, path = path, after = after }
+    end
+    assert.is_true(kmod.change_many(items, { parallel = 2 }))
+    for name, path in pairs(paths) do
+      assert.equal(assert(kmod.modinfo(path)).srcversion, assert(ctx:state(name)).srcversion, name)
+    end
+  end)
+
+  it("leaves a load untried when the unload it waits for fails, and names both", function()
+    local paths = guest.fixture_paths()
+    local ok, err, errno, failures = kmod.change_many({ { key = "-mlx_compat", name = "mlx_compat" },
+      { name = "mlx_compat", path = paths.mlx_compat, after = { "-mlx_compat" } } })
+    assert.is_nil(ok, err)
+    assert.equal("mlx_compat: not loaded", failures["-mlx_compat"])
+    assert.equal("mlx_compat: not loaded: mlx_compat, which it waits for, was not unloaded", failures.mlx_compat)
+    assert.equal("ENOENT", errno)
+    assert.is_nil(guest.proc_line("mlx_compat"))
+  end)
+
   it("leaves untried what needs a module that did not load", function()
     local paths = guest.fixture_paths()
     local ok, err, errno, failures = kmod.insert_many({ { name = "ib_core", path = paths.ib_core },

@@ -544,10 +544,20 @@ local function say_why_also(s, plan)
   end
 end
 
--- The swap's journal entry: the new stack's modules, what to load back, whether to, and the
--- network to keep across. Its undo (stop, or the next run's recovery) unloads the stack and
--- loads back the previous modules, the network kept across that reload too.
-journal.define("modules", function(e, o)
+-- A run killed while its swap or its stop's restore had RCU grace periods expedited
+-- (drv.stack.expedited) left them so: the kernel's setting as the swap found it, put back.
+local function put_back_rcu(e)
+  if not e.rcu_expedited or stack.rcu_expedited() == e.rcu_expedited then return end
+  local ok, err = stack.set_rcu_expedited(e.rcu_expedited)
+  if ok then
+    log.info("stop: RCU grace periods back to rcu_expedited=%s (a run was killed while it expedited them)",
+             e.rcu_expedited)
+  else
+    log.warn("stop: cannot put rcu_expedited back to %s: %s", e.rcu_expedited, err)
+  end
+end
+
+local function restore_modules(e, o)
   if not e.restore then return true end
   if o.lost then log.warn("stop: the modules changed behind this run's back: leaving them as they are"); return true end
   if o.hurry then
@@ -559,6 +569,16 @@ journal.define("modules", function(e, o)
   local net = e.net and netcfg.save(e.net)
   local ok, err = stack.restore(e.names, e.previous)
   if net then netcfg.restore(e.net, net, o.deadline and math.min(e.net.timeout, o.deadline - sys.monotonic())) end
+  return ok, err
+end
+
+-- The swap's journal entry: the new stack's modules, what to load back, whether to, the network
+-- to keep across, and the kernel's rcu_expedited as the swap found it. Its undo (stop, or the
+-- next run's recovery) unloads the stack and loads back the previous modules, the network kept
+-- across that reload too, then puts rcu_expedited back if a killed run left it changed.
+journal.define("modules", function(e, o)
+  local ok, err = restore_modules(e, o)
+  put_back_rcu(e)
   return ok, err
 end)
 
@@ -577,7 +597,8 @@ local function swap(s, plan)
   local blacklist = write_blacklist(s)
   local net = netcfg.spec(s)
   local swapped = s.journal:record({ kind = "modules", names = graph.flatten(plan.load), previous = s.previous,
-                                     restore = s.opt.RESTORE_DRIVER_ON_POD_TERMINATION, net = net })
+                                     restore = s.opt.RESTORE_DRIVER_ON_POD_TERMINATION, net = net,
+                                     rcu_expedited = stack.rcu_expedited() })
   local state = net and netcfg.save(net)
   local ok, down_or_err = stack.swap(plan, paths, s.recipe.module_options and s.recipe.module_options(s.r), s.previous)
   if state then netcfg.restore(net, state) end
