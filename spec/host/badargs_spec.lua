@@ -15,7 +15,7 @@ local signatures = {
   ["drv.lock"] = { acquire = { "/tmp/x", T } },
   ["drv.signal"] = { watch = { { "TERM" } } },
   ["drv.kmod"] = { new = { T }, modinfo = { S }, versions = { S }, insert_many = { { { path = "/x" } } },
-                   remove_many = { { "x" } } },
+                   remove_many = { { "x" } }, change_many = { { { name = "x" } } } },
   ["drv.mount"] = {
     mount = { S, S, S, T }, bind = { S, S, T }, rbind = { S, S, T }, remount = { S, { readonly = true } },
     propagation = { S, "shared", T }, umount = { S, T }, is_mountpoint = { S }, info = { S }, find = { S },

@@ -156,6 +156,22 @@ describe("drv.kmod lookups", function()
     assert.equal("drvrun_held: not unloaded: drvrun_holder, which holds it, was not", failures.drvrun_held)
   end)
 
+  it("changes modules in one graph: a load waits for the unload it names by key, and says which failed", function()
+    local ok, err, errno, failures = kmod.change_many {
+      { key = "-drvrun_nope", name = "drvrun_nope" },
+      { name = "drvrun_nope", path = "/nonexistent/drvrun_nope.ko", after = { "-drvrun_nope" } },
+      { name = "drvrun_other", path = "/nonexistent/drvrun_other.ko" } }
+    assert.is_nil(ok)
+    assert.is_true(errno == "ENOENT" or errno == "EPERM" or errno == "ENOSYS", tostring(errno))
+    assert.equal("drvrun_nope: not loaded: drvrun_nope, which it waits for, was not unloaded", failures.drvrun_nope)
+    assert.equal("drvrun_other: /nonexistent/drvrun_other.ko: no such file", failures.drvrun_other)
+    assert.truthy(failures["-drvrun_nope"])
+    assert.matches("drvrun_nope: not loaded: drvrun_nope, which it waits for", err, nil, true)
+    local raised, msg = pcall(kmod.change_many, { { name = "a" }, { name = "a", path = "/x" } })
+    assert.is_false(raised)
+    assert.equal("bad argument #1 to 'drv.kmod.change_many' (item 2: a is named twice)", msg)
+  end)
+
   it("raises on an order that names what is not an item, names one twice, or goes round", function()
     local function raises(message, f, items)
       local ok, err = pcall(f, items)
