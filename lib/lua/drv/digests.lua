@@ -22,35 +22,38 @@ local SETTLED = 1
 
 --- The memo kept in `file` (absent or unreadable: an empty one).
 -- Its lines are "sha256 stamp path". A start reads the whole memo (a hundred
--- lines for a real stack) but uses some of it: a line is only indexed by its
--- path here (plain finds; a pattern, or splitting every line, cost a restart
--- in an emulated guest milliseconds) and split when its path is asked for.
+-- lines for a real stack) but looks up a few of its paths: nothing is split
+-- until a path is asked for, and then one plain find (in C) finds its line
+-- (splitting every line cost a restart in an emulated guest milliseconds).
 function M.open(file)
-  local memo = setmetatable({ file = file, text = fs.read(file) or "", known = {}, dirty = false,
-                              settled = SETTLED }, Memo)
-  local text, pos, find, sub = memo.text, 1, string.find, string.sub
-  while pos <= #text do
-    local nl = find(text, "\n", pos, true) or #text + 1
-    local sp1 = find(text, " ", pos, true)
-    local sp2 = sp1 and sp1 < nl and find(text, " ", sp1 + 1, true)
-    if sp2 and sp2 < nl - 1 then memo.known[sub(text, sp2 + 1, nl - 1)] = pos end
-    pos = nl + 1
-  end
-  return memo
+  local text = fs.read(file) or ""
+  if text ~= "" and text:sub(-1) ~= "\n" then text = text .. "\n" end
+  return setmetatable({ file = file, text = "\n" .. text, known = {}, dirty = false, settled = SETTLED }, Memo)
 end
 
--- The entry for path: `{ sha, stamp }`, split from its line at first use.
--- (The file is drvrun's own, written whole; a digest of another length is
--- not taken.)
+-- The entry for path in the memo's text: `{ sha, stamp }`, or nil. The two
+-- fields before the path are read from the hundred bytes before it (a line is
+-- 64 hex digits, a stamp of some 60 bytes and the path). (The file is
+-- drvrun's own, written whole; a digest of another length is not taken.)
+local function parse_entry(text, path)
+  local at = 1
+  repeat
+    local s = text:find(" " .. path .. "\n", at, true)
+    if not s then return nil end
+    local sha, stamp = text:sub(math.max(1, s - 200), s - 1):match("\n(%x+) (%S+)$")
+    if sha and #sha == 64 then return { sha = sha, stamp = stamp } end
+    at = s + 1
+  until false
+end
+
+-- The entry for path: `{ sha, stamp }`, found in the memo's text at first use.
 function Memo:entry(path)
   local e = self.known[path]
-  if math.type(e) ~= "integer" then return e end
-  local sp1 = self.text:find(" ", e, true)
-  local sp2 = self.text:find(" ", sp1 + 1, true)
-  e = { sha = self.text:sub(e, sp1 - 1), stamp = self.text:sub(sp1 + 1, sp2 - 1) }
-  if #e.sha ~= 64 then e = nil end
-  self.known[path] = e
-  return e
+  if e == nil then
+    e = parse_entry(self.text, path) or false
+    self.known[path] = e
+  end
+  return e or nil
 end
 
 --- sha256 of the file at path: remembered, or computed and remembered.
@@ -71,9 +74,9 @@ end
 -- dropped. Losing the file costs only a hash.
 function Memo:save()
   if not self.dirty then return true end
+  for path in self.text:gmatch("%x+ %S+ ([^\n]*)") do self:entry(path) end
   local lines = {}
-  for path in pairs(self.known) do
-    local e = self:entry(path)
+  for path, e in pairs(self.known) do
     if e and fs.exists(path) then lines[#lines + 1] = ("%s %s %s"):format(e.sha, e.stamp, path) end
   end
   table.sort(lines)
