@@ -320,10 +320,13 @@ local function reload_argv(argv)
   return table.move(argv, 1, #argv, 5, { "unshare", "-m", "--propagation", "unchanged" })
 end
 
+-- The recipe's reload (WAIT=false) from the build cache `cache`: the drvrun contenders' command line.
+local function recipe_reload(s, _, cache)
+  return reload_argv({ DRVRUN, table.unpack(recipe_args(s, { "WAIT=false", "CACHE_DIR=" .. cache })) })
+end
+
 local contenders = {
-  { key = "drvrun", name = "drvrun (recipe reload, along the graph)", argv = function(s, _, cache)
-      return reload_argv({ DRVRUN, table.unpack(recipe_args(s, { "WAIT=false", "CACHE_DIR=" .. cache })) })
-    end },
+  { key = "drvrun", name = "drvrun (recipe reload, along the graph)", argv = recipe_reload },
   { key = "levels", name = "drvrun's swap by levels (a barrier between levels)", argv = function(s)
       return { DRVRUN, "bench/swap.lua", "levels", "-", table.unpack(s.names) }
     end },
@@ -335,9 +338,7 @@ local contenders = {
         table.concat(tops(s.deps), " ") }
     end },
   { key = "normal", name = "drvrun, normal RCU grace periods (the kernel's rcu_normal=1)", rcu_normal = true,
-    argv = function(s, _, cache)
-      return reload_argv({ DRVRUN, table.unpack(recipe_args(s, { "WAIT=false", "CACHE_DIR=" .. cache })) })
-    end },
+    argv = recipe_reload },
   { key = "floor", name = "floor (sequential syscalls, precomputed)", expedited = true, argv = function(s, plan)
       local argv, paths = { FLOOR }, new_paths(s)
       for _, n in ipairs(graph.flatten(plan.unload)) do argv[#argv + 1] = "-r"; argv[#argv + 1] = n end
